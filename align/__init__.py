@@ -1,0 +1,1 @@
+"""Stage 2: projection heads trained on cached tokens."""

@@ -1,0 +1,3 @@
+from avfeat.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""The `avfeat` command: gathers each stage's commands into one typer app.
+
+Stage commands live with their stage (`extract/cli.py`, `data/cli.py`, ...); this module only
+assembles them. Heavy libraries are imported inside commands so `avfeat --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from avfeat import __version__
+from avfeat.errors import AvfeatError
+
+app = typer.Typer(
+    name="avfeat",
+    help="Aligned audio-visual embeddings from video: extract, train heads, index, search.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"avfeat {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """avfeat: cache frozen HuBERT + DINOv2 tokens once, then train, index and search cheaply."""
+
+
+def _register() -> None:
+    from avfeat.data import cli as data_cli
+    from avfeat.extract import cli as extract_cli
+
+    for module in (data_cli, extract_cli):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 1."""
+    try:
+        app(prog_name="avfeat")
+    except AvfeatError as error:
+        typer.echo(f"avfeat: error: {error}", err=True)
+        sys.exit(1)

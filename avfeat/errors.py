@@ -1,0 +1,21 @@
+"""Errors a user can cause.
+
+Every error that bad input can trigger is an :class:`AvfeatError`; the CLI prints it as one
+line on stderr and exits non-zero, so users never see a traceback for their own mistakes.
+"""
+
+
+class AvfeatError(Exception):
+    """Base class for user-facing errors (printed as one line by the CLI)."""
+
+
+class InputError(AvfeatError):
+    """A path, file list or option the user gave cannot be used."""
+
+
+class CacheError(AvfeatError):
+    """A token cache is missing, incomplete, or does not match the requested config."""
+
+
+class ModelError(AvfeatError):
+    """A model spec cannot be resolved or loaded."""

@@ -1,0 +1,1 @@
+"""The token cache format (HDF5 shards + Parquet manifest) and the synthetic corpus."""

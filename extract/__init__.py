@@ -1,0 +1,1 @@
+"""Stage 1: decode videos, run frozen backbones, write the token cache."""

@@ -1,0 +1,7 @@
+"""`avfeat extract` and `avfeat info`."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

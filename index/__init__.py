@@ -1,0 +1,1 @@
+"""Stage 3: FAISS indexes, retrieval and synchronization search."""
