@@ -1,0 +1,30 @@
+# Two entry points: `make demo` (the main job) and `make test`. Both create the pinned
+# virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.avfeat-installed
+DEMO ?= demo
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/avfeat synth $(DEMO)/synth --videos 24 --seconds 6 --classes 8 --seed 0
+	$(BIN)/avfeat extract $(DEMO)/synth --out $(DEMO)/cache --audio-model random:hubert-base --visual-model random:dinov2-small --fps 2
+	$(BIN)/avfeat info $(DEMO)/cache
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/extract.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

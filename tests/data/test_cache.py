@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+
+from avfeat.data.cache import Cache, CacheLayout, ShardWriter, empty_row, open_for_writing, read_manifest
+from avfeat.errors import CacheError
+
+CONFIG = {"audio_model": "random:hubert-tiny", "fps": 2.0}
+
+
+def _write_shard(root, index, videos, failures=()):
+    layout = open_for_writing(root, CONFIG)
+    writer = ShardWriter(layout, index, audio_dim=4, visual_tokens_per_frame=3, visual_dim=2, attrs={"spec": "x"})
+    for vid, frames, tokens in videos:
+        row = dict(empty_row(vid, f"/videos/{vid}.mp4", 10, 1.0), audio_start=0.5, audio_rate=50.0, duration=frames / 2)
+        audio = np.arange(tokens * 4, dtype=np.float32).reshape(tokens, 4) + index
+        visual = np.full((frames, 3, 2), len(vid), dtype=np.float32)
+        writer.add(row, audio, visual, np.arange(frames) / 2.0)
+    for vid, status in failures:
+        writer.add_failure(empty_row(vid, f"/videos/{vid}.mp4", 0, 0.0), status, "broken")
+    writer.commit()
+    return layout
+
+
+def test_round_trip_and_time_windows(tmp_path):
+    _write_shard(tmp_path, 0, [("a", 4, 100), ("bb", 6, 150)], failures=[("c", "unreadable")])
+    cache = Cache(tmp_path)
+    assert [v["video_id"] for v in cache.videos()] == ["a", "bb", "c"]
+    assert cache.status_counts() == {"ok": 2, "unreadable": 1}
+    assert cache.audio_tokens("bb").shape == (150, 4)
+    assert cache.visual_tokens("bb").shape == (6, 3, 2)
+    assert cache.visual_tokens("bb").dtype == np.float16
+    np.testing.assert_array_equal(cache.frame_times("bb"), np.arange(6) / 2.0)
+    # audio tokens start at 0.5 s at 50 Hz: [1.0, 1.5) holds tokens 25..49
+    window = cache.audio_tokens("a", 1.0, 1.5)
+    np.testing.assert_array_equal(window, np.arange(100 * 4).reshape(100, 4)[25:50].astype(np.float16))
+    assert cache.visual_tokens("bb", 0.5, 1.5).shape[0] == 2  # frames at 0.5 and 1.0
+    with pytest.raises(CacheError, match="no tokens"):
+        cache.audio_tokens("c")
+    with pytest.raises(CacheError, match="not in the cache"):
+        cache.audio_tokens("zzz")
+
+
+def test_latest_record_wins(tmp_path):
+    _write_shard(tmp_path, 0, [("a", 2, 10)], failures=[("b", "timeout")])
+    _write_shard(tmp_path, 1, [("b", 3, 20)])
+    cache = Cache(tmp_path)
+    assert cache.status_counts() == {"ok": 2}
+    assert cache.row("b")["shard"] == 1 and cache.visual_tokens("b").shape[0] == 3
+
+
+def test_uncommitted_shards_and_temp_files_are_removed(tmp_path):
+    layout = _write_shard(tmp_path, 0, [("a", 2, 10)])
+    orphan = layout.shard_dir / "shard-00001.h5"
+    orphan.write_bytes(b"half written")
+    (layout.shard_dir / "shard-00002.h5.tmp").write_bytes(b"x")
+    (layout.manifest_dir / "part-00002.parquet.tmp").write_bytes(b"x")
+    open_for_writing(tmp_path, CONFIG)
+    assert sorted(p.name for p in layout.shard_dir.iterdir()) == ["shard-00000.h5"]
+    assert sorted(p.name for p in layout.manifest_dir.iterdir()) == ["part-00000.parquet"]
+    assert read_manifest(tmp_path).num_rows == 1
+
+
+def test_changed_config_is_refused(tmp_path):
+    open_for_writing(tmp_path, CONFIG)
+    with pytest.raises(CacheError, match="different config.*fps"):
+        open_for_writing(tmp_path, {**CONFIG, "fps": 1.0})
+    assert json.loads(CacheLayout(tmp_path).config_path.read_text())["fps"] == 2.0
+
+
+def test_not_a_cache(tmp_path):
+    with pytest.raises(CacheError, match="not an avfeat cache"):
+        Cache(tmp_path)
+    (tmp_path / "something.txt").write_text("x")
+    with pytest.raises(CacheError, match="non-empty folder"):
+        open_for_writing(tmp_path, CONFIG)
