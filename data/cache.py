@@ -169,18 +169,20 @@ def _config_diff(stored: dict, wanted: dict) -> list[str]:
     return [f"{k}: cache has {stored.get(k)!r}, asked for {wanted.get(k)!r}" for k in keys if stored.get(k) != wanted.get(k)]
 
 
-def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
-    """Create the cache or reopen it for resuming; refuse a different config.
+def check_config(root: str | Path, config: dict, only_given_keys: bool = False) -> CacheLayout:
+    """Refuse to write ``config`` into an existing cache made with another one.
 
-    Stray temp files and shards without a manifest part (an interrupted commit) are removed,
-    so the cache afterwards holds exactly the committed shards.
+    With ``only_given_keys`` just the keys in ``config`` are compared, so the CLI can check the
+    user's settings before it spends time loading models.
     """
     layout = CacheLayout(Path(root))
     if layout.root.exists() and not layout.root.is_dir():
         raise CacheError(f"output {layout.root} exists and is not a directory")
     if layout.config_path.exists():
         stored = json.loads(layout.config_path.read_text())
-        stored = {k: v for k, v in stored.items() if k != "avfeat_version"}
+        stored.pop("avfeat_version", None)
+        if only_given_keys:
+            stored = {k: v for k, v in stored.items() if k in config}
         diff = _config_diff(stored, config)
         if diff:
             raise CacheError(
@@ -189,6 +191,16 @@ def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
             )
     elif layout.root.exists() and any(layout.root.iterdir()):
         raise CacheError(f"output {layout.root} is a non-empty folder that is not an avfeat cache")
+    return layout
+
+
+def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
+    """Create the cache or reopen it for resuming; refuse a different config.
+
+    Stray temp files and shards without a manifest part (an interrupted commit) are removed,
+    so the cache afterwards holds exactly the committed shards.
+    """
+    layout = check_config(root, config)
     try:
         layout.shard_dir.mkdir(parents=True, exist_ok=True)
         layout.manifest_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,125 @@
-"""`avfeat extract` and `avfeat info`."""
+"""`avfeat extract` (videos → token cache) and `avfeat info` (what a cache holds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+# Exit status of `avfeat extract` when the job finished but some inputs are recorded as failed.
+EXIT_SOME_FAILED = 3
+
+
+def extract(
+    input: str = typer.Argument(..., help="A folder (searched recursively), a glob, a .txt list of paths, or a CSV/Parquet file with a 'path' column."),
+    out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create, or to resume."),
+    audio_model: str = typer.Option("facebook/hubert-base-ls960", help="HuBERT: hub id, local folder, or random:<arch>."),
+    visual_model: str = typer.Option("facebook/dinov2-small", help="DINOv2: hub id, local folder, or random:<arch>."),
+    audio_layer: int = typer.Option(-1, help="Hidden layer to cache (-1: final output, 0: embeddings)."),
+    visual_layer: int = typer.Option(-1, help="Hidden layer to cache (-1: final output with its layer norm)."),
+    fps: float = typer.Option(1.0, min=0.01, help="Frames per second to sample, by timestamp."),
+    batch_size: int = typer.Option(32, min=1, help="Frames per visual forward pass."),
+    workers: int = typer.Option(2, min=0, help="Decoding processes (0: decode in this process)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+    dtype: str = typer.Option("auto", help="Compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, float16, bfloat16."),
+    shard_size: int = typer.Option(64, min=1, help="Videos per shard (the unit of commit and resume)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Process at most this many new videos."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the videos recorded as failed."),
+    timeout: float = typer.Option(600.0, min=1.0, help="Seconds one file may take to decode."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Decode videos, run frozen HuBERT and DINOv2, and cache their tokens (resumable).
+
+    Exit status: 0 when every input is cached, 3 when the job finished but some inputs are
+    recorded as failed (see `avfeat info`), 1 on an error that stopped the job.
+    """
+    from tqdm import tqdm
+
+    from dataclasses import asdict
+
+    from avfeat.data.cache import check_config
+    from avfeat.errors import InputError
+    from avfeat.extract.inputs import list_inputs
+    from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
+
+    if dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise InputError(f"unknown --dtype {dtype!r} (auto, float32, float16, bfloat16)")
+    paths = list_inputs(input)
+    config = ExtractConfig(audio_model=audio_model, visual_model=visual_model, audio_layer=audio_layer, visual_layer=visual_layer, fps=fps)
+    options = RunOptions(
+        batch_size=batch_size, workers=workers, device=device, dtype=dtype, shard_size=shard_size,
+        limit=limit, retry_failed=retry_failed, timeout=timeout, quiet=quiet,
+    )
+    check_config(out, asdict(config), only_given_keys=True)  # before minutes of model loading
+    extractor = Extractor(config, options)
+    for spec in (audio_model, visual_model):
+        if spec.startswith("random:"):
+            typer.echo(f"note: {spec} has random weights (for tests, demos and benchmarks); its tokens carry no learned meaning", err=True)
+
+    bar = tqdm(unit="video", desc="extract", disable=quiet, dynamic_ncols=True)
+    media_seconds = 0.0
+
+    def progress(count: int, seconds: float) -> None:
+        nonlocal media_seconds
+        media_seconds += seconds
+        bar.update(count)
+        elapsed = bar.format_dict["elapsed"] or 1e-9
+        bar.set_postfix_str(f"{media_seconds / elapsed:.1f} media-s/s", refresh=False)
+
+    with bar:
+        summary = extractor.run(paths, out, progress=progress, on_plan=lambda total: bar.reset(total=total))
+    for line in summary.lines():
+        typer.echo(line)
+    if summary.any_failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def info(
+    cache: Path = typer.Argument(..., help="A cache folder written by `avfeat extract`."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Summarise a token cache: models, videos by status, hours, bytes."""
+    from avfeat.data.cache import OK, Cache
+
+    with Cache(cache) as store:
+        rows = store.videos()
+        ok = [r for r in rows if r["status"] == OK]
+        hours = sum(r["duration"] for r in ok) / 3600
+        shards = store.layout.shards()
+        size = sum(p.stat().st_size for p in shards.values()) + sum(p.stat().st_size for p in store.layout.parts().values())
+        report = {
+            "path": str(cache),
+            "config": store.config,
+            "videos": len(rows),
+            "status_counts": store.status_counts(),
+            "media_hours": hours,
+            "shards": len(shards),
+            "bytes": size,
+            "bytes_per_media_hour": size / hours if hours else None,
+            "audio_tokens": sum(r["audio_length"] for r in ok),
+            "frames": sum(r["visual_length"] for r in ok),
+            "failures": [{"video_id": r["video_id"], "path": r["path"], "status": r["status"], "error": r["error"]} for r in rows if r["status"] != OK],
+        }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    config = store.config
+    counts = ", ".join(f"{status} {count}" for status, count in report["status_counts"].items()) or "none"
+    typer.echo(f"cache      {cache}")
+    typer.echo(f"audio      {config['audio_model']} layer {config['audio_layer']} ({config['audio_dim']} dims, {config['audio_token_rate']:g} tokens/s)")
+    typer.echo(f"visual     {config['visual_model']} layer {config['visual_layer']} ({config['visual_dim']} dims, {config['visual_tokens']} tokens/frame, {config['fps']:g} fps)")
+    typer.echo(f"videos     {report['videos']} ({counts})")
+    typer.echo(f"media      {hours:.3f} h, {report['audio_tokens']} audio tokens, {report['frames']} frames")
+    per_hour = f", {report['bytes_per_media_hour'] / 2**20:.1f} MB per media-hour" if hours else ""
+    typer.echo(f"storage    {report['shards']} shards, {size / 2**20:.1f} MB{per_hour}")
+    for failure in report["failures"][:20]:
+        typer.echo(f"failed     {failure['status']:<12} {failure['path']}: {failure['error']}")
+    if len(report["failures"]) > 20:
+        typer.echo(f"           ... and {len(report['failures']) - 20} more (--json lists all)")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command()(extract)
+    app.command()(info)

@@ -6,8 +6,12 @@ and frame times of one file can be compared directly even when the streams start
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
+from fractions import Fraction
 
+import av
 import numpy as np
 
 # Named failure statuses a decode can end with (recorded in the manifest).
@@ -59,3 +63,352 @@ class DecodedMedia:
     width: int  # source frame width
     height: int  # source frame height
     source_sample_rate: int  # the audio stream's own rate
+
+
+# HuBERT's convolutional front end needs at least one 400-sample window (25 ms at 16 kHz).
+MIN_AUDIO_SAMPLES = 400
+# Audio timestamp jumps larger than this (seconds) are filled with silence so later audio stays
+# aligned with the video; smaller jitter and overlaps are concatenated as decoded.
+AUDIO_GAP_FILL = 0.1
+# Video decoder threads per process when ``decode(threads=None)``; decoding usually runs in
+# several worker processes at once, so the default is one thread each.
+THREADS_ENV = "AVFEAT_DECODE_THREADS"
+# Tolerance (seconds) when comparing frame timestamps with sampling targets.
+_EPS = 1e-6
+
+
+def resize_geometry(height: int, width: int, spec: DecodeSpec) -> tuple[int, int]:
+    """The (h, w) a source frame is scaled to before the centre crop.
+
+    ``spec.size`` wins when given; otherwise ``shortest_edge`` scales the shorter side to that
+    many pixels with the longer side truncated exactly as transformers'
+    ``get_resize_output_image_size(..., default_to_square=False)`` does, so the frames match the
+    DINOv2 / BiT processor's geometry. With neither, the source size is kept.
+    """
+    if spec.size is not None:
+        return int(spec.size[0]), int(spec.size[1])
+    if spec.shortest_edge is not None:
+        edge = int(spec.shortest_edge)
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(edge * long / short)
+        return (new_long, edge) if width <= height else (edge, new_long)
+    return height, width
+
+
+def center_crop(image: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
+    """Centre-crop an (H, W, C) image to ``crop`` (h, w), zero-padding axes that are too small.
+
+    Offsets follow transformers' default (torchvision) image processor backend: the crop starts
+    at ``(H - h) // 2``; an axis shorter than the crop is padded with ``(h - H) // 2`` zeros
+    before it and the rest after it.
+    """
+    ch, cw = int(crop[0]), int(crop[1])
+    h, w = image.shape[:2]
+    if h >= ch and w >= cw:
+        top, left = (h - ch) // 2, (w - cw) // 2
+        return image[top : top + ch, left : left + cw]
+    out = np.zeros((ch, cw) + image.shape[2:], dtype=image.dtype)
+    src_y, dst_y, n_y = ((h - ch) // 2, 0, ch) if h >= ch else (0, (ch - h) // 2, h)
+    src_x, dst_x, n_x = ((w - cw) // 2, 0, cw) if w >= cw else (0, (cw - w) // 2, w)
+    out[dst_y : dst_y + n_y, dst_x : dst_x + n_x] = image[src_y : src_y + n_y, src_x : src_x + n_x]
+    return out
+
+
+def decode(path: str | os.PathLike, spec: DecodeSpec, *, threads: int | None = None) -> DecodedMedia:
+    """Decode a media file into mono audio at ``spec.sample_rate`` and frames sampled at ``spec.fps``.
+
+    One demux pass reads the best audio and video streams. Frames are chosen by their own
+    timestamps: for each target ``t_k = k / fps`` before the end of the video, the frame on
+    screen at ``t_k`` (the last one with pts <= t_k, or the first frame for targets before it);
+    a frame is taken once, so ``frame_times`` strictly increase. Only chosen frames are
+    converted, by libswscale, straight to the model geometry.
+
+    Audio is resampled by libswresample to mono float32. Timestamp jumps larger than
+    ``AUDIO_GAP_FILL`` seconds are filled with silence; smaller jitter and overlaps are simply
+    concatenated. ``audio_start`` is the time of the first decoded sample (for AAC that can
+    include the encoder's priming samples when the file places them on the timeline).
+
+    Error rule: the container must open and both streams must exist; any error *raised* by
+    the demuxer or a decoder mid-stream fails the file with ``decode_error`` (damage the codec
+    conceals silently is accepted).
+
+    Args:
+        path: the media file.
+        spec: target rates and frame geometry.
+        threads: video decoder threads; None reads ``AVFEAT_DECODE_THREADS`` (default 1),
+            because decoding normally runs in several worker processes already.
+
+    Raises:
+        MediaError: with one of the named statuses when the file cannot be used.
+    """
+    _check_spec(spec)
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise MediaError(UNREADABLE, f"cannot read file: {_one_line(exc)}") from None
+    if size == 0:
+        raise MediaError(EMPTY_FILE, "file is empty (0 bytes)")
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError) as exc:
+        raise MediaError(UNREADABLE, f"not a readable media file: {_one_line(exc)}") from None
+    with container:
+        return _decode_container(container, spec, _thread_count(threads))
+
+
+def _check_spec(spec: DecodeSpec) -> None:
+    if not spec.fps > 0 or not math.isfinite(spec.fps):
+        raise ValueError(f"DecodeSpec.fps must be a positive number, got {spec.fps!r}")
+    if int(spec.sample_rate) <= 0:
+        raise ValueError(f"DecodeSpec.sample_rate must be positive, got {spec.sample_rate!r}")
+
+
+def _thread_count(threads: int | None) -> int:
+    if threads is None:
+        raw = os.environ.get(THREADS_ENV, "").strip()
+        try:
+            threads = int(raw) if raw else 1
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV} must be an integer, got {raw!r}") from None
+    return max(0, int(threads))  # 0 lets FFmpeg pick one thread per core
+
+
+def _one_line(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return " ".join(str(text).split())
+
+
+def _pick_stream(container, kind: str):
+    """The default/best stream of ``kind``, ignoring cover art (attached pictures)."""
+    cover = getattr(getattr(av.stream, "Disposition", None), "attached_pic", None)  # PyAV >= 13
+    streams = [
+        s
+        for s in (container.streams.video if kind == "video" else container.streams.audio)
+        if not (kind == "video" and cover is not None and s.disposition & cover)
+    ]
+    if not streams:
+        return None
+    best = container.streams.best(kind)
+    return best if any(best is s for s in streams) else streams[0]
+
+
+def _decode_container(container, spec: DecodeSpec, threads: int) -> DecodedMedia:
+    astream = _pick_stream(container, "audio")
+    vstream = _pick_stream(container, "video")
+    if astream is None:
+        raise MediaError(NO_AUDIO, "no audio stream")
+    if vstream is None:
+        raise MediaError(NO_VIDEO, "no video stream (audio-only file)")
+    for stream in (astream, vstream):
+        if stream.codec_context is None:
+            raise MediaError(DECODE_ERROR, f"no decoder for the {stream.type} codec")
+    if threads != 1:
+        vstream.codec_context.thread_count = threads
+        vstream.codec_context.thread_type = "AUTO"
+    else:
+        vstream.codec_context.thread_count = 1
+
+    origin = _timeline_origin(container, astream, vstream)
+    audio = _AudioCollector(int(spec.sample_rate), origin)
+    video = _FrameSampler(spec, origin, vstream.time_base)
+    a_index, v_index = astream.index, vstream.index
+    packet = None
+    try:
+        for packet in container.demux(astream, vstream):
+            index = packet.stream_index
+            for frame in packet.decode():
+                if index == a_index:
+                    audio.add(frame)
+                elif index == v_index:
+                    video.add(frame)
+        packet = None
+        audio.finish()
+        video.finish()
+    except (av.error.FFmpegError, OSError) as exc:
+        where = ""
+        if packet is not None:
+            kind = "audio" if packet.stream_index == a_index else "video"
+            where = f" in the {kind} stream"
+            if packet.pts is not None and packet.time_base is not None:
+                where += f" near {float(packet.pts * packet.time_base - origin):.2f} s"
+        raise MediaError(DECODE_ERROR, f"corrupt data{where}: {_one_line(exc)}") from None
+
+    if audio.samples == 0:
+        raise MediaError(NO_AUDIO, "the audio stream decodes to no samples")
+    if video.count == 0:
+        raise MediaError(NO_VIDEO, "the video stream decodes to no frames")
+    audio_data = audio.result()
+    audio_start = audio.start_time()
+    duration = max(audio_start + len(audio_data) / spec.sample_rate, video.end_time())
+    if not video.times or duration < 1.0 / spec.fps:
+        raise MediaError(
+            TOO_SHORT, f"media covers {duration:.3f} s, less than one frame interval ({1.0 / spec.fps:.3g} s)"
+        )
+    if len(audio_data) < MIN_AUDIO_SAMPLES:
+        raise MediaError(
+            TOO_SHORT, f"audio has {len(audio_data)} samples, fewer than the {MIN_AUDIO_SAMPLES} the audio model needs"
+        )
+    return DecodedMedia(
+        audio=audio_data,
+        audio_start=audio_start,
+        frames=np.ascontiguousarray(np.stack(video.arrays)),
+        frame_times=np.asarray(video.times, dtype=np.float64),
+        duration=float(duration),
+        width=int(video.width),
+        height=int(video.height),
+        source_sample_rate=int(astream.rate or audio.source_rate or 0),
+    )
+
+
+def _timeline_origin(container, astream, vstream) -> Fraction:
+    """Timeline zero: the container's start time, else the earliest stream start."""
+    if container.start_time is not None:
+        return Fraction(container.start_time, av.time_base)
+    starts = [
+        s.start_time * s.time_base for s in (astream, vstream) if s.start_time is not None and s.time_base is not None
+    ]
+    return min(starts) if starts else Fraction(0)
+
+
+class _AudioCollector:
+    """Resamples decoded audio frames to mono float32 and keeps them in timeline order."""
+
+    def __init__(self, rate: int, origin: Fraction):
+        self.rate = rate
+        self.origin = origin
+        self.chunks: list[np.ndarray] = []
+        self.samples = 0
+        self.source_rate: int | None = None
+        self._start: float | None = None  # absolute time of the first output sample
+        self._resampler: av.AudioResampler | None = None
+        self._key: tuple | None = None
+
+    def add(self, frame) -> None:
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if key != self._key:  # a mid-stream format change needs a fresh resampler
+            self._flush()
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=self.rate)
+            self._key = key
+        if self.source_rate is None:
+            self.source_rate = frame.sample_rate
+        if self._start is None and frame.pts is None:
+            self._start = float(self.origin)  # no timestamps at all: assume the audio starts at 0
+        self._append(self._resampler.resample(frame))
+
+    def finish(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._resampler is not None:
+            self._append(self._resampler.resample(None))
+
+    def _append(self, frames) -> None:
+        for out in frames:
+            if out is None or out.samples == 0:  # a passthrough resampler "flushes" [None]
+                continue
+            if out.pts is not None and out.time_base is not None:
+                t = float(out.pts * out.time_base)
+                if self._start is None:
+                    self._start = t
+                else:
+                    gap = t - (self._start + self.samples / self.rate)
+                    if gap > AUDIO_GAP_FILL:
+                        fill = int(round(gap * self.rate))
+                        self.chunks.append(np.zeros(fill, dtype=np.float32))
+                        self.samples += fill
+            elif self._start is None:
+                self._start = float(self.origin)
+            data = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+            self.chunks.append(data)
+            self.samples += data.shape[0]
+
+    def start_time(self) -> float:
+        return (self._start if self._start is not None else float(self.origin)) - float(self.origin)
+
+    def result(self) -> np.ndarray:
+        if not self.chunks:
+            return np.zeros(0, dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate(self.chunks), dtype=np.float32)
+
+
+class _FrameSampler:
+    """Picks the frame on screen at each target time k / fps and converts only those."""
+
+    def __init__(self, spec: DecodeSpec, origin: Fraction, time_base):
+        self.spec = spec
+        self.fps = float(spec.fps)
+        self.origin = origin
+        self.time_base = time_base
+        self.arrays: list[np.ndarray] = []
+        self.times: list[float] = []
+        self.count = 0  # frames decoded
+        self.width: int | None = None
+        self.height: int | None = None
+        self._k = 0  # next target index
+        self._prev = None  # last displayable frame seen
+        self._prev_time: float | None = None
+        self._prev_duration: float | None = None  # its own duration, when the stream says
+        self._gap: float | None = None  # the last interval between frames
+        self._taken: float | None = None  # time of the last converted frame
+        self._geometry: tuple[int, int] | None = None
+
+    def add(self, frame) -> None:
+        self.count += 1
+        if self.width is None:
+            self.width, self.height = frame.width, frame.height
+        time_base = frame.time_base or self.time_base
+        if frame.pts is not None and time_base is not None:
+            t = float(frame.pts * time_base - self.origin)
+        elif self._prev_time is not None:  # no timestamp: assume it follows the previous frame
+            t = self._prev_time + (self._prev_duration or self._gap or 1.0 / self.fps)
+        else:
+            t = 0.0
+        if self._prev_time is not None and t <= self._prev_time:
+            return  # out of order or duplicate timestamp: never on screen in timeline order
+        self._serve_before(t, frame)
+        if self._prev_time is not None:
+            self._gap = t - self._prev_time
+        self._prev, self._prev_time = frame, t
+        duration = getattr(frame, "duration", None)
+        self._prev_duration = float(duration * time_base) if duration and time_base is not None else None
+
+    def end_time(self) -> float:
+        """End of the video on the timeline: last frame time plus one frame duration."""
+        if self._prev_time is None:
+            return 0.0
+        return self._prev_time + (self._prev_duration or self._gap or 0.0)
+
+    def finish(self) -> None:
+        if self._prev is not None:
+            self._serve_before(self.end_time(), None)
+        self._prev = None
+
+    def _serve_before(self, limit: float, first) -> None:
+        """Serve every target before ``limit`` with the frame on screen then."""
+        if self._k / self.fps >= limit - _EPS:
+            return
+        if self._prev is not None:
+            self._take(self._prev, self._prev_time)
+        elif first is not None:
+            self._take(first, limit)
+        # Jump straight past the served targets (a long timestamp jump costs nothing).
+        k = max(self._k + 1, math.ceil((limit - _EPS) * self.fps))
+        while k > self._k + 1 and (k - 1) / self.fps >= limit - _EPS:
+            k -= 1
+        while k / self.fps < limit - _EPS:
+            k += 1
+        self._k = k
+
+    def _take(self, frame, t: float) -> None:
+        if self._taken is not None and t <= self._taken:
+            return
+        if self._geometry is None:
+            self._geometry = resize_geometry(frame.height, frame.width, self.spec)
+        h, w = self._geometry
+        image = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+        if self.spec.crop is not None:
+            image = center_crop(image, self.spec.crop)
+        self.arrays.append(np.ascontiguousarray(image))
+        self.times.append(t)
+        self._taken = t

@@ -1,0 +1,158 @@
+"""Extraction throughput: decode-only, model-only, end to end, and a naive per-video loop.
+
+Prints figures and ratios; asserts nothing. All four paths run on the same videos in one
+process run, each repeated ``--repeats`` times; medians are reported.
+
+    python benchmarks/extract.py                       # synthetic corpus, real-size random models
+    python benchmarks/extract.py --media ../shared/media --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+
+def _median_time(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def decode_all(paths, spec, workers):
+    from avfeat.extract.job import _decode_task, _new_row, _Task
+    from avfeat.extract.inputs import video_id
+    from avfeat.extract.workers import DecodePool
+
+    tasks = [_Task(_new_row(video_id(p), p), spec) for p in paths]
+    with DecodePool(_decode_task, workers=workers, timeout=600) as pool:
+        return [media for _, media in pool.imap(tasks)]
+
+
+def model_only(extractor, decoded):
+    """The backbones over pre-decoded videos, in the groups the job forms."""
+    group, frames, target = [], 0, extractor.options.batch_size * 4
+    for media in decoded:
+        group.append(({}, media))
+        frames += len(media.frames)
+        if frames >= target:
+            list(extractor._encode(group))
+            group, frames = [], 0
+    if group:
+        list(extractor._encode(group))
+
+
+def naive_loop(paths, audio_spec, visual_spec, fps, device):
+    """What a user would write: per clip, transformers processors + models, no batching or overlap."""
+    import av
+    import torch
+
+    from avfeat.extract.models import build_random
+
+    audio_model, audio_processor = build_random(audio_spec.removeprefix("random:"))
+    visual_model, visual_processor = build_random(visual_spec.removeprefix("random:"))
+    audio_model.to(device).eval()
+    visual_model.to(device).eval()
+    with torch.inference_mode():
+        for path in paths:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                rate = float(stream.average_rate or 25)
+                step = max(1, int(round(rate / fps)))
+                images = [f.to_image() for i, f in enumerate(container.decode(video=0)) if i % step == 0]
+            with av.open(str(path)) as container:
+                resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
+                chunks = [r.to_ndarray().reshape(-1) for f in container.decode(audio=0) for r in resampler.resample(f)]
+                wave = np.concatenate(chunks)
+            pixels = visual_processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+            visual_model(pixel_values=pixels)
+            values = audio_processor(wave, sampling_rate=16000, return_tensors="pt")["input_values"].to(device)
+            audio_model(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--media", type=Path, help="folder of videos (default: a synthetic corpus)")
+    parser.add_argument("--videos", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--audio-model", default="random:hubert-base")
+    parser.add_argument("--visual-model", default="random:dinov2-small")
+    parser.add_argument("--fps", type=float, default=1.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    from avfeat.data.synth import make_corpus
+    from avfeat.extract.inputs import list_inputs
+    from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
+
+    work = Path(tempfile.mkdtemp(prefix="avfeat-bench-"))
+    if args.media:
+        paths = list_inputs(str(args.media))
+    else:
+        make_corpus(work / "videos", videos=args.videos, seconds=args.seconds, classes=4, seed=0)
+        paths = list_inputs(str(work / "videos"))
+    config = ExtractConfig(audio_model=args.audio_model, visual_model=args.visual_model, fps=args.fps)
+    options = RunOptions(batch_size=args.batch_size, workers=args.workers, device=args.device, dtype=args.dtype, quiet=True)
+    extractor = Extractor(config, options)
+
+    decode_s, decoded = _median_time(lambda: decode_all(paths, extractor.spec, args.workers), args.repeats)
+    media_seconds = sum(m.duration for m in decoded)
+    frames = sum(len(m.frames) for m in decoded)
+    model_all = lambda: model_only(extractor, decoded)  # noqa: E731
+    model_all()  # warm-up (allocations, lazy kernels)
+    model_s, _ = _median_time(model_all, args.repeats)
+
+    runs = iter(range(1000))
+    e2e_s, _ = _median_time(lambda: extractor.run(paths, work / f"cache-{next(runs)}"), args.repeats)
+
+    naive_s = None
+    if not args.skip_naive and args.audio_model.startswith("random:") and args.visual_model.startswith("random:"):
+        naive_s, _ = _median_time(
+            lambda: naive_loop(paths, args.audio_model, args.visual_model, args.fps, extractor.device), args.repeats
+        )
+
+    figures = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+        + (f", {torch.cuda.get_device_name()}" if extractor.device.startswith("cuda") else ""),
+        "device": extractor.device,
+        "dtype": extractor.dtype,
+        "videos": len(paths),
+        "media_seconds": round(media_seconds, 1),
+        "frames": frames,
+        "workers": args.workers,
+        "decode_s": round(decode_s, 3),
+        "model_s": round(model_s, 3),
+        "e2e_s": round(e2e_s, 3),
+        "e2e_over_max_decode_model": round(e2e_s / max(decode_s, model_s), 3),
+        "e2e_frames_per_s": round(frames / e2e_s, 1),
+        "e2e_media_seconds_per_s": round(media_seconds / e2e_s, 1),
+    }
+    if naive_s is not None:
+        figures["naive_s"] = round(naive_s, 3)
+        figures["naive_over_ours"] = round(naive_s / e2e_s, 2)
+    width = max(map(len, figures))
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

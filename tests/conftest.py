@@ -1,0 +1,27 @@
+"""Shared fixtures: the real test clips (when present) and one file per bad-input case."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from avfeat.testing import TEST_MEDIA_ENV, make_bad_input_cases, test_media_dir
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    """Folder of the real test clips; skips the test when it is absent."""
+    folder = test_media_dir()
+    if folder is None:
+        pytest.skip(f"real test clips not found (set {TEST_MEDIA_ENV} or provide ../shared/media next to the repo)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(tmp_path_factory) -> dict[str, str]:
+    """{case: path} for every bad input; the expected status is ``BAD_INPUT_STATUS[case]``.
+
+    Keyed by case, not status, because two cases (truncated MP4, text file) are ``unreadable``.
+    """
+    return make_bad_input_cases(tmp_path_factory.mktemp("bad_inputs"))

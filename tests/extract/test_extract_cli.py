@@ -1,0 +1,197 @@
+"""`avfeat extract` / `avfeat info` end to end, through the real command line."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from avfeat.data.cache import Cache, read_manifest
+from avfeat.data.synth import make_corpus
+from avfeat.testing import make_bad_inputs, make_clip
+
+TINY = ["--audio-model", "random:hubert-tiny", "--visual-model", "random:dinov2-tiny"]
+
+
+def avfeat(*args, check=None):
+    result = subprocess.run([sys.executable, "-m", "avfeat", *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check is not None:
+        assert result.returncode == check, result.stderr[-3000:]
+    return result
+
+
+def extract(src, out, *extra, check=None):
+    return avfeat("extract", src, "--out", out, *TINY, "--fps", 2, "--quiet", *extra, check=check)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    make_corpus(folder, videos=6, seconds=3.0, classes=3, seed=0, size=96)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference_cache(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "cache"
+    extract(corpus, out, "--shard-size", 2, "--workers", 2, check=0)
+    return out
+
+
+def test_synthetic_videos_end_to_end(corpus, reference_cache):
+    cache = Cache(reference_cache)
+    truth = pq.read_table(corpus / "ground_truth.parquet").to_pylist()
+    rows = cache.videos()
+    assert len(rows) == len(truth) == 6
+    assert {os.path.basename(r["path"]) for r in rows} == {t["path"] for t in truth}
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert abs(row["duration"] - 3.0) < 0.1
+        audio = cache.audio_tokens(row["video_id"])
+        visual = cache.visual_tokens(row["video_id"])
+        times = cache.frame_times(row["video_id"])
+        assert audio.shape[1] == cache.config["audio_dim"] and abs(len(audio) - 150) <= 2  # 50 Hz
+        assert visual.shape[1:] == (cache.config["visual_tokens"], cache.config["visual_dim"])
+        assert len(visual) == len(times) == 6  # 2 fps over 3 s
+        np.testing.assert_allclose(times, np.arange(6) / 2, atol=0.021)
+        assert np.isfinite(audio).all() and np.isfinite(visual).all()
+    assert len(cache.layout.shards()) == 3  # shard size 2
+    assert cache.config["audio_model"] == "random:hubert-tiny"
+
+
+def test_info_text_and_json(reference_cache):
+    text = avfeat("info", reference_cache, check=0).stdout
+    assert "random:hubert-tiny" in text and "ok 6" in text
+    report = json.loads(avfeat("info", reference_cache, "--json", check=0).stdout)
+    assert report["status_counts"] == {"ok": 6}
+    assert report["videos"] == 6 and report["bytes"] > 0 and report["media_hours"] == pytest.approx(18 / 3600, rel=0.05)
+
+
+def test_rerun_skips_everything_and_changed_config_is_refused(corpus, reference_cache):
+    before = {p.name: p.stat().st_mtime_ns for p in (reference_cache / "shards").iterdir()}
+    result = extract(corpus, reference_cache, check=0)
+    assert "6 already in the cache" in result.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (reference_cache / "shards").iterdir()} == before
+    refused = avfeat("extract", corpus, "--out", reference_cache, *TINY, "--fps", 1, "--quiet")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
+    assert refused.stderr.startswith("avfeat: error:") and "different config" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def _snapshot(path):
+    """Everything a cache holds, comparable across runs."""
+    cache = Cache(path)
+    manifest = read_manifest(path).sort_by("video_id").to_pylist()
+    tensors = {
+        r["video_id"]: (cache.audio_tokens(r["video_id"]), cache.visual_tokens(r["video_id"]), cache.frame_times(r["video_id"]))
+        for r in manifest
+        if r["status"] == "ok"
+    }
+    return manifest, tensors
+
+
+def _parts(out):
+    return len(list((out / "manifest").glob("*.parquet"))) if (out / "manifest").is_dir() else 0
+
+
+def test_kill_at_random_moments_then_resume_gives_identical_cache(corpus, reference_cache, tmp_path):
+    out = tmp_path / "cache"
+    command = [sys.executable, "-m", "avfeat", "extract", str(corpus), "--out", str(out), *TINY, "--fps", "2", "--quiet", "--shard-size", "2", "--workers", "2"]
+    rng = random.Random(1234)
+    left_behind = []
+    for target in range(3):
+        # Kill once the cache holds `target` committed shards, after a random delay that lands
+        # mid-decode, mid-forward or mid-commit.
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        delay = rng.uniform(0.0, 0.6)
+        while process.poll() is None and _parts(out) < target:
+            time.sleep(0.02)
+        time.sleep(delay)
+        if process.poll() is not None:
+            break
+        os.killpg(process.pid, signal.SIGKILL)  # the job and its decode workers, as a crash would
+        process.wait()
+        left_behind.append(_parts(out))
+    assert len(left_behind) >= 2 and min(left_behind) < 3, left_behind
+    extract(corpus, out, "--shard-size", 2, "--workers", 2, check=0)
+    assert not list(out.rglob("*.tmp"))
+    manifest, tensors = _snapshot(out)
+    expected_manifest, expected_tensors = _snapshot(reference_cache)
+    assert manifest == expected_manifest
+    assert tensors.keys() == expected_tensors.keys()
+    for vid, arrays in tensors.items():
+        for got, want in zip(arrays, expected_tensors[vid]):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_bad_inputs_are_recorded_and_the_job_goes_on(tmp_path):
+    folder = tmp_path / "in"
+    expected = make_bad_inputs(folder)
+    make_clip(folder / "good.mp4", seconds=2.0)
+    result = extract(folder, tmp_path / "cache", "--workers", 2)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    by_name = {os.path.basename(r["path"]): r for r in Cache(tmp_path / "cache").videos()}
+    assert by_name["good.mp4"]["status"] == "ok"
+    for status, path in expected.items():
+        row = by_name[os.path.basename(path)]
+        assert row["status"] == status, (path, row)
+        if status != "ok":
+            assert row["error"]
+    report = json.loads(avfeat("info", tmp_path / "cache", "--json", check=0).stdout)
+    assert report["status_counts"]["ok"] >= 1 and sum(report["status_counts"].values()) == len(by_name)
+
+
+def test_retry_failed_and_limit(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_clip(folder / "a.mp4", seconds=1.5)
+    (folder / "b.mp4").write_text("not a video")
+    make_clip(folder / "c.mp4", seconds=1.5)
+    out = tmp_path / "cache"
+    extract(folder, out, "--limit", 2, check=3)
+    assert Cache(out).status_counts() == {"ok": 1, "unreadable": 1}
+    extract(folder, out, check=3)  # c is new; b stays failed without --retry-failed
+    assert Cache(out).status_counts() == {"ok": 2, "unreadable": 1}
+    make_clip(folder / "b.mp4", seconds=1.5)
+    extract(folder, out, "--retry-failed", check=0)
+    assert Cache(out).status_counts() == {"ok": 3}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/no/such/folder"], "does not exist"),
+    (["EMPTY"], "no media files"),
+])
+def test_unusable_input_is_one_line_error(tmp_path, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    result = extract(*args, tmp_path / "cache")
+    assert result.returncode == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()
+
+
+def test_real_clips(media_dir, tmp_path):
+    out = tmp_path / "cache"
+    extract(media_dir, out, "--workers", 2, check=0)
+    cache = Cache(out)
+    rows = cache.videos()
+    assert len(rows) == len(list(media_dir.glob("*.mp4"))) + len(list(media_dir.glob("*.webm")))
+    for row in rows:
+        assert row["status"] == "ok", row
+        with av.open(row["path"]) as container:
+            container_duration = container.duration / av.time_base
+        assert abs(row["duration"] - container_duration) < 0.1, row["path"]
+        times = cache.frame_times(row["video_id"])
+        assert len(times) >= 2 and np.all(np.diff(times) > 0)
+        assert times[0] >= 0 and times[-1] < row["duration"]
+        assert abs(len(cache.audio_tokens(row["video_id"])) - row["duration"] * 50) < 0.2 * 50
