@@ -15,6 +15,7 @@ video is recorded twice (a failure retried later), the record in the highest par
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -397,6 +398,15 @@ class Cache:
                 last = max(first, int(np.searchsorted(times, end, side="left")))
         begin = row["visual_offset"]
         return self._file(row["shard"])["visual/tokens"][begin + first : begin + last]
+
+    def fingerprint(self) -> str:
+        """A short hash of the config and of what the manifest records, to tie heads and
+        indexes to the exact cache contents they were built from."""
+        digest = hashlib.sha1(json.dumps({k: v for k, v in self.config.items() if k != "avfeat_version"}, sort_keys=True).encode())
+        for vid in sorted(self._rows):
+            row = self._rows[vid]
+            digest.update(f"{vid}|{row['status']}|{row['shard']}|{row['audio_length']}|{row['visual_length']}\n".encode())
+        return digest.hexdigest()[:16]
 
     def shard_attrs(self) -> dict[str, Any]:
         """Attributes of the first committed shard (model specs, dims, rates), or {}."""

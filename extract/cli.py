@@ -23,7 +23,7 @@ def extract(
     batch_size: int = typer.Option(32, min=1, help="Frames per visual forward pass."),
     workers: int = typer.Option(2, min=0, help="Decoding processes (0: decode in this process)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
-    dtype: str = typer.Option("auto", help="Compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, float16, bfloat16."),
+    dtype: str = typer.Option("auto", help="Compute dtype: auto (bfloat16 on GPUs and on CPUs with native bfloat16, else float32), float32, float16, bfloat16."),
     shard_size: int = typer.Option(64, min=1, help="Videos per shard (the unit of commit and resume)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Process at most this many new videos."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the videos recorded as failed."),

@@ -1,0 +1,80 @@
+"""Projection heads: frozen audio and visual tokens → one shared, L2-normalised space."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+HEAD_KINDS = ("linear", "mlp")
+AGGREGATIONS = ("max-mean", "mean-pool", "cls")
+MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: temperature never below 0.01
+
+
+@dataclass
+class HeadConfig:
+    """Shape of the heads; stored in a checkpoint's config.json."""
+
+    audio_dim: int
+    visual_dim: int
+    dim: int = 256
+    head: str = "linear"
+    aggregation: str = "max-mean"
+    init_temperature: float = 0.07
+
+    def __post_init__(self):
+        if self.head not in HEAD_KINDS:
+            raise ValueError(f"unknown head {self.head!r} ({', '.join(HEAD_KINDS)})")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r} ({', '.join(AGGREGATIONS)})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HeadConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class ProjectionHead(nn.Module):
+    """LayerNorm + Linear (default), or LayerNorm + a two-layer GELU MLP; output unit-norm."""
+
+    def __init__(self, in_dim: int, dim: int, kind: str = "linear"):
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        if kind == "linear":
+            self.proj = nn.Linear(in_dim, dim)
+        else:
+            hidden = max(dim, in_dim)
+            self.proj = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(self.norm(tokens.to(self.norm.weight.dtype))), dim=-1)
+
+
+class AVHeads(nn.Module):
+    """The audio head, the visual head and the learnable InfoNCE temperature."""
+
+    def __init__(self, config: HeadConfig):
+        super().__init__()
+        self.config = config
+        self.audio = ProjectionHead(config.audio_dim, config.dim, config.head)
+        self.visual = ProjectionHead(config.visual_dim, config.dim, config.head)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """1 / temperature, clamped so training cannot blow the logits up."""
+        return self.log_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def project_audio(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(..., T, D_a) audio tokens → (..., T, dim) unit vectors."""
+        return self.audio(tokens)
+
+    def project_visual(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(..., 1 + P, D_v) visual tokens (CLS first) → (..., 1 + P, dim) unit vectors."""
+        return self.visual(tokens)
