@@ -19,3 +19,19 @@ class CacheError(AvfeatError):
 
 class ModelError(AvfeatError):
     """A model spec cannot be resolved or loaded."""
+
+
+class CheckpointError(AvfeatError):
+    """A heads checkpoint is missing, incomplete, or does not match the cache or options."""
+
+
+class SearchIndexError(AvfeatError):
+    """An index folder is missing, incomplete or unreadable."""
+
+
+class IndexMismatchError(SearchIndexError):
+    """An index was built with other heads or from another cache than the ones given."""
+
+
+class QueryError(InputError):
+    """A search or sync query (a file, an image, ``VIDEO_ID@START-END``) cannot be used."""

@@ -1,0 +1,174 @@
+"""Heads checkpoints: a directory that other stages load, and the training state for resume.
+
+Layout::
+
+    heads.safetensors   the heads' weights (what `avfeat index` and notebooks load)
+    config.json         heads config, window, hop, the cache it was trained on, training options,
+                        the train/validation split, avfeat version
+    state.safetensors   everything resume needs in one file: weights, AdamW moments, RNG
+                        states (tensors) and the step, epoch and metric history (JSON metadata)
+    metrics.jsonl       one line per epoch (rewritten from the state's history)
+    curves.png          loss and recall curves
+
+Every file is written to ``*.tmp`` and renamed, so each file is always whole. The state file
+carries its own copy of the weights, so a crash between renaming the state and the heads
+still resumes exactly (the heads are rewritten at the next save). Nothing is ever unpickled:
+tensors go through safetensors, everything else through JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from avfeat.align.heads import AVHeads, HeadConfig
+from avfeat.errors import CheckpointError
+
+HEADS_FILE = "heads.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.safetensors"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+TENSORBOARD_DIR = "tensorboard"
+OWN_FILES = (HEADS_FILE, CONFIG_FILE, STATE_FILE, METRICS_FILE, CURVES_FILE)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def fingerprint_bytes(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
+def save_heads(folder: Path, heads: AVHeads) -> str:
+    """Write heads.safetensors; returns its fingerprint."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().float().cpu().contiguous() for k, v in heads.state_dict().items()})
+    write_atomic(folder / HEADS_FILE, data)
+    return fingerprint_bytes(data)
+
+
+def save_config(folder: Path, config: dict) -> None:
+    write_atomic(folder / CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_config(folder: Path) -> dict:
+    path = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} is not a heads checkpoint (no {CONFIG_FILE}); train one with `avfeat train-head`") from None
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read {path}: {error}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("heads"), dict) or "window" not in config:
+        raise CheckpointError(f"{path} is not a heads config (no 'heads' or 'window')")
+    return config
+
+
+@dataclass
+class Checkpoint:
+    """Trained heads ready to project tokens, with the config they were trained under."""
+
+    heads: AVHeads
+    config: dict
+    fingerprint: str
+    path: Path
+
+    @property
+    def window(self) -> float:
+        return float(self.config["window"])
+
+    @property
+    def hop(self) -> float:
+        return float(self.config.get("hop") or self.window / 2)
+
+    @property
+    def aggregation(self) -> str:
+        return self.heads.config.aggregation
+
+    @property
+    def cache_fingerprint(self) -> str:
+        return str(self.config.get("cache", {}).get("fingerprint", ""))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load ``heads.safetensors`` + ``config.json`` from a checkpoint folder (eval mode).
+
+    Raises:
+        CheckpointError: the folder, a file, or a weight is missing or does not fit the config.
+    """
+    from safetensors.torch import load
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"heads checkpoint {folder} does not exist")
+    config = read_config(folder)
+    try:
+        data = (folder / HEADS_FILE).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} has no {HEADS_FILE} (training has not finished an epoch yet?)") from None
+    try:
+        heads = AVHeads(HeadConfig.from_dict(config["heads"]))
+        heads.load_state_dict(load(data))
+    except (ValueError, TypeError, RuntimeError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{folder / HEADS_FILE} does not match its config: {first_line}") from None
+    heads.to(device).eval()
+    return Checkpoint(heads=heads, config=config, fingerprint=fingerprint_bytes(data), path=folder)
+
+
+def save_state(folder: Path, heads: AVHeads, optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write state.safetensors: weights, optimizer moments, RNG states and JSON ``meta``."""
+    from safetensors.torch import save
+
+    tensors = {f"heads.{k}": v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
+    optim = optimizer.state_dict()
+    for index, state in optim["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors.update({f"rng.{k}": v.cpu().contiguous() for k, v in rng.items()})
+    meta = dict(meta, optimizer_groups=optim["param_groups"])
+    write_atomic(folder / STATE_FILE, save(tensors, metadata={"state": json.dumps(meta)}))
+
+
+def load_state(folder: Path, heads: AVHeads, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Restore weights and optimizer from state.safetensors; returns (RNG states, meta)."""
+    from safetensors import safe_open
+    from safetensors.torch import load
+
+    path = folder / STATE_FILE
+    try:
+        data = path.read_bytes()
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads(handle.metadata()["state"])
+        tensors = load(data)
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder} has no {STATE_FILE}: nothing to resume (no epoch finished yet?)") from None
+    except Exception as error:  # a damaged file: say so in one line
+        raise CheckpointError(f"cannot read {path}: {error}") from None
+    heads.load_state_dict({k[len("heads.") :]: v for k, v in tensors.items() if k.startswith("heads.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    groups = meta.pop("optimizer_groups")
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    rng = {k[len("rng.") :]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return rng, meta

@@ -1,0 +1,95 @@
+"""`avfeat train-head` (contrastive heads on a token cache) and `avfeat attention-map`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def train_head(
+    cache: Path = typer.Argument(..., help="A cache folder written by `avfeat extract`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder to write (heads.safetensors, config.json, state, metrics, curves)."),
+    window: float = typer.Option(2.0, help="Window length in seconds: audio tokens and the frames of the same span."),
+    hop: Optional[float] = typer.Option(None, help="Hop in seconds recorded for indexing (default: window / 2)."),
+    head: str = typer.Option("linear", help="linear (LayerNorm + Linear) or mlp (a small two-layer MLP)."),
+    dim: int = typer.Option(256, min=1, help="Dimensions of the shared space."),
+    aggregation: str = typer.Option("max-mean", help="Clip score: max-mean, mean-pool or cls."),
+    epochs: int = typer.Option(10, min=1, help="Epochs (see --passes-per-epoch)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Total optimizer steps; overrides --epochs (the last epoch may be partial)."),
+    passes_per_epoch: int = typer.Option(1, min=1, help="Passes over the training videos (one window each) per epoch; raise it for small collections."),
+    batch_size: int = typer.Option(64, min=2, help="Windows per batch, each from a different video."),
+    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (linear warm-up, cosine decay)."),
+    weight_decay: float = typer.Option(0.01, help="AdamW weight decay."),
+    warmup: float = typer.Option(0.05, help="Fraction of the steps spent warming up."),
+    clip: float = typer.Option(1.0, help="Gradient-norm clipping (0: off)."),
+    temperature: float = typer.Option(0.07, help="Initial InfoNCE temperature (learned, clamped at 0.01)."),
+    temporal_negatives: bool = typer.Option(False, "--temporal-negatives", help="Add the same video shifted in time as an extra negative (teaches synchronization)."),
+    min_shift: float = typer.Option(1.0, help="Smallest shift in seconds of a temporal negative."),
+    offdiag_weight: float = typer.Option(0.0, help="Regulariser: weight of the mean off-diagonal score."),
+    centroid_weight: float = typer.Option(0.0, help="Regulariser: weight of the squared norm of the mean projected token (against collapse)."),
+    val_fraction: float = typer.Option(0.1, help="Fraction of videos held out for validation."),
+    val_windows: int = typer.Option(4, min=1, help="Fixed, evenly spaced validation windows per validation video."),
+    seed: int = typer.Option(0, help="Seed of the split, the initialisation and the sampling."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+    memory_limit: Optional[str] = typer.Option(None, help="Load the tokens into (GPU) memory when they fit under this size, e.g. 8GB (default: half the available memory; 0: always stream)."),
+    workers: int = typer.Option(2, min=0, help="DataLoader processes that read HDF5 when streaming."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where its last epoch ended."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint in --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
+) -> None:
+    """Train contrastive projection heads on cached HuBERT and DINOv2 tokens."""
+    from avfeat.align.data import parse_bytes
+    from avfeat.align.train import RunOptions, TrainConfig, train
+    from avfeat.errors import InputError
+
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    try:
+        config = TrainConfig(
+            window=window, hop=hop, dim=dim, head=head, aggregation=aggregation, epochs=epochs, steps=steps,
+            passes_per_epoch=passes_per_epoch, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+            clip=clip, temperature=temperature, temporal_negatives=temporal_negatives, min_shift=min_shift,
+            offdiag_weight=offdiag_weight, centroid_weight=centroid_weight, val_fraction=val_fraction,
+            val_windows=val_windows, seed=seed,
+        )
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    options = RunOptions(
+        device=device, memory_limit=None if memory_limit is None else parse_bytes(memory_limit), workers=workers,
+        resume=resume, overwrite=overwrite, quiet=quiet,
+    )
+    result = train(cache, out, config, options, log=lambda line: typer.echo(line, err=True) if not quiet else None)
+    last = result.history[-1] if result.history else {}
+    summary = f"wrote {out}: {len(result.history)} epochs, final train loss {last.get('train_loss', float('nan')):.4f}"
+    if "val" in last:
+        summary += f", validation R@1 a2v {last['val']['a2v']['R@1']:.3f} v2a {last['val']['v2a']['R@1']:.3f}"
+    typer.echo(summary)
+
+
+def attention_map(
+    heads: Path = typer.Argument(..., help="A checkpoint folder written by `avfeat train-head`."),
+    cache: Path = typer.Argument(..., help="The token cache."),
+    video_id: str = typer.Argument(..., help="A video id of the cache (see `avfeat info --json`)."),
+    time: float = typer.Option(..., "--time", "-t", help="Start of the audio window, seconds."),
+    out: Path = typer.Option(Path("map.png"), "--out", "-o", help="PNG to write."),
+    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+) -> None:
+    """Where the sound is: a heat map of audio-patch similarity over the frame nearest --time."""
+    from avfeat.align.checkpoint import load_checkpoint
+    from avfeat.align.plots import attention_map as draw
+    from avfeat.align.train import resolve_device
+    from avfeat.data.cache import Cache
+
+    checkpoint = load_checkpoint(heads, resolve_device(device))
+    with Cache(cache) as store:
+        notes = draw(checkpoint, store, video_id, time, out)
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train-head")(train_head)
+    app.command("attention-map")(attention_map)

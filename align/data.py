@@ -1,0 +1,314 @@
+"""Training windows over a token cache: validation, the video split, sampling plans, and the
+two ways batches reach the model (tensors held in memory, or streamed from HDF5).
+
+Sampling is planned once per epoch on the CPU from one seeded ``torch.Generator``: each row of
+the plan is B distinct training videos (a slice of a random permutation) and a random valid
+window in each. Both data paths consume the same plan, so they give identical batches, and a
+resumed run that restores the generator draws exactly the plans an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avfeat.align.windows import WindowGeometry, video_windows
+from avfeat.errors import CacheError, InputError
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40, "tb": 2**40}
+DEFAULT_MEMORY_FRACTION = 0.5  # of available RAM (or free GPU memory) that in-memory training may use
+
+
+def open_cache(path: str | Path):
+    """Open a cache for training, or raise a one-line :class:`CacheError` saying what is wrong."""
+    from avfeat.data.cache import Cache
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CacheError(f"cache folder {path} does not exist")
+    cache = Cache(path)
+    if not cache.layout.parts():
+        raise CacheError(f"{path} has no manifest parts (an empty or incomplete cache); run `avfeat extract` to fill it")
+    if not cache.videos(status="ok"):
+        raise CacheError(f"{path} has no videos with status ok ({_counts(cache)}); nothing to train on")
+    return cache
+
+
+def _counts(cache) -> str:
+    return ", ".join(f"{status} {n}" for status, n in cache.status_counts().items()) or "no videos"
+
+
+def split_videos(video_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split by video (never by window, so no clip leaks).
+
+    The ids are sorted first, so the split depends only on the set of videos and the seed.
+    With ``val_fraction > 0`` and at least two videos, both sides get at least one video.
+    """
+    ids = sorted(video_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = 0
+    if val_fraction > 0 and len(ids) > 1:
+        n_val = min(len(ids) - 1, max(1, int(round(val_fraction * len(ids)))))
+    val = sorted(ids[i] for i in order[:n_val])
+    train = sorted(ids[i] for i in order[n_val:])
+    return train, val
+
+
+def parse_bytes(text: str) -> int:
+    """``"8GB"``, ``"512M"``, ``"0"`` → bytes (powers of two)."""
+    raw = text.strip().lower().replace(" ", "").removesuffix("ib").removesuffix("i")
+    number = raw.rstrip("kmgtb")
+    unit = raw[len(number) :]
+    try:
+        value = float(number)
+    except ValueError:
+        raise InputError(f"cannot read the size {text!r} (examples: 8GB, 512MB, 0)") from None
+    if unit not in _UNITS or value < 0:
+        raise InputError(f"cannot read the size {text!r} (examples: 8GB, 512MB, 0)")
+    return int(value * _UNITS[unit])
+
+
+def default_memory_limit(device: torch.device) -> int:
+    """Half the free GPU memory on a GPU, else half the available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(DEFAULT_MEMORY_FRACTION * free)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(DEFAULT_MEMORY_FRACTION * int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return int(DEFAULT_MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+@dataclass
+class WindowTable:
+    """Every valid window of the selected videos, as flat arrays (one entry per window).
+
+    Videos are numbered by their position in ``video_ids``; video k owns the windows
+    ``first[k] : first[k] + count[k]``, in time order.
+    """
+
+    video_ids: list[str]
+    geometry: WindowGeometry
+    video: np.ndarray  # (W,) video number of each window
+    frame: np.ndarray  # (W,) first frame within its video
+    audio: np.ndarray  # (W,) first audio token within its video
+    start: np.ndarray  # (W,) seconds
+    first: np.ndarray  # (V,)
+    count: np.ndarray  # (V,)
+
+    @classmethod
+    def build(cls, cache, video_ids: list[str], geometry: WindowGeometry) -> "WindowTable":
+        video, frame, audio, start, count = [], [], [], [], []
+        for k, vid in enumerate(video_ids):
+            windows = video_windows(cache.row(vid), cache.frame_times(vid), geometry)
+            count.append(len(windows))
+            for w in windows:
+                video.append(k), frame.append(w.frame), audio.append(w.audio), start.append(w.start)
+        count = np.asarray(count, dtype=np.int64)
+        first = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+        as_int = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+        return cls(list(video_ids), geometry, as_int(video), as_int(frame), as_int(audio), np.asarray(start, dtype=np.float64), first, count)
+
+    def __len__(self) -> int:
+        return len(self.video)
+
+    def evenly_spaced(self, videos: list[int], per_video: int) -> np.ndarray:
+        """Up to ``per_video`` evenly spaced window ids of each of ``videos``: the fixed
+        validation windows."""
+        ids = []
+        for k in videos:
+            n = int(self.count[k])
+            picks = np.unique(np.round(np.linspace(0, n - 1, min(per_video, n))).astype(np.int64)) if n else []
+            ids.extend(int(self.first[k]) + int(p) for p in picks)
+        return np.asarray(ids, dtype=np.int64)
+
+
+def check_window(cache, video_ids: list[str], seconds: float) -> tuple[WindowGeometry, WindowTable]:
+    """Geometry and window table, refusing a window no video can hold."""
+    if not seconds > 0:
+        raise InputError(f"--window must be positive (got {seconds})")
+    geometry = WindowGeometry.for_cache(cache, seconds)
+    table = WindowTable.build(cache, video_ids, geometry)
+    if len(table) == 0:
+        longest = max(cache.row(v)["duration"] for v in video_ids)
+        raise InputError(f"--window {seconds:g} s is longer than every video (the longest is {longest:.2f} s)")
+    return geometry, table
+
+
+@dataclass
+class Plan:
+    """One epoch of sampled windows: ``windows[s]`` is step s's batch (window ids, one per
+    video), ``shifted[s]`` a window of the same video at least ``min_shift`` seconds away
+    (-1 where the video has none), used as temporal negatives."""
+
+    windows: torch.Tensor  # (steps, B) int64
+    shifted: torch.Tensor  # (steps, B) int64
+
+    def __len__(self) -> int:
+        return self.windows.shape[0]
+
+
+def steps_per_pass(n_videos: int, batch_size: int) -> int:
+    return max(1, n_videos // batch_size)
+
+
+def epoch_plan(table: WindowTable, videos: list[int], batch_size: int, passes: int, min_shift: float, generator: torch.Generator, steps: int | None = None) -> Plan:
+    """Sample an epoch: ``passes`` random permutations of ``videos``, cut into batches of B
+    distinct videos (the remainder of each pass is dropped), a uniformly random window in
+    each, and a shifted window for temporal negatives.
+
+    The generator is advanced by the same amount whatever ``steps`` truncates the plan to, and
+    whether or not temporal negatives are used, so the random stream never depends on them.
+    """
+    videos_t = torch.as_tensor(videos, dtype=torch.int64)
+    per_pass = steps_per_pass(len(videos), batch_size)
+    rows = [videos_t[torch.randperm(len(videos), generator=generator)[: per_pass * batch_size]].view(per_pass, batch_size) for _ in range(passes)]
+    chosen = torch.cat(rows)  # (passes * per_pass, B) video numbers
+    u = torch.rand(chosen.shape, generator=generator, dtype=torch.float64)
+    u_shift = torch.rand(chosen.shape, generator=generator, dtype=torch.float64)
+    if steps is not None:
+        chosen, u, u_shift = chosen[:steps], u[:steps], u_shift[:steps]
+    first = torch.as_tensor(table.first)[chosen]
+    count = torch.as_tensor(table.count)[chosen]
+    windows = first + (u * count).long().clamp(max=count - 1)
+    shifted = torch.full_like(windows, -1)
+    starts = table.start
+    for index in range(windows.numel()):  # small: steps * B per epoch
+        w = int(windows.view(-1)[index])
+        k = int(table.video[w])
+        lo, n = int(table.first[k]), int(table.count[k])
+        candidates = np.flatnonzero(np.abs(starts[lo : lo + n] - starts[w]) >= min_shift - 1e-6)
+        if len(candidates):
+            pick = candidates[min(len(candidates) - 1, int(float(u_shift.view(-1)[index]) * len(candidates)))]
+            shifted.view(-1)[index] = lo + int(pick)
+    return Plan(windows, shifted)
+
+
+def token_bytes(cache, video_ids: list[str]) -> int:
+    """Bytes the selected videos' audio and visual tokens take in memory (storage dtype)."""
+    config = cache.config
+    item = np.dtype(config.get("storage_dtype", "float16")).itemsize
+    audio_rows = sum(cache.row(v)["audio_length"] for v in video_ids)
+    visual_rows = sum(cache.row(v)["visual_length"] for v in video_ids)
+    return item * (audio_rows * config["audio_dim"] + visual_rows * config["visual_tokens"] * config["visual_dim"])
+
+
+class MemoryWindows:
+    """All selected tokens in two device tensors; a batch is two index gathers on the device."""
+
+    def __init__(self, cache, table: WindowTable, device: torch.device, progress=None):
+        config = cache.config
+        dtype = getattr(torch, config.get("storage_dtype", "float16"))
+        rows = [cache.row(v) for v in table.video_ids]
+        audio_len = np.asarray([r["audio_length"] for r in rows], dtype=np.int64)
+        visual_len = np.asarray([r["visual_length"] for r in rows], dtype=np.int64)
+        self.audio = torch.empty((int(audio_len.sum()), config["audio_dim"]), dtype=dtype)
+        self.visual = torch.empty((int(visual_len.sum()), config["visual_tokens"], config["visual_dim"]), dtype=dtype)
+        audio_at = np.concatenate([[0], np.cumsum(audio_len)[:-1]])
+        visual_at = np.concatenate([[0], np.cumsum(visual_len)[:-1]])
+        videos = range(len(rows)) if progress is None else progress(range(len(rows)))
+        for k in videos:  # one contiguous read per video and modality
+            vid = table.video_ids[k]
+            self.audio[audio_at[k] : audio_at[k] + audio_len[k]] = torch.from_numpy(cache.audio_tokens(vid))
+            self.visual[visual_at[k] : visual_at[k] + visual_len[k]] = torch.from_numpy(cache.visual_tokens(vid))
+        self.audio, self.visual = self.audio.to(device), self.visual.to(device)
+        self.nbytes = self.audio.nbytes + self.visual.nbytes
+        # Where each window's tokens start in the flat tensors, kept on the device.
+        self.window_audio = torch.as_tensor(audio_at[table.video] + table.audio, device=device)
+        self.window_frame = torch.as_tensor(visual_at[table.video] + table.frame, device=device)
+        self.audio_steps = torch.arange(table.geometry.audio_tokens, device=device)
+        self.frame_steps = torch.arange(table.geometry.frames, device=device)
+
+    def gather(self, window_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) window ids → audio (B, T, D_a) and visual (B, F, 1 + P, D_v) on the device."""
+        window_ids = window_ids.to(self.window_audio.device, non_blocking=True)
+        audio_rows = (self.window_audio[window_ids][:, None] + self.audio_steps).flatten()
+        frame_rows = (self.window_frame[window_ids][:, None] + self.frame_steps).flatten()
+        b = len(window_ids)
+        audio = self.audio.index_select(0, audio_rows).view(b, -1, self.audio.shape[-1])
+        visual = self.visual.index_select(0, frame_rows).view(b, -1, *self.visual.shape[1:])
+        return audio, visual
+
+    def batches(self, ids: torch.Tensor):
+        """Yield (audio, visual) for each row of ``ids`` (steps, k), in order."""
+        for row in ids.to(self.window_audio.device):
+            yield self.gather(row)
+
+
+def read_window(cache, row: dict, frame: int, audio: int, geometry: WindowGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """One window's tokens as two contiguous HDF5 slices.
+
+    Reads by token index rather than by time (``Cache.audio_tokens`` takes times), so the
+    slice is exactly the window the table describes; ``Cache._file`` is the per-process
+    lazily opened shard handle.
+    """
+    shard = cache._file(row["shard"])
+    a0 = row["audio_offset"] + audio
+    f0 = row["visual_offset"] + frame
+    return shard["audio/tokens"][a0 : a0 + geometry.audio_tokens], shard["visual/tokens"][f0 : f0 + geometry.frames]
+
+
+class StreamBatches(torch.utils.data.Dataset):
+    """Batches read from HDF5 in DataLoader workers: item s is the batch of rows ``ids[s]``.
+
+    Holds only the cache path and small arrays, so it pickles to workers; each worker opens the
+    cache itself on first use.
+    """
+
+    def __init__(self, cache_path: str | Path, table: WindowTable, ids: torch.Tensor):
+        self.cache_path = str(cache_path)
+        self.table = table
+        self.ids = ids  # (steps, k) window ids; several columns when shifted windows ride along
+        self._cache = None
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from avfeat.data.cache import Cache
+
+        if self._cache is None:
+            self._cache = Cache(self.cache_path)
+        audio, visual = [], []
+        for w in self.ids[step].tolist():
+            row = self._cache.row(self.table.video_ids[self.table.video[w]])
+            a, v = read_window(self._cache, row, int(self.table.frame[w]), int(self.table.audio[w]), self.table.geometry)
+            audio.append(a), visual.append(v)
+        return torch.from_numpy(np.stack(audio)), torch.from_numpy(np.stack(visual))
+
+
+class StreamWindows:
+    """The streaming counterpart of :class:`MemoryWindows`: yields the plan's batches through a
+    DataLoader whose worker processes read contiguous HDF5 slices."""
+
+    def __init__(self, cache_path: str | Path, table: WindowTable, device: torch.device, workers: int):
+        self.cache_path, self.table, self.device, self.workers = cache_path, table, device, workers
+        self.nbytes = 0
+
+    def batches(self, ids: torch.Tensor):
+        """Yield (audio, visual) for each row of ``ids`` (steps, k), in order, on the device."""
+        dataset = StreamBatches(self.cache_path, self.table, ids)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=None, shuffle=False, num_workers=self.workers,
+            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
+            persistent_workers=False,
+        )
+        for audio, visual in loader:
+            yield audio.to(self.device, non_blocking=True), visual.to(self.device, non_blocking=True)
+
+
+def plan_ids(plan: Plan, temporal_negatives: bool) -> torch.Tensor:
+    """The window ids one step reads: the batch, then (with temporal negatives) the shifted
+    windows, where a missing shift (-1) reads the window itself and is masked later."""
+    if not temporal_negatives:
+        return plan.windows
+    return torch.cat([plan.windows, torch.where(plan.shifted >= 0, plan.shifted, plan.windows)], dim=1)
+

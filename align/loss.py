@@ -1,0 +1,90 @@
+"""Symmetric InfoNCE over a batch's B×B clip scores, with optional temporal negatives and
+two small regularisers.
+
+Row i of the score matrix is audio window i against every visual window of the batch; the
+positive is the diagonal (the same video and time). The batch holds at most one window per
+video, so no off-diagonal pair is a false negative of the same clip.
+
+Temporal negatives: window i of the same video shifted in time. Its score enters as one extra
+column in both directions (audio i vs shifted visual i for audio→visual, shifted audio i vs
+visual i for visual→audio), so the heads must tell "the right clip" from "the right clip at
+the wrong moment", which is what synchronization search needs.
+
+Regularisers (both off by default; the InfoNCE alone reaches the acceptance numbers):
+- ``offdiag_weight``: penalises the mean off-diagonal raw score. Max-mean scores of unrelated
+  clips sit high (a max over many patches is large even for noise); this pushes that floor
+  down without changing the ranking objective.
+- ``centroid_weight``: penalises the squared norm of the mean projected token of each modality
+  (1 when every token collapses onto one direction, about 0 when they spread over the
+  sphere): a cheap guard against token collapse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    offdiag: float = 0.0
+    centroid: float = 0.0
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # what is minimised
+    info_nce: torch.Tensor  # the symmetric InfoNCE part alone (comparable across settings)
+    parts: dict[str, torch.Tensor]
+
+
+def info_nce(
+    scores: torch.Tensor,
+    logit_scale: torch.Tensor,
+    shifted_a2v: torch.Tensor | None = None,
+    shifted_v2a: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean of the audio→visual and visual→audio cross-entropies over a (B, B) score matrix.
+
+    Args:
+        scores: (B, B) clip scores, row = audio window, column = visual window.
+        logit_scale: 1 / temperature (already clamped by the heads).
+        shifted_a2v: optional (B,) scores of audio i against its own video's shifted visual
+            window: an extra negative column for the audio→visual rows. ``-inf`` entries (no
+            shifted window exists) drop out.
+        shifted_v2a: the same for the visual→audio rows (shifted audio i against visual i).
+    """
+    scores = scores.float()
+    target = torch.arange(scores.shape[0], device=scores.device)
+    a2v, v2a = scores, scores.T
+    if shifted_a2v is not None:
+        a2v = torch.cat([a2v, shifted_a2v.float()[:, None]], dim=1)
+    if shifted_v2a is not None:
+        v2a = torch.cat([v2a, shifted_v2a.float()[:, None]], dim=1)
+    return 0.5 * (F.cross_entropy(logit_scale * a2v, target) + F.cross_entropy(logit_scale * v2a, target))
+
+
+def contrastive_loss(
+    scores: torch.Tensor,
+    logit_scale: torch.Tensor,
+    weights: LossWeights = LossWeights(),
+    shifted_a2v: torch.Tensor | None = None,
+    shifted_v2a: torch.Tensor | None = None,
+    audio_tokens: torch.Tensor | None = None,
+    visual_tokens: torch.Tensor | None = None,
+) -> LossOutput:
+    """InfoNCE plus the weighted regularisers; ``*_tokens`` (projected, any leading shape) are
+    needed only when ``weights.centroid`` is non-zero."""
+    nce = info_nce(scores, logit_scale, shifted_a2v, shifted_v2a)
+    loss, parts = nce, {}
+    if weights.offdiag:
+        b = scores.shape[0]
+        off = ~torch.eye(b, dtype=torch.bool, device=scores.device)
+        parts["offdiag"] = scores.float()[off].mean() if b > 1 else scores.new_zeros(())
+        loss = loss + weights.offdiag * parts["offdiag"]
+    if weights.centroid:
+        parts["centroid"] = sum(t.float().flatten(0, -2).mean(dim=0).square().sum() for t in (audio_tokens, visual_tokens))
+        loss = loss + weights.centroid * parts["centroid"]
+    return LossOutput(loss=loss, info_nce=nce, parts=parts)

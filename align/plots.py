@@ -1,0 +1,147 @@
+"""Pictures: training curves, and "where the sound is" heat maps over a frame.
+
+Matplotlib runs on the Agg backend (files only, no display needed).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict], path: str | Path) -> None:
+    """Loss (train, validation) and validation R@1/5/10 both ways against the epoch."""
+    from avfeat.align.checkpoint import write_atomic
+
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    with_val = [r for r in history if "val" in r]
+    if with_val:
+        left.plot([r["epoch"] for r in with_val], [r["val_loss"] for r in with_val], "o-", label="validation")
+        for direction, style in (("a2v", "-"), ("v2a", "--")):
+            for k in (1, 5, 10):
+                right.plot([r["epoch"] for r in with_val], [r["val"][direction][f"R@{k}"] for r in with_val], style, label=f"{direction} R@{k}")
+        right.set_ylim(0, 1.02)
+        right.legend(fontsize=7, ncol=2)
+    left.set(xlabel="epoch", ylabel="InfoNCE loss", title="loss")
+    right.set(xlabel="epoch", ylabel="recall", title="validation retrieval (same video and time)")
+    left.legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    write_atomic(Path(path), buffer.getvalue())
+
+
+def decode_frame(path: str | Path, time: float, geometry: dict) -> np.ndarray | None:
+    """The RGB frame on screen at ``time`` seconds, scaled and centre-cropped like the visual
+    model saw it (``geometry``: the cache's ``frame_geometry``); None if it cannot be read."""
+    import av
+    from PIL import Image
+
+    from avfeat.extract.media import DecodeSpec, center_crop, resize_geometry
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            container.seek(max(0, int(time / stream.time_base)), stream=stream, backward=True)
+            chosen = None
+            for frame in container.decode(stream):
+                if chosen is not None and frame.time is not None and frame.time > time + 1e-6:
+                    break
+                chosen = frame
+            if chosen is None:
+                return None
+            image = chosen.to_ndarray(format="rgb24")
+    except (OSError, av.FFmpegError, IndexError):
+        return None
+    spec = DecodeSpec(
+        shortest_edge=geometry.get("shortest_edge"),
+        size=tuple(geometry["size"]) if geometry.get("size") else None,
+        crop=tuple(geometry["crop"]) if geometry.get("crop") else None,
+    )
+    height, width = resize_geometry(image.shape[0], image.shape[1], spec)
+    image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    return center_crop(image, spec.crop) if spec.crop else image
+
+
+def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path) -> list[str]:
+    """Draw where the sound of the window starting at ``time`` is, over the frame nearest it.
+
+    Each patch's value is its cosine similarity with the window's audio tokens, averaged over
+    the tokens (the per-patch term that max-mean maximises), upsampled to the frame.
+
+    Returns:
+        Notes for the user (e.g. that the video file is gone and the map is drawn alone).
+    """
+    import torch
+    from torch.nn import functional as F
+
+    from avfeat.align.scores import token_map
+    from avfeat.errors import InputError
+
+    from avfeat.errors import CheckpointError
+
+    trained = checkpoint.config.get("cache", {})
+    for key in ("audio_model", "visual_model", "audio_layer", "visual_layer", "audio_dim", "visual_dim"):
+        if key in trained and trained[key] != cache.config.get(key):
+            raise CheckpointError(f"the heads were trained on {key} {trained[key]!r}, this cache has {cache.config.get(key)!r}")
+    row = cache.row(video_id)
+    if row["status"] != "ok":
+        raise InputError(f"video {video_id} has no tokens (status {row['status']})")
+    times = cache.frame_times(video_id)
+    duration = row["audio_start"] + row["audio_length"] / row["audio_rate"]
+    if not times[0] - 1.0 <= time <= duration:
+        raise InputError(f"--time {time:g} is outside video {video_id} ({times[0]:.2f}-{duration:.2f} s)")
+    frame_index = int(np.argmin(np.abs(times - time)))
+    audio = cache.audio_tokens(video_id, start=time, end=time + checkpoint.window)
+    if len(audio) == 0:
+        raise InputError(f"no audio tokens in [{time:g}, {time + checkpoint.window:g}) s of video {video_id}")
+    visual = cache.visual_tokens(video_id)[frame_index]
+    heads = checkpoint.heads
+    device = next(heads.parameters()).device
+    with torch.no_grad():
+        a = heads.project_audio(torch.from_numpy(audio).float().to(device))
+        v = heads.project_visual(torch.from_numpy(visual).float().to(device))
+        values = token_map(a, v).float().cpu()
+    grid = cache.config.get("visual_grid") or [int(round(len(values) ** 0.5))] * 2
+    heat = values.view(1, 1, *grid)
+
+    notes: list[str] = []
+    image = None
+    if Path(row["path"]).is_file():
+        image = decode_frame(row["path"], float(times[frame_index]), cache.config.get("frame_geometry", {}))
+        if image is None:
+            notes.append(f"could not decode {row['path']}; drawing the map alone")
+    else:
+        notes.append(f"video file {row['path']} is gone; drawing the map alone")
+    size = image.shape[:2] if image is not None else (grid[0] * 16, grid[1] * 16)
+    heat = F.interpolate(heat, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5, 5 * size[0] / size[1] + 0.4))
+    if image is not None:
+        axis.imshow(image)
+        shown = axis.imshow(heat, cmap="jet", alpha=0.45)
+    else:
+        shown = axis.imshow(heat, cmap="jet")
+    figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, label="mean cosine with the audio")
+    axis.set_title(f"{video_id}\nframe {times[frame_index]:.2f} s, audio {time:.2f}-{time + checkpoint.window:.2f} s", fontsize=9)
+    axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return notes

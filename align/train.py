@@ -1,0 +1,413 @@
+"""The head-training loop: contrastive projection heads on cached tokens.
+
+An epoch is ``passes_per_epoch`` passes over the training videos with one window per video
+per pass, in batches of B distinct videos. After each epoch the heads are scored on fixed
+validation windows, and the checkpoint (heads, config, resumable state, metrics, curves) is
+saved. ``resume`` continues exactly: the same subsequent losses as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from avfeat import __version__
+from avfeat.align import checkpoint as ckpt
+from avfeat.align import data
+from avfeat.align.heads import AVHeads, HeadConfig
+from avfeat.align.loss import LossWeights, contrastive_loss, info_nce
+from avfeat.align.evaluate import window_scores
+from avfeat.align.metrics import both_directions
+from avfeat.align.scores import paired_scores, pairwise_scores
+from avfeat.errors import CheckpointError, InputError
+
+
+CURVES_EVERY = 30.0  # seconds: curves.png is redrawn at most this often, and after the last epoch
+
+
+@dataclass
+class TrainConfig:
+    """Every option that changes what is learned; stored in config.json under "training"."""
+
+    window: float = 2.0
+    hop: float | None = None  # indexing hop, default window / 2
+    dim: int = 256
+    head: str = "linear"
+    aggregation: str = "max-mean"
+    epochs: int = 10
+    steps: int | None = None  # total steps; overrides epochs (the last epoch may be partial)
+    passes_per_epoch: int = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of the steps spent warming up linearly
+    clip: float = 1.0  # max gradient norm (0: no clipping)
+    temperature: float = 0.07  # initial; learned, clamped at 0.01
+    temporal_negatives: bool = False
+    min_shift: float = 1.0
+    offdiag_weight: float = 0.0
+    centroid_weight: float = 0.0
+    val_fraction: float = 0.1
+    val_windows: int = 4  # fixed evenly spaced validation windows per validation video
+    seed: int = 0
+
+    def __post_init__(self):
+        HeadConfig(audio_dim=1, visual_dim=1, dim=self.dim, head=self.head, aggregation=self.aggregation)  # validates names
+        if self.batch_size < 2:
+            raise ValueError("--batch-size must be at least 2 (InfoNCE needs negatives)")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
+        if self.epochs < 1 or (self.steps is not None and self.steps < 1) or self.passes_per_epoch < 1:
+            raise ValueError("--epochs, --steps and --passes-per-epoch must be at least 1")
+        if self.lr <= 0 or not 0 <= self.warmup < 1:
+            raise ValueError("--lr must be positive and --warmup in [0, 1)")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass
+class RunOptions:
+    """How to run (not what to learn): may differ between a run and its resume."""
+
+    device: str = "auto"
+    memory_limit: int | None = None  # bytes; None: half the available (GPU) memory; 0: always stream
+    workers: int = 2  # DataLoader processes when streaming
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    stop_after: int | None = None  # end this run after that many epochs (tests, time-boxed jobs)
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    history: list[dict]  # one record per epoch, as in metrics.jsonl
+    losses: list[float]  # every step's loss of this run, in order
+    in_memory: bool
+    data_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA GPU is available")
+    return device
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to zero; ``step`` counts from 0."""
+    warm = int(config.warmup * total)
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def window_loss(heads: AVHeads, audio: torch.Tensor, visual: torch.Tensor, config: TrainConfig, shifted: torch.Tensor | None = None):
+    """Loss of one batch. With temporal negatives, ``audio``/``visual`` hold 2B windows (the
+    batch, then each one's shifted window) and ``shifted`` says which shifts exist."""
+    a, v = heads.project_audio(audio), heads.project_visual(visual)
+    b = a.shape[0] if shifted is None else a.shape[0] // 2
+    scores = pairwise_scores(a[:b], v[:b], config.aggregation)
+    extra = {}
+    if shifted is not None:
+        missing = ~shifted
+        extra["shifted_a2v"] = paired_scores(a[:b], v[b:], config.aggregation).masked_fill(missing, float("-inf"))
+        extra["shifted_v2a"] = paired_scores(a[b:], v[:b], config.aggregation).masked_fill(missing, float("-inf"))
+    weights = LossWeights(offdiag=config.offdiag_weight, centroid=config.centroid_weight)
+    return contrastive_loss(scores, heads.logit_scale, weights, audio_tokens=a[:b], visual_tokens=v[:b], **extra)
+
+
+class Trainer:
+    """Sets up data, heads and optimizer for one checkpoint folder, then runs epochs."""
+
+    def __init__(self, cache_path: str | Path, out: str | Path, config: TrainConfig, options: RunOptions, log: Callable[[str], None] = print):
+        self.cache_path, self.out, self.options, self.log = Path(cache_path), Path(out), options, log
+        self.cache = data.open_cache(cache_path)
+        self.notes: list[str] = []
+        if options.resume:
+            config = self._resume_config()
+        else:
+            self._prepare_out()
+        self.config = config
+        self.device = resolve_device(options.device)
+        self.amp = self.device.type == "cuda"
+
+        ok_ids = [r["video_id"] for r in self.cache.videos(status="ok")]
+        train_ids, val_ids = data.split_videos(ok_ids, config.val_fraction, config.seed)
+        self.geometry, self.table = data.check_window(self.cache, train_ids + val_ids, config.window)
+        has_windows = self.table.count > 0
+        self.train_videos = [k for k in range(len(train_ids)) if has_windows[k]]
+        self.val_videos = [k for k in range(len(train_ids), len(train_ids) + len(val_ids)) if has_windows[k]]
+        if len(self.train_videos) < 2:
+            raise InputError(f"only {len(self.train_videos)} training video(s) can hold a {config.window:g} s window; need at least 2")
+        self.batch_size = min(config.batch_size, len(self.train_videos))
+        if self.batch_size < config.batch_size:
+            self.notes.append(f"batch size lowered to {self.batch_size}: there are only {len(self.train_videos)} training videos with a full window")
+        self.val_ids = torch.as_tensor(self.table.evenly_spaced(self.val_videos, config.val_windows))
+        self.split = {"seed": config.seed, "val_fraction": config.val_fraction, "val_videos": sorted(val_ids)}
+
+        self.steps_per_epoch = data.steps_per_pass(len(self.train_videos), self.batch_size) * config.passes_per_epoch
+        self.total_steps = config.steps or config.epochs * self.steps_per_epoch
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+
+        self._load_data()
+        torch.manual_seed(config.seed)
+        head_config = HeadConfig(
+            audio_dim=self.cache.config["audio_dim"], visual_dim=self.cache.config["visual_dim"], dim=config.dim,
+            head=config.head, aggregation=config.aggregation, init_temperature=config.temperature,
+        )
+        self.heads = AVHeads(head_config).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.epoch, self.step, self.history = 0, 0, []
+        self._plotted = -math.inf
+        if options.resume:
+            self._restore()
+        else:
+            ckpt.save_config(self.out, self.checkpoint_config())
+
+    # ---- setup -------------------------------------------------------------------------
+
+    def _prepare_out(self) -> None:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise CheckpointError(f"output {out} exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()):
+            if not self.options.overwrite:
+                raise CheckpointError(f"output {out} already exists; pass --resume to continue training or --overwrite to replace it")
+            if not (out / ckpt.CONFIG_FILE).is_file():
+                raise CheckpointError(f"--overwrite refused: {out} is not a heads checkpoint (no {ckpt.CONFIG_FILE}); choose another --out")
+            for name in ckpt.OWN_FILES:
+                (out / name).unlink(missing_ok=True)
+            shutil.rmtree(out / ckpt.TENSORBOARD_DIR, ignore_errors=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CheckpointError(f"cannot create {out}: {error.strerror or error}") from None
+
+    def _resume_config(self) -> TrainConfig:
+        stored = ckpt.read_config(self.out)
+        if not (self.out / ckpt.STATE_FILE).is_file():
+            raise CheckpointError(f"{self.out} has no {ckpt.STATE_FILE}: nothing to resume (no epoch finished yet?)")
+        fingerprint = self.cache.fingerprint()
+        if stored.get("cache", {}).get("fingerprint") != fingerprint:
+            raise CheckpointError(f"{self.out} was trained on another cache (fingerprint {stored.get('cache', {}).get('fingerprint')}, this cache {fingerprint})")
+        self.notes.append("resuming with the checkpoint's own training options")
+        return TrainConfig.from_dict(stored["training"])
+
+    def _load_data(self) -> None:
+        ids = self.table.video_ids
+        self.data_bytes = data.token_bytes(self.cache, ids)
+        limit = self.options.memory_limit
+        limit = data.default_memory_limit(self.device) if limit is None else limit
+        where = "GPU memory" if self.device.type == "cuda" else "memory"
+        if self.data_bytes <= limit:
+            started = time.perf_counter()
+            self.source = data.MemoryWindows(self.cache, self.table, self.device)
+            self.in_memory = True
+            self.log(f"loaded {len(ids)} videos' tokens into {where}: {self.data_bytes / 2**20:.1f} MB in {time.perf_counter() - started:.1f} s")
+        else:
+            self.source = data.StreamWindows(self.cache_path, self.table, self.device, self.options.workers)
+            self.in_memory = False
+            self.log(f"streaming windows from HDF5 with {self.options.workers} workers: the tokens take {self.data_bytes / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB memory limit")
+
+    def checkpoint_config(self) -> dict:
+        c = self.cache.config
+        keys = ("audio_model", "visual_model", "audio_layer", "visual_layer", "fps", "audio_token_rate", "audio_dim", "visual_dim", "visual_tokens", "visual_grid", "frame_geometry")
+        return {
+            "heads": self.heads.config.to_dict(),
+            "window": self.config.window,
+            "hop": self.config.hop if self.config.hop else self.config.window / 2,
+            "cache": {"path": str(self.cache_path.resolve()), "fingerprint": self.cache.fingerprint(), **{k: c.get(k) for k in keys}},
+            "training": asdict(self.config),
+            "split": self.split,
+            "avfeat_version": __version__,
+        }
+
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        states = {"sampler": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return states
+
+    def _restore(self) -> None:
+        rng, meta = ckpt.load_state(self.out, self.heads, self.optimizer)
+        self.generator.set_state(rng["sampler"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+
+    # ---- training ----------------------------------------------------------------------
+
+    def train_step(self, audio: torch.Tensor, visual: torch.Tensor, shifted: torch.Tensor | None) -> torch.Tensor:
+        """One optimizer step; returns the loss (a detached device scalar: no sync here)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, self.total_steps, self.config)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = window_loss(self.heads, audio, visual, self.config, shifted)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.config.clip:
+            torch.nn.utils.clip_grad_norm_(self.heads.parameters(), self.config.clip)
+        self.optimizer.step()
+        self.step += 1
+        return out.loss.detach()
+
+    def epoch_batches(self, plan: data.Plan):
+        """(audio, visual, shifted mask or None) for each step of the plan."""
+        ids = data.plan_ids(plan, self.config.temporal_negatives)
+        shifted = (plan.shifted >= 0).to(self.device) if self.config.temporal_negatives else None
+        for s, (audio, visual) in enumerate(self.source.batches(ids)):
+            yield audio, visual, None if shifted is None else shifted[s]
+
+    def run(self, progress=None, on_epoch=None) -> TrainResult:
+        """Train until the last epoch (or ``options.stop_after`` epochs of this run).
+
+        Args:
+            progress: called with (steps done, loss tensor) after each step.
+            on_epoch: called with each epoch's metrics record once it is saved.
+        """
+        self.heads.train()
+        losses: list[float] = []
+        epochs_run = 0
+        while self.epoch < self.epochs:
+            if self.options.stop_after is not None and epochs_run >= self.options.stop_after:
+                break
+            steps = min(self.steps_per_epoch, self.total_steps - self.step)
+            passes = self.config.passes_per_epoch
+            plan = data.epoch_plan(self.table, self.train_videos, self.batch_size, passes, self.config.min_shift, self.generator, steps)
+            started = time.perf_counter()
+            epoch_losses = []
+            for audio, visual, shifted in self.epoch_batches(plan):
+                epoch_losses.append(self.train_step(audio, visual, shifted))
+                if progress is not None:
+                    progress(1, epoch_losses[-1])
+            epoch_losses = torch.stack(epoch_losses).float().cpu().tolist()
+            losses.extend(epoch_losses)
+            self.epoch += 1
+            epochs_run += 1
+            record = {"epoch": self.epoch, "step": self.step, "train_loss": sum(epoch_losses) / len(epoch_losses),
+                      "lr": self.optimizer.param_groups[0]["lr"], "temperature": float(1 / self.heads.logit_scale.detach()),
+                      "seconds": time.perf_counter() - started, **self.validate()}
+            self.history.append(record)
+            self.save()
+            self.log_tensorboard(record)
+            if on_epoch is not None:
+                on_epoch(record)
+        self.plot()
+        return TrainResult(self.out, self.history, losses, self.in_memory, self.data_bytes, self.notes)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Validation loss and R@1/5/10 both ways over the fixed validation windows."""
+        if len(self.val_ids) < 2:
+            return {}
+        self.heads.eval()
+        scores = window_scores(self.heads, self.source, self.val_ids, self.config.aggregation, self.batch_size, self.amp)
+        self.heads.train()
+        metrics = both_directions(scores)
+        return {"val_loss": self._val_loss(scores), "val": metrics}
+
+    def _val_loss(self, scores: torch.Tensor) -> float:
+        """Mean InfoNCE over groups of up to B validation windows from distinct videos (the
+        k-th window of each video together), so it compares with the training loss."""
+        video = torch.as_tensor(self.table.video)[self.val_ids]
+        slot = torch.zeros_like(video)
+        for i in range(1, len(video)):
+            slot[i] = slot[i - 1] + 1 if video[i] == video[i - 1] else 0
+        losses = []
+        for k in slot.unique():
+            members = torch.nonzero(slot == k).flatten()
+            for group in members.split(self.batch_size):
+                if len(group) >= 2:
+                    losses.append(float(info_nce(scores[group][:, group], self.heads.logit_scale.detach().float().cpu())))
+        return sum(losses) / len(losses) if losses else float("nan")
+
+    def save(self) -> None:
+        """State first (self-contained), then the heads, then metrics (and curves, throttled)."""
+        meta = {"epoch": self.epoch, "step": self.step, "history": self.history}
+        ckpt.save_state(self.out, self.heads, self.optimizer, self._rng_states(), meta)
+        ckpt.save_heads(self.out, self.heads)
+        lines = "".join(json.dumps(record) + "\n" for record in self.history)
+        ckpt.write_atomic(self.out / ckpt.METRICS_FILE, lines.encode())
+        if time.monotonic() - self._plotted > CURVES_EVERY:
+            self.plot()
+
+    def plot(self) -> None:
+        from avfeat.align.plots import plot_curves
+
+        if self.history:
+            plot_curves(self.history, self.out / ckpt.CURVES_FILE)
+        self._plotted = time.monotonic()
+
+    def log_tensorboard(self, record: dict) -> None:
+        writer = self._tensorboard()
+        if writer is not None:
+            writer.add_scalar("loss/train", record["train_loss"], record["step"])
+            if "val" in record:
+                writer.add_scalar("loss/val", record["val_loss"], record["step"])
+                for direction, values in record["val"].items():
+                    for name, value in values.items():
+                        writer.add_scalar(f"val_{direction}/{name}", value, record["step"])
+            writer.flush()
+
+    def _tensorboard(self):
+        """A SummaryWriter when tensorboard is installed, else None (logging is optional)."""
+        if not hasattr(self, "_writer"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out / ckpt.TENSORBOARD_DIR))
+            except ImportError:
+                self._writer = None
+        return self._writer
+
+
+def summary_line(record: dict) -> str:
+    """One epoch as a line: losses and validation R@1/5/10 both ways."""
+    line = f"epoch {record['epoch']:>3}  step {record['step']:>6}  train {record['train_loss']:.4f}"
+    if "val" in record:
+        a2v, v2a = record["val"]["a2v"], record["val"]["v2a"]
+        line += f"  val {record['val_loss']:.4f}  a2v R@1/5/10 {a2v['R@1']:.2f}/{a2v['R@5']:.2f}/{a2v['R@10']:.2f}"
+        line += f"  v2a {v2a['R@1']:.2f}/{v2a['R@5']:.2f}/{v2a['R@10']:.2f}"
+    return line
+
+
+def train(cache_path: str | Path, out: str | Path, config: TrainConfig | None = None, options: RunOptions | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    """Train heads on a cache into the checkpoint folder ``out`` (Python entry of `train-head`)."""
+    from tqdm import tqdm
+
+    options = options or RunOptions()
+    trainer = Trainer(cache_path, out, config or TrainConfig(), options, log=log)
+    for note in trainer.notes:
+        log(f"note: {note}")
+    bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", desc="train-head", disable=options.quiet, dynamic_ncols=True)
+
+    def progress(count: int, loss: torch.Tensor) -> None:
+        bar.update(count)
+        if bar.n % 10 == 0 or bar.n == bar.total:  # reading the loss syncs the GPU: not every step
+            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+
+    def on_epoch(record: dict) -> None:
+        if not options.quiet:
+            bar.write(summary_line(record))
+
+    with bar:
+        result = trainer.run(progress, on_epoch)
+    result.notes = trainer.notes
+    return result

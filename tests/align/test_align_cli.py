@@ -1,0 +1,100 @@
+"""`avfeat train-head` and `avfeat attention-map` through the real command line, bad input included."""
+
+import json
+import shutil
+
+import pytest
+
+from avfeat.data.cache import ShardWriter, empty_row, open_for_writing
+
+from .conftest import avfeat
+
+TRAIN = ["--window", 1, "--dim", 16, "--batch-size", 3, "--epochs", 2, "--val-fraction", 0.25, "--device", "cpu", "--quiet"]
+
+
+def one_line_error(result, *fragments):
+    """Exit 1, exactly one stderr line starting with 'avfeat: error:', no traceback."""
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("avfeat: error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_head_then_attention_map(small_cache, tmp_path):
+    heads = tmp_path / "heads"
+    result = avfeat("train-head", small_cache, "--out", heads, *TRAIN, check=0)
+    assert "validation R@1" in result.stdout
+    assert {p.name for p in heads.iterdir()} >= {"heads.safetensors", "config.json", "state.safetensors", "metrics.jsonl", "curves.png"}
+    assert not list(heads.glob("*.tmp"))
+    video_id = json.loads((heads / "config.json").read_text())["split"]["val_videos"][0]
+    result = avfeat("attention-map", heads, small_cache, video_id, "--time", 0.5, "--out", tmp_path / "map.png", check=0)
+    assert (tmp_path / "map.png").stat().st_size > 1000 and result.stderr == ""
+
+
+def test_attention_map_without_the_video_file_draws_the_map_alone(small_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(small_cache, cache)
+    avfeat("train-head", cache, "--out", tmp_path / "heads", *TRAIN, "--epochs", 1, check=0)
+    from avfeat.data.cache import Cache
+
+    row = Cache(cache).videos(status="ok")[0]
+    try:
+        (tmp_path / "gone").mkdir()
+        shutil.move(row["path"], tmp_path / "gone" / "x.mp4")
+        result = avfeat("attention-map", tmp_path / "heads", cache, row["video_id"], "--time", 1, "--out", tmp_path / "map.png", check=0)
+    finally:
+        shutil.move(tmp_path / "gone" / "x.mp4", row["path"])
+    assert "is gone; drawing the map alone" in result.stderr and (tmp_path / "map.png").is_file()
+
+
+def test_existing_output_is_refused_unless_resume_or_overwrite(small_cache, tmp_path):
+    heads = tmp_path / "heads"
+    avfeat("train-head", small_cache, "--out", heads, *TRAIN, "--epochs", 1, check=0)
+    one_line_error(avfeat("train-head", small_cache, "--out", heads, *TRAIN), "already exists", "--resume", "--overwrite")
+    avfeat("train-head", small_cache, "--out", heads, *TRAIN, "--overwrite", check=0)
+    other = tmp_path / "not_heads"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    one_line_error(avfeat("train-head", small_cache, "--out", other, *TRAIN, "--overwrite"), "not a heads checkpoint")
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_missing_cache(tmp_path):
+    one_line_error(avfeat("train-head", tmp_path / "nope", "--out", tmp_path / "heads", *TRAIN), "does not exist")
+
+
+def test_cache_without_manifest_parts(small_cache, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(small_cache / "cache.json", cache / "cache.json")
+    one_line_error(avfeat("train-head", cache, "--out", tmp_path / "heads", *TRAIN), "no manifest parts")
+
+
+def test_cache_with_no_ok_videos(small_cache, tmp_path):
+    config = json.loads((small_cache / "cache.json").read_text())
+    config.pop("avfeat_version")
+    layout = open_for_writing(tmp_path / "cache", config)
+    writer = ShardWriter(layout, 0, config["audio_dim"], config["visual_tokens"], config["visual_dim"], attrs={})
+    writer.add_failure(empty_row("a", "/x/a.mp4", 0, 0.0), "no_audio", "no audio stream")
+    writer.commit()
+    one_line_error(avfeat("train-head", tmp_path / "cache", "--out", tmp_path / "heads", *TRAIN), "no videos with status ok", "no_audio 1")
+
+
+def test_window_longer_than_every_video(small_cache, tmp_path):
+    result = avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, "--window", 30)
+    one_line_error(result, "longer than every video")
+    assert not (tmp_path / "heads" / "heads.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [(["--aggregation", "best"], "unknown aggregation"), (["--memory-limit", "lots"], "cannot read the size"), (["--resume", "--overwrite"], "exclude each other")],
+)
+def test_bad_options(small_cache, tmp_path, args, fragment):
+    one_line_error(avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, *args), fragment)
+
+
+def test_resume_without_a_checkpoint_and_attention_map_of_missing_heads(small_cache, tmp_path):
+    one_line_error(avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, "--resume"), "not a heads checkpoint")
+    one_line_error(avfeat("attention-map", tmp_path / "heads", small_cache, "x", "--time", 0), "does not exist")
