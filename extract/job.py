@@ -209,6 +209,21 @@ class Extractor:
         ((_, audio, visual, _),) = self._encode([({}, media)])
         return media, audio, visual
 
+    def encode_audio_file(self, path: str | Path) -> tuple[np.ndarray, float]:
+        """Only the sound of a file (an audio-only query: wav, flac, mp3, ...) through the audio
+        backbone: (tokens (T, D_a), time of the first sample). Raises MediaError."""
+        from avfeat.extract.media import decode_audio
+
+        waveform, start = decode_audio(path, self.audio.sample_rate)
+        (tokens,) = self.audio.encode([waveform], batch_size=1)
+        return tokens, start
+
+    def encode_image(self, path: str | Path) -> np.ndarray:
+        """An image file as one frame through the visual backbone: (1, 1 + P, D_v). Raises MediaError."""
+        from avfeat.extract.media import load_image
+
+        return self.visual.encode(load_image(path, self.spec)[None], batch_size=1)
+
     def run(
         self,
         paths: list[Path],

@@ -412,3 +412,69 @@ class _FrameSampler:
         self.arrays.append(np.ascontiguousarray(image))
         self.times.append(t)
         self._taken = t
+
+
+def _open_checked(path: str):
+    """Open a media container, or raise MediaError (missing, empty, unreadable)."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise MediaError(UNREADABLE, f"cannot read file: {_one_line(exc)}") from None
+    if size == 0:
+        raise MediaError(EMPTY_FILE, "file is empty (0 bytes)")
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError) as exc:
+        raise MediaError(UNREADABLE, f"not a readable media file: {_one_line(exc)}") from None
+
+
+def decode_audio(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, float]:
+    """Only the audio of a file (wav, flac, mp3, or a video's sound track): mono float32 at
+    ``sample_rate`` and the time of its first sample, decoded exactly as ``decode`` does.
+
+    Audio-only queries have no picture, which ``decode`` would reject as ``no_video``.
+
+    Raises:
+        MediaError: ``unreadable``, ``empty_file``, ``no_audio``, ``decode_error`` or ``too_short``.
+    """
+    path = os.fspath(path)
+    with _open_checked(path) as container:
+        astream = _pick_stream(container, "audio")
+        if astream is None:
+            raise MediaError(NO_AUDIO, "no audio stream")
+        if astream.codec_context is None:
+            raise MediaError(DECODE_ERROR, "no decoder for the audio codec")
+        audio = _AudioCollector(int(sample_rate), _timeline_origin(container, astream, astream))
+        try:
+            for packet in container.demux(astream):
+                for frame in packet.decode():
+                    audio.add(frame)
+            audio.finish()
+        except (av.error.FFmpegError, OSError) as exc:
+            raise MediaError(DECODE_ERROR, f"corrupt audio data: {_one_line(exc)}") from None
+    data = audio.result()
+    if len(data) < MIN_AUDIO_SAMPLES:
+        raise MediaError(TOO_SHORT, f"audio has {len(data)} samples, fewer than the {MIN_AUDIO_SAMPLES} the audio model needs")
+    return data, audio.start_time()
+
+
+def load_image(path: str | os.PathLike, spec: DecodeSpec) -> np.ndarray:
+    """An image file (png, jpg, ...) as one (H, W, 3) uint8 RGB frame at the model geometry.
+
+    Scaled by libswscale (bicubic) and centre-cropped exactly like decoded video frames, so an
+    image and a video frame of the same picture give the same tokens.
+
+    Raises:
+        MediaError: ``unreadable`` when the file is missing or not an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise MediaError(UNREADABLE, f"not a readable image: {_one_line(exc)}") from None
+    h, w = resize_geometry(rgb.shape[0], rgb.shape[1], spec)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    scaled = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+    return np.ascontiguousarray(center_crop(scaled, spec.crop) if spec.crop is not None else scaled)

@@ -1,0 +1,112 @@
+"""`avfeat index` (cache + heads → FAISS indexes), `avfeat search` and `avfeat sync`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def index(
+    cache: Path = typer.Argument(..., help="A cache folder written by `avfeat extract`."),
+    heads: Path = typer.Option(..., "--heads", help="Heads checkpoint written by `avfeat train-head`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (an existing index there is replaced)."),
+    window: Optional[float] = typer.Option(None, help="Window length in seconds (default: the heads' window)."),
+    hop: Optional[float] = typer.Option(None, help="Seconds between window starts (default: the heads' hop)."),
+    factory: Optional[str] = typer.Option(None, help="FAISS factory string, e.g. 'HNSW32,Flat' or 'IVF4096,PQ32' (default: chosen from the collection size)."),
+    memory_budget: Optional[str] = typer.Option(None, help="Memory the index may take, e.g. 4GB (default: half the machine's memory); IVF-PQ when raw vectors do not fit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Project every window of the cache through the heads and write per-modality FAISS indexes."""
+    from avfeat.data.cache import Cache
+    from avfeat.index.build import build_index, parse_size
+    from avfeat.index.store import load_heads
+
+    checkpoint = load_heads(heads)
+    with Cache(cache) as store:
+        meta = build_index(
+            store, checkpoint, out, window=window, hop=hop, factory=factory,
+            memory_budget=parse_size(memory_budget) if memory_budget else None, quiet=quiet,
+        )
+    for modality, info in meta["modalities"].items():
+        tuned = ", ".join(f"{k}={v}" for k, v in info["params"].items())
+        recall = f", recall@10 {info['recall_at_10']:.3f} vs exact" if info["recall_at_10"] is not None else ""
+        typer.echo(f"{modality:<7} {info['count']} windows, {info['factory']}{' (' + tuned + ')' if tuned else ''}{recall}")
+    typer.echo(f"wrote {out} ({meta['videos']} videos, {meta['window']:g} s windows every {meta['hop']:g} s)")
+
+
+def _print_hits(hits, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([hit.to_dict() for hit in hits], indent=2))
+        return
+    typer.echo(f"{'rank':>4}  {'score':>7}  {'start':>8}  {'end':>8}  path")
+    for hit in hits:
+        typer.echo(f"{hit.rank:>4}  {hit.score:>7.4f}  {hit.start:>8.2f}  {hit.end:>8.2f}  {hit.path}")
+
+
+def search(
+    index_dir: Path = typer.Argument(..., metavar="INDEX", help="An index folder written by `avfeat index`."),
+    query: str = typer.Argument(..., help="A video, an audio file (wav, flac, mp3), an image (png, jpg), or VIDEO_ID@START-END from the cache."),
+    side: Optional[str] = typer.Option(None, "--from", help="Query side, audio or visual; the other modality is searched (default: audio, visual for images)."),
+    k: int = typer.Option(10, "-k", min=1, help="Hits (or --locate candidates) to return."),
+    rerank: int = typer.Option(0, min=0, help="Rescore the top N hits with the heads' exact clip score (max-mean) over their cached tokens."),
+    locate: bool = typer.Option(False, "--locate", help="Find the video and time the query clip was cut from."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    thumbs: Optional[Path] = typer.Option(None, help="Save a contact sheet of the hits' frames to this PNG."),
+    heads: Optional[Path] = typer.Option(None, help="Heads checkpoint (default: the one the index was built with; others are refused)."),
+    cache: Optional[Path] = typer.Option(None, help="Cache folder (default: the one the index records; another cache is refused)."),
+    device: str = typer.Option("cpu", help="Where the backbones embed query files: cpu, cuda, ..."),
+) -> None:
+    """Cross-modal search: which videos sound like this, which sounds fit this picture."""
+    from avfeat.errors import InputError
+    from avfeat.index.search import Searcher
+
+    if side not in (None, "audio", "visual"):
+        raise InputError(f"--from must be audio or visual (got {side!r})")
+    searcher = Searcher(index_dir, heads=heads, cache=cache, device=device)
+    if locate:
+        candidates = searcher.locate(query, side=side, k=k)
+        if as_json:
+            typer.echo(json.dumps([c.to_dict() for c in candidates], indent=2))
+        else:
+            typer.echo(f"{'votes':>5}  {'time':>8}  path")
+            for c in candidates:
+                typer.echo(f"{c.votes:>5}  {c.time:>8.2f}  {c.path}")
+        return
+    hits = searcher.search(query, side=side, k=k, rerank=rerank)
+    _print_hits(hits, as_json)
+    if thumbs is not None:
+        from avfeat.index.thumbs import contact_sheet
+
+        contact_sheet(hits, thumbs)
+
+
+def sync(
+    video: Path = typer.Argument(..., help="A video file, cached or not."),
+    heads: Path = typer.Option(..., "--heads", help="Heads checkpoint; the video is embedded with the backbones its cache used."),
+    max_offset: float = typer.Option(2.0, help="Largest offset searched, seconds either way."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"offset": seconds, "confidence": ...}.'),
+    plot: Optional[Path] = typer.Option(None, help="Save the score over lags to this PNG."),
+    device: str = typer.Option("cpu", help="Where the backbones run: cpu, cuda, ..."),
+) -> None:
+    """Audio-visual offset of a video; positive = audio late (the sound comes after the picture)."""
+    from avfeat.index.store import load_heads
+    from avfeat.index.sync import plot_curve, sync_file
+
+    checkpoint = load_heads(heads)
+    result = sync_file(video, checkpoint, max_offset=max_offset, device=device)
+    if plot is not None:
+        plot_curve(result, plot, title=video.name)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        late = "audio late" if result.offset > 0 else "audio early" if result.offset < 0 else "in sync"
+        typer.echo(f"offset {result.offset:+.3f} s ({late}), confidence {result.confidence:.2f}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("index")(index)
+    app.command()(search)
+    app.command()(sync)

@@ -1,0 +1,174 @@
+"""Queries: a video, an audio file, an image, or ``VIDEO_ID@START-END`` → tokens → vectors.
+
+Files are embedded with the backbones named in the cache config (the same models, layers and
+frame rate the index was built from), so a query's tokens are the ones ``extract`` would have
+cached for it. A query longer than one window is cut into the index's windows
+(``video_windows``) and its vector is the normalised mean of its window vectors: one search
+per query, and a query matches what it shows on average. A query shorter than one window is
+pooled whole. ``--locate`` instead keeps every window's vector (see ``avfeat.index.locate``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from avfeat.align.scores import pooled_audio, pooled_visual
+from avfeat.align.windows import Window, WindowGeometry
+from avfeat.errors import QueryError
+from avfeat.index.vectors import (
+    AUDIO,
+    VISUAL,
+    Timeline,
+    audio_window_vectors,
+    frame_summaries,
+    project_audio,
+    visual_window_vectors,
+)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".m4a", ".aac", ".opus", ".wma"}
+_ID_RE = re.compile(r"^(?P<video>.+)@(?P<start>\d+(?:\.\d*)?)-(?P<end>\d+(?:\.\d*)?)$")
+
+
+@dataclass
+class QueryTokens:
+    """A query's backbone tokens on its own timeline (seconds); a side it lacks is None."""
+
+    name: str
+    kind: str  # "video", "audio", "image" or "id"
+    audio: np.ndarray | None = None  # (T, D_a)
+    audio_start: float = 0.0
+    audio_rate: float = 50.0
+    visual: np.ndarray | None = None  # (F, 1 + P, D_v)
+    frame_times: np.ndarray | None = None  # (F,)
+
+    def sides(self) -> list[str]:
+        return [side for side, tokens in ((AUDIO, self.audio), (VISUAL, self.visual)) if tokens is not None and len(tokens)]
+
+    def default_side(self) -> str:
+        """The side a plain search queries with: audio when there is any (video, audio file), else visual."""
+        return AUDIO if self.audio is not None and len(self.audio) else VISUAL
+
+    def timeline(self, fps: float) -> Timeline:
+        """Window starts at the frames, or, for an audio-only query, where frames at ``fps`` would be."""
+        length = 0 if self.audio is None else len(self.audio)
+        times = self.frame_times
+        if times is None:
+            count = int(np.floor(length / self.audio_rate * fps + 1e-6))
+            times = self.audio_start + np.arange(count) / fps
+        return Timeline(self.name, self.audio_start, self.audio_rate, length, np.asarray(times, dtype=np.float64))
+
+
+def parse_id_query(text: str) -> tuple[str, float, float] | None:
+    """``"VIDEO_ID@START-END"`` → (video id, start, end) seconds, or None if it is not one."""
+    match = _ID_RE.match(text)
+    if not match:
+        return None
+    start, end = float(match["start"]), float(match["end"])
+    if end <= start:
+        raise QueryError(f"query {text!r}: END must be after START")
+    return match["video"], start, end
+
+
+def file_kind(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    return "image" if suffix in IMAGE_SUFFIXES else "audio" if suffix in AUDIO_SUFFIXES else "video"
+
+
+def cached_query(cache, text: str) -> QueryTokens | None:
+    """The cached tokens of ``VIDEO_ID@START-END``, or None when ``text`` is not of that form."""
+    parsed = parse_id_query(text)
+    if parsed is None:
+        return None
+    video, start, end = parsed
+    if video not in cache:
+        raise QueryError(f"video id {video!r} is not in the cache {cache.layout.root}")
+    row = cache.row(video)
+    if row["status"] != "ok":
+        raise QueryError(f"video {video!r} has no cached tokens (status {row['status']})")
+    audio = cache.audio_tokens(video, start, end)
+    times = cache.frame_times(video)
+    keep = (times >= start) & (times < end)
+    first_audio = row["audio_start"] + np.ceil((start - row["audio_start"]) * row["audio_rate"] - 1e-6) / row["audio_rate"]
+    if not len(audio) and not keep.any():
+        raise QueryError(f"query {text!r} selects no cached tokens (the video lasts {row['duration']:.2f} s)")
+    # On the query's own timeline (0 = START), like a clip cut from the video at START.
+    return QueryTokens(
+        name=text, kind="id", audio=audio, audio_start=float(max(first_audio, row["audio_start"])) - start,
+        audio_rate=row["audio_rate"], visual=cache.visual_tokens(video, start, end), frame_times=times[keep] - start,
+    )
+
+
+class Backbones:
+    """The cache's backbones, loaded on first use, to embed query files."""
+
+    def __init__(self, cache_config: dict, device: str = "cpu"):
+        self.cache_config = cache_config
+        self.device = device
+
+    @cached_property
+    def extractor(self):
+        from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
+
+        c = self.cache_config
+        config = ExtractConfig(
+            audio_model=c["audio_model"], visual_model=c["visual_model"], audio_layer=c["audio_layer"],
+            visual_layer=c["visual_layer"], fps=c["fps"],
+        )
+        return Extractor(config, RunOptions(device=self.device, workers=0, quiet=True))
+
+    def encode(self, path: str | Path) -> QueryTokens:
+        """Tokens of a video, audio or image file. Raises QueryError when it cannot be read."""
+        from avfeat.extract.media import MediaError
+
+        path = str(path)
+        if not Path(path).is_file():
+            raise QueryError(f"query file {path} does not exist")
+        kind = file_kind(path)
+        extractor = self.extractor
+        try:
+            if kind == "image":
+                return QueryTokens(path, kind, visual=extractor.encode_image(path), frame_times=np.zeros(1))
+            if kind == "audio":
+                audio, start = extractor.encode_audio_file(path)
+                return QueryTokens(path, kind, audio=audio, audio_start=start, audio_rate=extractor.audio.token_rate)
+            media, audio, visual = extractor.encode_file(path)
+        except MediaError as error:
+            raise QueryError(f"cannot use query {path}: {error.message} ({error.status})") from None
+        return QueryTokens(path, kind, audio, media.audio_start, extractor.audio.token_rate, visual, media.frame_times)
+
+
+@torch.no_grad()
+def window_vectors(query: QueryTokens, side: str, heads, geometry: WindowGeometry, hop: float | None, aggregation: str):
+    """(windows, (n, dim) unit vectors) of one side of a query.
+
+    A query shorter than one window gives a single window spanning all of it.
+    """
+    if side not in query.sides():
+        raise QueryError(f"query {query.name} has no {side} to search with")
+    timeline = query.timeline(geometry.fps)
+    windows = timeline.windows(geometry, hop)
+    if side == AUDIO:
+        audio = project_audio(heads, query.audio)
+        if windows:
+            return windows, audio_window_vectors(audio, windows, geometry)
+        end = query.audio_start + len(audio) / query.audio_rate
+        return [Window(query.name, 0, 0, query.audio_start, end)], pooled_audio(audio)[None]
+    summaries = frame_summaries(heads, query.visual)
+    if windows:
+        return windows, visual_window_vectors(summaries, windows, geometry, aggregation)
+    times = timeline.frame_times
+    start = float(times[0]) if len(times) else 0.0
+    return [Window(query.name, 0, 0, start, start + len(summaries) / geometry.fps)], pooled_visual(summaries[None], aggregation)
+
+
+def mean_vector(vectors: torch.Tensor) -> torch.Tensor:
+    """One search vector for a whole query: the normalised mean of its window vectors."""
+    return F.normalize(vectors.mean(dim=0, keepdim=True), dim=-1)

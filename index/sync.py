@@ -1,0 +1,154 @@
+"""Audio-visual offset of a video: score frames against shifted audio over a grid of lags.
+
+Sign convention: a positive offset means the audio is late (the sound comes after the
+picture): the sound of what frame ``t`` shows is heard at ``t + offset``.
+
+Method. Lags run over every audio-token step (20 ms at 50 Hz) within ±``max_offset``. For a
+frame at time t and a lag L, the score is the max-mean of that frame's projected patches
+against the projected audio tokens in the 1/fps-long span centred on t + L (the audio of the
+instant the frame was sampled, shifted by L): for each audio token the best patch cosine, averaged over the
+tokens. Each frame's scores are centred on their mean over the lags it can take (so frames
+that match everything well, or that can only see some lags near the ends of the video, do not
+tilt the curve), and the curve is the mean over frames at each lag. The offset is the curve's
+argmax, refined by a parabola through it and its two neighbours.
+
+Confidence: ``(peak − runner-up) / (peak − median)``, clipped to [0, 1], where the runner-up
+is the best score more than one frame interval from the peak: 1 when nothing else comes near
+the peak, 0 when another lag scores as well.
+
+Only a band of ±max_offset of audio around each frame is ever compared with it, in chunks of
+frames, so a 10-minute video costs seconds and little memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from avfeat.errors import QueryError
+from avfeat.index.vectors import project_audio, project_visual
+
+DEFAULT_MAX_OFFSET = 2.0
+
+
+@dataclass
+class SyncResult:
+    offset: float  # seconds, positive = audio late
+    confidence: float  # in [0, 1]
+    lags: np.ndarray  # (L,) seconds
+    curve: np.ndarray  # (L,) score at each lag
+
+    def to_dict(self) -> dict:
+        return {"offset": round(float(self.offset), 4), "confidence": round(float(self.confidence), 4)}
+
+
+@torch.no_grad()
+def sync_curve(
+    heads, audio_tokens: np.ndarray, audio_start: float, audio_rate: float, visual_tokens: np.ndarray,
+    frame_times: np.ndarray, fps: float, max_offset: float = DEFAULT_MAX_OFFSET, chunk: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(lags, curve) of raw backbone tokens, per the module docstring."""
+    audio = project_audio(heads, audio_tokens)
+    total = len(audio)
+    reach = int(round(max_offset * audio_rate))
+    span = max(1, int(round(audio_rate / fps)))
+    lags = np.arange(-reach, reach + 1) / audio_rate
+    # The band of token positions around each frame; a frame stands for the instant it was
+    # sampled, so its span of audio is centred on it.
+    steps = torch.arange(-reach, reach + span) - span // 2
+    sums = torch.zeros(len(lags), dtype=torch.float64)
+    counts = torch.zeros(len(lags), dtype=torch.float64)
+    bases = torch.as_tensor(np.round((np.asarray(frame_times) - audio_start) * audio_rate).astype(np.int64))
+    for begin in range(0, len(visual_tokens), chunk):
+        patches = project_visual(heads, visual_tokens[begin : begin + chunk])[:, 1:]  # (c, P, D)
+        positions = bases[begin : begin + chunk, None] + steps  # (c, band)
+        inside = (positions >= 0) & (positions < total)
+        band = audio[positions.clamp(0, max(0, total - 1))]  # (c, band, D)
+        best = torch.einsum("cld,cpd->clp", band, patches).amax(dim=-1) * inside  # (c, band)
+        sums_in_band = torch.nn.functional.pad(best.double().cumsum(dim=1), (1, 0))
+        scores = (sums_in_band[:, span:] - sums_in_band[:, :-span]) / span  # (c, lags): mean of span tokens
+        first = positions[:, : len(lags)]
+        valid = (first >= 0) & (first + span <= total)
+        n = valid.sum(dim=1, keepdim=True)
+        keep = n[:, 0] > 0
+        centred = (scores - (scores * valid).sum(dim=1, keepdim=True) / n.clamp(min=1)) * valid
+        sums += centred[keep].sum(dim=0)
+        counts += valid[keep].sum(dim=0)
+    if counts.max() == 0:
+        raise QueryError("the video is too short to compare its audio and frames")
+    curve = torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("-inf"), dtype=torch.float64))
+    return lags, curve.numpy()
+
+
+def estimate(lags: np.ndarray, curve: np.ndarray, fps: float) -> SyncResult:
+    """Offset (argmax, parabola-refined) and confidence of a curve; see the module docstring."""
+    finite = np.isfinite(curve)
+    peak = int(np.argmax(np.where(finite, curve, -np.inf)))
+    offset = float(lags[peak])
+    if 0 < peak < len(curve) - 1 and finite[peak - 1] and finite[peak + 1]:
+        left, mid, right = curve[peak - 1 : peak + 2]
+        bend = left - 2 * mid + right
+        if bend < 0:
+            offset += float(np.clip(0.5 * (left - right) / bend, -0.5, 0.5) * (lags[1] - lags[0]))
+    values = curve[finite]
+    far = finite & (np.abs(lags - lags[peak]) > 1.0 / fps)
+    median = float(np.median(values))
+    spread = float(curve[peak]) - median
+    if not far.any() or spread <= 0:
+        confidence = 0.0
+    else:
+        confidence = float(np.clip((curve[peak] - curve[far].max()) / spread, 0.0, 1.0))
+    return SyncResult(offset, confidence, lags, curve)
+
+
+def sync_tokens(heads, audio_tokens, audio_start, audio_rate, visual_tokens, frame_times, fps, max_offset=DEFAULT_MAX_OFFSET) -> SyncResult:
+    if max_offset <= 0:
+        raise QueryError(f"--max-offset must be positive (got {max_offset})")
+    lags, curve = sync_curve(heads, audio_tokens, audio_start, audio_rate, visual_tokens, frame_times, fps, max_offset)
+    return estimate(lags, curve, fps)
+
+
+def sync_cached(cache, video_id: str, heads, max_offset: float = DEFAULT_MAX_OFFSET) -> SyncResult:
+    """Offset of a video whose tokens are in ``cache`` (no decoding, no backbones)."""
+    row = cache.row(video_id)
+    return sync_tokens(
+        heads, cache.audio_tokens(video_id), row["audio_start"], row["audio_rate"], cache.visual_tokens(video_id),
+        cache.frame_times(video_id), row["fps"], max_offset,
+    )
+
+
+def sync_file(path: str | os.PathLike, checkpoint, max_offset: float = DEFAULT_MAX_OFFSET, device: str = "cpu", backbones=None) -> SyncResult:
+    """Offset of any video file, embedded with the backbones the heads were trained on."""
+    from avfeat.index.query import Backbones
+
+    backbones = backbones or Backbones(checkpoint.config["cache"], device=device)
+    tokens = backbones.encode(path)
+    if tokens.audio is None or tokens.visual is None:
+        raise QueryError(f"{path} needs both sound and picture to be synchronised")
+    return sync_tokens(
+        checkpoint.heads.eval(), tokens.audio, tokens.audio_start, tokens.audio_rate, tokens.visual, tokens.frame_times,
+        float(checkpoint.config["cache"]["fps"]), max_offset,
+    )
+
+
+def plot_curve(result: SyncResult, path: str | os.PathLike, title: str = "") -> None:
+    """Save the score over lags with the estimated offset marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3.2), dpi=100)
+    finite = np.isfinite(result.curve)
+    axis.plot(result.lags[finite], result.curve[finite], lw=1.2)
+    axis.axvline(result.offset, color="tab:red", ls="--", lw=1, label=f"offset {result.offset:+.3f} s (confidence {result.confidence:.2f})")
+    axis.set_xlabel("lag (s), positive = audio late")
+    axis.set_ylabel("centred score")
+    axis.set_title(title or "audio-visual sync")
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

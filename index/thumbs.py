@@ -1,0 +1,55 @@
+"""Contact sheets: one tile per hit, the frame on screen at the hit's start, from the source file."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+TILE = (160, 120)  # width, height of a tile's picture
+CAPTION = 28  # pixels of text under each picture
+
+
+def frame_at(path: str, time: float) -> np.ndarray | None:
+    """The RGB frame on screen at ``time`` seconds, or None when the file cannot be decoded."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            origin = (container.start_time or 0) / av.time_base
+            container.seek(int((origin + max(0.0, time)) * av.time_base), backward=True)
+            shown = None
+            for frame in container.decode(stream):
+                if frame.time is not None and frame.time - origin > time + 1e-6 and shown is not None:
+                    break
+                shown = frame
+            return None if shown is None else shown.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, OSError, IndexError):
+        return None
+
+
+def contact_sheet(hits, out: str | os.PathLike, columns: int = 5) -> None:
+    """Save a grid of the hits' frames with rank, score and time; a grey tile where a file is gone."""
+    from PIL import Image, ImageDraw
+
+    width, height = TILE
+    rows = max(1, -(-len(hits) // columns))
+    sheet = Image.new("RGB", (columns * width, rows * (height + CAPTION)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, hit in enumerate(hits):
+        x, y = (i % columns) * width, (i // columns) * (height + CAPTION)
+        frame = frame_at(hit.path, hit.start)
+        if frame is None:
+            tile = Image.new("RGB", TILE, (90, 90, 90))
+            ImageDraw.Draw(tile).text((8, height // 2 - 6), "file missing", fill="white")
+        else:
+            tile = Image.fromarray(frame)
+            tile.thumbnail(TILE)
+            backdrop = Image.new("RGB", TILE, "black")
+            backdrop.paste(tile, ((width - tile.width) // 2, (height - tile.height) // 2))
+            tile = backdrop
+        sheet.paste(tile, (x, y))
+        draw.text((x + 4, y + height + 2), f"#{hit.rank} {hit.score:.3f}", fill="black")
+        draw.text((x + 4, y + height + 14), f"{os.path.basename(hit.path)[:20]} {hit.start:.1f}s", fill="black")
+    sheet.save(out)

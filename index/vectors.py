@@ -1,0 +1,100 @@
+"""Projected tokens and window vectors: the one place tokens become searchable vectors.
+
+Indexing, queries, rerank, locate and sync all project tokens here, so a vector means the
+same thing whether it came from the cache or from a file embedded at query time.
+
+A window's vectors are ``pooled_audio`` of its projected audio tokens and ``pooled_visual`` of
+its projected frames (unit vectors: inner product = cosine). Whole videos are never held as
+full projected patch tensors when only window vectors are needed: each frame is reduced to a
+two-token summary (CLS, mean patch), and ``pooled_visual`` of a stack of summaries equals
+``pooled_visual`` of the full frames because every frame has the same number of patches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from avfeat.align.scores import pooled_audio, pooled_visual
+from avfeat.align.windows import Window, WindowGeometry, video_windows
+
+AUDIO, VISUAL = "audio", "visual"
+MODALITIES = (AUDIO, VISUAL)
+
+
+def other(modality: str) -> str:
+    return VISUAL if modality == AUDIO else AUDIO
+
+
+@torch.no_grad()
+def project_audio(heads, tokens: np.ndarray, chunk: int = 16384) -> torch.Tensor:
+    """(T, D_a) cached or fresh tokens → (T, dim) float32 unit vectors."""
+    x = torch.as_tensor(np.asarray(tokens), dtype=torch.float32)
+    if len(x) == 0:
+        return torch.zeros(0, heads.config.dim)
+    return torch.cat([heads.project_audio(x[i : i + chunk]).float() for i in range(0, len(x), chunk)])
+
+
+@torch.no_grad()
+def project_visual(heads, tokens: np.ndarray, chunk: int = 64) -> torch.Tensor:
+    """(F, 1 + P, D_v) tokens → (F, 1 + P, dim) float32 unit vectors."""
+    x = torch.as_tensor(np.asarray(tokens), dtype=torch.float32)
+    if len(x) == 0:
+        return torch.zeros(0, 1, heads.config.dim)
+    return torch.cat([heads.project_visual(x[i : i + chunk]).float() for i in range(0, len(x), chunk)])
+
+
+@torch.no_grad()
+def frame_summaries(heads, tokens: np.ndarray, chunk: int = 64) -> torch.Tensor:
+    """(F, 1 + P, D_v) tokens → (F, 2, dim): each frame's projected CLS and mean projected patch.
+
+    Memory stays at one chunk of full frames however long the video is.
+    """
+    out = []
+    for i in range(0, len(tokens), chunk):
+        projected = project_visual(heads, tokens[i : i + chunk])
+        out.append(torch.stack([projected[:, 0], projected[:, 1:].mean(dim=1)], dim=1))
+    return torch.cat(out) if out else torch.zeros(0, 2, heads.config.dim)
+
+
+@dataclass
+class Timeline:
+    """Where a video's (or a query's) tokens sit in time; the fields ``video_windows`` reads."""
+
+    video_id: str
+    audio_start: float
+    audio_rate: float
+    audio_length: int
+    frame_times: np.ndarray
+
+    def row(self) -> dict:
+        return {"video_id": self.video_id, "audio_start": self.audio_start, "audio_rate": self.audio_rate, "audio_length": self.audio_length}
+
+    def windows(self, geometry: WindowGeometry, hop: float | None) -> list[Window]:
+        return video_windows(self.row(), self.frame_times, geometry, hop)
+
+
+@torch.no_grad()
+def audio_window_vectors(audio: torch.Tensor, windows: list[Window], geometry: WindowGeometry, chunk: int = 512) -> torch.Tensor:
+    """(T, dim) projected audio → (len(windows), dim) pooled unit vectors."""
+    steps = torch.arange(geometry.audio_tokens)
+    out = []
+    for i in range(0, len(windows), chunk):
+        starts = torch.tensor([w.audio for w in windows[i : i + chunk]])
+        out.append(pooled_audio(audio[starts[:, None] + steps]))
+    return torch.cat(out) if out else torch.zeros(0, audio.shape[-1])
+
+
+@torch.no_grad()
+def visual_window_vectors(
+    summaries: torch.Tensor, windows: list[Window], geometry: WindowGeometry, aggregation: str, chunk: int = 512
+) -> torch.Tensor:
+    """(F, 2, dim) frame summaries → (len(windows), dim) pooled unit vectors."""
+    steps = torch.arange(geometry.frames)
+    out = []
+    for i in range(0, len(windows), chunk):
+        starts = torch.tensor([w.frame for w in windows[i : i + chunk]])
+        out.append(pooled_visual(summaries[starts[:, None] + steps], aggregation))
+    return torch.cat(out) if out else torch.zeros(0, summaries.shape[-1])
