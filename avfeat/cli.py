@@ -36,12 +36,13 @@ def _root(
 
 
 def _register() -> None:
+    from avfeat import demo, evaluation
     from avfeat.align import cli as align_cli
     from avfeat.data import cli as data_cli
     from avfeat.extract import cli as extract_cli
     from avfeat.index import cli as index_cli
 
-    for module in (data_cli, extract_cli, align_cli, index_cli):
+    for module in (demo, data_cli, extract_cli, align_cli, index_cli, evaluation):
         module.register(app)
 
 

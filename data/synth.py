@@ -452,3 +452,18 @@ def check_arguments(
         raise ValueError(
             f"--seconds {seconds} is too short for one event with --offset {offset}: need at least {need:.2f}"
         )
+
+
+def cut_clip(source: str | Path, out: str | Path, start: float, seconds: float, sample_rate: int = 16000) -> None:
+    """Write ``seconds`` of ``source`` from ``start`` on as a new H.264/AAC file (a re-encoded
+    copy, as a user's excerpt of a video would be): for locate demos and tests."""
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 25)
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0) if start - 1e-6 <= f.time < start + seconds - 1e-6]
+    with av.open(str(source)) as container:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks = [r.to_ndarray().reshape(-1) for f in container.decode(audio=0) for r in resampler.resample(f)]
+        chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
+    audio = np.concatenate(chunks)[int(start * sample_rate) : int((start + seconds) * sample_rate)]
+    write_media(out, np.stack(frames), fps, audio.astype(np.float32), sample_rate)

@@ -30,7 +30,8 @@ def frame_at(path: str, time: float) -> np.ndarray | None:
 
 
 def contact_sheet(hits, out: str | os.PathLike, columns: int = 5) -> None:
-    """Save a grid of the hits' frames with rank, score and time; a grey tile where a file is gone."""
+    """Save a grid of the hits' frames (each window's middle frame) with rank, score and span;
+    a grey tile where a file is gone."""
     from PIL import Image, ImageDraw
 
     width, height = TILE
@@ -39,7 +40,7 @@ def contact_sheet(hits, out: str | os.PathLike, columns: int = 5) -> None:
     draw = ImageDraw.Draw(sheet)
     for i, hit in enumerate(hits):
         x, y = (i % columns) * width, (i // columns) * (height + CAPTION)
-        frame = frame_at(hit.path, hit.start)
+        frame = frame_at(hit.path, (hit.start + hit.end) / 2)
         if frame is None:
             tile = Image.new("RGB", TILE, (90, 90, 90))
             ImageDraw.Draw(tile).text((8, height // 2 - 6), "file missing", fill="white")
@@ -51,5 +52,5 @@ def contact_sheet(hits, out: str | os.PathLike, columns: int = 5) -> None:
             tile = backdrop
         sheet.paste(tile, (x, y))
         draw.text((x + 4, y + height + 2), f"#{hit.rank} {hit.score:.3f}", fill="black")
-        draw.text((x + 4, y + height + 14), f"{os.path.basename(hit.path)[:20]} {hit.start:.1f}s", fill="black")
+        draw.text((x + 4, y + height + 14), f"{os.path.basename(hit.path)[:16]} {hit.start:.1f}-{hit.end:.1f}s", fill="black")
     sheet.save(out)
