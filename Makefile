@@ -16,15 +16,15 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/avfeat synth $(DEMO)/synth --videos 24 --seconds 6 --classes 8 --seed 0
-	$(BIN)/avfeat extract $(DEMO)/synth --out $(DEMO)/cache --audio-model random:hubert-base --visual-model random:dinov2-small --fps 2
-	$(BIN)/avfeat info $(DEMO)/cache
+	$(BIN)/avfeat demo --out $(DEMO) --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/search.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,69 @@
+"""`avfeat demo` end to end (the README's main job) and `avfeat eval` on its output."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def avfeat(*args, check=None):
+    result = subprocess.run([sys.executable, "-m", "avfeat", *map(str, args)], capture_output=True, text=True, timeout=1200)
+    if check is not None:
+        assert result.returncode == check, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    avfeat("demo", "--out", out, "--quiet", check=0)
+    return out
+
+
+def test_demo_writes_every_stage_and_a_report_with_pictures(demo):
+    for stage in ("synth", "cache", "heads", "index"):
+        assert (demo / stage).is_dir()
+    report = (demo / "report.md").read_text()
+    for section in ("## Metrics", "## Training curves", "## Example searches", "## Where the sound is", "## Synchronization", "## Locate"):
+        assert section in report
+    pictures = [line.split("](", 1)[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+    assert len(pictures) >= 6
+    for picture in pictures:
+        assert (demo / picture).stat().st_size > 1000, picture
+
+
+def test_eval_on_the_demo_meets_the_acceptance_levels(demo):
+    report = json.loads(avfeat("eval", demo / "heads", demo / "cache", "--labels", demo / "synth" / "ground_truth.parquet", "--json", check=0).stdout)
+    retrieval = report["retrieval"]
+    assert set(retrieval) == {"a2v", "v2a", "class_a2v", "class_v2a"}
+    assert set(retrieval["a2v"]) == {"R@1", "R@5", "R@10", "median_rank"}
+    assert retrieval["class_a2v"]["R@1"] >= 0.9 and retrieval["class_v2a"]["R@1"] >= 0.9
+    assert report["sync"]["acc_within_1"] >= 0.9
+    localization = report["localization"]
+    assert localization["pointing_game"] >= 3 * localization["box_area_share"]
+    # without ground truth: instance level only, no localization
+    plain = json.loads(avfeat("eval", demo / "heads", demo / "cache", "--json", check=0).stdout)
+    assert set(plain["retrieval"]) == {"a2v", "v2a"} and "localization" not in plain
+
+
+def test_demo_refuses_unusable_output(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = avfeat("demo", "--out", tmp_path / "file")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1 and "not a folder" in result.stderr
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep me")
+    result = avfeat("demo", "--out", tmp_path / "full")
+    assert result.returncode == 1 and "--overwrite" in result.stderr
+    assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
+
+
+def test_eval_refuses_heads_from_other_backbones(demo, tmp_path):
+    from avfeat.data.synth import make_corpus
+
+    make_corpus(tmp_path / "v", videos=3, seconds=2.0, classes=2, seed=1, size=64)
+    other = tmp_path / "cache"
+    avfeat("extract", tmp_path / "v", "--out", other, "--audio-model", "random:hubert-tiny", "--visual-model", "random:dinov2-tiny", "--visual-layer", "1", "--quiet", check=0)
+    result = avfeat("eval", demo / "heads", other)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "visual_layer" in result.stderr
