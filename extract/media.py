@@ -142,18 +142,7 @@ def decode(path: str | os.PathLike, spec: DecodeSpec, *, threads: int | None = N
         MediaError: with one of the named statuses when the file cannot be used.
     """
     _check_spec(spec)
-    path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-    except OSError as exc:
-        raise MediaError(UNREADABLE, f"cannot read file: {_one_line(exc)}") from None
-    if size == 0:
-        raise MediaError(EMPTY_FILE, "file is empty (0 bytes)")
-    try:
-        container = av.open(path, metadata_errors="ignore")
-    except (av.error.FFmpegError, OSError) as exc:
-        raise MediaError(UNREADABLE, f"not a readable media file: {_one_line(exc)}") from None
-    with container:
+    with _open_checked(os.fspath(path)) as container:
         return _decode_container(container, spec, _thread_count(threads))
 
 
