@@ -8,12 +8,18 @@ a cut between two frames splits its votes across two bins; the reported time is 
 offset of the bin's own votes (neighbours' votes lean toward where the video has more windows),
 and after a candidate is taken, bins within two frame intervals of it
 in the same video are dropped so one source is not listed twice.
+
+``refine`` then re-times and re-ranks the best candidates by matching the clip's backbone
+tokens against the cached tokens of each candidate video (see its docstring): voting finds
+the video, exact matching the time.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 
 @dataclass
@@ -51,3 +57,69 @@ def vote(matches, fps: float, k: int = 5) -> list[Candidate]:
             break
         dropped.update((key[0], key[1] + d) for d in range(-2, 3))
     return taken
+
+
+# ---- refinement ------------------------------------------------------------------------------
+
+
+def _unit(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+
+
+def refine(query, candidates: list[Candidate], cache, reach: float, k: int = 5) -> list[Candidate]:
+    """Re-time and re-rank voted candidates by matching the clip's backbone tokens exactly.
+
+    Window vectors are pooled over a window and the heads are trained to say *what* is seen
+    and heard, so neighbouring windows of one video look alike and votes spread over several
+    bins. A copy, though, shares the source's backbone tokens almost exactly. For each
+    candidate video, every start time within ``reach`` seconds of the voted one, on the audio
+    token grid (20 ms at 50 Hz), is scored by the mean cosine of the clip's audio tokens with
+    the video's audio tokens at that shift, plus the mean over the clip's frames of the
+    token-wise cosine with the video frame nearest in time. The best-scoring (video, start)
+    comes first; ``votes`` keep the voting's counts; a candidate within two frame intervals of a
+    better one of the same video is dropped.
+
+    Args:
+        query: the clip's ``QueryTokens`` (either side may be missing).
+        candidates: from ``vote``; at most ``k`` are refined and returned.
+        cache: the index's cache (raw tokens of the candidate videos).
+        reach: seconds around each voted time that are searched.
+    """
+    scored = []
+    for cand in candidates[:k]:
+        row = cache.row(cand.video_id)
+        rate = float(row["audio_rate"])
+        lo, hi = cand.time - reach, cand.time + reach
+        shifts = np.arange(int(np.floor(lo * rate)), int(np.ceil(hi * rate)) + 1) / rate  # candidate starts
+        total = np.zeros(len(shifts))
+        parts = 0
+        if query.audio is not None and len(query.audio):
+            parts += 1
+            q = _unit(query.audio)
+            clip_times = query.audio_start + np.arange(len(q)) / rate
+            video = _unit(cache.audio_tokens(cand.video_id))
+            for j, tau in enumerate(shifts):
+                idx = np.round((clip_times + tau - row["audio_start"]) * rate).astype(np.int64)
+                ok = (idx >= 0) & (idx < len(video))
+                total[j] += float(np.einsum("td,td->t", q[ok], video[idx[ok]]).sum() / len(q)) if ok.any() else 0.0
+        if query.visual is not None and len(query.visual):
+            parts += 1
+            q = _unit(query.visual)  # (Fq, 1 + P, D)
+            video = _unit(cache.visual_tokens(cand.video_id))
+            times = cache.frame_times(cand.video_id)
+            sims = np.einsum("fpd,gpd->fg", q, video) / q.shape[1]  # (Fq, Fv) frame similarities
+            for j, tau in enumerate(shifts):
+                nearest = np.abs(times[None, :] - (query.frame_times[:, None] + tau))
+                g = nearest.argmin(axis=1)
+                ok = nearest[np.arange(len(g)), g] <= 0.5 / float(row["fps"]) + 1e-6
+                total[j] += float(sims[np.arange(len(g))[ok], g[ok]].sum() / len(g))
+        best = int(np.argmax(total))
+        scored.append((total[best] / max(1, parts), Candidate(cand.video_id, cand.path, float(shifts[best]), cand.votes)))
+    scored.sort(key=lambda pair: -pair[0])
+    kept: list[Candidate] = []
+    for _, cand in scored:  # two voted bins of one source can land on the same time: list it once
+        gap = 2.0 / float(cache.row(cand.video_id)["fps"])
+        if not any(c.video_id == cand.video_id and abs(c.time - cand.time) <= gap for c in kept):
+            kept.append(cand)
+    return kept

@@ -18,16 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from avfeat.align.windows import WindowGeometry
 from avfeat.errors import CacheError, QueryError
-from avfeat.index.locate import Candidate, vote
+from avfeat.index.locate import Candidate, refine, vote
 from avfeat.index.query import Backbones, QueryTokens, cached_query, mean_vector, window_vectors
 from avfeat.index.store import IndexFolder, load_heads
-from avfeat.index.vectors import AUDIO, MODALITIES, VISUAL, other, project_audio, project_visual
+from avfeat.index.vectors import AUDIO, MODALITIES, VISUAL, other, project_audio, project_visual, salient_patches
 
 # Matches per query window that vote in ``locate``.
 LOCATE_MATCHES = 10
+# Voted candidates that ``locate`` re-times and re-ranks by exact token matching.
+LOCATE_REFINE = 5
 
 
 @dataclass
@@ -115,11 +118,23 @@ class Searcher:
 
     def search(self, query, side: str | None = None, k: int = 10, rerank: int = 0) -> list[Hit]:
         """Cross-modal search: the query's ``side`` (default: audio if it has sound, else visual)
-        against the other modality's index; ``rerank`` rescored top hits (see ``rerank``)."""
+        against the other modality's index; ``rerank`` rescored top hits (see ``rerank``).
+
+        An audio query (and any query of heads other than max-mean) searches with the normalised
+        mean of its window vectors. A visual query of max-mean heads searches with the
+        normalised mean of its salient patches (``salient_patches``): its mean patch is mostly
+        background, which says little about what sounds.
+        """
         tokens = query if isinstance(query, QueryTokens) else self.tokens(query)
         side = side or tokens.default_side()
-        _, vectors = window_vectors(tokens, side, self.heads, self.geometry, self.hop, self.aggregation)
-        hits = self.search_vectors(mean_vector(vectors), other(side), k=max(k, rerank))[0]
+        if side not in tokens.sides():
+            raise QueryError(f"query {tokens.name} has no {side} to search with")
+        if side == VISUAL and self.aggregation == "max-mean":
+            vector = F.normalize(salient_patches(self.heads, tokens.visual).mean(dim=0, keepdim=True), dim=-1)
+        else:
+            _, vectors = window_vectors(tokens, side, self.heads, self.geometry, self.hop, self.aggregation)
+            vector = mean_vector(vectors)
+        hits = self.search_vectors(vector, other(side), k=max(k, rerank))[0]
         if rerank:
             hits = self.rerank(tokens, side, hits, rerank)
         return hits[:k]
@@ -128,12 +143,17 @@ class Searcher:
     def rerank(self, tokens: QueryTokens, side: str, hits: list[Hit], n: int) -> list[Hit]:
         """Rescore the top ``n`` hits with the heads' own clip score (max-mean for max-mean heads)
         between the query's projected tokens and each hit window's cached tokens, and sort them
-        by it; hits after the first ``n`` keep their order behind them."""
+        by it; hits after the first ``n`` keep their order behind them. A visual query of
+        max-mean heads takes part through its salient patches only (as one frame)."""
         from avfeat.align.scores import pairwise_scores
 
         head, tail = hits[:n], hits[n:]
         if side == AUDIO:
             query = project_audio(self.heads, tokens.audio)[None]
+        elif self.aggregation == "max-mean":
+            # The query's salient patches as one frame (CLS slot unused by max-mean).
+            found = salient_patches(self.heads, tokens.visual)
+            query = torch.cat([torch.zeros_like(found[:1]), found])[None, None]
         else:
             query = project_visual(self.heads, tokens.visual)[None]
         scored = []
@@ -153,7 +173,9 @@ class Searcher:
         """The videos and times a clip was cut from, best first (see ``avfeat.index.locate``).
 
         Each side of the clip (or only ``side``) is matched against the same modality of the
-        index: a copy of a clip shares its pictures and its sound with its source.
+        index: a copy of a clip shares its pictures and its sound with its source. The best
+        ``LOCATE_REFINE`` voted candidates are then re-timed and re-ranked on the cache's
+        backbone tokens (``avfeat.index.locate.refine``), so the cache must be at hand.
         """
         tokens = clip if isinstance(clip, QueryTokens) else self.tokens(clip)
         matches = []
@@ -161,4 +183,6 @@ class Searcher:
             windows, vectors = window_vectors(tokens, modality, self.heads, self.geometry, None, self.aggregation)
             for window, hits in zip(windows, self.search_vectors(vectors, modality, k=LOCATE_MATCHES)):
                 matches.extend((hit.video_id, hit.path, hit.start - window.start) for hit in hits)
-        return vote(matches, self.geometry.fps, k=k)
+        voted = vote(matches, self.geometry.fps, k=max(k, LOCATE_REFINE))
+        refined = refine(tokens, voted[:LOCATE_REFINE], self.cache, reach=self.geometry.seconds)
+        return (refined + voted[LOCATE_REFINE:])[:k]

@@ -7,16 +7,19 @@ Method. Lags run over every audio-token step (20 ms at 50 Hz) within ±``max_off
 frame at time t and a lag L, the score is the max-mean of that frame's projected patches
 against the projected audio tokens in the 1/fps-long span centred on t + L (the audio of the
 instant the frame was sampled, shifted by L): for each audio token the best patch cosine, averaged over the
-tokens. Each frame's scores are centred on their mean over the lags it can take (so frames
-that match everything well, or that can only see some lags near the ends of the video, do not
-tilt the curve), and the curve is the mean over frames at each lag. The offset is the curve's
-argmax, refined by a parabola through it and its two neighbours.
+tokens. The (frame × audio token) best-patch cosines are double-centred before they are
+averaged: each frame's mean over a band of ±2·max_offset of audio around it, and each audio
+token's mean over the frames whose band holds it, are subtracted (the grand mean added back),
+so frames that match everything well, and sounds that match every picture, do not tilt the
+curve; what is left is the interaction of picture and sound that alignment is about. The curve
+is the mean, over the frames that can take each lag, of their centred scores. The offset is
+the curve's argmax, refined by a parabola through it and its two neighbours.
 
 Confidence: ``(peak − runner-up) / (peak − median)``, clipped to [0, 1], where the runner-up
 is the best score more than one frame interval from the peak: 1 when nothing else comes near
 the peak, 0 when another lag scores as well.
 
-Only a band of ±max_offset of audio around each frame is ever compared with it, in chunks of
+Only a band of ±2·max_offset of audio around each frame is ever compared with it, in chunks of
 frames, so a 10-minute video costs seconds and little memory.
 """
 
@@ -32,6 +35,8 @@ from avfeat.errors import QueryError
 from avfeat.index.vectors import project_audio, project_visual
 
 DEFAULT_MAX_OFFSET = 2.0
+# The band each frame is centred over, in multiples of max_offset (see sync_curve).
+CENTRE_REACH = 2
 
 
 @dataclass
@@ -57,26 +62,40 @@ def sync_curve(
     span = max(1, int(round(audio_rate / fps)))
     lags = np.arange(-reach, reach + 1) / audio_rate
     # The band of token positions around each frame; a frame stands for the instant it was
-    # sampled, so its span of audio is centred on it.
-    steps = torch.arange(-reach, reach + span) - span // 2
-    sums = torch.zeros(len(lags), dtype=torch.float64)
-    counts = torch.zeros(len(lags), dtype=torch.float64)
+    # sampled, so its span of audio is centred on it. The band reaches ``CENTRE_REACH`` times
+    # further than the lags, for the centring (see the module docstring).
+    wide = reach * CENTRE_REACH
+    steps = torch.arange(-wide, wide + span) - span // 2
     bases = torch.as_tensor(np.round((np.asarray(frame_times) - audio_start) * audio_rate).astype(np.int64))
+    if total == 0 or len(visual_tokens) == 0:
+        raise QueryError("the video is too short to compare its audio and frames")
+    best = []
     for begin in range(0, len(visual_tokens), chunk):
         patches = project_visual(heads, visual_tokens[begin : begin + chunk])[:, 1:]  # (c, P, D)
-        positions = bases[begin : begin + chunk, None] + steps  # (c, band)
-        inside = (positions >= 0) & (positions < total)
-        band = audio[positions.clamp(0, max(0, total - 1))]  # (c, band, D)
-        best = torch.einsum("cld,cpd->clp", band, patches).amax(dim=-1) * inside  # (c, band)
-        sums_in_band = torch.nn.functional.pad(best.double().cumsum(dim=1), (1, 0))
-        scores = (sums_in_band[:, span:] - sums_in_band[:, :-span]) / span  # (c, lags): mean of span tokens
-        first = positions[:, : len(lags)]
-        valid = (first >= 0) & (first + span <= total)
-        n = valid.sum(dim=1, keepdim=True)
-        keep = n[:, 0] > 0
-        centred = (scores - (scores * valid).sum(dim=1, keepdim=True) / n.clamp(min=1)) * valid
-        sums += centred[keep].sum(dim=0)
-        counts += valid[keep].sum(dim=0)
+        band = audio[(bases[begin : begin + chunk, None] + steps).clamp(0, total - 1)]  # (c, band, D)
+        best.append(torch.einsum("cld,cpd->clp", band, patches).amax(dim=-1).double())  # best patch per token
+    best = torch.cat(best)  # (F, band): small, F × (4·max_offset·rate + span)
+    positions = bases[:, None] + steps
+    inside = (positions >= 0) & (positions < total)
+    token = positions.clamp(0, total - 1)
+    # Double centring: remove each frame's mean (frames that match everything) and each audio
+    # token's mean over the frames that see it (sounds that match every picture), keeping the
+    # frame × token interaction that alignment is about.
+    n_inside = inside.sum(dim=1).clamp(min=1)
+    row = (best * inside).sum(dim=1) / n_inside
+    col_sum = torch.zeros(total, dtype=torch.float64).index_add_(0, token[inside], best[inside])
+    col_n = torch.zeros(total, dtype=torch.float64).index_add_(0, token[inside], torch.ones_like(best[inside]))
+    col = col_sum / col_n.clamp(min=1)
+    grand = best[inside].mean()
+    centred = (best - row[:, None] - col[token] + grand) * inside
+    inner = slice(wide - reach, wide + reach + span)  # the band positions the lags use
+    centred, positions = centred[:, inner], positions[:, inner]
+    sums_in_band = torch.nn.functional.pad(centred.cumsum(dim=1), (1, 0))
+    scores = (sums_in_band[:, span:] - sums_in_band[:, :-span]) / span  # (F, lags): mean of span tokens
+    first = positions[:, : len(lags)]
+    valid = (first >= 0) & (first + span <= total)
+    sums = (scores * valid).sum(dim=0)
+    counts = valid.sum(dim=0).double()
     if counts.max() == 0:
         raise QueryError("the video is too short to compare its audio and frames")
     curve = torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("-inf"), dtype=torch.float64))
