@@ -81,8 +81,8 @@ def decode_frame(path: str | Path, time: float, geometry: dict) -> np.ndarray | 
 def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path) -> list[str]:
     """Draw where the sound of the window starting at ``time`` is, over the frame nearest it.
 
-    Each patch's value is its cosine similarity with the window's audio tokens, averaged over
-    the tokens (the per-patch term that max-mean maximises), upsampled to the frame.
+    Each patch's value is its best cosine similarity over the window's audio tokens
+    (``scores.token_map``), upsampled to the frame.
 
     Returns:
         Notes for the user (e.g. that the video file is gone and the map is drawn alone).
@@ -138,7 +138,7 @@ def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path
         shown = axis.imshow(heat, cmap="jet", alpha=0.45)
     else:
         shown = axis.imshow(heat, cmap="jet")
-    figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, label="mean cosine with the audio")
+    figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, label="best cosine with the audio tokens")
     axis.set_title(f"{video_id}\nframe {times[frame_index]:.2f} s, audio {time:.2f}-{time + checkpoint.window:.2f} s", fontsize=9)
     axis.axis("off")
     figure.tight_layout()

@@ -75,6 +75,9 @@ def paired_scores(audio: torch.Tensor, visual: torch.Tensor, aggregation: str = 
 
 
 def token_map(audio: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
-    """Where the sound is: (T, D) audio × (1 + P, D) one frame → (P,) mean over audio tokens of
-    each patch's similarity (the per-patch term that max-mean maximises)."""
-    return (audio @ frame[1:].T).mean(dim=0)
+    """Where the sound is: (T, D) audio × (1 + P, D) one frame → (P,), each patch's best cosine
+    over the audio tokens: the similarities max-mean picks from, seen from the patches.
+
+    A max rather than a mean over tokens, because a window's silent tokens match the
+    background and would otherwise outweigh the tokens of the sound itself."""
+    return (audio @ frame[1:].T).max(dim=0).values

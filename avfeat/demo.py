@@ -24,12 +24,12 @@ class DemoConfig:
     """The demo's recipe: sized to finish in a few minutes on a 2-core CPU."""
 
     videos: int = 200
-    seconds: float = 3.0
-    classes: int = 10
+    seconds: float = 6.0
+    classes: int = 8
     seed: int = 0
     audio_model: str = "random:hubert-tiny"
     visual_model: str = "random:dinov2-tiny"
-    fps: float = 2.0
+    fps: float = 5.0
     window: float = 1.5
     head: str = "mlp"
     dim: int = 64
@@ -38,7 +38,8 @@ class DemoConfig:
     epochs: int = 6
     passes_per_epoch: int = 10
     temporal_negatives: bool = True
-    min_shift: float = 0.5
+    min_shift: float = 0.4
+    val_fraction: float = 0.2
     sync_offset: float = 0.6  # injected into the separate sync example video (audio late)
 
 
@@ -130,7 +131,7 @@ def run_demo(out: Path, config: DemoConfig, quiet: bool = False, device: str = "
     train_config = TrainConfig(
         window=config.window, head=config.head, dim=config.dim, batch_size=config.batch_size, lr=config.lr,
         epochs=config.epochs, passes_per_epoch=config.passes_per_epoch, temporal_negatives=config.temporal_negatives,
-        min_shift=config.min_shift, seed=config.seed,
+        min_shift=config.min_shift, val_fraction=config.val_fraction, seed=config.seed,
     )
     train(out / "cache", out / "heads", train_config, TrainOptions(device=device, quiet=quiet), log=log)
     checkpoint = load_checkpoint(out / "heads")
@@ -245,7 +246,7 @@ def _report_markdown(out, config, summary, meta, searches, attention, sync, sync
                   "| rank | score | video | class | start | end |", "|---|---|---|---|---|---|"]
         lines += [f"| {h.rank} | {h.score:.3f} | {Path(h.path).name} | {name(h.path)} | {h.start:.2f} | {h.end:.2f} |" for h in hits]
         lines += ["", f"![hits of the {side} query](figures/hits-{side}.png)", ""]
-    lines += ["## Where the sound is", "", "Similarity of each patch with the audio tokens of the window from the middle of the first sound event, over that frame:", ""]
+    lines += ["## Where the sound is", "", "Each patch's best similarity with the audio tokens of the window from the middle of the first sound event, over that frame:", ""]
     for row, event, figure in attention:
         lines += [f"`{Path(row['path']).name}` at {event:.2f} s:", "", f"![attention map]({_rel(out, figure)})", ""]
     lines += [
