@@ -216,3 +216,24 @@ def dispatch(task: tuple):
     name, *args = task
     functions = {"echo": echo, "sleepy": sleepy, "crash": crash, "fail": fail, "big_array": big_array}
     return functions[name](*args)
+
+
+# The tiny random backbones every end-to-end test extracts with.
+TINY_MODELS = ["--audio-model", "random:hubert-tiny", "--visual-model", "random:dinov2-tiny"]
+
+
+def run_avfeat(*args, check: int | None = None, timeout: float = 1200, threads: int | None = None):
+    """Run ``python -m avfeat ARGS`` as a user would; with ``check``, assert the exit status
+    (showing stderr on failure).
+
+    ``threads`` caps torch's intra-op threads (OMP_NUM_THREADS) in the child: small kernels run
+    faster and far more steadily so on a shared few-core machine.
+    """
+    import subprocess
+    import sys
+
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    result = subprocess.run([sys.executable, "-m", "avfeat", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    if check is not None:
+        assert result.returncode == check, result.stderr[-3000:]
+    return result

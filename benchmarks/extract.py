@@ -15,7 +15,6 @@ import platform
 import statistics
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np

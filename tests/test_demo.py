@@ -1,17 +1,10 @@
 """`avfeat demo` end to end (the README's main job) and `avfeat eval` on its output."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-
-def avfeat(*args, check=None):
-    result = subprocess.run([sys.executable, "-m", "avfeat", *map(str, args)], capture_output=True, text=True, timeout=1200)
-    if check is not None:
-        assert result.returncode == check, result.stderr[-3000:]
-    return result
+from avfeat.testing import run_avfeat as avfeat
 
 
 @pytest.fixture(scope="module")

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from avfeat.data.synth import make_corpus
-
-TINY = ["--audio-model", "random:hubert-tiny", "--visual-model", "random:dinov2-tiny"]
+from avfeat.testing import TINY_MODELS as TINY
+from avfeat.testing import run_avfeat as avfeat
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "acceptance: the retrieval acceptance run (minutes on a CPU)")
-
-
-def avfeat(*args, check=None):
-    """Run the real command line; assert the exit code when ``check`` is given."""
-    result = subprocess.run([sys.executable, "-m", "avfeat", *map(str, args)], capture_output=True, text=True, timeout=600)
-    if check is not None:
-        assert result.returncode == check, result.stderr[-3000:]
-    return result
 
 
 def build_cache(folder, videos: int, seconds: float, classes: int, fps: float, size: int = 64, seed: int = 0):

@@ -3,7 +3,6 @@
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,16 +15,9 @@ import pytest
 
 from avfeat.data.cache import Cache, read_manifest
 from avfeat.data.synth import make_corpus
+from avfeat.testing import TINY_MODELS as TINY
 from avfeat.testing import make_bad_inputs, make_clip
-
-TINY = ["--audio-model", "random:hubert-tiny", "--visual-model", "random:dinov2-tiny"]
-
-
-def avfeat(*args, check=None):
-    result = subprocess.run([sys.executable, "-m", "avfeat", *map(str, args)], capture_output=True, text=True, timeout=600)
-    if check is not None:
-        assert result.returncode == check, result.stderr[-3000:]
-    return result
+from avfeat.testing import run_avfeat as avfeat
 
 
 def extract(src, out, *extra, check=None):
