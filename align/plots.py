@@ -49,33 +49,17 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
 def decode_frame(path: str | Path, time: float, geometry: dict) -> np.ndarray | None:
     """The RGB frame on screen at ``time`` seconds, scaled and centre-cropped like the visual
     model saw it (``geometry``: the cache's ``frame_geometry``); None if it cannot be read."""
-    import av
-    from PIL import Image
+    from avfeat.extract.media import DecodeSpec, frame_at, to_model_geometry
 
-    from avfeat.extract.media import DecodeSpec, center_crop, resize_geometry
-
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            container.seek(max(0, int(time / stream.time_base)), stream=stream, backward=True)
-            chosen = None
-            for frame in container.decode(stream):
-                if chosen is not None and frame.time is not None and frame.time > time + 1e-6:
-                    break
-                chosen = frame
-            if chosen is None:
-                return None
-            image = chosen.to_ndarray(format="rgb24")
-    except (OSError, av.FFmpegError, IndexError):
+    image = frame_at(str(path), time)
+    if image is None:
         return None
     spec = DecodeSpec(
         shortest_edge=geometry.get("shortest_edge"),
         size=tuple(geometry["size"]) if geometry.get("size") else None,
         crop=tuple(geometry["crop"]) if geometry.get("crop") else None,
     )
-    height, width = resize_geometry(image.shape[0], image.shape[1], spec)
-    image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-    return center_crop(image, spec.crop) if spec.crop else image
+    return to_model_geometry(image, spec)
 
 
 def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path) -> list[str]:

@@ -463,7 +463,31 @@ def load_image(path: str | os.PathLike, spec: DecodeSpec) -> np.ndarray:
             rgb = np.asarray(image.convert("RGB"))
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise MediaError(UNREADABLE, f"not a readable image: {_one_line(exc)}") from None
+    return to_model_geometry(rgb, spec)
+
+
+def to_model_geometry(rgb: np.ndarray, spec: DecodeSpec) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB picture scaled by libswscale (bicubic) and centre-cropped to the
+    geometry of ``spec``, as ``decode`` does with video frames."""
     h, w = resize_geometry(rgb.shape[0], rgb.shape[1], spec)
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
     scaled = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
     return np.ascontiguousarray(center_crop(scaled, spec.crop) if spec.crop is not None else scaled)
+
+
+def frame_at(path: str, time: float) -> np.ndarray | None:
+    """The full-size RGB frame on screen at ``time`` seconds of the timeline (0 = the container's
+    start, as in ``decode``), or None when the file cannot be decoded: for pictures of results."""
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            origin = (container.start_time or 0) / av.time_base
+            container.seek(int((origin + max(0.0, time)) * av.time_base), backward=True)
+            shown = None
+            for frame in container.decode(stream):
+                if frame.time is not None and frame.time - origin > time + 1e-6 and shown is not None:
+                    break
+                shown = frame
+            return None if shown is None else shown.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, OSError, IndexError):
+        return None

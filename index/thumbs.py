@@ -1,32 +1,13 @@
-"""Contact sheets: one tile per hit, the frame on screen at the hit's start, from the source file."""
+"""Contact sheets: one tile per hit, the frame on screen mid-window, from the source file."""
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
+from avfeat.extract.media import frame_at
 
 TILE = (160, 120)  # width, height of a tile's picture
 CAPTION = 28  # pixels of text under each picture
-
-
-def frame_at(path: str, time: float) -> np.ndarray | None:
-    """The RGB frame on screen at ``time`` seconds, or None when the file cannot be decoded."""
-    import av
-
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            origin = (container.start_time or 0) / av.time_base
-            container.seek(int((origin + max(0.0, time)) * av.time_base), backward=True)
-            shown = None
-            for frame in container.decode(stream):
-                if frame.time is not None and frame.time - origin > time + 1e-6 and shown is not None:
-                    break
-                shown = frame
-            return None if shown is None else shown.to_ndarray(format="rgb24")
-    except (av.error.FFmpegError, OSError, IndexError):
-        return None
 
 
 def contact_sheet(hits, out: str | os.PathLike, columns: int = 5) -> None:
