@@ -188,15 +188,9 @@ class Extractor:
         }
 
     def shard_attrs(self) -> dict[str, Any]:
+        """Shard attributes: the cache config plus how this run computed the tokens."""
         return {
-            "audio_model": self.config.audio_model,
-            "visual_model": self.config.visual_model,
-            "audio_layer": self.config.audio_layer,
-            "visual_layer": self.config.visual_layer,
-            "audio_dim": self.audio.dim,
-            "visual_dim": self.visual.dim,
-            "audio_token_rate": self.audio.token_rate,
-            "fps": self.config.fps,
+            **self.cache_config(),
             "random_models": bool(self.audio.is_random or self.visual.is_random),
             "compute_device": self.device,
             "compute_dtype": self.dtype,

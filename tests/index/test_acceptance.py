@@ -25,7 +25,8 @@ import torch
 from avfeat.data.synth import write_media
 from avfeat.index import Searcher
 from avfeat.index.sync import sync_file
-from tests.index.helpers import TINY, avfeat
+from avfeat.testing import TINY_MODELS as TINY
+from avfeat.testing import run_avfeat as avfeat
 
 LEVEL = 0.9
 CLASSES = 6

@@ -22,7 +22,7 @@ from avfeat.index.sync import sync_cached, sync_tokens
 from avfeat.index.thumbs import contact_sheet
 from avfeat.index.vectors import audio_window_vectors, frame_summaries, project_audio, project_visual, visual_window_vectors
 from tests.index.conftest import train_heads
-from tests.index.helpers import avfeat
+from avfeat.testing import run_avfeat as avfeat
 
 
 # ---- automatic FAISS choice -------------------------------------------------------------------
