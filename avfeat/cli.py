@@ -51,8 +51,10 @@ _register()
 
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit code 1."""
+    from avfeat.extract.cli import expand_ray_flag
+
     try:
-        app(prog_name="avfeat")
+        app(args=expand_ray_flag(sys.argv[1:]), prog_name="avfeat")
     except AvfeatError as error:
         typer.echo(f"avfeat: error: {error}", err=True)
         sys.exit(1)

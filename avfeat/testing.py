@@ -222,6 +222,31 @@ def dispatch(task: tuple):
 TINY_MODELS = ["--audio-model", "random:hubert-tiny", "--visual-model", "random:dinov2-tiny"]
 
 
+def assert_same_cache(path, expected_path, ignore: tuple[str, ...] = ()) -> None:
+    """Two caches hold the same videos, manifest records (but the fields in ``ignore``) and
+    tensors (bit for bit)."""
+    from avfeat.data.cache import Cache, read_manifest
+
+    def snapshot(root):
+        cache = Cache(root)
+        manifest = read_manifest(root).sort_by("video_id").to_pylist()
+        ok = [row["video_id"] for row in manifest if row["status"] == "ok"]
+        return manifest, {vid: (cache.audio_tokens(vid), cache.visual_tokens(vid), cache.frame_times(vid)) for vid in ok}
+
+    manifest, tensors = snapshot(path)
+    expected_manifest, expected_tensors = snapshot(expected_path)
+    differences = [
+        (row["video_id"], {key: (row[key], want[key]) for key in row if row[key] != want[key] and key not in ignore})
+        for row, want in zip(manifest, expected_manifest)
+    ]
+    differences = [(vid, fields) for vid, fields in differences if fields]
+    assert len(manifest) == len(expected_manifest) and not differences, differences
+    assert tensors.keys() == expected_tensors.keys()
+    for vid, arrays in tensors.items():
+        for got, want in zip(arrays, expected_tensors[vid]):
+            np.testing.assert_array_equal(got, want)
+
+
 def run_avfeat(*args, check: int | None = None, timeout: float = 1200, threads: int | None = None):
     """Run ``python -m avfeat ARGS`` as a user would; with ``check``, assert the exit status
     (showing stderr on failure).

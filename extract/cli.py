@@ -29,6 +29,11 @@ def extract(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the videos recorded as failed."),
     timeout: float = typer.Option(600.0, min=1.0, help="Seconds one file may take to decode."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="[ADDRESS]",
+        help="Run as a Ray Data pipeline: `--ray` alone starts a Ray on this machine; `--ray ADDRESS` "
+        "(auto, host:port, ray://host:port) joins a cluster. Same cache, same resume. Needs avfeat[ray].",
+    ),
 ) -> None:
     """Decode videos, run frozen HuBERT and DINOv2, and cache their tokens (resumable).
 
@@ -53,7 +58,12 @@ def extract(
         limit=limit, retry_failed=retry_failed, timeout=timeout, quiet=quiet,
     )
     check_config(out, asdict(config), only_given_keys=True)  # before minutes of model loading
-    extractor = Extractor(config, options)
+    if ray is not None:
+        from avfeat.extract.ray_job import import_ray
+
+        import_ray()  # says how to install it, before models load
+    # With --ray the models run on the cluster's actors; here they only describe the tensors.
+    extractor = Extractor(config, options, load_device="cpu" if ray is not None else None)
     for spec in (audio_model, visual_model):
         if spec.startswith("random:"):
             typer.echo(f"note: {spec} has random weights (for tests, demos and benchmarks); its tokens carry no learned meaning", err=True)
@@ -69,7 +79,7 @@ def extract(
         bar.set_postfix_str(f"{media_seconds / elapsed:.1f} media-s/s", refresh=False)
 
     with bar:
-        summary = extractor.run(paths, out, progress=progress, on_plan=lambda total: bar.reset(total=total))
+        summary = extractor.run(paths, out, progress=progress, on_plan=lambda total: bar.reset(total=total), ray_address=ray)
     for line in summary.lines():
         typer.echo(line)
     if summary.any_failed:
@@ -118,6 +128,20 @@ def info(
         typer.echo(f"failed     {failure['status']:<12} {failure['path']}: {failure['error']}")
     if len(report["failures"]) > 20:
         typer.echo(f"           ... and {len(report['failures']) - 20} more (--json lists all)")
+
+
+def expand_ray_flag(args: list[str]) -> list[str]:
+    """Let ``--ray`` stand alone: give it the value ``local`` unless an address follows it."""
+    from avfeat.extract.ray_job import LOCAL, looks_like_address
+
+    expanded = list(args)
+    for position, arg in enumerate(expanded):
+        if arg == "--ray":
+            following = expanded[position + 1] if position + 1 < len(expanded) else None
+            if following is None or not looks_like_address(following):
+                expanded.insert(position + 1, LOCAL)
+            break
+    return expanded
 
 
 def register(app: typer.Typer) -> None:

@@ -162,12 +162,14 @@ class _WriterThread:
 class Extractor:
     """Loads the backbones once and extracts lists of videos into a cache."""
 
-    def __init__(self, config: ExtractConfig, options: RunOptions):
+    def __init__(self, config: ExtractConfig, options: RunOptions, load_device: str | None = None):
+        """``load_device`` overrides ``options.device`` for this object's models only (a Ray
+        driver loads them on the CPU to learn the tensors' shapes; its workers use the option)."""
         from avfeat.extract.models import load_audio_backbone, load_visual_backbone
 
         self.config = config
         self.options = options
-        device = resolve_device(options.device)
+        device = resolve_device(load_device or options.device)
         dtype = resolve_dtype(options.dtype, device)
         self.device, self.dtype = device, dtype
         self.audio = load_audio_backbone(config.audio_model, config.audio_layer, device=device, dtype=dtype)
@@ -187,13 +189,14 @@ class Extractor:
             "frame_geometry": {k: list(v) if isinstance(v, tuple) else v for k, v in self.visual.decode_spec_geometry().items()},
         }
 
-    def shard_attrs(self) -> dict[str, Any]:
-        """Shard attributes: the cache config plus how this run computed the tokens."""
+    def shard_attrs(self, device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+        """Shard attributes: the cache config plus how the tokens were computed (by default on
+        this object's models; a distributed run passes its workers' device and dtype)."""
         return {
             **self.cache_config(),
             "random_models": bool(self.audio.is_random or self.visual.is_random),
-            "compute_device": self.device,
-            "compute_dtype": self.dtype,
+            "compute_device": device or self.device,
+            "compute_dtype": dtype or self.dtype,
         }
 
     def encode_file(self, path: str | Path) -> tuple[DecodedMedia, np.ndarray, np.ndarray]:
@@ -224,11 +227,14 @@ class Extractor:
         out: str | Path,
         progress: Callable[[int, float], None] | None = None,
         on_plan: Callable[[int], None] | None = None,
+        ray_address: str | None = None,
     ) -> ExtractSummary:
         """Extract ``paths`` into the cache at ``out``, skipping what it already records.
 
         ``on_plan(n)`` is told how many videos this run will process; ``progress(videos,
-        media_seconds)`` is called as videos are written.
+        media_seconds)`` is called as videos are written. With ``ray_address`` (``"local"``
+        for a Ray started here) the work runs as a Ray Data pipeline (extract/ray_job.py) and
+        writes the same shards and manifest parts.
         """
         started = time.perf_counter()
         layout = open_for_writing(out, self.cache_config())
@@ -247,7 +253,12 @@ class Extractor:
         if on_plan:
             on_plan(len(todo))
 
-        self._extract(layout, todo, summary, progress)
+        if ray_address is None:
+            self._extract(layout, todo, summary, progress)
+        else:
+            from avfeat.extract.ray_job import extract_on_ray
+
+            extract_on_ray(self, layout, todo, summary, progress, address=ray_address)
 
         final = {row["video_id"]: row for row in read_manifest(layout.root).to_pylist()}
         statuses = Counter()
@@ -268,24 +279,13 @@ class Extractor:
 
         if not todo:
             return
-        next_index = max(layout.parts(), default=-1) + 1
-        shard_size = max(1, self.options.shard_size)
-        shards = [todo[i : i + shard_size] for i in range(0, len(todo), shard_size)]
         writer_thread = _WriterThread()
         tasks = (_Task(row, self.spec) for row in todo if row["status"] == OK)
         try:
             with DecodePool(_decode_task, workers=self.options.workers, timeout=self.options.timeout) as pool:
                 decoded = pool.imap(tasks)
-                for offset, rows in enumerate(shards):
-                    writer = ShardWriter(
-                        layout,
-                        next_index + offset,
-                        audio_dim=self.audio.dim,
-                        visual_tokens_per_frame=1 + self.visual.num_patches,
-                        visual_dim=self.visual.dim,
-                        attrs=self.shard_attrs(),
-                        dtype=self.config.storage_dtype,
-                    )
+                for index, rows in plan_shards(layout, todo, self.options.shard_size):
+                    writer = self.shard_writer(layout, index, self.shard_attrs())
                     try:
                         self._fill_shard(writer, rows, decoded, writer_thread, progress)
                         writer_thread.submit(writer.commit)
@@ -299,11 +299,22 @@ class Extractor:
         finally:
             writer_thread.close()
 
+    def shard_writer(self, layout: CacheLayout, index: int, attrs: dict[str, Any]) -> ShardWriter:
+        return ShardWriter(
+            layout,
+            index,
+            audio_dim=self.audio.dim,
+            visual_tokens_per_frame=1 + self.visual.num_patches,
+            visual_dim=self.visual.dim,
+            attrs=attrs,
+            dtype=self.config.storage_dtype,
+        )
+
     def _fill_shard(self, writer: ShardWriter, rows, decoded, writer_thread: _WriterThread, progress) -> None:
         """Decode, encode and append one shard's videos, batching across videos in input order."""
         group: list[tuple[dict[str, Any], DecodedMedia]] = []
         group_frames = 0
-        target = max(1, self.options.batch_size) * 4
+        target = group_target(self.options.batch_size)
 
         def flush() -> None:
             nonlocal group, group_frames
@@ -327,7 +338,7 @@ class Extractor:
                 if progress:
                     progress(1, 0.0)
                 continue
-            group.append((_with_media(row, result, self.audio.token_rate, self.config.fps), result))
+            group.append((with_media(row, result, self.audio.token_rate, self.config.fps), result))
             group_frames += len(result.frames)
             if group_frames >= target:
                 flush()
@@ -335,14 +346,54 @@ class Extractor:
 
     def _encode(self, group: list[tuple[dict[str, Any], DecodedMedia]]):
         """Run both backbones over a group of decoded videos; yields (row, audio, visual, times)."""
-        frames = np.concatenate([media.frames for _, media in group])
-        visual = self.visual.encode(frames, batch_size=self.options.batch_size)
-        audio = self.audio.encode([media.audio for _, media in group], batch_size=max(1, self.options.batch_size // 4))
-        start = 0
-        for (row, media), audio_tokens in zip(group, audio):
-            count = len(media.frames)
-            yield row, audio_tokens, visual[start : start + count], media.frame_times
-            start += count
+        medias = [media for _, media in group]
+        visual = encode_visual_group(self.visual, medias, self.options.batch_size)
+        audio = encode_audio_group(self.audio, medias, self.options.batch_size)
+        for (row, media), audio_tokens, visual_tokens in zip(group, audio, visual):
+            yield row, audio_tokens, visual_tokens, media.frame_times
+
+
+def plan_shards(layout: CacheLayout, todo: list[dict[str, Any]], shard_size: int) -> list[tuple[int, list[dict[str, Any]]]]:
+    """Cut the videos to process into shards of consecutive inputs, numbered after the cache's
+    last committed part, so every shard of a run has its own name whoever writes it."""
+    first = max(layout.parts(), default=-1) + 1
+    size = max(1, shard_size)
+    return [(first + n, todo[start : start + size]) for n, start in enumerate(range(0, len(todo), size))]
+
+
+def group_target(batch_size: int) -> int:
+    """Frames a group of consecutive videos gathers before it is encoded: several visual
+    batches, so the model sees full batches across short videos."""
+    return max(1, batch_size) * 4
+
+
+def encode_groups(frame_counts: list[int], batch_size: int) -> list[list[int]]:
+    """The groups (positions into a shard's decoded videos) that the local job encodes
+    together, for executors that see a whole shard at once: batches identical to the local
+    job's give identical tensors."""
+    groups, current, frames = [], [], 0
+    target = group_target(batch_size)
+    for position, count in enumerate(frame_counts):
+        current.append(position)
+        frames += count
+        if frames >= target:
+            groups.append(current)
+            current, frames = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
+def encode_visual_group(backbone, medias: list[DecodedMedia], batch_size: int) -> list[np.ndarray]:
+    """Each video's (F, 1 + P, D_v) tokens, its frames batched with the group's."""
+    visual = backbone.encode(np.concatenate([media.frames for media in medias]), batch_size=batch_size)
+    bounds = np.cumsum([0] + [len(media.frames) for media in medias])
+    return [visual[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+
+
+def encode_audio_group(backbone, medias: list[DecodedMedia], batch_size: int) -> list[np.ndarray]:
+    """Each video's (T, D_a) tokens; audio windows are batched a quarter as many as frames."""
+    return backbone.encode([media.audio for media in medias], batch_size=max(1, batch_size // 4))
 
 
 def _new_row(vid: str, path: Path) -> dict[str, Any]:
@@ -355,7 +406,8 @@ def _new_row(vid: str, path: Path) -> dict[str, Any]:
     return empty_row(vid, str(Path(path).resolve()), stat.st_size, stat.st_mtime)
 
 
-def _with_media(row: dict[str, Any], media: DecodedMedia, token_rate: float, fps: float) -> dict[str, Any]:
+def with_media(row: dict[str, Any], media: DecodedMedia, token_rate: float, fps: float) -> dict[str, Any]:
+    """The manifest row of a decoded video, before its tokens are placed in a shard."""
     return dict(
         row,
         duration=float(media.duration),

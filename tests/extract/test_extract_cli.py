@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from avfeat.data.cache import Cache, read_manifest
+from avfeat.data.cache import Cache
 from avfeat.data.synth import make_corpus
 from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import make_bad_inputs, make_clip
+from avfeat.testing import assert_same_cache, make_bad_inputs, make_clip
 from avfeat.testing import run_avfeat as avfeat
 
 
@@ -79,18 +79,6 @@ def test_rerun_skips_everything_and_changed_config_is_refused(corpus, reference_
     assert "Traceback" not in refused.stderr
 
 
-def _snapshot(path):
-    """Everything a cache holds, comparable across runs."""
-    cache = Cache(path)
-    manifest = read_manifest(path).sort_by("video_id").to_pylist()
-    tensors = {
-        r["video_id"]: (cache.audio_tokens(r["video_id"]), cache.visual_tokens(r["video_id"]), cache.frame_times(r["video_id"]))
-        for r in manifest
-        if r["status"] == "ok"
-    }
-    return manifest, tensors
-
-
 def _parts(out):
     return len(list((out / "manifest").glob("*.parquet"))) if (out / "manifest").is_dir() else 0
 
@@ -116,13 +104,7 @@ def test_kill_at_random_moments_then_resume_gives_identical_cache(corpus, refere
     assert len(left_behind) >= 2 and min(left_behind) < 3, left_behind
     extract(corpus, out, "--shard-size", 2, "--workers", 2, check=0)
     assert not list(out.rglob("*.tmp"))
-    manifest, tensors = _snapshot(out)
-    expected_manifest, expected_tensors = _snapshot(reference_cache)
-    assert manifest == expected_manifest
-    assert tensors.keys() == expected_tensors.keys()
-    for vid, arrays in tensors.items():
-        for got, want in zip(arrays, expected_tensors[vid]):
-            np.testing.assert_array_equal(got, want)
+    assert_same_cache(out, reference_cache)
 
 
 def test_bad_inputs_are_recorded_and_the_job_goes_on(tmp_path):

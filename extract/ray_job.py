@@ -1,0 +1,282 @@
+"""`avfeat extract --ray`: the extraction job as a Ray Data pipeline, for clusters.
+
+    shard plan ──▶ decode ──▶ audio backbone ──▶ visual backbone ──▶ shard writer ──▶ summary
+    (driver)       (CPU       (actor pool,       (actor pool,        (CPU tasks:      (driver)
+                   tasks)     GPU if any)        GPU if any)         HDF5 + part)
+
+One row of the dataset is one planned shard. The driver numbers the shards before anything
+runs (after the cache's last committed part, as the local job does), so every writer owns its
+file names and writers never coordinate. Each writer commits its shard exactly like the local
+job (HDF5 then manifest part, both through temp file + rename), so a cache written on a cluster
+is the same cache: the other commands read it unchanged, and a crashed or stopped run is resumed
+from the manifest by running the same command again (with or without ``--ray``).
+
+Inside a shard the videos are encoded in the local job's groups (``encode_groups``), so on the
+same device and dtype the tensors are bit-identical to the local job's. The cache folder must be
+on storage every node can reach, and avfeat must be installed on every node.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from avfeat.data.cache import OK, CacheLayout
+from avfeat.errors import AvfeatError, InputError
+from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError
+
+INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'avfeat[ray]' (or pip install 'ray[data]')"
+LOCAL = "local"  # start a Ray on this machine
+
+_ADDRESS_RE = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+)$")
+
+
+def looks_like_address(text: str) -> bool:
+    """``auto``, ``local``, ``ray://host:port`` or ``host:port``: what ``--ray`` accepts as a value."""
+    return bool(_ADDRESS_RE.match(text))
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the Data library is the part we need
+    except ImportError:
+        raise InputError(INSTALL_HINT) from None
+    return ray
+
+
+class RayJobError(AvfeatError):
+    """The Ray pipeline stopped; committed shards are kept and a re-run resumes."""
+
+
+@dataclass
+class Shard:
+    """A planned shard on its way through the pipeline (one dataset row)."""
+
+    index: int
+    rows: list[dict[str, Any]]  # manifest rows in input order; status says ok or why not
+    media: list[DecodedMedia | None] = field(default_factory=list)  # decoded, where status is ok
+    audio: dict[int, np.ndarray] = field(default_factory=dict)  # tokens by position in rows
+    visual: dict[int, np.ndarray] = field(default_factory=dict)
+    compute: dict[str, str] = field(default_factory=dict)  # device and dtype the models ran with
+
+    def decoded(self) -> list[int]:
+        return [i for i, row in enumerate(self.rows) if row["status"] == OK]
+
+
+@dataclass
+class Placement:
+    """Ray resources per stage."""
+
+    actors: int  # actors per backbone
+    actor_gpus: float
+    actor_cpus: float
+    decode_cpus: float
+    write_cpus: float
+
+
+def plan_placement(resources: dict[str, float], device: str) -> Placement:
+    """With GPUs each one hosts an audio and a visual actor (half a GPU each), and decoding
+    uses the CPUs; without, one actor per backbone shares the CPUs with decoding."""
+    gpus = 0 if device == "cpu" else int(resources.get("GPU", 0))
+    cpus = max(1.0, float(resources.get("CPU", 1)))
+    if gpus:
+        return Placement(actors=gpus, actor_gpus=0.5, actor_cpus=1.0, decode_cpus=1.0, write_cpus=0.5)
+    # Decoding asks for a different CPU share than the actors: Ray Data would otherwise fuse the
+    # decode step into the audio actor and decode one shard at a time.
+    return Placement(actors=1, actor_gpus=0.0, actor_cpus=max(0.5, cpus / 4), decode_cpus=1.0, write_cpus=0.25)
+
+
+def _decode_shard(item: dict[str, Any], spec: DecodeSpec, timeout: float, token_rate: float, fps: float) -> dict[str, Any]:
+    """CPU task: decode a shard's videos in one decoder process (a hang or codec crash there
+    costs one video, as in the local job)."""
+    from avfeat.extract.job import _decode_task, _Task, with_media
+    from avfeat.extract.workers import DecodePool
+
+    shard: Shard = item["shard"]
+    tasks = [_Task(row, spec) for row in shard.rows if row["status"] == OK]
+    with DecodePool(_decode_task, workers=1, timeout=timeout) as pool:
+        results = {task.row["video_id"]: result for task, result in pool.imap(tasks)}
+    shard.media = [None] * len(shard.rows)
+    for position, row in enumerate(shard.rows):
+        result = results.get(row["video_id"])
+        if row["status"] != OK:
+            continue
+        if isinstance(result, MediaError):
+            shard.rows[position] = dict(row, status=result.status, error=result.message)
+        else:
+            shard.rows[position] = with_media(row, result, token_rate, fps)
+            shard.media[position] = result
+    return item
+
+
+class _BackboneStage:
+    """Actor: one backbone loaded once, encoding whole shards in the local job's groups."""
+
+    modality = ""
+
+    def __init__(self, config, options):
+        from avfeat.extract.job import resolve_device, resolve_dtype
+
+        self.batch_size = options.batch_size
+        self.device = resolve_device(options.device)
+        self.dtype = resolve_dtype(options.dtype, self.device)
+        self.backbone = self.load(config)
+
+    def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        from avfeat.extract.job import encode_groups
+
+        shard: Shard = item["shard"]
+        positions = shard.decoded()
+        frames = [len(shard.media[p].frames) for p in positions]
+        for group in encode_groups(frames, self.batch_size):
+            members = [positions[g] for g in group]
+            tokens = self.encode([shard.media[p] for p in members])
+            getattr(shard, self.modality).update(zip(members, tokens))
+        shard.compute = {"device": self.device, "dtype": self.dtype}
+        return item
+
+
+class AudioStage(_BackboneStage):
+    modality = "audio"
+
+    def load(self, config):
+        from avfeat.extract.models import load_audio_backbone
+
+        return load_audio_backbone(config.audio_model, config.audio_layer, device=self.device, dtype=self.dtype)
+
+    def encode(self, medias):
+        from avfeat.extract.job import encode_audio_group
+
+        return encode_audio_group(self.backbone, medias, self.batch_size)
+
+
+class VisualStage(_BackboneStage):
+    modality = "visual"
+
+    def load(self, config):
+        from avfeat.extract.models import load_visual_backbone
+
+        return load_visual_backbone(config.visual_model, config.visual_layer, device=self.device, dtype=self.dtype)
+
+    def encode(self, medias):
+        from avfeat.extract.job import encode_visual_group
+
+        return encode_visual_group(self.backbone, medias, self.batch_size)
+
+
+def _write_shard(item: dict[str, Any], writer_args: dict[str, Any]) -> dict[str, Any]:
+    """CPU task: write and commit one shard and its manifest part; report what it holds."""
+    from avfeat.data.cache import ShardWriter
+
+    shard: Shard = item["shard"]
+    attrs = dict(writer_args["attrs"])
+    if shard.compute:
+        attrs.update(compute_device=shard.compute["device"], compute_dtype=shard.compute["dtype"])
+    writer = ShardWriter(CacheLayout(Path(writer_args["root"])), shard.index, attrs=attrs, **writer_args["dims"])
+    try:
+        for position, row in enumerate(shard.rows):
+            if row["status"] == OK:
+                writer.add(row, shard.audio[position], shard.visual[position], shard.media[position].frame_times)
+            else:
+                writer.add_failure(row, row["status"], row["error"])
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return {
+        "index": shard.index,
+        "videos": len(shard.rows),
+        "media_seconds": sum(row["duration"] for row in shard.rows if row["status"] == OK),
+        "bytes": writer.final_path.stat().st_size,
+    }
+
+
+def _user_error(error: BaseException) -> BaseException:
+    """The exception our code raised inside a Ray task, under Ray's wrappers (or the Ray error
+    itself when nothing of ours failed, e.g. a lost node)."""
+    seen = error
+    while type(seen).__module__.startswith("ray.") or type(seen).__name__ == "UserCodeException":
+        inner = getattr(seen, "cause", None)
+        inner = inner if isinstance(inner, BaseException) and inner is not seen else seen.__cause__
+        if inner is None:
+            break
+        seen = inner
+    return seen
+
+
+def _start(ray, address: str) -> bool:
+    """Connect to (or start) Ray; True when this call started it and must shut it down."""
+    if ray.is_initialized():
+        return False
+    quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        if address == LOCAL:
+            ray.init(**quiet)
+        else:
+            ray.init(address=address, **quiet)
+    except Exception as error:  # noqa: BLE001 - any failure to connect is the user's to fix
+        raise InputError(f"cannot start or reach Ray at {address!r}: {' '.join(str(error).split())[:300]}") from None
+    return True
+
+
+def extract_on_ray(extractor, layout: CacheLayout, todo: list[dict[str, Any]], summary, progress, address: str) -> None:
+    """Run the planned shards of ``todo`` through Ray Data and commit them into ``layout``."""
+    from avfeat.extract.job import plan_shards
+
+    ray = import_ray()
+    if not todo:
+        return
+    shards = plan_shards(layout, todo, extractor.options.shard_size)
+    started = _start(ray, address)
+    try:
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # errors reach the user as one line below
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        placement = plan_placement(ray.cluster_resources(), extractor.options.device)
+        config, options = extractor.config, extractor.options
+        actor_resources = dict(
+            num_cpus=placement.actor_cpus,
+            num_gpus=placement.actor_gpus,
+            compute=ray.data.ActorPoolStrategy(size=placement.actors),
+        )
+        writer_args = {
+            "root": str(layout.root),
+            "attrs": extractor.shard_attrs(),
+            "dims": dict(
+                audio_dim=extractor.audio.dim,
+                visual_tokens_per_frame=1 + extractor.visual.num_patches,
+                visual_dim=extractor.visual.dim,
+                dtype=config.storage_dtype,
+            ),
+        }
+        dataset = (
+            ray.data.from_items([{"shard": Shard(index, rows)} for index, rows in shards], override_num_blocks=len(shards))
+            .map(
+                _decode_shard,
+                fn_kwargs=dict(spec=extractor.spec, timeout=options.timeout, token_rate=extractor.audio.token_rate, fps=config.fps),
+                num_cpus=placement.decode_cpus,
+            )
+            .map(AudioStage, fn_constructor_kwargs=dict(config=config, options=options), **actor_resources)
+            .map(VisualStage, fn_constructor_kwargs=dict(config=config, options=options), **actor_resources)
+            .map(_write_shard, fn_kwargs=dict(writer_args=writer_args), num_cpus=placement.write_cpus)
+        )
+        for result in dataset.iter_rows():
+            summary.processed += result["videos"]
+            summary.bytes_written += result["bytes"]
+            if progress:
+                progress(result["videos"], result["media_seconds"])
+    except ray.exceptions.RayError as error:
+        cause = _user_error(error)
+        if isinstance(cause, AvfeatError):
+            raise cause from None
+        message = " ".join(str(cause).split())[:300]
+        raise RayJobError(f"the Ray pipeline stopped ({type(cause).__name__}: {message}); committed shards are kept, run again to resume") from None
+    finally:
+        if started:
+            ray.shutdown()

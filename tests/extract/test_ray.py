@@ -1,0 +1,97 @@
+"""`avfeat extract --ray`: the Ray Data pipeline writes the local job's cache and resumes like it."""
+
+import subprocess
+import sys
+
+import pytest
+
+from avfeat.data.cache import Cache
+from avfeat.data.synth import make_corpus
+from avfeat.extract.cli import expand_ray_flag
+from avfeat.extract.ray_job import plan_placement
+from avfeat.testing import TINY_MODELS as TINY
+from avfeat.testing import assert_same_cache
+from avfeat.testing import run_avfeat as avfeat
+
+needs_ray = pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import ray.data"], capture_output=True).returncode != 0,
+    reason="Ray is not installed (pip install 'avfeat[ray]'); CI installs it",
+)
+
+
+def extract(src, out, *extra, check=None):
+    return avfeat("extract", src, "--out", out, *TINY, "--fps", 2, "--shard-size", 3, "--quiet", *extra, check=check)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    make_corpus(folder, videos=7, seconds=2.0, classes=3, seed=1, size=96)
+    (folder / "broken.mp4").write_text("not a video")  # recorded as failed by both paths
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_cache(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "cache"
+    extract(corpus, out, check=3)
+    return out
+
+
+@needs_ray
+def test_ray_cache_equals_local_and_resumes(corpus, local_cache, tmp_path):
+    out = tmp_path / "cache"
+    result = extract(corpus, out, "--ray", check=3)  # a local Ray on this machine's CPUs
+    assert "Traceback" not in result.stderr
+    assert "7 ok, failed: unreadable 1" in result.stdout
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
+    assert_same_cache(out, local_cache)
+    attrs = Cache(out).shard_attrs()
+    assert attrs["compute_device"] == "cpu" and attrs["audio_model"] == "random:hubert-tiny"
+
+    # A writer that died before its commit: its part and shard are missing, a temp file is left.
+    (out / "manifest" / "part-00001.parquet").unlink()
+    (out / "shards" / "shard-00001.h5").rename(out / "shards" / "shard-00001.h5.tmp")
+    resumed = extract(corpus, out, "--ray", check=3)
+    assert "(3 processed now, 5 already in the cache)" in resumed.stdout
+    assert not list(out.rglob("*.tmp"))
+    assert sorted(p.name for p in (out / "manifest").iterdir()) == ["part-00000.parquet", "part-00002.parquet", "part-00003.parquet"]
+    assert_same_cache(out, local_cache, ignore=("shard",))  # the redone shard is numbered after the last one
+
+    again = extract(corpus, out, "--ray", check=3)
+    assert "(0 processed now, 8 already in the cache)" in again.stdout
+
+
+def test_ray_missing_says_how_to_install(corpus, tmp_path):
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
+        "from avfeat.cli import main\n"
+        f"sys.argv = ['avfeat', 'extract', {str(corpus)!r}, '--out', {str(tmp_path / 'cache')!r}, '--ray']\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "avfeat: error: --ray needs Ray, which is not installed: pip install 'avfeat[ray]' (or pip install 'ray[data]')"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["extract", "in", "--ray"], ["extract", "in", "--ray", "local"]),
+    (["extract", "--ray", "in", "--out", "c"], ["extract", "--ray", "local", "in", "--out", "c"]),
+    (["extract", "--ray", "-q", "in"], ["extract", "--ray", "local", "-q", "in"]),
+    (["extract", "in", "--ray", "auto"], ["extract", "in", "--ray", "auto"]),
+    (["extract", "in", "--ray", "10.0.0.5:6379"], ["extract", "in", "--ray", "10.0.0.5:6379"]),
+    (["extract", "in", "--ray", "ray://head:10001"], ["extract", "in", "--ray", "ray://head:10001"]),
+    (["extract", "in"], ["extract", "in"]),
+])
+def test_ray_flag_takes_an_optional_address(args, expected):
+    assert expand_ray_flag(args) == expected
+
+
+def test_placement_shares_each_gpu_between_the_backbones():
+    on_gpus = plan_placement({"CPU": 64, "GPU": 8}, device="auto")
+    assert (on_gpus.actors, on_gpus.actor_gpus) == (8, 0.5)
+    forced_cpu = plan_placement({"CPU": 64, "GPU": 8}, device="cpu")
+    assert forced_cpu.actor_gpus == 0 and forced_cpu.actors == 1
+    small = plan_placement({"CPU": 2}, device="auto")
+    assert small.actor_gpus == 0 and 2 * small.actor_cpus <= 2
+    assert small.decode_cpus != small.actor_cpus  # keeps Ray Data from fusing decoding into an actor
