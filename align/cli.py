@@ -38,10 +38,21 @@ def train_head(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where its last epoch ended."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint in --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-epoch lines."),
+    nproc: int = typer.Option(
+        1, min=1,
+        help="Train with N processes on this machine (one per GPU, or gloo on the CPU), as `torchrun --nproc-per-node N -m avfeat train-head ...` does; "
+        "--batch-size stays the global batch and must divide by N.",
+    ),
 ) -> None:
-    """Train contrastive projection heads on cached HuBERT and DINOv2 tokens."""
+    """Train contrastive projection heads on cached HuBERT and DINOv2 tokens.
+
+    Several GPUs: add --nproc N, or start the command under torchrun.
+    """
+    import sys
+
+    from avfeat.align import distributed
     from avfeat.align.data import parse_bytes
-    from avfeat.align.train import RunOptions, TrainConfig, train
+    from avfeat.align.train import RunOptions, TrainConfig, resolve_device, train
     from avfeat.errors import InputError
 
     if resume and overwrite:
@@ -60,7 +71,19 @@ def train_head(
         device=device, memory_limit=None if memory_limit is None else parse_bytes(memory_limit), workers=workers,
         resume=resume, overwrite=overwrite, quiet=quiet,
     )
-    result = train(cache, out, config, options, log=lambda line: typer.echo(line, err=True) if not quiet else None)
+    if nproc > 1:
+        if distributed.env_world_size() > 1:
+            raise InputError("--nproc cannot be used under torchrun (WORLD_SIZE is set already): let torchrun start the processes")
+        if not resume:  # a resumed run divides the checkpoint's batch size; each process checks that
+            distributed.check_batch(batch_size, nproc)
+        distributed.check_device(resolve_device(device), nproc)
+        raise typer.Exit(distributed.launch(distributed.without_option(sys.argv[1:], "--nproc"), nproc))
+    try:
+        result = train(cache, out, config, options, log=lambda line: typer.echo(line, err=True) if not quiet else None)
+    except distributed.PeerFailed:
+        raise typer.Exit(1) from None  # rank 0 prints the error
+    if result.rank != 0:
+        return
     last = result.history[-1] if result.history else {}
     summary = f"wrote {out}: {len(result.history)} epochs, final train loss {last.get('train_loss', float('nan')):.4f}"
     if "val" in last:

@@ -155,6 +155,11 @@ class Plan:
     def __len__(self) -> int:
         return self.windows.shape[0]
 
+    def columns(self, share: slice) -> "Plan":
+        """The same steps with only the batch positions ``share``: one process's part of each
+        global batch (so it reads only those windows)."""
+        return Plan(self.windows[:, share], self.shifted[:, share])
+
 
 def steps_per_pass(n_videos: int, batch_size: int) -> int:
     return max(1, n_videos // batch_size)

@@ -10,6 +10,11 @@ column in both directions (audio i vs shifted visual i for audio→visual, shift
 visual i for visual→audio), so the heads must tell "the right clip" from "the right clip at
 the wrong moment", which is what synchronization search needs.
 
+With several processes (see ``distributed.py``) each one passes its rows of the global score
+matrix (its audio windows against every visual window, and its visual windows against every
+audio window) and where its rows sit in the batch; the processes' mean loss is the loss of the
+whole matrix.
+
 Regularisers (both off by default; the InfoNCE alone reaches the acceptance numbers):
 - ``offdiag_weight``: penalises the mean off-diagonal raw score. Max-mean scores of unrelated
   clips sit high (a max over many patches is large even for noise); this pushes that floor
@@ -45,25 +50,41 @@ def info_nce(
     logit_scale: torch.Tensor,
     shifted_a2v: torch.Tensor | None = None,
     shifted_v2a: torch.Tensor | None = None,
+    v2a_scores: torch.Tensor | None = None,
+    first: int = 0,
 ) -> torch.Tensor:
-    """Mean of the audio→visual and visual→audio cross-entropies over a (B, B) score matrix.
+    """Mean of the audio→visual and visual→audio cross-entropies over a (B, B) score matrix, or
+    over some of its rows.
 
     Args:
-        scores: (B, B) clip scores, row = audio window, column = visual window.
+        scores: (B, B) clip scores, row = audio window, column = visual window. With several
+            processes: (b, B), the rows of audio windows ``first .. first + b - 1`` of the global
+            batch against all B visual windows.
         logit_scale: 1 / temperature (already clamped by the heads).
-        shifted_a2v: optional (B,) scores of audio i against its own video's shifted visual
+        shifted_a2v: optional (b,) scores of audio i against its own video's shifted visual
             window: an extra negative column for the audio→visual rows. ``-inf`` entries (no
             shifted window exists) drop out.
         shifted_v2a: the same for the visual→audio rows (shifted audio i against visual i).
+        v2a_scores: (b, B) visual windows ``first ..`` against all audio windows; by default
+            ``scores.T`` (only right when ``scores`` is the whole square matrix).
+        first: global batch position of the first row; row i's positive is column first + i.
     """
-    scores = scores.float()
-    target = torch.arange(scores.shape[0], device=scores.device)
-    a2v, v2a = scores, scores.T
+    a2v = logit_scale * scores.float()
+    v2a = a2v.T if v2a_scores is None else logit_scale * v2a_scores.float()
+    target = first + torch.arange(a2v.shape[0], device=a2v.device)
     if shifted_a2v is not None:
-        a2v = torch.cat([a2v, shifted_a2v.float()[:, None]], dim=1)
+        a2v = torch.cat([a2v, _extra_column(shifted_a2v, logit_scale)], dim=1)
     if shifted_v2a is not None:
-        v2a = torch.cat([v2a, shifted_v2a.float()[:, None]], dim=1)
-    return 0.5 * (F.cross_entropy(logit_scale * a2v, target) + F.cross_entropy(logit_scale * v2a, target))
+        v2a = torch.cat([v2a, _extra_column(shifted_v2a, logit_scale)], dim=1)
+    return 0.5 * (F.cross_entropy(a2v, target) + F.cross_entropy(v2a, target))
+
+
+def _extra_column(scores: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """(b,) extra negatives → (b, 1) logits. The -inf entries are put back after scaling:
+    scaling -inf itself would give the temperature a NaN gradient (0 · -inf)."""
+    scores = scores.float()
+    missing = scores.isneginf()
+    return (logit_scale * scores.masked_fill(missing, 0.0)).masked_fill(missing, float("-inf"))[:, None]
 
 
 def contrastive_loss(
@@ -74,15 +95,24 @@ def contrastive_loss(
     shifted_v2a: torch.Tensor | None = None,
     audio_tokens: torch.Tensor | None = None,
     visual_tokens: torch.Tensor | None = None,
+    v2a_scores: torch.Tensor | None = None,
+    first: int = 0,
 ) -> LossOutput:
-    """InfoNCE plus the weighted regularisers; ``*_tokens`` (projected, any leading shape) are
-    needed only when ``weights.centroid`` is non-zero."""
-    nce = info_nce(scores, logit_scale, shifted_a2v, shifted_v2a)
+    """InfoNCE plus the weighted regularisers; ``*_tokens`` (projected, any leading shape, the
+    whole batch's) are needed only when ``weights.centroid`` is non-zero.
+
+    With some rows only (``first``, ``v2a_scores``: see :func:`info_nce`), the off-diagonal mean
+    is over those rows; since every process has as many rows, the mean over processes of this
+    loss is the loss of the whole matrix.
+    """
+    nce = info_nce(scores, logit_scale, shifted_a2v, shifted_v2a, v2a_scores, first)
     loss, parts = nce, {}
     if weights.offdiag:
-        b = scores.shape[0]
-        off = ~torch.eye(b, dtype=torch.bool, device=scores.device)
-        parts["offdiag"] = scores.float()[off].mean() if b > 1 else scores.new_zeros(())
+        b, n = scores.shape
+        off = torch.ones(b, n, dtype=torch.bool, device=scores.device)
+        rows = torch.arange(b, device=scores.device)
+        off[rows, first + rows] = False
+        parts["offdiag"] = scores.float()[off].mean() if n > 1 else scores.new_zeros(())
         loss = loss + weights.offdiag * parts["offdiag"]
     if weights.centroid:
         parts["centroid"] = sum(t.float().flatten(0, -2).mean(dim=0).square().sum() for t in (audio_tokens, visual_tokens))

@@ -4,6 +4,9 @@ An epoch is ``passes_per_epoch`` passes over the training videos with one window
 per pass, in batches of B distinct videos. After each epoch the heads are scored on fixed
 validation windows, and the checkpoint (heads, config, resumable state, metrics, curves) is
 saved. ``resume`` continues exactly: the same subsequent losses as an uninterrupted run.
+
+Several processes (torchrun, ``--nproc``: see ``distributed.py``) share each global batch of B
+windows; rank 0 validates and saves while the others wait.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import torch
 from avfeat import __version__
 from avfeat.align import checkpoint as ckpt
 from avfeat.align import data
+from avfeat.align.distributed import Group, check_batch
+from avfeat.align.distributed import start as start_group
 from avfeat.align.heads import AVHeads, HeadConfig
 from avfeat.align.loss import LossWeights, contrastive_loss, info_nce
 from avfeat.align.evaluate import window_scores
@@ -96,6 +101,7 @@ class TrainResult:
     in_memory: bool
     data_bytes: int
     notes: list[str] = field(default_factory=list)
+    rank: int = 0  # this process's rank when several train together (only rank 0 wrote files)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,69 +122,87 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def window_loss(heads: AVHeads, audio: torch.Tensor, visual: torch.Tensor, config: TrainConfig, shifted: torch.Tensor | None = None):
+def window_loss(heads: AVHeads, audio: torch.Tensor, visual: torch.Tensor, config: TrainConfig, shifted: torch.Tensor | None = None, group: Group | None = None):
     """Loss of one batch. With temporal negatives, ``audio``/``visual`` hold 2B windows (the
-    batch, then each one's shifted window) and ``shifted`` says which shifts exist."""
+    batch, then each one's shifted window) and ``shifted`` says which shifts exist.
+
+    With a ``group`` of several processes, the inputs are this rank's share of the global batch
+    and the loss is the mean over this rank's rows of the global score matrix."""
     a, v = heads.project_audio(audio), heads.project_visual(visual)
     b = a.shape[0] if shifted is None else a.shape[0] // 2
-    scores = pairwise_scores(a[:b], v[:b], config.aggregation)
-    extra = {}
-    if shifted is not None:
+    rows = {}
+    if group is None or group.world_size == 1:
+        scores = pairwise_scores(a[:b], v[:b], config.aggregation)
+        audio_all, visual_all = a[:b], v[:b]
+    else:
+        # Every rank's projected tokens, carrying gradients back to the rank they came from:
+        # this rank's audio against all visual windows, its visual against all audio windows.
+        audio_all, visual_all = group.gather(a[:b]), group.gather(v[:b])
+        scores = pairwise_scores(a[:b], visual_all, config.aggregation)
+        rows = {"v2a_scores": pairwise_scores(audio_all, v[:b], config.aggregation).T, "first": group.rank * b}
+    if shifted is not None:  # a window's shifted twin lives on the same rank: no gather
         missing = ~shifted
-        extra["shifted_a2v"] = paired_scores(a[:b], v[b:], config.aggregation).masked_fill(missing, float("-inf"))
-        extra["shifted_v2a"] = paired_scores(a[b:], v[:b], config.aggregation).masked_fill(missing, float("-inf"))
+        rows["shifted_a2v"] = paired_scores(a[:b], v[b:], config.aggregation).masked_fill(missing, float("-inf"))
+        rows["shifted_v2a"] = paired_scores(a[b:], v[:b], config.aggregation).masked_fill(missing, float("-inf"))
     weights = LossWeights(offdiag=config.offdiag_weight, centroid=config.centroid_weight)
-    return contrastive_loss(scores, heads.logit_scale, weights, audio_tokens=a[:b], visual_tokens=v[:b], **extra)
+    return contrastive_loss(scores, heads.logit_scale, weights, audio_tokens=audio_all, visual_tokens=visual_all, **rows)
 
 
 class Trainer:
-    """Sets up data, heads and optimizer for one checkpoint folder, then runs epochs."""
+    """Sets up data, heads and optimizer for one checkpoint folder, then runs epochs.
 
-    def __init__(self, cache_path: str | Path, out: str | Path, config: TrainConfig, options: RunOptions, log: Callable[[str], None] = print):
+    With a ``group`` of several processes every rank builds a Trainer: all of them sample the
+    same plans and take their share of each batch; rank 0 alone validates and writes the
+    checkpoint.
+    """
+
+    def __init__(self, cache_path: str | Path, out: str | Path, config: TrainConfig, options: RunOptions, log: Callable[[str], None] = print, group: Group | None = None):
         self.cache_path, self.out, self.options, self.log = Path(cache_path), Path(out), options, log
-        self.cache = data.open_cache(cache_path)
+        self.group = group or Group(device=resolve_device(options.device))
         self.notes: list[str] = []
-        if options.resume:
-            config = self._resume_config()
-        else:
-            self._prepare_out()
-        self.config = config
-        self.device = resolve_device(options.device)
-        self.amp = self.device.type == "cuda"
+        with self.group.together():  # the checks first, so a bad run fails before loading data
+            self.cache = data.open_cache(cache_path)
+            if options.resume:
+                config = self._resume_config()
+            elif self.group.is_main:
+                self._prepare_out()
+            self.config = config
+            self.device = self.group.device
+            self.amp = self.device.type == "cuda"
 
-        ok_ids = [r["video_id"] for r in self.cache.videos(status="ok")]
-        train_ids, val_ids = data.split_videos(ok_ids, config.val_fraction, config.seed)
-        self.geometry, self.table = data.check_window(self.cache, train_ids + val_ids, config.window)
-        has_windows = self.table.count > 0
-        self.train_videos = [k for k in range(len(train_ids)) if has_windows[k]]
-        self.val_videos = [k for k in range(len(train_ids), len(train_ids) + len(val_ids)) if has_windows[k]]
-        if len(self.train_videos) < 2:
-            raise InputError(f"only {len(self.train_videos)} training video(s) can hold a {config.window:g} s window; need at least 2")
-        self.batch_size = min(config.batch_size, len(self.train_videos))
-        if self.batch_size < config.batch_size:
-            self.notes.append(f"batch size lowered to {self.batch_size}: there are only {len(self.train_videos)} training videos with a full window")
-        self.val_ids = torch.as_tensor(self.table.evenly_spaced(self.val_videos, config.val_windows))
-        self.split = {"seed": config.seed, "val_fraction": config.val_fraction, "val_videos": sorted(val_ids)}
+            ok_ids = [r["video_id"] for r in self.cache.videos(status="ok")]
+            train_ids, val_ids = data.split_videos(ok_ids, config.val_fraction, config.seed)
+            self.geometry, self.table = data.check_window(self.cache, train_ids + val_ids, config.window)
+            has_windows = self.table.count > 0
+            self.train_videos = [k for k in range(len(train_ids)) if has_windows[k]]
+            self.val_videos = [k for k in range(len(train_ids), len(train_ids) + len(val_ids)) if has_windows[k]]
+            if len(self.train_videos) < 2:
+                raise InputError(f"only {len(self.train_videos)} training video(s) can hold a {config.window:g} s window; need at least 2")
+            self.batch_size = self._global_batch_size()
+            self.val_ids = torch.as_tensor(self.table.evenly_spaced(self.val_videos, config.val_windows))
+            self.split = {"seed": config.seed, "val_fraction": config.val_fraction, "val_videos": sorted(val_ids)}
 
-        self.steps_per_epoch = data.steps_per_pass(len(self.train_videos), self.batch_size) * config.passes_per_epoch
-        self.total_steps = config.steps or config.epochs * self.steps_per_epoch
-        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+            self.steps_per_epoch = data.steps_per_pass(len(self.train_videos), self.batch_size) * config.passes_per_epoch
+            self.total_steps = config.steps or config.epochs * self.steps_per_epoch
+            self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
 
-        self._load_data()
-        torch.manual_seed(config.seed)
-        head_config = HeadConfig(
-            audio_dim=self.cache.config["audio_dim"], visual_dim=self.cache.config["visual_dim"], dim=config.dim,
-            head=config.head, aggregation=config.aggregation, init_temperature=config.temperature,
-        )
-        self.heads = AVHeads(head_config).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.generator = torch.Generator().manual_seed(config.seed + 1)
-        self.epoch, self.step, self.history = 0, 0, []
-        self._plotted = -math.inf
-        if options.resume:
-            self._restore()
-        else:
-            ckpt.save_config(self.out, self.checkpoint_config())
+        with self.group.together():
+            self._load_data()
+            torch.manual_seed(config.seed)
+            head_config = HeadConfig(
+                audio_dim=self.cache.config["audio_dim"], visual_dim=self.cache.config["visual_dim"], dim=config.dim,
+                head=config.head, aggregation=config.aggregation, init_temperature=config.temperature,
+            )
+            self.heads = AVHeads(head_config).to(self.device)
+            self.optimizer = torch.optim.AdamW(self.heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+            self.generator = torch.Generator().manual_seed(config.seed + 1)
+            self.epoch, self.step, self.history = 0, 0, []
+            self._plotted = -math.inf
+            if options.resume:
+                self._restore()
+            elif self.group.is_main:
+                ckpt.save_config(self.out, self.checkpoint_config())
+        self.group.broadcast_parameters(self.heads)
 
     # ---- setup -------------------------------------------------------------------------
 
@@ -209,11 +233,25 @@ class Trainer:
         self.notes.append("resuming with the checkpoint's own training options")
         return TrainConfig.from_dict(stored["training"])
 
+    def _global_batch_size(self) -> int:
+        """The configured global batch, lowered when there are fewer training videos (to a
+        multiple of the number of processes, which share each batch equally)."""
+        world, batch, videos = self.group.world_size, self.config.batch_size, len(self.train_videos)
+        check_batch(batch, world)
+        if videos < batch:
+            batch = videos - videos % world
+            if batch < max(2, world):
+                raise InputError(f"only {videos} training videos can hold a {self.config.window:g} s window: too few for batches shared by {world} processes")
+            self.notes.append(f"batch size lowered to {batch}: there are only {videos} training videos with a full window")
+        return batch
+
     def _load_data(self) -> None:
         ids = self.table.video_ids
         self.data_bytes = data.token_bytes(self.cache, ids)
         limit = self.options.memory_limit
-        limit = data.default_memory_limit(self.device) if limit is None else limit
+        if limit is None:  # every process on a CPU loads its own copy: share the default
+            shared = self.group.local_world_size if self.device.type == "cpu" else 1
+            limit = data.default_memory_limit(self.device) // shared
         where = "GPU memory" if self.device.type == "cuda" else "memory"
         if self.data_bytes <= limit:
             started = time.perf_counter()
@@ -259,17 +297,20 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.total_steps, self.config)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = window_loss(self.heads, audio, visual, self.config, shifted)
+            out = window_loss(self.heads, audio, visual, self.config, shifted, self.group)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        self.group.average_gradients(self.heads.parameters())
         if self.config.clip:
             torch.nn.utils.clip_grad_norm_(self.heads.parameters(), self.config.clip)
         self.optimizer.step()
         self.step += 1
-        return out.loss.detach()
+        return self.group.mean(out.loss.detach())  # the global batch's loss
 
     def epoch_batches(self, plan: data.Plan):
-        """(audio, visual, shifted mask or None) for each step of the plan."""
+        """(audio, visual, shifted mask or None) for each step of the plan: this rank's share
+        of each batch (all of it in one process)."""
+        plan = plan.columns(self.group.share_of(plan.windows.shape[1]))
         ids = data.plan_ids(plan, self.config.temporal_negatives)
         shifted = (plan.shifted >= 0).to(self.device) if self.config.temporal_negatives else None
         for s, (audio, visual) in enumerate(self.source.batches(ids)):
@@ -303,14 +344,20 @@ class Trainer:
             epochs_run += 1
             record = {"epoch": self.epoch, "step": self.step, "train_loss": sum(epoch_losses) / len(epoch_losses),
                       "lr": self.optimizer.param_groups[0]["lr"], "temperature": float(1 / self.heads.logit_scale.detach()),
-                      "seconds": time.perf_counter() - started, **self.validate()}
-            self.history.append(record)
-            self.save()
-            self.log_tensorboard(record)
+                      "seconds": time.perf_counter() - started, "processes": self.group.world_size}
+            if self.group.is_main:
+                record.update(self.validate())
+                self.history.append(record)
+                self.save()
+                self.log_tensorboard(record)
+            record = self.group.share(record)  # the other ranks wait here for validation and saving
+            if not self.group.is_main:
+                self.history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
-        self.plot()
-        return TrainResult(self.out, self.history, losses, self.in_memory, self.data_bytes, self.notes)
+        if self.group.is_main:
+            self.plot()
+        return TrainResult(self.out, self.history, losses, self.in_memory, self.data_bytes, self.notes, self.group.rank)
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -389,25 +436,38 @@ def summary_line(record: dict) -> str:
 
 
 def train(cache_path: str | Path, out: str | Path, config: TrainConfig | None = None, options: RunOptions | None = None, log: Callable[[str], None] = print) -> TrainResult:
-    """Train heads on a cache into the checkpoint folder ``out`` (Python entry of `train-head`)."""
+    """Train heads on a cache into the checkpoint folder ``out`` (Python entry of `train-head`).
+
+    Under torchrun or ``--nproc`` (WORLD_SIZE > 1 in the environment) this process joins the
+    process group as one rank; only rank 0 logs, shows progress and writes the checkpoint.
+    """
     from tqdm import tqdm
 
     options = options or RunOptions()
-    trainer = Trainer(cache_path, out, config or TrainConfig(), options, log=log)
-    for note in trainer.notes:
-        log(f"note: {note}")
-    bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", desc="train-head", disable=options.quiet, dynamic_ncols=True)
+    group = start_group(resolve_device(options.device))
+    try:
+        if not group.is_main:
+            log = lambda _: None  # noqa: E731
+        trainer = Trainer(cache_path, out, config or TrainConfig(), options, log=log, group=group)
+        if group.world_size > 1:
+            log(f"world size {group.world_size} ({group.backend}): global batch {trainer.batch_size}, {trainer.batch_size // group.world_size} windows per process")
+        for note in trainer.notes:
+            log(f"note: {note}")
+        quiet = options.quiet or not group.is_main
+        bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", desc="train-head", disable=quiet, dynamic_ncols=True)
 
-    def progress(count: int, loss: torch.Tensor) -> None:
-        bar.update(count)
-        if bar.n % 10 == 0 or bar.n == bar.total:  # reading the loss syncs the GPU: not every step
-            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+        def progress(count: int, loss: torch.Tensor) -> None:
+            bar.update(count)
+            if bar.n % 10 == 0 or bar.n == bar.total:  # reading the loss syncs the GPU: not every step
+                bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
 
-    def on_epoch(record: dict) -> None:
-        if not options.quiet:
-            bar.write(summary_line(record))
+        def on_epoch(record: dict) -> None:
+            if not quiet:
+                bar.write(summary_line(record))
 
-    with bar:
-        result = trainer.run(progress, on_epoch)
-    result.notes = trainer.notes
-    return result
+        with bar:
+            result = trainer.run(progress, on_epoch)
+        result.notes = trainer.notes
+        return result
+    finally:
+        group.close()

@@ -44,3 +44,25 @@ def test_perfect_separation_gives_near_zero_loss_and_regularisers_add_their_term
     assert math.isclose(float(out.parts["offdiag"]), -1.0, abs_tol=1e-6)
     assert math.isclose(float(out.parts["centroid"]), 2.0, rel_tol=1e-6)
     assert math.isclose(float(out.loss), float(out.info_nce) - 0.5 + 0.2, abs_tol=1e-5)
+
+
+def test_a_missing_temporal_negative_leaves_the_temperature_gradient_finite():
+    scores = torch.rand(3, 3, generator=torch.Generator().manual_seed(2))
+    log_scale = torch.tensor(2.0, requires_grad=True)
+    missing = torch.tensor([0.4, float("-inf"), 0.1])
+    info_nce(scores, log_scale.exp(), missing, missing).backward()
+    assert torch.isfinite(log_scale.grad)
+
+
+def test_the_rows_of_several_processes_average_to_the_whole_loss():
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(4, 4, generator=g, dtype=torch.float64)
+    extra = torch.rand(4, generator=g, dtype=torch.float64)
+    tokens = torch.nn.functional.normalize(torch.rand(4, 2, 3, generator=g), dim=-1)
+    weights, scale = LossWeights(offdiag=0.5, centroid=0.1), torch.tensor(7.0)
+    whole = contrastive_loss(scores, scale, weights, extra, extra, tokens, tokens).loss
+    halves = [
+        contrastive_loss(scores[rows], scale, weights, extra[rows], extra[rows], tokens, tokens, v2a_scores=scores.T[rows], first=rows.start).loss
+        for rows in (slice(0, 2), slice(2, 4))
+    ]
+    assert math.isclose(float(sum(halves) / 2), float(whole), rel_tol=1e-6)

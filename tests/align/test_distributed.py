@@ -1,0 +1,189 @@
+"""Several training processes (gloo on the CPU) give the one-process run on the same global
+batches: the gathered loss and its gradients, whole runs through `--nproc` and torchrun,
+resume, and the errors."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from avfeat.align import distributed
+from avfeat.align.heads import AVHeads, HeadConfig
+from avfeat.align.train import RunOptions, TrainConfig, train, window_loss
+
+from .conftest import avfeat
+from .test_align_cli import one_line_error
+
+# 6 training videos (8, a quarter held out): global batches of 4, one step per epoch, so every
+# line of metrics.jsonl is one step's loss. Temporal negatives and both regularisers are on:
+# every part of the loss must come out the same when the batch is split.
+TRAIN = ["--window", 1, "--dim", 16, "--batch-size", 4, "--passes-per-epoch", 1, "--epochs", 5, "--lr", 1e-2,
+         "--val-fraction", 0.25, "--temporal-negatives", "--offdiag-weight", 0.1, "--centroid-weight", 0.1, "--device", "cpu"]
+LOSS_CONFIG = TrainConfig(temporal_negatives=True, offdiag_weight=0.3, centroid_weight=0.2, batch_size=6)
+
+
+def losses(folder):
+    return [json.loads(line)["train_loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(one, many, rel=1e-5, atol=1e-5):
+    """Per-step losses within ``rel`` of each other; heads within ``atol``."""
+    assert len(losses(one)) == len(losses(many)) == 5
+    for a, b in zip(losses(one), losses(many)):
+        assert abs(a - b) <= rel * abs(a), (losses(one), losses(many))
+    heads_one, heads_many = load_file(one / "heads.safetensors"), load_file(many / "heads.safetensors")
+    assert heads_one.keys() == heads_many.keys()
+    for name in heads_one:
+        torch.testing.assert_close(heads_many[name], heads_one[name], rtol=0, atol=atol)
+
+
+# ---- the gathered loss on fixed tensors ------------------------------------------------------
+
+
+def fixed_batch():
+    """Heads and a batch of 6 windows plus their shifted twins (one twin missing)."""
+    torch.manual_seed(0)
+    heads = AVHeads(HeadConfig(audio_dim=8, visual_dim=12, dim=6))
+    g = torch.Generator().manual_seed(1)
+    audio = torch.randn(12, 5, 8, generator=g)  # 6 windows then their 6 shifted twins
+    visual = torch.randn(12, 2, 5, 12, generator=g)  # 2 frames of CLS + 4 patches
+    shifted = torch.tensor([True, True, False, True, True, True])
+    return heads, audio, visual, shifted
+
+
+def gradients(heads):
+    return {name: p.grad.clone() for name, p in heads.named_parameters()}
+
+
+def _rank_loss(rank: int, world: int, folder: str) -> None:
+    """One rank of the gathered-loss test: its share of the fixed batch, loss, averaged grads."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        heads, audio, visual, shifted = fixed_batch()
+        group = distributed.Group(device=torch.device("cpu"), rank=rank, world_size=world)
+        share = group.share_of(6)
+        twins = slice(6 + share.start, 6 + share.stop)
+        mine = lambda x: torch.cat([x[share], x[twins]])  # noqa: E731
+        out = window_loss(heads, mine(audio), mine(visual), LOSS_CONFIG, shifted[share], group)
+        out.loss.backward()
+        group.average_gradients(heads.parameters())
+        torch.save({"loss": group.mean(out.loss.detach()), "local": out.loss.detach(), "grads": gradients(heads)}, f"{folder}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_gathered_loss_and_gradients_equal_the_one_process_ones(tmp_path):
+    heads, audio, visual, shifted = fixed_batch()
+    out = window_loss(heads, audio, visual, LOSS_CONFIG, shifted)
+    out.loss.backward()
+    assert set(out.parts) == {"offdiag", "centroid"}
+
+    torch.multiprocessing.spawn(_rank_loss, args=(2, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for result in ranks:
+        torch.testing.assert_close(result["loss"], out.loss.detach(), rtol=1e-6, atol=0)
+        for name, grad in gradients(heads).items():
+            torch.testing.assert_close(result["grads"][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    # Each rank's own loss covers only its rows, so agreeing above is not a coincidence.
+    assert abs(float(ranks[0]["local"] - ranks[1]["local"])) > 1e-3
+
+
+# ---- whole runs --------------------------------------------------------------------------
+
+
+def test_two_processes_train_like_one(small_cache, tmp_path):
+    one = avfeat("train-head", small_cache, "--out", tmp_path / "one", *TRAIN, threads=1, check=0)
+    # The two ranks stream their shares from HDF5; the one process holds the tokens in memory.
+    two = avfeat("train-head", small_cache, "--out", tmp_path / "two", *TRAIN, "--nproc", 2, "--memory-limit", 0, "--workers", 0, threads=1, check=0)
+    assert "world size" not in one.stderr
+    assert "world size 2 (gloo): global batch 4, 2 windows per process" in two.stderr
+    assert two.stderr.count("streaming windows") == 1 and two.stdout.count("wrote") == 1  # rank 0 alone speaks
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["processes"] for r in records] == [2] * 5 and all("val" in r for r in records)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # one checkpoint folder per run
+    assert {p.name for p in (tmp_path / "two").iterdir()} == {p.name for p in (tmp_path / "one").iterdir()}
+    config_one, config_two = (json.loads((tmp_path / run / "config.json").read_text()) for run in ("one", "two"))
+    assert config_one["training"] == config_two["training"] and config_one["split"] == config_two["split"]
+
+
+def test_torchrun_trains_like_nproc(small_cache, tmp_path):
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "avfeat", "train-head", small_cache, "--out", tmp_path / "torchrun", *TRAIN, "--quiet"]
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    avfeat("train-head", small_cache, "--out", tmp_path / "nproc", *TRAIN, "--quiet", "--nproc", 2, threads=1, check=0)
+    assert_same_run(tmp_path / "nproc", tmp_path / "torchrun", rel=1e-6, atol=1e-6)
+
+
+def _resume_rank(rank: int, world: int, cache: str, out: str, ports: tuple[int, int]) -> None:
+    """One rank of a run stopped after 2 epochs, then resumed to the end."""
+    torch.set_num_threads(1)
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)})
+    config = TrainConfig(window=1.0, dim=16, batch_size=4, passes_per_epoch=1, epochs=4, lr=1e-2, val_fraction=0.25)
+    results = []
+    for port, options in zip(ports, (RunOptions(quiet=True, device="cpu", stop_after=2), RunOptions(quiet=True, device="cpu", resume=True))):
+        os.environ["MASTER_PORT"] = str(port)
+        results.append(train(cache, out, config, options, log=lambda _: None))
+    torch.save({"losses": results[0].losses + results[1].losses, "epochs": [r["epoch"] for r in results[1].history]}, f"{out}.rank{rank}.pt")
+
+
+def test_resume_under_two_processes_continues_the_run(small_cache, tmp_path):
+    config = TrainConfig(window=1.0, dim=16, batch_size=4, passes_per_epoch=1, epochs=4, lr=1e-2, val_fraction=0.25)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the ranks
+    try:
+        full = train(small_cache, tmp_path / "full", config, RunOptions(quiet=True, device="cpu"), log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+
+    ports = (distributed.free_port(), distributed.free_port())
+    torch.multiprocessing.spawn(_resume_rank, args=(2, str(small_cache), str(tmp_path / "split"), ports), nprocs=2)
+    ranks = [torch.load(tmp_path / f"split.rank{r}.pt") for r in range(2)]
+    assert ranks[0] == ranks[1]  # both ranks log the same global losses and history
+    assert ranks[0]["epochs"] == [1, 2, 3, 4]
+    assert ranks[0]["losses"] == pytest.approx(full.losses, rel=1e-5)
+    heads_full, heads_split = load_file(tmp_path / "full" / "heads.safetensors"), load_file(tmp_path / "split" / "heads.safetensors")
+    for name in heads_full:
+        torch.testing.assert_close(heads_split[name], heads_full[name], rtol=0, atol=1e-5)
+
+
+# ---- errors ------------------------------------------------------------------------------
+
+
+def test_batch_not_divisible_by_the_processes_is_a_one_line_error(small_cache, tmp_path):
+    result = avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, "--batch-size", 3, "--nproc", 2)
+    one_line_error(result, "--batch-size 3 is not divisible by the 2 processes")
+    assert not (tmp_path / "heads").exists()
+
+
+def test_a_setup_error_is_printed_once_not_once_per_process(small_cache, tmp_path):
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "heads" / "mine.txt").write_text("keep")
+    result = avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, "--nproc", 2, threads=1)
+    one_line_error(result, "already exists")
+    assert [p.name for p in (tmp_path / "heads").iterdir()] == ["mine.txt"]
+
+
+def test_help_lists_nproc_and_the_flag_is_dropped_for_the_children():
+    result = avfeat("train-head", "--help", check=0)
+    assert "--nproc" in result.stdout and "torchrun" in result.stdout
+    args = ["train-head", "c", "--nproc", "2", "--out", "o", "--nproc=3", "--dim", "8"]
+    assert distributed.without_option(args, "--nproc") == ["train-head", "c", "--out", "o", "--dim", "8"]
+
+
+def test_the_launcher_stops_the_others_when_one_process_fails():
+    import subprocess
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    assert distributed.wait_all([sleeper, failing], grace=0.2) == 3
+    assert sleeper.returncode == -15  # terminated, not left running
+    killed = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    assert distributed.wait_all([killed], grace=0) == 128 + 9
