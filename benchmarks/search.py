@@ -6,18 +6,28 @@
    same memory budget and the ratios are printed.
 2. Seconds `sync` takes on a 10-minute video whose tokens are cached (real backbone sizes:
    HuBERT-base 768-d at 50 Hz, DINOv2-small 257 x 384-d tokens per frame at ``--fps``).
+3. ``--shards``: an IVF index over ``--shard-n`` clustered random unit vectors built as one file
+   and as ``--shards`` shards (trained once), each opened by a fresh process loaded or
+   memory-mapped (warm page cache, then with the shard files evicted from it): resident memory
+   of the searching process (private and file-backed pages), queries/s, and whether the hits
+   equal the one-file index's.
 
 faiss-gpu is used for the indexes when it sees a GPU.
 
-    python benchmarks/search.py                 # ~4 min on 2 CPU cores
+    python benchmarks/search.py                 # ~5 min on 2 CPU cores
     python benchmarks/search.py --n 200000      # quicker
+    python benchmarks/search.py --only shards   # section 3 alone, ~1 min
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -116,6 +126,105 @@ def bench_sync(minutes: float, fps: float) -> None:
     print(f"{elapsed:.2f} s (reading the cache, projecting, scoring)")
 
 
+def clustered(n: int, dim: int, seed: int, centres: int = 5000) -> np.ndarray:
+    """Unit vectors around random centres: data with the cluster structure IVF relies on."""
+    rng = np.random.default_rng(seed)
+    middle = np.random.default_rng(99).standard_normal((centres, dim), dtype=np.float32)
+    x = middle[rng.integers(centres, size=n)] + 0.6 * rng.standard_normal((n, dim), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def resident_mib() -> dict[str, float]:
+    """This process's resident memory in MiB: private pages (RssAnon) and mapped file pages (RssFile)."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("RssAnon", "RssFile"):
+            fields[name] = int(value.split()[0]) / 1024
+    return fields
+
+
+def open_and_search(folder: str, mmap: bool, queries: np.ndarray, single: int) -> dict:
+    """Run in a fresh process: open the audio index of ``folder`` as `avfeat search` would, search."""
+    import faiss  # noqa: F401  (the library's own pages are not the index's)
+
+    from avfeat.index.store import IndexFolder
+
+    base = resident_mib()
+    started = time.perf_counter()
+    index = IndexFolder(folder, mmap=mmap).faiss_index("audio")
+    load = time.perf_counter() - started
+    loaded = resident_mib()
+    started = time.perf_counter()
+    scores, ids = index.search(queries, 10)
+    batched = len(queries) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for q in queries[:single]:
+        index.search(q[None], 10)
+    one = single / (time.perf_counter() - started)
+    searched = resident_mib()
+    grow = {f"{when}_{kind}": after[kind] - base[kind] for when, after in (("load", loaded), ("search", searched)) for kind in base}
+    return {"load_s": load, "qps_batched": batched, "qps_single": one, "ids": ids, "scores": scores, **grow}
+
+
+def evict(folder: Path) -> None:
+    """Drop the index files' pages from the page cache, so mapped reads go to the disk."""
+    for path in folder.glob("*.faiss"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def bench_shards(n: int, dim: int, shards: int, queries: int, single: int) -> None:
+    import faiss
+    import pyarrow as pa
+
+    from avfeat.index.build import build_faiss, ivf_lists, recall_at_k
+    from avfeat.index.store import write_index
+
+    factory = f"IVF{ivf_lists(n)},Flat"  # what the automatic choice takes at this size
+    vectors, q = clustered(n, dim, 0), clustered(queries, dim, 1)
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(vectors)
+    _, truth = exact.search(q, 10)
+    del exact
+    table = pa.table({"id": np.arange(n, dtype=np.int64)})
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        folders = {}
+        for count in (1, shards):
+            built = build_faiss(vectors, factory, queries=clustered(1000, dim, 2), shards=count)
+            meta = {"modalities": {"audio": {"count": n, **built.describe()}}}
+            folders[count] = Path(root) / f"shards{count}"
+            write_index(folders[count], meta, {"audio": built.shards}, {"audio": table})
+            size = sum(p.stat().st_size for p in folders[count].glob("*.faiss"))
+            print(f"built {count} file(s) in {built.build_seconds:.1f} s, {built.params}, {size / 2**20:.0f} MiB on disk")
+            del built
+        del vectors
+        runs = [("1 file, loaded", folders[1], False, False), (f"{shards} shards, loaded", folders[shards], False, False),
+                (f"{shards} shards, mmap (warm)", folders[shards], True, False), (f"{shards} shards, mmap (cold)", folders[shards], True, True)]
+        for label, folder, mmap, cold in runs:
+            if cold:
+                evict(folder)
+            # A fresh process per run, so resident memory is this index's alone.
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                rows.append((label, pool.submit(open_and_search, str(folder), mmap, q, single).result()))
+    reference = rows[0][1]
+    print(f"\n== {factory} over {n:,} clustered unit vectors, dim {dim} (raw {n * dim * 4 / 2**20:.0f} MiB, "
+          f"+{n * 8 / 2**20:.1f} MiB ids), {queries} queries, GPUs {faiss.get_num_gpus()} ==")
+    print(f"{'':<24} {'load s':>7} {'RSS MiB after load':>19} {'after search':>13} {'q/s batched':>12} {'q/s single':>11} {'recall@10':>9} {'same hits':>9}")
+    print(f"{'':<24} {'':>7} {'private / file':>19} {'priv. / file':>13}")
+    for label, r in rows:
+        same = np.array_equal(r["ids"], reference["ids"]) and np.array_equal(r["scores"], reference["scores"])
+        print(
+            f"{label:<24} {r['load_s']:>7.2f} {r['load_RssAnon']:>9.0f} / {r['load_RssFile']:<7.0f} {r['search_RssAnon']:>5.0f} / {r['search_RssFile']:<5.0f} "
+            f"{r['qps_batched']:>12,.0f} {r['qps_single']:>11,.0f} {recall_at_k(r['ids'], truth):>9.3f} {str(same):>9}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000, help="vectors in the large run")
@@ -126,13 +235,21 @@ def main() -> None:
     parser.add_argument("--memory-budget", default=None, help="e.g. 4GB (default: half the machine's memory)")
     parser.add_argument("--sync-minutes", type=float, default=10.0)
     parser.add_argument("--sync-fps", type=float, default=1.0)
+    parser.add_argument("--shards", type=int, default=4, help="shards in section 3")
+    parser.add_argument("--shard-n", type=int, default=400_000, help="vectors in section 3")
+    parser.add_argument("--shard-dim", type=int, default=128)
+    parser.add_argument("--only", choices=["index", "sync", "shards"], help="run one section")
     args = parser.parse_args()
     from avfeat.index.build import parse_size
 
     budget = parse_size(args.memory_budget) if args.memory_budget else None
-    for n in (args.small_n, args.n):
-        bench_index(n, args.dim, args.queries, budget, args.single)
-    bench_sync(args.sync_minutes, args.sync_fps)
+    if args.only in (None, "index"):
+        for n in (args.small_n, args.n):
+            bench_index(n, args.dim, args.queries, budget, args.single)
+    if args.only in (None, "sync"):
+        bench_sync(args.sync_minutes, args.sync_fps)
+    if args.only in (None, "shards"):
+        bench_shards(args.shard_n, args.shard_dim, args.shards, args.queries, args.single)
 
 
 if __name__ == "__main__":

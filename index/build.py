@@ -18,6 +18,10 @@ The automatic choice (``choose_factory``), for N vectors of dimension D and a me
 A FAISS factory string (``--factory``) overrides the choice; IVF (``nprobe``) and HNSW
 (``efSearch``) indexes are tuned the same way. faiss-gpu is used for training, adding and
 searching when ``faiss.get_num_gpus() > 0``; indexes are always stored as CPU indexes.
+
+``shards`` (``--shards N``) splits each modality into N contiguous ranges of rows: the index is
+trained once and each shard is a copy of the trained empty index holding its range (see
+``avfeat.index.shards``); tuning searches all shards together, as ``Searcher`` will.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import numpy as np
 from avfeat.errors import IndexMismatchError, InputError, SearchIndexError
 
 EXACT_LIMIT = 100_000
+ADD_BATCH = 1 << 18
 TARGET_RECALL = 0.95
 TUNE_QUERIES = 1000
 RECALL_K = 10
@@ -142,11 +147,18 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 @dataclass
 class BuiltIndex:
-    index: Any  # a CPU faiss index with ids 0..n-1
+    shards: list[Any]  # CPU faiss indexes over contiguous ranges of rows, in order; ids = row numbers
     factory: str
     params: dict[str, Any] = field(default_factory=dict)
     recall_at_10: float | None = None  # against exact search on the tuning queries; None for Flat
     build_seconds: float = 0.0
+
+    @property
+    def index(self):
+        """All shards as one CPU index (the shard itself when there is one)."""
+        from avfeat.index.shards import combine
+
+        return combine(self.shards)
 
     def describe(self) -> dict[str, Any]:
         return {"factory": self.factory, "params": self.params, "recall_at_10": self.recall_at_10, "build_seconds": round(self.build_seconds, 3)}
@@ -159,17 +171,22 @@ def build_faiss(
     memory_budget: int | None = None,
     target_recall: float = TARGET_RECALL,
     seed: int = 0,
+    shards: int = 1,
 ) -> BuiltIndex:
-    """A FAISS inner-product index over ``vectors`` (ids = row numbers), tuned on ``queries``.
+    """A FAISS inner-product index over ``vectors`` (ids = row numbers), tuned on ``queries``,
+    in ``shards`` pieces over contiguous ranges of rows.
 
     ``queries`` (default: a sample of ``vectors``) should look like real queries: for a
     cross-modal index, the other modality's vectors.
     """
     import faiss
 
+    from avfeat.index.shards import place, shard_ranges
+
     started = time.perf_counter()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, dim = vectors.shape
+    ranges = shard_ranges(n, shards)
     automatic = factory is None
     factory = factory or choose_factory(n, dim, memory_budget)
     try:
@@ -179,20 +196,20 @@ def build_faiss(
     if faiss.try_extract_index_ivf(index) is None:
         index = faiss.IndexIDMap2(index)  # Flat and HNSW store no ids of their own
     rng = np.random.default_rng(seed)
-    work = to_gpu(index)
-    if not work.is_trained:
+    if not index.is_trained:
         nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 1)
         sample = max(64 * nlist, 10_000)
         train = vectors if n <= sample else vectors[np.sort(rng.choice(n, sample, replace=False))]
         if len(train) < nlist:
             raise InputError(f"{factory} needs at least {nlist} vectors to train, the collection has {n}")
+        work = to_gpu(index)
         work.train(train)
-    for begin in range(0, n, 1 << 18):
-        work.add_with_ids(vectors[begin : begin + (1 << 18)], np.arange(begin, min(n, begin + (1 << 18)), dtype=np.int64))
-    built = BuiltIndex(index=to_cpu(work), factory=factory)
+        index = to_cpu(work)
+    built = BuiltIndex(shards=fill_shards(index, vectors, ranges), factory=factory)
 
     knob, values = _tunable(index)
     if knob is not None and n > 0:
+        work = place(built.shards)
         if queries is None or len(queries) == 0:
             queries = vectors
         queries = np.ascontiguousarray(queries[rng.choice(len(queries), min(len(queries), TUNE_QUERIES), replace=False)], dtype=np.float32)
@@ -211,15 +228,29 @@ def build_faiss(
                 best = (recall, value)
                 break
         built.params, built.recall_at_10 = {knob: best[1]}, best[0]
-        set_search_params(built.index, built.params)
+        for shard in built.shards:  # stored in each file, so every shard searches alike
+            set_search_params(shard, built.params)
         if automatic and knob == "nprobe" and factory.endswith(",Flat") and best[1] * 2 >= values[-1]:
             # Reaching the target needs half the lists or more (data without cluster structure,
             # such as random vectors): exact search is then as fast and exact.
-            flat = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-            flat.add_with_ids(vectors, np.arange(n, dtype=np.int64))
-            built = BuiltIndex(index=flat, factory="Flat", params={}, recall_at_10=None)
+            built = BuiltIndex(shards=fill_shards(faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), vectors, ranges), factory="Flat")
     built.build_seconds = time.perf_counter() - started
     return built
+
+
+def fill_shards(empty, vectors: np.ndarray, ranges: list[tuple[int, int]]) -> list:
+    """One copy of the trained ``empty`` index per [begin, end) range, holding those rows under
+    their global ids (adding on the GPU when there is one); CPU indexes."""
+    import faiss
+
+    shards = []
+    for begin, end in ranges:
+        work = to_gpu(faiss.clone_index(empty))
+        for start in range(begin, end, ADD_BATCH):
+            stop = min(end, start + ADD_BATCH)
+            work.add_with_ids(vectors[start:stop], np.arange(start, stop, dtype=np.int64))
+        shards.append(to_cpu(work))
+    return shards
 
 
 # ---- window vectors of a whole cache --------------------------------------------------------
@@ -283,14 +314,18 @@ def build_index(
     factory: str | None = None,
     memory_budget: int | None = None,
     quiet: bool = True,
+    shards: int = 1,
 ) -> dict[str, Any]:
     """Project every window of ``cache`` through ``checkpoint``'s heads and write the index
-    folder ``out`` (see ``avfeat.index.store``). Returns its meta.json contents."""
+    folder ``out`` (see ``avfeat.index.store``), each modality in ``shards`` files. Returns its
+    meta.json contents."""
     from avfeat import __version__
     from avfeat.align.windows import WindowGeometry
-    from avfeat.index.store import FORMAT, write_index
+    from avfeat.index.shards import check_count
+    from avfeat.index.store import write_index
     from avfeat.index.vectors import AUDIO, VISUAL
 
+    check_count(shards)  # before the embedding, which can take long
     check_backbones(cache, checkpoint)
     window = float(window if window is not None else checkpoint.window)
     hop = float(hop if hop is not None else checkpoint.hop)
@@ -303,11 +338,10 @@ def build_index(
     table = window_table(windows, cache)
     # Each index is tuned with the queries it will serve: the other modality's vectors.
     built = {
-        AUDIO: build_faiss(audio, factory, queries=visual, memory_budget=memory_budget),
-        VISUAL: build_faiss(visual, factory, queries=audio, memory_budget=memory_budget),
+        AUDIO: build_faiss(audio, factory, queries=visual, memory_budget=memory_budget, shards=shards),
+        VISUAL: build_faiss(visual, factory, queries=audio, memory_budget=memory_budget, shards=shards),
     }
     meta = {
-        "format": FORMAT,
         "avfeat_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dim": int(audio.shape[1]),
@@ -324,5 +358,4 @@ def build_index(
         "videos": len({w.video_id for w in windows}),
         "modalities": {m: {"count": len(table), **b.describe()} for m, b in built.items()},
     }
-    write_index(out, meta, {m: b.index for m, b in built.items()}, {m: table for m in built})
-    return meta
+    return write_index(out, meta, {m: b.shards for m, b in built.items()}, {m: table for m in built})

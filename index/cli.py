@@ -17,6 +17,7 @@ def index(
     hop: Optional[float] = typer.Option(None, help="Seconds between window starts (default: the heads' hop)."),
     factory: Optional[str] = typer.Option(None, help="FAISS factory string, e.g. 'HNSW32,Flat' or 'IVF4096,PQ32' (default: chosen from the collection size)."),
     memory_budget: Optional[str] = typer.Option(None, help="Memory the index may take, e.g. 4GB (default: half the machine's memory); IVF-PQ when raw vectors do not fit."),
+    shards: int = typer.Option(1, help="Split each modality into N index files over contiguous ranges of windows, trained once; searched together, one GPU per shard where there are several."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Project every window of the cache through the heads and write per-modality FAISS indexes."""
@@ -28,12 +29,13 @@ def index(
     with Cache(cache) as store:
         meta = build_index(
             store, checkpoint, out, window=window, hop=hop, factory=factory,
-            memory_budget=parse_size(memory_budget) if memory_budget else None, quiet=quiet,
+            memory_budget=parse_size(memory_budget) if memory_budget else None, quiet=quiet, shards=shards,
         )
     for modality, info in meta["modalities"].items():
         tuned = ", ".join(f"{k}={v}" for k, v in info["params"].items())
         recall = f", recall@10 {info['recall_at_10']:.3f} vs exact" if info["recall_at_10"] is not None else ""
-        typer.echo(f"{modality:<7} {info['count']} windows, {info['factory']}{' (' + tuned + ')' if tuned else ''}{recall}")
+        split = f" in {len(info['shards'])} shards" if "shards" in info else ""
+        typer.echo(f"{modality:<7} {info['count']} windows, {info['factory']}{' (' + tuned + ')' if tuned else ''}{recall}{split}")
     typer.echo(f"wrote {out} ({meta['videos']} videos, {meta['window']:g} s windows every {meta['hop']:g} s)")
 
 
@@ -58,6 +60,10 @@ def search(
     heads: Optional[Path] = typer.Option(None, help="Heads checkpoint (default: the one the index was built with; others are refused)."),
     cache: Optional[Path] = typer.Option(None, help="Cache folder (default: the one the index records; another cache is refused)."),
     device: str = typer.Option("cpu", help="Where the backbones embed query files: cpu, cuda, ..."),
+    mmap: Optional[bool] = typer.Option(
+        None, "--mmap/--no-mmap",
+        help="Map the index files into memory and read pages from disk on demand (--mmap), or load them (--no-mmap). Default: map the IVF shards of an index built with --shards when there is no GPU.",
+    ),
 ) -> None:
     """Cross-modal search: which videos sound like this, which sounds fit this picture."""
     from avfeat.errors import InputError
@@ -65,7 +71,7 @@ def search(
 
     if side not in (None, "audio", "visual"):
         raise InputError(f"--from must be audio or visual (got {side!r})")
-    searcher = Searcher(index_dir, heads=heads, cache=cache, device=device)
+    searcher = Searcher(index_dir, heads=heads, cache=cache, device=device, mmap=mmap)
     if locate:
         candidates = searcher.locate(query, side=side, k=k)
         if as_json:

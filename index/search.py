@@ -56,10 +56,13 @@ class Searcher:
         cache: a cache folder or ``Cache``; default: the one meta.json names, opened on first
             need (rerank, ``VIDEO_ID@START-END``). Another cache is refused.
         device: where backbones embed query files.
+        mmap: True maps the FAISS files into memory (pages read from disk on demand) instead
+            of loading them, False loads them; None (default) maps the IVF shards of a folder
+            built with ``--shards`` when faiss has no GPU (see ``avfeat.index.store``).
     """
 
-    def __init__(self, index: str | os.PathLike, heads=None, cache=None, device: str = "cpu"):
-        self.folder = IndexFolder(index)
+    def __init__(self, index: str | os.PathLike, heads=None, cache=None, device: str = "cpu", mmap: bool | None = None):
+        self.folder = IndexFolder(index, mmap=mmap)
         self.meta = self.folder.meta
         if heads is None or isinstance(heads, (str, os.PathLike)):
             heads = load_heads(heads or self.meta["heads"]["path"])
