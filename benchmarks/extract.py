@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=1.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--shard-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--repeats", type=int, default=3)
@@ -116,7 +117,9 @@ def main() -> None:
         make_corpus(work / "videos", videos=args.videos, seconds=args.seconds, classes=4, seed=0)
         paths = list_inputs(str(work / "videos"))
     config = ExtractConfig(audio_model=args.audio_model, visual_model=args.visual_model, fps=args.fps)
-    options = RunOptions(batch_size=args.batch_size, workers=args.workers, device=args.device, dtype=args.dtype, quiet=True)
+    options = RunOptions(
+        batch_size=args.batch_size, workers=args.workers, device=args.device, dtype=args.dtype, shard_size=args.shard_size, quiet=True
+    )
     extractor = Extractor(config, options)
 
     decode_s, decoded = _median_time(lambda: decode_all(paths, extractor.spec, args.workers), args.repeats)
@@ -153,6 +156,7 @@ def main() -> None:
         "media_seconds": round(media_seconds, 1),
         "frames": frames,
         "workers": args.workers,
+        "shard_size": args.shard_size,
         "decode_s": round(decode_s, 3),
         "decode_media_seconds_per_s_per_worker": round(media_seconds / decode_s / max(1, args.workers), 1),
         "audio_model_s": round(model_s["audio"], 3),
