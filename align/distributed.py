@@ -129,6 +129,10 @@ class Group:
             pass
         raise PeerFailed(f"rank {failed[0]} failed: {first}")
 
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
     def close(self) -> None:
         if self.owned and dist.is_initialized():
             dist.destroy_process_group()

@@ -468,6 +468,9 @@ def train(cache_path: str | Path, out: str | Path, config: TrainConfig | None = 
         with bar:
             result = trainer.run(progress, on_epoch)
         result.notes = trainer.notes
+        # Leave together: a rank that tears its connections down while rank 0 is still plotting
+        # can make the other abort at exit.
+        group.barrier()
         return result
     finally:
         group.close()

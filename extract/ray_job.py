@@ -234,8 +234,10 @@ def extract_on_ray(extractor, layout: CacheLayout, todo: list[dict[str, Any]], s
         return
     shards = plan_shards(layout, todo, extractor.options.shard_size)
     started = _start(ray, address)
+    ray_logger = logging.getLogger("ray.data")
+    previous_level = ray_logger.level
     try:
-        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # errors reach the user as one line below
+        ray_logger.setLevel(logging.CRITICAL)  # errors reach the user as one line below
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         placement = plan_placement(ray.cluster_resources(), extractor.options.device)
@@ -278,5 +280,6 @@ def extract_on_ray(extractor, layout: CacheLayout, todo: list[dict[str, Any]], s
         message = " ".join(str(cause).split())[:300]
         raise RayJobError(f"the Ray pipeline stopped ({type(cause).__name__}: {message}); committed shards are kept, run again to resume") from None
     finally:
+        ray_logger.setLevel(previous_level)
         if started:
             ray.shutdown()
