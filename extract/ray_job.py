@@ -240,6 +240,7 @@ def extract_on_ray(extractor, layout: CacheLayout, todo: list[dict[str, Any]], s
         ray_logger.setLevel(logging.CRITICAL)  # errors reach the user as one line below
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
+        context.raise_original_map_exception = True  # our exception, not Ray's "UDF failed" wrapper
         placement = plan_placement(ray.cluster_resources(), extractor.options.device)
         config, options = extractor.config, extractor.options
         actor_resources = dict(
@@ -275,9 +276,10 @@ def extract_on_ray(extractor, layout: CacheLayout, todo: list[dict[str, Any]], s
                 progress(result["videos"], result["media_seconds"])
     except ray.exceptions.RayError as error:
         cause = _user_error(error)
+        # Ray appends its retry advice to the exception's message on lines of its own.
+        message = (str(cause).strip().splitlines() or [""])[0][:300]
         if isinstance(cause, AvfeatError):
-            raise cause from None
-        message = " ".join(str(cause).split())[:300]
+            raise type(cause)(message) from None
         raise RayJobError(f"the Ray pipeline stopped ({type(cause).__name__}: {message}); committed shards are kept, run again to resume") from None
     finally:
         ray_logger.setLevel(previous_level)

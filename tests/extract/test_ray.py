@@ -95,3 +95,26 @@ def test_placement_shares_each_gpu_between_the_backbones():
     small = plan_placement({"CPU": 2}, device="auto")
     assert small.actor_gpus == 0 and 2 * small.actor_cpus <= 2
     assert small.decode_cpus != small.actor_cpus  # keeps Ray Data from fusing decoding into an actor
+
+
+@needs_ray
+def test_a_failing_stage_is_one_line_and_keeps_the_cache(corpus, tmp_path):
+    out = tmp_path / "cache"
+    code = (
+        "import sys\n"
+        "import avfeat.extract.ray_job as ray_job\n"
+        "def disk_full(item, writer_args):\n"  # shipped to the Ray workers by value
+        "    raise OSError('disk full')\n"
+        "ray_job._write_shard = disk_full\n"
+        "from avfeat.cli import main\n"
+        f"sys.argv = ['avfeat', 'extract', {str(corpus)!r}, '--out', {str(out)!r}, '--quiet', '--ray', "
+        + ", ".join(repr(str(a)) for a in TINY)
+        + "]\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("avfeat: error:")]
+    assert errors == ["avfeat: error: the Ray pipeline stopped (OSError: disk full); committed shards are kept, run again to resume"]
+    assert "Traceback" not in result.stderr
+    assert (out / "cache.json").is_file() and not list((out / "manifest").iterdir())
