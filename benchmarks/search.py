@@ -40,14 +40,21 @@ def unit(n: int, dim: int, seed: int) -> np.ndarray:
 def measure(index, queries: np.ndarray, truth: np.ndarray, single: int) -> dict:
     from avfeat.index.build import recall_at_k
 
+    batched, one, _, found = query_rates(index, queries, single)
+    return {"qps_batched": batched, "qps_single": one, "recall@10": recall_at_k(found, truth)}
+
+
+def query_rates(index, queries: np.ndarray, single: int):
+    """Queries/s batched and one at a time (the first ``single`` queries), and the batched
+    search's (scores, ids) for the top 10."""
     started = time.perf_counter()
-    _, found = index.search(queries, 10)
+    scores, ids = index.search(queries, 10)
     batched = len(queries) / (time.perf_counter() - started)
     started = time.perf_counter()
     for q in queries[:single]:
         index.search(q[None], 10)
     one = single / (time.perf_counter() - started)
-    return {"qps_batched": batched, "qps_single": one, "recall@10": recall_at_k(found, truth)}
+    return batched, one, scores, ids
 
 
 def run_autofaiss(vectors: np.ndarray, budget: int):
@@ -155,13 +162,7 @@ def open_and_search(folder: str, mmap: bool, queries: np.ndarray, single: int) -
     index = IndexFolder(folder, mmap=mmap).faiss_index("audio")
     load = time.perf_counter() - started
     loaded = resident_mib()
-    started = time.perf_counter()
-    scores, ids = index.search(queries, 10)
-    batched = len(queries) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    for q in queries[:single]:
-        index.search(q[None], 10)
-    one = single / (time.perf_counter() - started)
+    batched, one, scores, ids = query_rates(index, queries, single)
     searched = resident_mib()
     grow = {f"{when}_{kind}": after[kind] - base[kind] for when, after in (("load", loaded), ("search", searched)) for kind in base}
     return {"load_s": load, "qps_batched": batched, "qps_single": one, "ids": ids, "scores": scores, **grow}

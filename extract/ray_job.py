@@ -115,18 +115,22 @@ def _decode_shard(item: dict[str, Any], spec: DecodeSpec, timeout: float, token_
     return item
 
 
-class _BackboneStage:
-    """Actor: one backbone loaded once, encoding whole shards in the local job's groups."""
+class BackboneStage:
+    """Actor: one backbone (``modality`` audio or visual) loaded once, encoding whole shards in
+    the local job's groups."""
 
-    modality = ""
+    def __init__(self, config, options, modality: str):
+        from avfeat.extract import job, models
 
-    def __init__(self, config, options):
-        from avfeat.extract.job import resolve_device, resolve_dtype
-
-        self.batch_size = options.batch_size
-        self.device = resolve_device(options.device)
-        self.dtype = resolve_dtype(options.dtype, self.device)
-        self.backbone = self.load(config)
+        self.modality, self.batch_size = modality, options.batch_size
+        self.device = job.resolve_device(options.device)
+        self.dtype = job.resolve_dtype(options.dtype, self.device)
+        if modality == "audio":
+            self.backbone = models.load_audio_backbone(config.audio_model, config.audio_layer, device=self.device, dtype=self.dtype)
+            self.encode = job.encode_audio_group
+        else:
+            self.backbone = models.load_visual_backbone(config.visual_model, config.visual_layer, device=self.device, dtype=self.dtype)
+            self.encode = job.encode_visual_group
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         from avfeat.extract.job import encode_groups
@@ -136,38 +140,10 @@ class _BackboneStage:
         frames = [len(shard.media[p].frames) for p in positions]
         for group in encode_groups(frames, self.batch_size):
             members = [positions[g] for g in group]
-            tokens = self.encode([shard.media[p] for p in members])
+            tokens = self.encode(self.backbone, [shard.media[p] for p in members], self.batch_size)
             getattr(shard, self.modality).update(zip(members, tokens))
         shard.compute = {"device": self.device, "dtype": self.dtype}
         return item
-
-
-class AudioStage(_BackboneStage):
-    modality = "audio"
-
-    def load(self, config):
-        from avfeat.extract.models import load_audio_backbone
-
-        return load_audio_backbone(config.audio_model, config.audio_layer, device=self.device, dtype=self.dtype)
-
-    def encode(self, medias):
-        from avfeat.extract.job import encode_audio_group
-
-        return encode_audio_group(self.backbone, medias, self.batch_size)
-
-
-class VisualStage(_BackboneStage):
-    modality = "visual"
-
-    def load(self, config):
-        from avfeat.extract.models import load_visual_backbone
-
-        return load_visual_backbone(config.visual_model, config.visual_layer, device=self.device, dtype=self.dtype)
-
-    def encode(self, medias):
-        from avfeat.extract.job import encode_visual_group
-
-        return encode_visual_group(self.backbone, medias, self.batch_size)
 
 
 def _write_shard(item: dict[str, Any], writer_args: dict[str, Any]) -> dict[str, Any]:
@@ -265,8 +241,8 @@ def extract_on_ray(extractor, layout: CacheLayout, todo: list[dict[str, Any]], s
                 fn_kwargs=dict(spec=extractor.spec, timeout=options.timeout, token_rate=extractor.audio.token_rate, fps=config.fps),
                 num_cpus=placement.decode_cpus,
             )
-            .map(AudioStage, fn_constructor_kwargs=dict(config=config, options=options), **actor_resources)
-            .map(VisualStage, fn_constructor_kwargs=dict(config=config, options=options), **actor_resources)
+            .map(BackboneStage, fn_constructor_kwargs=dict(config=config, options=options, modality="audio"), **actor_resources)
+            .map(BackboneStage, fn_constructor_kwargs=dict(config=config, options=options, modality="visual"), **actor_resources)
             .map(_write_shard, fn_kwargs=dict(writer_args=writer_args), num_cpus=placement.write_cpus)
         )
         for result in dataset.iter_rows():
