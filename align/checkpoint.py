@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from avfeat.align.heads import AVHeads, HeadConfig
+from avfeat.common import write_atomic
 from avfeat.errors import CheckpointError
 
 HEADS_FILE = "heads.safetensors"
@@ -36,16 +36,6 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
 OWN_FILES = (HEADS_FILE, CONFIG_FILE, STATE_FILE, METRICS_FILE, CURVES_FILE)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def fingerprint_bytes(data: bytes) -> str:
@@ -102,6 +92,17 @@ class Checkpoint:
     @property
     def cache_fingerprint(self) -> str:
         return str(self.config.get("cache", {}).get("fingerprint", ""))
+
+    @property
+    def spec(self):
+        """The :class:`~avfeat.data.records.BackboneSpec` of the tokens the heads were trained on."""
+        from avfeat.data.records import BackboneSpec
+
+        return BackboneSpec.from_dict(self.config.get("cache", {}))
+
+    def check_cache(self, cache) -> None:
+        """Refuse a cache of other backbones (BackboneMismatchError, naming each difference)."""
+        self.spec.check_same(cache.spec, f"heads {self.path}", f"cache {cache.layout.root}")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:

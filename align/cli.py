@@ -51,8 +51,8 @@ def train_head(
     import sys
 
     from avfeat.align import distributed
-    from avfeat.align.data import parse_bytes
-    from avfeat.align.train import RunOptions, TrainConfig, resolve_device, train
+    from avfeat.align.train import RunOptions, TrainConfig, train
+    from avfeat.common import parse_size, resolve_device
     from avfeat.errors import InputError
 
     if resume and overwrite:
@@ -68,7 +68,7 @@ def train_head(
     except ValueError as error:
         raise InputError(str(error)) from None
     options = RunOptions(
-        device=device, memory_limit=None if memory_limit is None else parse_bytes(memory_limit), workers=workers,
+        device=device, memory_limit=None if memory_limit is None else parse_size(memory_limit), workers=workers,
         resume=resume, overwrite=overwrite, quiet=quiet,
     )
     if nproc > 1:
@@ -92,22 +92,23 @@ def train_head(
 
 
 def attention_map(
-    heads: Path = typer.Argument(..., help="A checkpoint folder written by `avfeat train-head`."),
     cache: Path = typer.Argument(..., help="The token cache."),
-    video_id: str = typer.Argument(..., help="A video id of the cache (see `avfeat info --json`)."),
-    time: float = typer.Option(..., "--time", "-t", help="Start of the audio window, seconds."),
+    video_id: str = typer.Argument(..., help="A video id of the cache (`avfeat info CACHE --videos` lists them)."),
+    heads: Path = typer.Option(..., "--heads", help="A checkpoint folder written by `avfeat train-head`."),
+    time: str = typer.Option(..., "--time", "-t", help="Start of the audio window: seconds, m:ss or h:mm:ss."),
     out: Path = typer.Option(Path("map.png"), "--out", "-o", help="PNG to write."),
-    device: str = typer.Option("cpu", help="cpu, cuda, ..."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
 ) -> None:
     """Where the sound is: a heat map of audio-patch similarity over the frame nearest --time."""
     from avfeat.align.checkpoint import load_checkpoint
     from avfeat.align.plots import attention_map as draw
-    from avfeat.align.train import resolve_device
+    from avfeat.common import parse_time, resolve_device
     from avfeat.data.cache import Cache
 
+    seconds = parse_time(time)
     checkpoint = load_checkpoint(heads, resolve_device(device))
     with Cache(cache) as store:
-        notes = draw(checkpoint, store, video_id, time, out)
+        notes = draw(checkpoint, store, video_id, seconds, out)
     for note in notes:
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"wrote {out}")

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avfeat.align.windows import WindowGeometry, video_windows
+from avfeat.align.windows import Window, WindowGeometry, video_windows
 from avfeat.errors import CacheError, InputError
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30, "t": 2**40, "tb": 2**40}
 DEFAULT_MEMORY_FRACTION = 0.5  # of available RAM (or free GPU memory) that in-memory training may use
 
 
@@ -33,7 +32,7 @@ def open_cache(path: str | Path):
     cache = Cache(path)
     if not cache.layout.parts():
         raise CacheError(f"{path} has no manifest parts (an empty or incomplete cache); run `avfeat extract` to fill it")
-    if not cache.videos(status="ok"):
+    if not cache.records(status="ok"):
         raise CacheError(f"{path} has no videos with status ok ({_counts(cache)}); nothing to train on")
     return cache
 
@@ -56,20 +55,6 @@ def split_videos(video_ids: list[str], val_fraction: float, seed: int) -> tuple[
     val = sorted(ids[i] for i in order[:n_val])
     train = sorted(ids[i] for i in order[n_val:])
     return train, val
-
-
-def parse_bytes(text: str) -> int:
-    """``"8GB"``, ``"512M"``, ``"0"`` → bytes (powers of two)."""
-    raw = text.strip().lower().replace(" ", "").removesuffix("ib").removesuffix("i")
-    number = raw.rstrip("kmgtb")
-    unit = raw[len(number) :]
-    try:
-        value = float(number)
-    except ValueError:
-        raise InputError(f"cannot read the size {text!r} (examples: 8GB, 512MB, 0)") from None
-    if unit not in _UNITS or value < 0:
-        raise InputError(f"cannot read the size {text!r} (examples: 8GB, 512MB, 0)")
-    return int(value * _UNITS[unit])
 
 
 def default_memory_limit(device: torch.device) -> int:
@@ -108,7 +93,8 @@ class WindowTable:
     def build(cls, cache, video_ids: list[str], geometry: WindowGeometry) -> "WindowTable":
         video, frame, audio, start, count = [], [], [], [], []
         for k, vid in enumerate(video_ids):
-            windows = video_windows(cache.row(vid), cache.frame_times(vid), geometry)
+            record = cache.record(vid)
+            windows = video_windows(record, cache.frame_times(record), geometry)
             count.append(len(windows))
             for w in windows:
                 video.append(k), frame.append(w.frame), audio.append(w.audio), start.append(w.start)
@@ -138,7 +124,7 @@ def check_window(cache, video_ids: list[str], seconds: float) -> tuple[WindowGeo
     geometry = WindowGeometry.for_cache(cache, seconds)
     table = WindowTable.build(cache, video_ids, geometry)
     if len(table) == 0:
-        longest = max(cache.row(v)["duration"] for v in video_ids)
+        longest = max(cache.record(v).duration for v in video_ids)
         raise InputError(f"--window {seconds:g} s is longer than every video (the longest is {longest:.2f} s)")
     return geometry, table
 
@@ -201,8 +187,8 @@ def token_bytes(cache, video_ids: list[str]) -> int:
     """Bytes the selected videos' audio and visual tokens take in memory (storage dtype)."""
     config = cache.config
     item = np.dtype(config.get("storage_dtype", "float16")).itemsize
-    audio_rows = sum(cache.row(v)["audio_length"] for v in video_ids)
-    visual_rows = sum(cache.row(v)["visual_length"] for v in video_ids)
+    audio_rows = sum(cache.record(v).audio_length for v in video_ids)
+    visual_rows = sum(cache.record(v).visual_length for v in video_ids)
     return item * (audio_rows * config["audio_dim"] + visual_rows * config["visual_tokens"] * config["visual_dim"])
 
 
@@ -212,18 +198,17 @@ class MemoryWindows:
     def __init__(self, cache, table: WindowTable, device: torch.device, progress=None):
         config = cache.config
         dtype = getattr(torch, config.get("storage_dtype", "float16"))
-        rows = [cache.row(v) for v in table.video_ids]
-        audio_len = np.asarray([r["audio_length"] for r in rows], dtype=np.int64)
-        visual_len = np.asarray([r["visual_length"] for r in rows], dtype=np.int64)
+        records = [cache.record(v) for v in table.video_ids]
+        audio_len = np.asarray([r.audio_length for r in records], dtype=np.int64)
+        visual_len = np.asarray([r.visual_length for r in records], dtype=np.int64)
         self.audio = torch.empty((int(audio_len.sum()), config["audio_dim"]), dtype=dtype)
         self.visual = torch.empty((int(visual_len.sum()), config["visual_tokens"], config["visual_dim"]), dtype=dtype)
         audio_at = np.concatenate([[0], np.cumsum(audio_len)[:-1]])
         visual_at = np.concatenate([[0], np.cumsum(visual_len)[:-1]])
-        videos = range(len(rows)) if progress is None else progress(range(len(rows)))
+        videos = range(len(records)) if progress is None else progress(range(len(records)))
         for k in videos:  # one contiguous read per video and modality
-            vid = table.video_ids[k]
-            self.audio[audio_at[k] : audio_at[k] + audio_len[k]] = torch.from_numpy(cache.audio_tokens(vid))
-            self.visual[visual_at[k] : visual_at[k] + visual_len[k]] = torch.from_numpy(cache.visual_tokens(vid))
+            self.audio[audio_at[k] : audio_at[k] + audio_len[k]] = torch.from_numpy(cache.read_audio(records[k]))
+            self.visual[visual_at[k] : visual_at[k] + visual_len[k]] = torch.from_numpy(cache.read_frames(records[k]))
         self.audio, self.visual = self.audio.to(device), self.visual.to(device)
         self.nbytes = self.audio.nbytes + self.visual.nbytes
         # Where each window's tokens start in the flat tensors, kept on the device.
@@ -248,19 +233,6 @@ class MemoryWindows:
             yield self.gather(row)
 
 
-def read_window(cache, row: dict, frame: int, audio: int, geometry: WindowGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """One window's tokens as two contiguous HDF5 slices.
-
-    Reads by token index rather than by time (``Cache.audio_tokens`` takes times), so the
-    slice is exactly the window the table describes; ``Cache._file`` is the per-process
-    lazily opened shard handle.
-    """
-    shard = cache._file(row["shard"])
-    a0 = row["audio_offset"] + audio
-    f0 = row["visual_offset"] + frame
-    return shard["audio/tokens"][a0 : a0 + geometry.audio_tokens], shard["visual/tokens"][f0 : f0 + geometry.frames]
-
-
 class StreamBatches(torch.utils.data.Dataset):
     """Batches read from HDF5 in DataLoader workers: item s is the batch of rows ``ids[s]``.
 
@@ -282,12 +254,10 @@ class StreamBatches(torch.utils.data.Dataset):
 
         if self._cache is None:
             self._cache = Cache(self.cache_path)
-        audio, visual = [], []
-        for w in self.ids[step].tolist():
-            row = self._cache.row(self.table.video_ids[self.table.video[w]])
-            a, v = read_window(self._cache, row, int(self.table.frame[w]), int(self.table.audio[w]), self.table.geometry)
-            audio.append(a), visual.append(v)
-        return torch.from_numpy(np.stack(audio)), torch.from_numpy(np.stack(visual))
+        table = self.table
+        windows = [Window(table.video_ids[table.video[w]], int(table.frame[w]), int(table.audio[w]), 0.0, 0.0) for w in self.ids[step].tolist()]
+        audio, visual = self._cache.read_windows(windows, table.geometry)
+        return torch.from_numpy(audio), torch.from_numpy(visual)
 
 
 class StreamWindows:

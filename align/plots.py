@@ -22,7 +22,7 @@ def _pyplot():
 
 def plot_curves(history: list[dict], path: str | Path) -> None:
     """Loss (train, validation) and validation R@1/5/10 both ways against the epoch."""
-    from avfeat.align.checkpoint import write_atomic
+    from avfeat.common import write_atomic
 
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
@@ -77,24 +77,17 @@ def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path
     from avfeat.align.scores import token_map
     from avfeat.errors import InputError
 
-    from avfeat.errors import CheckpointError
-
-    trained = checkpoint.config.get("cache", {})
-    for key in ("audio_model", "visual_model", "audio_layer", "visual_layer", "audio_dim", "visual_dim"):
-        if key in trained and trained[key] != cache.config.get(key):
-            raise CheckpointError(f"the heads were trained on {key} {trained[key]!r}, this cache has {cache.config.get(key)!r}")
-    row = cache.row(video_id)
-    if row["status"] != "ok":
-        raise InputError(f"video {video_id} has no tokens (status {row['status']})")
-    times = cache.frame_times(video_id)
-    duration = row["audio_start"] + row["audio_length"] / row["audio_rate"]
+    checkpoint.check_cache(cache)
+    record = cache.ok_record(video_id)
+    times = cache.frame_times(record)
+    duration = record.audio_start + record.audio_length / record.audio_rate
     if not times[0] - 1.0 <= time <= duration:
         raise InputError(f"--time {time:g} is outside video {video_id} ({times[0]:.2f}-{duration:.2f} s)")
     frame_index = int(np.argmin(np.abs(times - time)))
     audio = cache.audio_tokens(video_id, start=time, end=time + checkpoint.window)
     if len(audio) == 0:
         raise InputError(f"no audio tokens in [{time:g}, {time + checkpoint.window:g}) s of video {video_id}")
-    visual = cache.visual_tokens(video_id)[frame_index]
+    visual = cache.read_frames(record, frame_index, frame_index + 1)[0]
     heads = checkpoint.heads
     device = next(heads.parameters()).device
     with torch.no_grad():
@@ -106,12 +99,12 @@ def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path
 
     notes: list[str] = []
     image = None
-    if Path(row["path"]).is_file():
-        image = decode_frame(row["path"], float(times[frame_index]), cache.config.get("frame_geometry", {}))
+    if Path(record.path).is_file():
+        image = decode_frame(record.path, float(times[frame_index]), cache.config.get("frame_geometry", {}))
         if image is None:
-            notes.append(f"could not decode {row['path']}; drawing the map alone")
+            notes.append(f"could not decode {record.path}; drawing the map alone")
     else:
-        notes.append(f"video file {row['path']} is gone; drawing the map alone")
+        notes.append(f"video file {record.path} is gone; drawing the map alone")
     size = image.shape[:2] if image is not None else (grid[0] * 16, grid[1] * 16)
     heat = F.interpolate(heat, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,6 +30,7 @@ from avfeat.align.loss import LossWeights, contrastive_loss, info_nce
 from avfeat.align.evaluate import window_scores
 from avfeat.align.metrics import both_directions
 from avfeat.align.scores import paired_scores, pairwise_scores
+from avfeat.common import prepare_output, resolve_device, write_atomic
 from avfeat.errors import CheckpointError, InputError
 
 
@@ -104,15 +104,6 @@ class TrainResult:
     rank: int = 0  # this process's rank when several train together (only rank 0 wrote files)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: no CUDA GPU is available")
-    return device
-
-
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
     """Linear warm-up then cosine decay to zero; ``step`` counts from 0."""
     warm = int(config.warmup * total)
@@ -170,7 +161,7 @@ class Trainer:
             self.device = self.group.device
             self.amp = self.device.type == "cuda"
 
-            ok_ids = [r["video_id"] for r in self.cache.videos(status="ok")]
+            ok_ids = [r.video_id for r in self.cache.records(status="ok")]
             train_ids, val_ids = data.split_videos(ok_ids, config.val_fraction, config.seed)
             self.geometry, self.table = data.check_window(self.cache, train_ids + val_ids, config.window)
             has_windows = self.table.count > 0
@@ -207,21 +198,8 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------
 
     def _prepare_out(self) -> None:
-        out = self.out
-        if out.exists() and not out.is_dir():
-            raise CheckpointError(f"output {out} exists and is not a folder")
-        if out.is_dir() and any(out.iterdir()):
-            if not self.options.overwrite:
-                raise CheckpointError(f"output {out} already exists; pass --resume to continue training or --overwrite to replace it")
-            if not (out / ckpt.CONFIG_FILE).is_file():
-                raise CheckpointError(f"--overwrite refused: {out} is not a heads checkpoint (no {ckpt.CONFIG_FILE}); choose another --out")
-            for name in ckpt.OWN_FILES:
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / ckpt.TENSORBOARD_DIR, ignore_errors=True)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise CheckpointError(f"cannot create {out}: {error.strerror or error}") from None
+        prepare_output(self.out, marker=ckpt.CONFIG_FILE, kind="heads checkpoint", overwrite=self.options.overwrite,
+                       own=(*ckpt.OWN_FILES, ckpt.TENSORBOARD_DIR))
 
     def _resume_config(self) -> TrainConfig:
         stored = ckpt.read_config(self.out)
@@ -391,7 +369,7 @@ class Trainer:
         ckpt.save_state(self.out, self.heads, self.optimizer, self._rng_states(), meta)
         ckpt.save_heads(self.out, self.heads)
         lines = "".join(json.dumps(record) + "\n" for record in self.history)
-        ckpt.write_atomic(self.out / ckpt.METRICS_FILE, lines.encode())
+        write_atomic(self.out / ckpt.METRICS_FILE, lines)
         if time.monotonic() - self._plotted > CURVES_EVERY:
             self.plot()
 

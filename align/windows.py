@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avfeat.data.records import VideoRecord, token_count
+
 
 @dataclass(frozen=True)
 class WindowGeometry:
@@ -21,11 +23,11 @@ class WindowGeometry:
 
     @property
     def audio_tokens(self) -> int:
-        return max(1, int(round(self.seconds * self.audio_rate)))
+        return token_count(self.seconds, self.audio_rate)
 
     @property
     def frames(self) -> int:
-        return max(1, int(round(self.seconds * self.fps)))
+        return token_count(self.seconds, self.fps)
 
     @classmethod
     def for_cache(cls, cache, seconds: float) -> "WindowGeometry":
@@ -41,29 +43,25 @@ class Window:
     end: float  # seconds: start + window length
 
 
-def audio_index(time: float, audio_start: float, audio_rate: float) -> int:
-    """Index of the audio token that starts at ``time`` (rounded to the nearest token)."""
-    return int(round((time - audio_start) * audio_rate))
-
-
-def video_windows(row: dict, frame_times: np.ndarray, geometry: WindowGeometry, hop: float | None = None) -> list[Window]:
-    """Every full window of one cached video, starting every ``hop`` seconds (default: every frame)."""
+def video_windows(record: VideoRecord, frame_times: np.ndarray, geometry: WindowGeometry, hop: float | None = None) -> list[Window]:
+    """Every full window of one cached video, starting every ``hop`` seconds (default: every
+    frame); the audio side starts at the token the record's time rule gives the frame's time."""
     step = 1 if hop is None else max(1, int(round(hop * geometry.fps)))
     windows = []
     last_frame = len(frame_times) - geometry.frames
     for frame in range(0, last_frame + 1, step):
         start = float(frame_times[frame])
-        first = audio_index(start, row["audio_start"], row["audio_rate"])
-        if first < 0 or first + geometry.audio_tokens > row["audio_length"]:
+        first = record.audio_index(start)
+        if first < 0 or first + geometry.audio_tokens > record.audio_length:
             continue
-        windows.append(Window(row["video_id"], frame, first, start, start + geometry.seconds))
+        windows.append(Window(record.video_id, frame, first, start, start + geometry.seconds))
     return windows
 
 
 def cache_windows(cache, geometry: WindowGeometry, hop: float | None = None, video_ids=None) -> list[Window]:
     """Windows of every ``ok`` video of a cache (or of ``video_ids``), in manifest order."""
-    rows = cache.videos(status="ok") if video_ids is None else [cache.row(v) for v in video_ids]
+    records = cache.records(status="ok") if video_ids is None else [cache.record(v) for v in video_ids]
     windows: list[Window] = []
-    for row in rows:
-        windows.extend(video_windows(row, cache.frame_times(row["video_id"]), geometry, hop))
+    for record in records:
+        windows.extend(video_windows(record, cache.frame_times(record), geometry, hop))
     return windows

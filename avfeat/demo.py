@@ -9,7 +9,6 @@ pictures in ``DIR/report.md``.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import typer
 
 STAGE_DIRS = ("synth", "cache", "heads", "index", "queries", "figures")
+DEMO_MARKER = ".avfeat-demo"  # says that a demo made this folder, so --overwrite may replace it
 
 
 @dataclass
@@ -68,25 +68,12 @@ class _Stages:
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
-    """Create DIR; refuse a non-empty folder unless ``overwrite``, which removes only the
-    demo's own stage folders and report."""
-    from avfeat.errors import InputError
+    """The shared output rule (``avfeat.common.prepare_output``): a non-empty folder is replaced
+    only with ``overwrite`` and only when a demo made it, and then only the demo's own files go."""
+    from avfeat.common import prepare_output, write_atomic
 
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise InputError(f"--out {out} is not empty; pass --overwrite to replace a previous demo there")
-        for name in STAGE_DIRS:
-            shutil.rmtree(out / name, ignore_errors=True)
-        (out / "report.md").unlink(missing_ok=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise InputError(f"cannot write to --out {out}: {error.strerror}") from None
+    prepare_output(out, marker=DEMO_MARKER, kind="demo", overwrite=overwrite, can_resume=False, own=(*STAGE_DIRS, "report.md", DEMO_MARKER))
+    write_atomic(out / DEMO_MARKER, "written by `avfeat demo`; `avfeat demo --overwrite` replaces this folder's demo files\n")
 
 
 def run_demo(out: Path, config: DemoConfig, quiet: bool = False, device: str = "auto", overwrite: bool = False) -> Path:
@@ -145,18 +132,18 @@ def run_demo(out: Path, config: DemoConfig, quiet: bool = False, device: str = "
     held_out = checkpoint.config["split"]["val_videos"][:3]
     searches = []
     for video_id, side in zip(held_out, ("audio", "visual")):
-        row = cache.row(video_id)
-        hits = searcher.search(row["path"], side=side, k=5, rerank=20)
-        searches.append((row, side, hits, truth))
+        record = cache.record(video_id)
+        hits = searcher.search(record.path, side=side, k=5, rerank=20)
+        searches.append((record, side, hits, truth))
         contact_sheet(hits, out / "figures" / f"hits-{side}.png")
     attention = []
     for video_id in held_out:
-        row = cache.row(video_id)
-        gt = truth[Path(row["path"]).name]
+        record = cache.record(video_id)
+        gt = truth[Path(record.path).name]
         event = round((gt["event_starts"][0] + gt["event_ends"][0]) / 2, 2)  # the object is on screen
         figure = out / "figures" / f"attention-{video_id}.png"
         attention_map(checkpoint, cache, video_id, float(event), figure)
-        attention.append((row, event, figure))
+        attention.append((record, event, figure))
 
     stages.next("synchronization and locate")
     make_corpus(out / "queries" / "sync", videos=1, seconds=max(config.seconds, 6.0), classes=config.classes, seed=config.seed + 1)
@@ -166,7 +153,7 @@ def run_demo(out: Path, config: DemoConfig, quiet: bool = False, device: str = "
     _delay_audio(sync_source, sync_video, config.sync_offset)
     sync = sync_file(sync_video, checkpoint, device="cpu" if device == "auto" else device, backbones=searcher.backbones)
     plot_curve(sync, out / "figures" / "sync-curve.png", title=f"out-of-sync.mp4 (audio made {config.sync_offset:+.1f} s late)")
-    locate_source = cache.row(held_out[-1])
+    locate_source = cache.record(held_out[-1])
     clip_start = round(min(1.0, config.seconds / 3), 2)
     clip = out / "queries" / "clip.mp4"
     cut_clip(locate_source["path"], clip, clip_start, config.seconds - clip_start)
@@ -235,20 +222,20 @@ def _report_markdown(out, config, summary, meta, searches, attention, sync, sync
         "## Example searches",
         "",
     ]
-    for row, side, hits, truth in searches:
+    for record, side, hits, truth in searches:
         target = "pictures" if side == "audio" else "sounds"
 
         def name(path):
             return truth.get(Path(path).name, {}).get("class_name", "?")
 
-        lines += [f"Query: the {side} of held-out `{Path(row['path']).name}` ({name(row['path'])}) searching {target},",
+        lines += [f"Query: the {side} of held-out `{Path(record.path).name}` ({name(record.path)}) searching {target},",
                   "reranked by exact max-mean.", "",
                   "| rank | score | video | class | start | end |", "|---|---|---|---|---|---|"]
         lines += [f"| {h.rank} | {h.score:.3f} | {Path(h.path).name} | {name(h.path)} | {h.start:.2f} | {h.end:.2f} |" for h in hits]
         lines += ["", f"![hits of the {side} query](figures/hits-{side}.png)", ""]
     lines += ["## Where the sound is", "", "Each patch's best similarity with the audio tokens of the window from the middle of the first sound event, over that frame:", ""]
-    for row, event, figure in attention:
-        lines += [f"`{Path(row['path']).name}` at {event:.2f} s:", "", f"![attention map]({_rel(out, figure)})", ""]
+    for record, event, figure in attention:
+        lines += [f"`{Path(record.path).name}` at {event:.2f} s:", "", f"![attention map]({_rel(out, figure)})", ""]
     lines += [
         "## Synchronization",
         "",

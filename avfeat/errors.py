@@ -25,6 +25,10 @@ class CheckpointError(AvfeatError):
     """A heads checkpoint is missing, incomplete, or does not match the cache or options."""
 
 
+class BackboneMismatchError(AvfeatError):
+    """Heads, an index or a query come from other backbones (models, layers, dims) than a cache."""
+
+
 class SearchIndexError(AvfeatError):
     """An index folder is missing, incomplete or unreadable."""
 

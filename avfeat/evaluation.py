@@ -46,7 +46,7 @@ def _labels(path: str | Path | None) -> dict[str, dict] | None:
 def _truth(labels, cache, video_id: str) -> dict | None:
     if labels is None:
         return None
-    return labels.get(Path(cache.row(video_id)["path"]).name)
+    return labels.get(Path(cache.record(video_id).path).name)
 
 
 def retrieval(checkpoint, cache, cache_path, labels) -> dict:
@@ -71,14 +71,14 @@ def synchronization(checkpoint, cache, video_ids, labels) -> dict:
     exact = within = total = 0
     step = SYNC_GRID[1] - SYNC_GRID[0]
     for vid in video_ids:
-        row = cache.row(vid)
+        record = cache.record(vid)
         truth = _truth(labels, cache, vid)
         base = float(truth.get("offset", 0.0)) if truth else 0.0  # an offset already in the file
         audio, visual, times = cache.audio_tokens(vid), cache.visual_tokens(vid), cache.frame_times(vid)
         for k, shift in enumerate(SYNC_GRID):
             # Audio late by `shift`: every audio token is heard `shift` seconds later.
             result = sync_tokens(
-                checkpoint.heads, audio, row["audio_start"] + shift, row["audio_rate"], visual, times, row["fps"],
+                checkpoint.heads, audio, record.audio_start + shift, record.audio_rate, visual, times, record.fps,
                 max_offset=float(SYNC_GRID[-1]),
             )
             predicted = int(np.clip(np.round((result.offset - base - SYNC_GRID[0]) / step), 0, len(SYNC_GRID) - 1))
@@ -120,7 +120,7 @@ def localization(checkpoint, cache, video_ids, labels) -> dict:
         truth = _truth(labels, cache, vid)
         if truth is None:
             continue
-        row = cache.row(vid)
+        record = cache.record(vid)
         times = cache.frame_times(vid)
         offset = float(truth.get("offset", 0.0))
         for start, end, box in zip(truth["event_starts"], truth["event_ends"], truth["boxes"]):
@@ -133,39 +133,47 @@ def localization(checkpoint, cache, video_ids, labels) -> dict:
                 continue
             with torch.no_grad():
                 values = token_map(project_audio(checkpoint.heads, audio), project_visual(checkpoint.heads, cache.visual_tokens(vid)[frame : frame + 1])[0])
-            x, y = patch_centre_in_source(int(values.argmax()), grid, geometry, row["width"], row["height"])
+            x, y = patch_centre_in_source(int(values.argmax()), grid, geometry, record.width, record.height)
             x0, y0, x1, y1 = box
             hits += x0 <= x < x1 and y0 <= y < y1
-            shares.append((x1 - x0) * (y1 - y0) / (row["width"] * row["height"]))
+            shares.append((x1 - x0) * (y1 - y0) / (record.width * record.height))
             events += 1
     if not events:
         return {}
     return {"pointing_game": round(hits / events, 4), "box_area_share": round(float(np.mean(shares)), 4), "events": events}
 
 
-def evaluate(heads: str | Path, cache_path: str | Path, labels_path: str | Path | None = None, device: str = "cpu") -> dict:
-    """The metrics of `avfeat eval` as a dict (see the module docstring)."""
+def evaluate(heads: str | Path, cache_path: str | Path, labels_path: str | Path | None = None, device: str = "cpu", quiet: bool = True) -> dict:
+    """The metrics of `avfeat eval` as a dict (see the module docstring); a progress bar over
+    its stages unless ``quiet``."""
+    from tqdm import tqdm
+
+    from avfeat.common import resolve_device
+
     from avfeat.align.checkpoint import load_checkpoint
     from avfeat.align.data import open_cache
     from avfeat.errors import IndexMismatchError
-    from avfeat.index.build import check_backbones
 
-    checkpoint = load_checkpoint(heads, device=device)
+    checkpoint = load_checkpoint(heads, device=resolve_device(device))
     cache = open_cache(cache_path)
-    check_backbones(cache, checkpoint)
+    checkpoint.check_cache(cache)
     held_out = [vid for vid in checkpoint.config["split"]["val_videos"] if vid in cache]
     if not held_out:
         raise IndexMismatchError(f"none of the held-out videos of {heads} is in the cache {cache_path}")
     labels = _labels(labels_path)
-    report = {
-        "retrieval": retrieval(checkpoint, cache, cache_path, labels),
-        "sync": synchronization(checkpoint, cache, held_out, labels),
-        "held_out_videos": len(held_out),
-    }
-    if labels is not None:
-        found = localization(checkpoint, cache, held_out, labels)
-        if found:
-            report["localization"] = found
+    stages = ["retrieval", "sync"] + (["localization"] if labels is not None else [])
+    report: dict = {"held_out_videos": len(held_out)}
+    with tqdm(stages, desc="eval", unit="stage", disable=quiet, dynamic_ncols=True) as bar:
+        for stage in bar:
+            bar.set_postfix_str(stage, refresh=True)
+            if stage == "retrieval":
+                report["retrieval"] = retrieval(checkpoint, cache, cache_path, labels)
+            elif stage == "sync":
+                report["sync"] = synchronization(checkpoint, cache, held_out, labels)
+            else:
+                found = localization(checkpoint, cache, held_out, labels)
+                if found:
+                    report["localization"] = found
     return report
 
 
@@ -182,14 +190,15 @@ def format_report(report: dict) -> list[str]:
 
 
 def eval_command(
-    heads: Path = typer.Argument(..., help="A checkpoint folder from `avfeat train-head`."),
     cache: Path = typer.Argument(..., help="The token cache the heads were trained on."),
+    heads: Path = typer.Option(..., "--heads", help="A checkpoint folder from `avfeat train-head`."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="ground_truth.parquet from `avfeat synth` (class-level retrieval, localization)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Retrieval R@k both ways, sync accuracy over a grid of offsets, and the pointing game."""
-    report = evaluate(heads, cache, labels, device=device)
+    report = evaluate(heads, cache, labels, device=device, quiet=quiet)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:

@@ -31,26 +31,28 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
 
 
 def decode_all(paths, spec, workers):
-    from avfeat.extract.job import _decode_task, _new_row, _Task
+    from avfeat.data.cache import new_record
     from avfeat.extract.inputs import video_id
+    from avfeat.extract.job import DecodeTask, decode_task
     from avfeat.extract.workers import DecodePool
 
-    tasks = [_Task(_new_row(video_id(p), p), spec) for p in paths]
-    with DecodePool(_decode_task, workers=workers, timeout=600) as pool:
+    tasks = [DecodeTask(new_record(video_id(p), str(p), 0, 0.0), spec) for p in paths]
+    with DecodePool(decode_task, workers=workers, timeout=600) as pool:
         return [media for _, media in pool.imap(tasks)]
 
 
 def model_only(extractor, decoded, modality: str):
     """One backbone over pre-decoded videos, in the groups the job forms."""
-    from avfeat.extract.job import encode_audio_group, encode_groups, encode_visual_group
+    from avfeat.extract.encoder import encode_audio_group, encode_visual_group
+    from avfeat.extract.job import encode_groups
 
-    batch_size = extractor.options.batch_size
+    batch_size, encoder = extractor.options.batch_size, extractor.encoder
     for group in encode_groups([len(media.frames) for media in decoded], batch_size):
         medias = [decoded[i] for i in group]
         if modality == "audio":
-            encode_audio_group(extractor.audio, medias, batch_size)
+            encode_audio_group(encoder.audio, medias, batch_size)
         else:
-            encode_visual_group(extractor.visual, medias, batch_size)
+            encode_visual_group(encoder.visual, medias, batch_size)
 
 
 def ray_run(extractor, paths, out):
@@ -122,7 +124,7 @@ def main() -> None:
     )
     extractor = Extractor(config, options)
 
-    decode_s, decoded = _median_time(lambda: decode_all(paths, extractor.spec, args.workers), args.repeats)
+    decode_s, decoded = _median_time(lambda: decode_all(paths, extractor.encoder.spec, args.workers), args.repeats)
     media_seconds = sum(m.duration for m in decoded)
     frames = sum(len(m.frames) for m in decoded)
     model_s = {}

@@ -106,7 +106,7 @@ def bench_sync(minutes: float, fps: float) -> None:
     import torch
 
     from avfeat.align.heads import AVHeads, HeadConfig
-    from avfeat.data.cache import Cache, ShardWriter, empty_row, open_for_writing
+    from avfeat.data.cache import Cache, ShardWriter, new_record, open_for_writing
     from avfeat.index.sync import sync_cached
 
     seconds = minutes * 60
@@ -117,11 +117,10 @@ def bench_sync(minutes: float, fps: float) -> None:
         config = {"audio_model": "random:hubert-base", "visual_model": "random:dinov2-small", "audio_layer": -1, "visual_layer": -1,
                   "fps": fps, "audio_token_rate": 50.0, "audio_dim": 768, "visual_dim": 384}
         layout = open_for_writing(root, config)
-        writer = ShardWriter(layout, 0, audio_dim=768, visual_tokens_per_frame=257, visual_dim=384, attrs={})
-        row = dict(empty_row("long", "long.mp4", 0, 0.0), duration=seconds, audio_rate=50.0, fps=fps)
+        record = new_record("long", "long.mp4", 0, 0.0).with_(duration=seconds, audio_rate=50.0, fps=fps)
         visual = np.concatenate([rng.standard_normal((min(64, frames - i), 257, 384), dtype=np.float32).astype(np.float16) for i in range(0, frames, 64)])
-        writer.add(row, audio, visual, np.arange(frames) / fps)
-        writer.commit()
+        with ShardWriter(layout, 0, audio_dim=768, visual_tokens_per_frame=257, visual_dim=384, attrs={}) as writer:
+            writer.add(record, audio, visual, np.arange(frames) / fps)
         heads = AVHeads(HeadConfig(audio_dim=768, visual_dim=384, dim=256)).eval()
         cache = Cache(root)
         torch.set_num_threads(torch.get_num_threads())
@@ -241,7 +240,7 @@ def main() -> None:
     parser.add_argument("--shard-dim", type=int, default=128)
     parser.add_argument("--only", choices=["index", "sync", "shards"], help="run one section")
     args = parser.parse_args()
-    from avfeat.index.build import parse_size
+    from avfeat.common import parse_size
 
     budget = parse_size(args.memory_budget) if args.memory_budget else None
     if args.only in (None, "index"):

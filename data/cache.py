@@ -19,19 +19,21 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from avfeat import __version__
+from avfeat.common import replace_durably, temp_path, write_atomic
+from avfeat.data.records import OK, VideoRecord
 from avfeat.errors import CacheError
 
 CONFIG_FILE = "cache.json"
 SHARD_DIR = "shards"
 MANIFEST_DIR = "manifest"
-OK = "ok"
+CACHE_OWN = (CONFIG_FILE, SHARD_DIR, MANIFEST_DIR)  # what --overwrite may remove
 
 _SHARD_RE = re.compile(r"shard-(\d{5,})\.h5$")
 _PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
@@ -73,43 +75,9 @@ def manifest_schema():
     )
 
 
-def empty_row(video_id: str, path: str, size: int, mtime: float) -> dict[str, Any]:
-    """A manifest row with every field present; writers fill in what they learn."""
-    return {
-        "video_id": video_id,
-        "path": path,
-        "size": size,
-        "mtime": mtime,
-        "status": OK,
-        "error": "",
-        "duration": 0.0,
-        "shard": -1,
-        "audio_offset": 0,
-        "audio_length": 0,
-        "audio_start": 0.0,
-        "audio_rate": 0.0,
-        "visual_offset": 0,
-        "visual_length": 0,
-        "fps": 0.0,
-        "width": 0,
-        "height": 0,
-        "source_sample_rate": 0,
-    }
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_durably(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
+def new_record(video_id: str, path: str, size: int, mtime: float) -> VideoRecord:
+    """The record of an input before it is decoded; writers fill in what they learn."""
+    return VideoRecord(video_id=video_id, path=path, size=size, mtime=mtime)
 
 
 def _indices(folder: Path, pattern: re.Pattern) -> dict[int, Path]:
@@ -208,9 +176,7 @@ def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
     except OSError as error:
         raise CacheError(f"cannot create cache folder {layout.root}: {error.strerror}") from None
     if not layout.config_path.exists():
-        tmp = layout.config_path.with_name(CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps({**config, "avfeat_version": __version__}, indent=2, sort_keys=True) + "\n")
-        _replace_durably(tmp, layout.config_path)
+        write_atomic(layout.config_path, json.dumps({**config, "avfeat_version": __version__}, indent=2, sort_keys=True) + "\n")
     for folder in (layout.shard_dir, layout.manifest_dir, layout.root):
         for stray in folder.glob("*.tmp"):
             stray.unlink()
@@ -221,32 +187,39 @@ def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
     return layout
 
 
-@dataclass
 class ShardWriter:
     """Appends videos' tokens to one shard and commits it with its manifest part.
 
-    Tokens are appended to the ``.tmp`` file as they arrive, so a shard of long videos never
-    has to sit in memory.
+    A context manager: leaving the ``with`` block commits the shard, an exception removes it::
+
+        with ShardWriter(layout, index, audio_dim=..., visual_tokens_per_frame=..., visual_dim=..., attrs=...) as writer:
+            writer.add(record, audio, visual, frame_times)
+
+    Tokens are appended to the temp file as they arrive, so a shard of long videos never has
+    to sit in memory.
     """
 
-    layout: CacheLayout
-    index: int
-    audio_dim: int
-    visual_tokens_per_frame: int
-    visual_dim: int
-    attrs: dict[str, Any]
-    dtype: str = "float16"
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def __post_init__(self):
+    def __init__(self, layout: CacheLayout, index: int, audio_dim: int, visual_tokens_per_frame: int, visual_dim: int,
+                 attrs: dict[str, Any], dtype: str = "float16"):
         import h5py
 
-        self.final_path = self.layout.shard_dir / shard_name(self.index)
-        self.tmp_path = self.final_path.with_name(self.final_path.name + ".tmp")
+        self.layout, self.index, self.attrs, self.dtype = layout, index, attrs, dtype
+        self.records: list[VideoRecord] = []
+        self.final_path = layout.shard_dir / shard_name(index)
+        self.tmp_path = temp_path(self.final_path)
         self._file = h5py.File(self.tmp_path, "w")
-        self._audio = self._dataset("audio/tokens", (self.audio_dim,))
-        self._visual = self._dataset("visual/tokens", (self.visual_tokens_per_frame, self.visual_dim))
+        self._audio = self._dataset("audio/tokens", (audio_dim,))
+        self._visual = self._dataset("visual/tokens", (visual_tokens_per_frame, visual_dim))
         self._times = self._file.create_dataset("visual/times", shape=(0,), maxshape=(None,), dtype="float64", chunks=(4096,))
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
 
     def _dataset(self, name: str, row_shape: tuple[int, ...]):
         row_bytes = int(np.prod(row_shape)) * np.dtype(self.dtype).itemsize
@@ -263,18 +236,18 @@ class ShardWriter:
             dataset[offset:] = values
         return offset
 
-    def add(self, row: dict[str, Any], audio: np.ndarray, visual: np.ndarray, frame_times: np.ndarray) -> None:
-        """Record an ``ok`` video: its row is completed with offsets into this shard."""
-        row = dict(row, status=OK, error="", shard=self.index)
-        row["audio_offset"] = self._append(self._audio, audio.astype(self.dtype, copy=False))
-        row["audio_length"] = len(audio)
-        row["visual_offset"] = self._append(self._visual, visual.astype(self.dtype, copy=False))
+    def add(self, record: VideoRecord, audio: np.ndarray, visual: np.ndarray, frame_times: np.ndarray) -> None:
+        """Record an ``ok`` video: its record is completed with offsets into this shard."""
+        audio_offset = self._append(self._audio, audio.astype(self.dtype, copy=False))
+        visual_offset = self._append(self._visual, visual.astype(self.dtype, copy=False))
         self._append(self._times, np.asarray(frame_times, dtype=np.float64))
-        row["visual_length"] = len(visual)
-        self.rows.append(row)
+        self.records.append(record.with_(
+            status=OK, error="", shard=self.index, audio_offset=audio_offset, audio_length=len(audio),
+            visual_offset=visual_offset, visual_length=len(visual),
+        ))
 
-    def add_failure(self, row: dict[str, Any], status: str, message: str) -> None:
-        self.rows.append(dict(row, status=status, error=message, shard=self.index))
+    def add_failure(self, record: VideoRecord, status: str, message: str) -> None:
+        self.records.append(record.with_(status=status, error=message, shard=self.index))
 
     def commit(self) -> None:
         """Close, verify and rename the shard, then write its manifest part the same way."""
@@ -286,19 +259,19 @@ class ShardWriter:
             self._file.attrs[key] = value if not isinstance(value, (dict, list)) else json.dumps(value)
         self._file.attrs["avfeat_version"] = __version__
         self._file.close()
-        audio_rows = sum(r["audio_length"] for r in self.rows if r["status"] == OK)
-        visual_rows = sum(r["visual_length"] for r in self.rows if r["status"] == OK)
+        audio_rows = sum(r.audio_length for r in self.records if r.ok)
+        visual_rows = sum(r.visual_length for r in self.records if r.ok)
         with h5py.File(self.tmp_path, "r") as check:
             if check["audio/tokens"].shape[0] != audio_rows or check["visual/tokens"].shape[0] != visual_rows:
                 raise CacheError(f"shard {self.tmp_path} failed verification (row counts differ from the manifest)")
             if visual_rows != check["visual/times"].shape[0]:
                 raise CacheError(f"shard {self.tmp_path} failed verification (frame times)")
-        _replace_durably(self.tmp_path, self.final_path)
+        replace_durably(self.tmp_path, self.final_path)
 
         part = self.layout.manifest_dir / part_name(self.index)
-        tmp = part.with_name(part.name + ".tmp")
-        pq.write_table(pa.Table.from_pylist(self.rows, schema=manifest_schema()), tmp)
-        _replace_durably(tmp, part)
+        tmp = temp_path(part)
+        pq.write_table(pa.Table.from_pylist([r.to_row() for r in self.records], schema=manifest_schema()), tmp)
+        replace_durably(tmp, part)
 
     def abort(self) -> None:
         if self._file.id.valid:
@@ -307,7 +280,7 @@ class ShardWriter:
 
 
 class Cache:
-    """Read access to a token cache.
+    """Read access to a token cache: records, and tokens by time or by index.
 
     HDF5 files are opened lazily per process (a handle is never shared across fork), and all
     reads are contiguous slices.
@@ -319,33 +292,52 @@ class Cache:
             raise CacheError(f"{path} is not an avfeat cache (no {CONFIG_FILE}); run `avfeat extract` first")
         self.config = json.loads(self.layout.config_path.read_text())
         self.manifest = read_manifest(self.layout.root)
-        self._rows = {row["video_id"]: row for row in self.manifest.to_pylist()}
+        self._records = {row["video_id"]: VideoRecord.from_row(row) for row in self.manifest.to_pylist()}
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
 
+    @property
+    def spec(self):
+        """The cache's :class:`~avfeat.data.records.BackboneSpec`."""
+        from avfeat.data.records import BackboneSpec
+
+        return BackboneSpec.from_dict(self.config)
+
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._records)
 
     def __contains__(self, video_id: str) -> bool:
-        return video_id in self._rows
+        return video_id in self._records
 
-    def videos(self, status: str | None = None) -> list[dict[str, Any]]:
-        """Manifest rows (dicts with ``video_id``, ``path``, ``status``, ...), optionally by status."""
-        return [dict(r) for r in self._rows.values() if status is None or r["status"] == status]
+    def records(self, status: str | None = None) -> list[VideoRecord]:
+        """Every video's record in manifest order, optionally only those of one status."""
+        return [r for r in self._records.values() if status is None or r.status == status]
 
-    def row(self, video_id: str) -> dict[str, Any]:
+    def record(self, video_id: str) -> VideoRecord:
+        """The video's record; an unknown id is a :class:`CacheError` naming the closest ids."""
         try:
-            return self._rows[video_id]
+            return self._records[video_id]
         except KeyError:
-            raise CacheError(f"video id {video_id!r} is not in the cache {self.layout.root}") from None
+            import difflib
+
+            close = difflib.get_close_matches(video_id, list(self._records), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; `avfeat info CACHE --videos` lists the ids"
+            raise CacheError(f"video id {video_id!r} is not in the cache {self.layout.root}{hint}") from None
+
+    def ok_record(self, video_id: str) -> VideoRecord:
+        """The record of a video that has tokens; a failed one is a :class:`CacheError`."""
+        record = self.record(video_id)
+        if not record.ok:
+            raise CacheError(f"video {video_id!r} has no tokens (status {record.status}: {record.error})")
+        return record
 
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for row in self._rows.values():
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        for record in self._records.values():
+            counts[record.status] = counts.get(record.status, 0) + 1
         return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
-    def _file(self, shard: int):
+    def _shard(self, shard: int):
         import h5py
 
         if self._pid != os.getpid():  # forked: the parent's handles must not be used here
@@ -359,53 +351,67 @@ class Cache:
                 raise CacheError(f"cannot read shard {path}: {error}") from None
         return handle
 
-    def _ok_row(self, video_id: str) -> dict[str, Any]:
-        row = self.row(video_id)
-        if row["status"] != OK:
-            raise CacheError(f"video {video_id!r} has no tokens (status {row['status']}: {row['error']})")
-        return row
+    def _resolve(self, video: str | VideoRecord) -> VideoRecord:
+        return video if isinstance(video, VideoRecord) else self.ok_record(video)
+
+    # ---- reads by index ----------------------------------------------------------------------
+
+    def read_audio(self, video: str | VideoRecord, first: int = 0, stop: int | None = None) -> np.ndarray:
+        """(stop - first, D_a) audio tokens by index within the video."""
+        record = self._resolve(video)
+        stop = record.audio_length if stop is None else stop
+        begin = record.audio_offset
+        return self._shard(record.shard)["audio/tokens"][begin + first : begin + stop]
+
+    def read_frames(self, video: str | VideoRecord, first: int = 0, stop: int | None = None) -> np.ndarray:
+        """(stop - first, 1 + P, D_v) visual tokens (CLS first) by frame index within the video."""
+        record = self._resolve(video)
+        stop = record.visual_length if stop is None else stop
+        begin = record.visual_offset
+        return self._shard(record.shard)["visual/tokens"][begin + first : begin + stop]
+
+    def read_windows(self, windows, geometry) -> tuple[np.ndarray, np.ndarray]:
+        """A batch of windows (``avfeat.align.windows.Window``) → audio (B, T, D_a) and visual
+        (B, F, 1 + P, D_v), two contiguous slices per window."""
+        audio, visual = [], []
+        for window in windows:
+            record = self.ok_record(window.video_id)
+            audio.append(self.read_audio(record, window.audio, window.audio + geometry.audio_tokens))
+            visual.append(self.read_frames(record, window.frame, window.frame + geometry.frames))
+        return np.stack(audio), np.stack(visual)
+
+    # ---- reads by time -----------------------------------------------------------------------
 
     def audio_times(self, video_id: str) -> np.ndarray:
         """Start time in seconds of each audio token."""
-        row = self._ok_row(video_id)
-        return row["audio_start"] + np.arange(row["audio_length"]) / row["audio_rate"]
+        return self.ok_record(video_id).audio_times()
 
-    def frame_times(self, video_id: str) -> np.ndarray:
-        row = self._ok_row(video_id)
-        begin = row["visual_offset"]
-        return self._file(row["shard"])["visual/times"][begin : begin + row["visual_length"]]
+    def frame_times(self, video: str | VideoRecord) -> np.ndarray:
+        """Each cached frame's timestamp in seconds."""
+        record = self._resolve(video)
+        begin = record.visual_offset
+        return self._shard(record.shard)["visual/times"][begin : begin + record.visual_length]
 
     def audio_tokens(self, video_id: str, start: float | None = None, end: float | None = None) -> np.ndarray:
-        """(T, D_a) tokens whose start time lies in [start, end) (the whole video by default)."""
-        row = self._ok_row(video_id)
-        first, last = 0, row["audio_length"]
-        if start is not None:
-            first = int(np.clip(np.ceil((start - row["audio_start"]) * row["audio_rate"] - 1e-6), 0, last))
-        if end is not None:
-            last = int(np.clip(np.ceil((end - row["audio_start"]) * row["audio_rate"] - 1e-6), first, last))
-        begin = row["audio_offset"]
-        return self._file(row["shard"])["audio/tokens"][begin + first : begin + last]
+        """(T, D_a) tokens of the span [start, end) seconds by the record's time rule (the
+        whole video by default)."""
+        record = self.ok_record(video_id)
+        return self.read_audio(record, *record.audio_span(start, end))
 
     def visual_tokens(self, video_id: str, start: float | None = None, end: float | None = None) -> np.ndarray:
         """(F, 1 + P, D_v) tokens (CLS first) of the frames whose time lies in [start, end)."""
-        row = self._ok_row(video_id)
-        first, last = 0, row["visual_length"]
-        if start is not None or end is not None:
-            times = self.frame_times(video_id)
-            if start is not None:
-                first = int(np.searchsorted(times, start, side="left"))
-            if end is not None:
-                last = max(first, int(np.searchsorted(times, end, side="left")))
-        begin = row["visual_offset"]
-        return self._file(row["shard"])["visual/tokens"][begin + first : begin + last]
+        record = self.ok_record(video_id)
+        if start is None and end is None:
+            return self.read_frames(record)
+        return self.read_frames(record, *record.frame_span(self.frame_times(record), start, end))
 
     def fingerprint(self) -> str:
         """A short hash of the config and of what the manifest records, to tie heads and
         indexes to the exact cache contents they were built from."""
         digest = hashlib.sha1(json.dumps({k: v for k, v in self.config.items() if k != "avfeat_version"}, sort_keys=True).encode())
-        for vid in sorted(self._rows):
-            row = self._rows[vid]
-            digest.update(f"{vid}|{row['status']}|{row['shard']}|{row['audio_length']}|{row['visual_length']}\n".encode())
+        for vid in sorted(self._records):
+            r = self._records[vid]
+            digest.update(f"{vid}|{r.status}|{r.shard}|{r.audio_length}|{r.visual_length}\n".encode())
         return digest.hexdigest()[:16]
 
     def shard_attrs(self) -> dict[str, Any]:
@@ -413,7 +419,7 @@ class Cache:
         shards = self.layout.shards()
         if not shards:
             return {}
-        return dict(self._file(min(shards)).attrs)
+        return dict(self._shard(min(shards)).attrs)
 
     def close(self) -> None:
         for handle in self._handles.values():

@@ -14,12 +14,12 @@ EXIT_SOME_FAILED = 3
 
 def extract(
     input: str = typer.Argument(..., help="A folder (searched recursively), a glob, a .txt list of paths, or a CSV/Parquet file with a 'path' column."),
-    out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create, or to resume."),
-    audio_model: str = typer.Option("facebook/hubert-base-ls960", help="HuBERT: hub id, local folder, or random:<arch>."),
-    visual_model: str = typer.Option("facebook/dinov2-small", help="DINOv2: hub id, local folder, or random:<arch>."),
-    audio_layer: int = typer.Option(-1, help="Hidden layer to cache (-1: final output, 0: embeddings)."),
-    visual_layer: int = typer.Option(-1, help="Hidden layer to cache (-1: final output with its layer norm)."),
-    fps: float = typer.Option(1.0, min=0.01, help="Frames per second to sample, by timestamp."),
+    out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create (an existing cache needs --resume or --overwrite)."),
+    audio_model: Optional[str] = typer.Option(None, help="HuBERT: hub id, local folder, or random:<arch> [default: facebook/hubert-base-ls960, or the cache's]."),
+    visual_model: Optional[str] = typer.Option(None, help="DINOv2: hub id, local folder, or random:<arch> [default: facebook/dinov2-small, or the cache's]."),
+    audio_layer: Optional[int] = typer.Option(None, help="Hidden layer to cache (-1: final output, 0: embeddings) [default: -1, or the cache's]."),
+    visual_layer: Optional[int] = typer.Option(None, help="Hidden layer to cache (-1: final output with its layer norm) [default: -1, or the cache's]."),
+    fps: Optional[float] = typer.Option(None, min=0.01, help="Frames per second to sample, by timestamp [default: 1, or the cache's]."),
     batch_size: int = typer.Option(32, min=1, help="Frames per visual forward pass."),
     workers: int = typer.Option(2, min=0, help="Decoding processes (0: decode in this process)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
@@ -28,6 +28,8 @@ def extract(
     limit: Optional[int] = typer.Option(None, min=1, help="Process at most this many new videos."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the videos recorded as failed."),
     timeout: float = typer.Option(600.0, min=1.0, help="Seconds one file may take to decode."),
+    resume: bool = typer.Option(False, "--resume", help="Add to the cache in --out: skip what it holds, extract the rest with its settings."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the cache in --out (only avfeat's own files there are removed)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ray: Optional[str] = typer.Option(
         None, "--ray", metavar="[ADDRESS]",
@@ -44,15 +46,22 @@ def extract(
 
     from dataclasses import asdict
 
-    from avfeat.data.cache import check_config
+    from avfeat.common import OutputMode, prepare_output, resolve_device
+    from avfeat.data.cache import CACHE_OWN, CONFIG_FILE, check_config
     from avfeat.errors import InputError
+    from avfeat.extract.encoder import Encoder
     from avfeat.extract.inputs import list_inputs
     from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
 
     if dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise InputError(f"unknown --dtype {dtype!r} (auto, float32, float16, bfloat16)")
+    resolve_device(device)
     paths = list_inputs(input)
-    config = ExtractConfig(audio_model=audio_model, visual_model=visual_model, audio_layer=audio_layer, visual_layer=visual_layer, fps=fps)
+    mode = prepare_output(out, marker=CONFIG_FILE, kind="cache", resume=resume, overwrite=overwrite, own=CACHE_OWN)
+    given = {"audio_model": audio_model, "visual_model": visual_model, "audio_layer": audio_layer, "visual_layer": visual_layer, "fps": fps}
+    given = {key: value for key, value in given.items() if value is not None}
+    stored = json.loads((out / CONFIG_FILE).read_text()) if mode is OutputMode.RESUME else {}
+    config = ExtractConfig(**{**{k: v for k, v in stored.items() if k in ExtractConfig.__dataclass_fields__}, **given})
     options = RunOptions(
         batch_size=batch_size, workers=workers, device=device, dtype=dtype, shard_size=shard_size,
         limit=limit, retry_failed=retry_failed, timeout=timeout, quiet=quiet,
@@ -63,8 +72,9 @@ def extract(
 
         import_ray()  # says how to install it, before models load
     # With --ray the models run on the cluster's actors; here they only describe the tensors.
-    extractor = Extractor(config, options, load_device="cpu" if ray is not None else None)
-    for spec in (audio_model, visual_model):
+    encoder = Encoder(config, device="cpu" if ray is not None else device, dtype=dtype, batch_size=batch_size)
+    extractor = Extractor(config, options, encoder)
+    for spec in (config.audio_model, config.visual_model):
         if spec.startswith("random:"):
             typer.echo(f"note: {spec} has random weights (for tests, demos and benchmarks); its tokens carry no learned meaning", err=True)
 
@@ -88,32 +98,38 @@ def extract(
 
 def info(
     cache: Path = typer.Argument(..., help="A cache folder written by `avfeat extract`."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text (with every video's id)."),
+    videos: bool = typer.Option(False, "--videos", help="List every video: id, status, duration, path."),
 ) -> None:
-    """Summarise a token cache: models, videos by status, hours, bytes."""
-    from avfeat.data.cache import OK, Cache
+    """Summarise a token cache: models, videos by status, hours, bytes; --videos lists the ids."""
+    from avfeat.data.cache import Cache
 
     with Cache(cache) as store:
-        rows = store.videos()
-        ok = [r for r in rows if r["status"] == OK]
-        hours = sum(r["duration"] for r in ok) / 3600
+        records = store.records()
+        ok = [r for r in records if r.ok]
+        hours = sum(r.duration for r in ok) / 3600
         shards = store.layout.shards()
         size = sum(p.stat().st_size for p in shards.values()) + sum(p.stat().st_size for p in store.layout.parts().values())
         report = {
             "path": str(cache),
             "config": store.config,
-            "videos": len(rows),
+            "videos": len(records),
             "status_counts": store.status_counts(),
             "media_hours": hours,
             "shards": len(shards),
             "bytes": size,
             "bytes_per_media_hour": size / hours if hours else None,
-            "audio_tokens": sum(r["audio_length"] for r in ok),
-            "frames": sum(r["visual_length"] for r in ok),
-            "failures": [{"video_id": r["video_id"], "path": r["path"], "status": r["status"], "error": r["error"]} for r in rows if r["status"] != OK],
+            "audio_tokens": sum(r.audio_length for r in ok),
+            "frames": sum(r.visual_length for r in ok),
+            "failures": [{"video_id": r.video_id, "path": r.path, "status": r.status, "error": r.error} for r in records if not r.ok],
+            "video_list": [{"video_id": r.video_id, "status": r.status, "duration": r.duration, "path": r.path} for r in records],
         }
     if as_json:
         typer.echo(json.dumps(report, indent=2))
+        return
+    if videos:
+        for entry in report["video_list"]:
+            typer.echo(f"{entry['video_id']}\t{entry['status']}\t{entry['duration']:.2f}\t{entry['path']}")
         return
     config = store.config
     counts = ", ".join(f"{status} {count}" for status, count in report["status_counts"].items()) or "none"

@@ -14,29 +14,19 @@ import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
 
-from avfeat.data.cache import OK, CacheLayout, ShardWriter, empty_row, open_for_writing, read_manifest
+from avfeat.common import human_bytes
+from avfeat.data.cache import CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
+from avfeat.data.records import OK, VideoRecord
+from avfeat.extract.encoder import Encoder, ExtractConfig, encode_audio_group, encode_visual_group, resolve_dtype  # noqa: F401 (re-exported)
 from avfeat.extract.inputs import video_id
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError, decode
 
 MISSING = "missing"  # a listed file that does not exist
-
-
-@dataclass
-class ExtractConfig:
-    """Settings that determine the cache's contents (stored in cache.json)."""
-
-    audio_model: str = "facebook/hubert-base-ls960"
-    visual_model: str = "facebook/dinov2-small"
-    audio_layer: int = -1
-    visual_layer: int = -1
-    fps: float = 1.0
-    storage_dtype: str = "float16"
 
 
 @dataclass
@@ -74,47 +64,21 @@ class ExtractSummary:
         failed = ", ".join(f"{status} {count}" for status, count in sorted(self.failed.items())) or "none"
         return [
             f"videos: {self.ok} ok, failed: {failed} ({self.processed} processed now, {self.skipped} already in the cache)",
-            f"media: {hours:.3f} h ok; wrote {_human_bytes(self.bytes_written)} in {self.seconds:.1f} s"
-            + (f" ({_human_bytes(per_hour)} per media-hour)" if per_hour else ""),
+            f"media: {hours:.3f} h ok; wrote {human_bytes(self.bytes_written)} in {self.seconds:.1f} s"
+            + (f" ({human_bytes(per_hour)} per media-hour)" if per_hour else ""),
         ]
 
 
-def _human_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(count) < 1024 or unit == "TB":
-            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
-        count /= 1024
-    return f"{count:.1f} TB"
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto``: bfloat16 on GPUs and on CPUs with native bfloat16 matmul (AVX512-BF16/AMX),
-    where it is ~2.5x faster than float32 and tokens keep cosine > 0.9999; float32 elsewhere."""
-    if dtype != "auto":
-        return dtype
-    if device.startswith("cuda"):
-        return "bfloat16"
-    import torch
-
-    return "bfloat16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
-
-
 @dataclass
-class _Task:
-    row: dict[str, Any]
+class DecodeTask:
+    """One video for a decode worker."""
+
+    record: VideoRecord
     spec: DecodeSpec
 
 
-def _decode_task(task: _Task) -> DecodedMedia:
-    return decode(task.row["path"], task.spec)
+def decode_task(task: DecodeTask) -> DecodedMedia:
+    return decode(task.record.path, task.spec)
 
 
 class _WriterThread:
@@ -160,66 +124,11 @@ class _WriterThread:
 
 
 class Extractor:
-    """Loads the backbones once and extracts lists of videos into a cache."""
+    """The extraction job: extracts lists of videos into a cache with one :class:`Encoder`."""
 
-    def __init__(self, config: ExtractConfig, options: RunOptions, load_device: str | None = None):
-        """``load_device`` overrides ``options.device`` for this object's models only (a Ray
-        driver loads them on the CPU to learn the tensors' shapes; its workers use the option)."""
-        from avfeat.extract.models import load_audio_backbone, load_visual_backbone
-
-        self.config = config
-        self.options = options
-        device = resolve_device(load_device or options.device)
-        dtype = resolve_dtype(options.dtype, device)
-        self.device, self.dtype = device, dtype
-        self.audio = load_audio_backbone(config.audio_model, config.audio_layer, device=device, dtype=dtype)
-        self.visual = load_visual_backbone(config.visual_model, config.visual_layer, device=device, dtype=dtype)
-        self.spec = DecodeSpec(sample_rate=self.audio.sample_rate, fps=config.fps, **self.visual.decode_spec_geometry())
-
-    def cache_config(self) -> dict[str, Any]:
-        """What cache.json records: the config plus what the models imply about the tensors."""
-        return {
-            **asdict(self.config),
-            "sample_rate": self.audio.sample_rate,
-            "audio_token_rate": self.audio.token_rate,
-            "audio_dim": self.audio.dim,
-            "visual_dim": self.visual.dim,
-            "visual_tokens": 1 + self.visual.num_patches,
-            "visual_grid": list(self.visual.grid),
-            "frame_geometry": {k: list(v) if isinstance(v, tuple) else v for k, v in self.visual.decode_spec_geometry().items()},
-        }
-
-    def shard_attrs(self, device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
-        """Shard attributes: the cache config plus how the tokens were computed (by default on
-        this object's models; a distributed run passes its workers' device and dtype)."""
-        return {
-            **self.cache_config(),
-            "random_models": bool(self.audio.is_random or self.visual.is_random),
-            "compute_device": device or self.device,
-            "compute_dtype": dtype or self.dtype,
-        }
-
-    def encode_file(self, path: str | Path) -> tuple[DecodedMedia, np.ndarray, np.ndarray]:
-        """Decode one file and run both backbones: (media, audio tokens (T, D_a), visual tokens
-        (F, 1 + P, D_v)), the same tensors `extract` would cache. Raises MediaError."""
-        media = decode(path, self.spec)
-        ((_, audio, visual, _),) = self._encode([({}, media)])
-        return media, audio, visual
-
-    def encode_audio_file(self, path: str | Path) -> tuple[np.ndarray, float]:
-        """Only the sound of a file (an audio-only query: wav, flac, mp3, ...) through the audio
-        backbone: (tokens (T, D_a), time of the first sample). Raises MediaError."""
-        from avfeat.extract.media import decode_audio
-
-        waveform, start = decode_audio(path, self.audio.sample_rate)
-        (tokens,) = self.audio.encode([waveform], batch_size=1)
-        return tokens, start
-
-    def encode_image(self, path: str | Path) -> np.ndarray:
-        """An image file as one frame through the visual backbone: (1, 1 + P, D_v). Raises MediaError."""
-        from avfeat.extract.media import load_image
-
-        return self.visual.encode(load_image(path, self.spec)[None], batch_size=1)
+    def __init__(self, config: ExtractConfig, options: RunOptions, encoder: Encoder | None = None):
+        self.config, self.options = config, options
+        self.encoder = encoder or Encoder(config, device=options.device, dtype=options.dtype, batch_size=options.batch_size)
 
     def run(
         self,
@@ -237,17 +146,17 @@ class Extractor:
         writes the same shards and manifest parts.
         """
         started = time.perf_counter()
-        layout = open_for_writing(out, self.cache_config())
-        recorded = {row["video_id"]: row for row in read_manifest(layout.root).to_pylist()}
+        layout = open_for_writing(out, self.encoder.cache_config())
+        recorded = _records(layout)
         summary = ExtractSummary()
-        todo: list[dict[str, Any]] = []
+        todo: list[VideoRecord] = []
         for path in paths:
             vid = video_id(path)
             previous = recorded.get(vid)
-            if previous is not None and (previous["status"] == OK or not self.options.retry_failed):
+            if previous is not None and (previous.ok or not self.options.retry_failed):
                 summary.skipped += 1
                 continue
-            todo.append(_new_row(vid, path))
+            todo.append(_new_record(vid, path))
         if self.options.limit is not None:
             todo = todo[: self.options.limit]
         if on_plan:
@@ -260,100 +169,85 @@ class Extractor:
 
             extract_on_ray(self, layout, todo, summary, progress, address=ray_address)
 
-        final = {row["video_id"]: row for row in read_manifest(layout.root).to_pylist()}
+        final = _records(layout)
         statuses = Counter()
         for path in paths:
-            row = final.get(video_id(path))
-            if row is None:
+            record = final.get(video_id(path))
+            if record is None:
                 continue  # left out by --limit
-            statuses[row["status"]] += 1
-            if row["status"] == OK:
-                summary.media_seconds += row["duration"]
+            statuses[record.status] += 1
+            if record.ok:
+                summary.media_seconds += record.duration
         summary.ok = statuses.pop(OK, 0)
         summary.failed = dict(statuses)
         summary.seconds = time.perf_counter() - started
         return summary
 
-    def _extract(self, layout: CacheLayout, todo: list[dict[str, Any]], summary: ExtractSummary, progress) -> None:
+    def _extract(self, layout: CacheLayout, todo: list[VideoRecord], summary: ExtractSummary, progress) -> None:
         from avfeat.extract.workers import DecodePool
 
         if not todo:
             return
         writer_thread = _WriterThread()
-        tasks = (_Task(row, self.spec) for row in todo if row["status"] == OK)
+        tasks = (DecodeTask(record, self.encoder.spec) for record in todo if record.ok)
         try:
-            with DecodePool(_decode_task, workers=self.options.workers, timeout=self.options.timeout) as pool:
+            with DecodePool(decode_task, workers=self.options.workers, timeout=self.options.timeout) as pool:
                 decoded = pool.imap(tasks)
-                for index, rows in plan_shards(layout, todo, self.options.shard_size):
-                    writer = self.shard_writer(layout, index, self.shard_attrs())
-                    try:
-                        self._fill_shard(writer, rows, decoded, writer_thread, progress)
-                        writer_thread.submit(writer.commit)
+                for index, records in plan_shards(layout, todo, self.options.shard_size):
+                    # Leaving the block commits the shard; an error removes it (after the writer
+                    # thread's last write, so nothing touches the file while it is removed).
+                    with ShardWriter(layout, index, attrs=self.encoder.shard_attrs(), **self.encoder.writer_dims()) as writer:
+                        try:
+                            self._fill_shard(writer, records, decoded, writer_thread, progress)
+                        finally:
+                            writer_thread.wait()
                         writer_thread.drain()
-                    except BaseException:
-                        writer_thread.wait()  # no write may touch the file while it is removed
-                        writer.abort()
-                        raise
-                    summary.processed += len(rows)
+                    summary.processed += len(records)
                     summary.bytes_written += writer.final_path.stat().st_size
         finally:
             writer_thread.close()
 
-    def shard_writer(self, layout: CacheLayout, index: int, attrs: dict[str, Any]) -> ShardWriter:
-        return ShardWriter(
-            layout,
-            index,
-            audio_dim=self.audio.dim,
-            visual_tokens_per_frame=1 + self.visual.num_patches,
-            visual_dim=self.visual.dim,
-            attrs=attrs,
-            dtype=self.config.storage_dtype,
-        )
-
-    def _fill_shard(self, writer: ShardWriter, rows, decoded, writer_thread: _WriterThread, progress) -> None:
+    def _fill_shard(self, writer: ShardWriter, records: list[VideoRecord], decoded, writer_thread: _WriterThread, progress) -> None:
         """Decode, encode and append one shard's videos, batching across videos in input order."""
-        group: list[tuple[dict[str, Any], DecodedMedia]] = []
+        group: list[tuple[VideoRecord, DecodedMedia]] = []
         group_frames = 0
         target = group_target(self.options.batch_size)
 
         def flush() -> None:
             nonlocal group, group_frames
             if group:
-                for row, audio, visual, times in self._encode(group):
-                    writer_thread.submit(lambda r=row, a=audio, v=visual, t=times: writer.add(r, a, v, t))
+                tokens = self.encoder.encode([media for _, media in group])
+                for (record, media), (audio, visual) in zip(group, tokens):
+                    writer_thread.submit(lambda r=record, a=audio, v=visual, t=media.frame_times: writer.add(r, a, v, t))
                     if progress:
-                        progress(1, row["duration"])
+                        progress(1, record.duration)
             group, group_frames = [], 0
 
-        for row in rows:
-            if row["status"] != OK:  # missing before decoding
-                writer_thread.submit(lambda r=row: writer.add_failure(r, r["status"], r["error"]))
+        for record in records:
+            if not record.ok:  # missing before decoding
+                writer_thread.submit(lambda r=record: writer.add_failure(r, r.status, r.error))
                 if progress:
                     progress(1, 0.0)
                 continue
             task, result = next(decoded)
-            assert task.row["video_id"] == row["video_id"], "decode results out of order"
+            assert task.record.video_id == record.video_id, "decode results out of order"
             if isinstance(result, MediaError):
-                writer_thread.submit(lambda r=row, e=result: writer.add_failure(r, e.status, e.message))
+                writer_thread.submit(lambda r=record, e=result: writer.add_failure(r, e.status, e.message))
                 if progress:
                     progress(1, 0.0)
                 continue
-            group.append((with_media(row, result, self.audio.token_rate, self.config.fps), result))
+            group.append((with_media(record, result, self.encoder.audio.token_rate, self.config.fps), result))
             group_frames += len(result.frames)
             if group_frames >= target:
                 flush()
         flush()
 
-    def _encode(self, group: list[tuple[dict[str, Any], DecodedMedia]]):
-        """Run both backbones over a group of decoded videos; yields (row, audio, visual, times)."""
-        medias = [media for _, media in group]
-        visual = encode_visual_group(self.visual, medias, self.options.batch_size)
-        audio = encode_audio_group(self.audio, medias, self.options.batch_size)
-        for (row, media), audio_tokens, visual_tokens in zip(group, audio, visual):
-            yield row, audio_tokens, visual_tokens, media.frame_times
+
+def _records(layout: CacheLayout) -> dict[str, VideoRecord]:
+    return {row["video_id"]: VideoRecord.from_row(row) for row in read_manifest(layout.root).to_pylist()}
 
 
-def plan_shards(layout: CacheLayout, todo: list[dict[str, Any]], shard_size: int) -> list[tuple[int, list[dict[str, Any]]]]:
+def plan_shards(layout: CacheLayout, todo: list[VideoRecord], shard_size: int) -> list[tuple[int, list[VideoRecord]]]:
     """Cut the videos to process into shards of consecutive inputs, numbered after the cache's
     last committed part, so every shard of a run has its own name whoever writes it."""
     first = max(layout.parts(), default=-1) + 1
@@ -384,32 +278,18 @@ def encode_groups(frame_counts: list[int], batch_size: int) -> list[list[int]]:
     return groups
 
 
-def encode_visual_group(backbone, medias: list[DecodedMedia], batch_size: int) -> list[np.ndarray]:
-    """Each video's (F, 1 + P, D_v) tokens, its frames batched with the group's."""
-    visual = backbone.encode(np.concatenate([media.frames for media in medias]), batch_size=batch_size)
-    bounds = np.cumsum([0] + [len(media.frames) for media in medias])
-    return [visual[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
-
-
-def encode_audio_group(backbone, medias: list[DecodedMedia], batch_size: int) -> list[np.ndarray]:
-    """Each video's (T, D_a) tokens; audio windows are batched a quarter as many as frames."""
-    return backbone.encode([media.audio for media in medias], batch_size=max(1, batch_size // 4))
-
-
-def _new_row(vid: str, path: Path) -> dict[str, Any]:
+def _new_record(vid: str, path: Path) -> VideoRecord:
     try:
         stat = os.stat(path)
     except OSError as error:
-        row = empty_row(vid, str(Path(path).resolve()), 0, 0.0)
-        row.update(status=MISSING, error=f"cannot read file: {error.strerror}")
-        return row
-    return empty_row(vid, str(Path(path).resolve()), stat.st_size, stat.st_mtime)
+        record = new_record(vid, str(Path(path).resolve()), 0, 0.0)
+        return record.with_(status=MISSING, error=f"cannot read file: {error.strerror}")
+    return new_record(vid, str(Path(path).resolve()), stat.st_size, stat.st_mtime)
 
 
-def with_media(row: dict[str, Any], media: DecodedMedia, token_rate: float, fps: float) -> dict[str, Any]:
-    """The manifest row of a decoded video, before its tokens are placed in a shard."""
-    return dict(
-        row,
+def with_media(record: VideoRecord, media: DecodedMedia, token_rate: float, fps: float) -> VideoRecord:
+    """The record of a decoded video, before its tokens are placed in a shard."""
+    return record.with_(
         duration=float(media.duration),
         audio_start=float(media.audio_start),
         audio_rate=float(token_rate),

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from avfeat.data.cache import OK, CacheLayout
+from avfeat.data.cache import CacheLayout
+from avfeat.data.records import VideoRecord
 from avfeat.errors import AvfeatError, InputError
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError
 
@@ -59,14 +60,14 @@ class Shard:
     """A planned shard on its way through the pipeline (one dataset row)."""
 
     index: int
-    rows: list[dict[str, Any]]  # manifest rows in input order; status says ok or why not
+    records: list[VideoRecord]  # in input order; status says ok or why not
     media: list[DecodedMedia | None] = field(default_factory=list)  # decoded, where status is ok
-    audio: dict[int, np.ndarray] = field(default_factory=dict)  # tokens by position in rows
+    audio: dict[int, np.ndarray] = field(default_factory=dict)  # tokens by position in records
     visual: dict[int, np.ndarray] = field(default_factory=dict)
     compute: dict[str, str] = field(default_factory=dict)  # device and dtype the models ran with
 
     def decoded(self) -> list[int]:
-        return [i for i, row in enumerate(self.rows) if row["status"] == OK]
+        return [i for i, record in enumerate(self.records) if record.ok]
 
 
 @dataclass
@@ -95,22 +96,22 @@ def plan_placement(resources: dict[str, float], device: str) -> Placement:
 def _decode_shard(item: dict[str, Any], spec: DecodeSpec, timeout: float, token_rate: float, fps: float) -> dict[str, Any]:
     """CPU task: decode a shard's videos in one decoder process (a hang or codec crash there
     costs one video, as in the local job)."""
-    from avfeat.extract.job import _decode_task, _Task, with_media
+    from avfeat.extract.job import DecodeTask, decode_task, with_media
     from avfeat.extract.workers import DecodePool
 
     shard: Shard = item["shard"]
-    tasks = [_Task(row, spec) for row in shard.rows if row["status"] == OK]
-    with DecodePool(_decode_task, workers=1, timeout=timeout) as pool:
-        results = {task.row["video_id"]: result for task, result in pool.imap(tasks)}
-    shard.media = [None] * len(shard.rows)
-    for position, row in enumerate(shard.rows):
-        result = results.get(row["video_id"])
-        if row["status"] != OK:
+    tasks = [DecodeTask(record, spec) for record in shard.records if record.ok]
+    with DecodePool(decode_task, workers=1, timeout=timeout) as pool:
+        results = {task.record.video_id: result for task, result in pool.imap(tasks)}
+    shard.media = [None] * len(shard.records)
+    for position, record in enumerate(shard.records):
+        result = results.get(record.video_id)
+        if not record.ok:
             continue
         if isinstance(result, MediaError):
-            shard.rows[position] = dict(row, status=result.status, error=result.message)
+            shard.records[position] = record.with_(status=result.status, error=result.message)
         else:
-            shard.rows[position] = with_media(row, result, token_rate, fps)
+            shard.records[position] = with_media(record, result, token_rate, fps)
             shard.media[position] = result
     return item
 
@@ -120,17 +121,18 @@ class BackboneStage:
     the local job's groups."""
 
     def __init__(self, config, options, modality: str):
-        from avfeat.extract import job, models
+        from avfeat.common import resolve_device
+        from avfeat.extract import encoder, models
 
         self.modality, self.batch_size = modality, options.batch_size
-        self.device = job.resolve_device(options.device)
-        self.dtype = job.resolve_dtype(options.dtype, self.device)
+        self.device = str(resolve_device(options.device))
+        self.dtype = encoder.resolve_dtype(options.dtype, self.device)
         if modality == "audio":
             self.backbone = models.load_audio_backbone(config.audio_model, config.audio_layer, device=self.device, dtype=self.dtype)
-            self.encode = job.encode_audio_group
+            self.encode = encoder.encode_audio_group
         else:
             self.backbone = models.load_visual_backbone(config.visual_model, config.visual_layer, device=self.device, dtype=self.dtype)
-            self.encode = job.encode_visual_group
+            self.encode = encoder.encode_visual_group
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         from avfeat.extract.job import encode_groups
@@ -154,21 +156,16 @@ def _write_shard(item: dict[str, Any], writer_args: dict[str, Any]) -> dict[str,
     attrs = dict(writer_args["attrs"])
     if shard.compute:
         attrs.update(compute_device=shard.compute["device"], compute_dtype=shard.compute["dtype"])
-    writer = ShardWriter(CacheLayout(Path(writer_args["root"])), shard.index, attrs=attrs, **writer_args["dims"])
-    try:
-        for position, row in enumerate(shard.rows):
-            if row["status"] == OK:
-                writer.add(row, shard.audio[position], shard.visual[position], shard.media[position].frame_times)
+    with ShardWriter(CacheLayout(Path(writer_args["root"])), shard.index, attrs=attrs, **writer_args["dims"]) as writer:
+        for position, record in enumerate(shard.records):
+            if record.ok:
+                writer.add(record, shard.audio[position], shard.visual[position], shard.media[position].frame_times)
             else:
-                writer.add_failure(row, row["status"], row["error"])
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+                writer.add_failure(record, record.status, record.error)
     return {
         "index": shard.index,
-        "videos": len(shard.rows),
-        "media_seconds": sum(row["duration"] for row in shard.rows if row["status"] == OK),
+        "videos": len(shard.records),
+        "media_seconds": sum(record.duration for record in shard.records if record.ok),
         "bytes": writer.final_path.stat().st_size,
     }
 
@@ -201,7 +198,7 @@ def _start(ray, address: str) -> bool:
     return True
 
 
-def extract_on_ray(extractor, layout: CacheLayout, todo: list[dict[str, Any]], summary, progress, address: str) -> None:
+def extract_on_ray(extractor, layout: CacheLayout, todo: list[VideoRecord], summary, progress, address: str) -> None:
     """Run the planned shards of ``todo`` through Ray Data and commit them into ``layout``."""
     from avfeat.extract.job import plan_shards
 
@@ -226,19 +223,14 @@ def extract_on_ray(extractor, layout: CacheLayout, todo: list[dict[str, Any]], s
         )
         writer_args = {
             "root": str(layout.root),
-            "attrs": extractor.shard_attrs(),
-            "dims": dict(
-                audio_dim=extractor.audio.dim,
-                visual_tokens_per_frame=1 + extractor.visual.num_patches,
-                visual_dim=extractor.visual.dim,
-                dtype=config.storage_dtype,
-            ),
+            "attrs": extractor.encoder.shard_attrs(),
+            "dims": extractor.encoder.writer_dims(),
         }
         dataset = (
-            ray.data.from_items([{"shard": Shard(index, rows)} for index, rows in shards], override_num_blocks=len(shards))
+            ray.data.from_items([{"shard": Shard(index, records)} for index, records in shards], override_num_blocks=len(shards))
             .map(
                 _decode_shard,
-                fn_kwargs=dict(spec=extractor.spec, timeout=options.timeout, token_rate=extractor.audio.token_rate, fps=config.fps),
+                fn_kwargs=dict(spec=extractor.encoder.spec, timeout=options.timeout, token_rate=extractor.encoder.audio.token_rate, fps=config.fps),
                 num_cpus=placement.decode_cpus,
             )
             .map(BackboneStage, fn_constructor_kwargs=dict(config=config, options=options, modality="audio"), **actor_resources)

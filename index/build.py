@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,27 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from avfeat.errors import IndexMismatchError, InputError, SearchIndexError
+from avfeat.errors import InputError, SearchIndexError
 
 EXACT_LIMIT = 100_000
 ADD_BATCH = 1 << 18
 TARGET_RECALL = 0.95
 TUNE_QUERIES = 1000
 RECALL_K = 10
-# Backbone settings that heads and cache must share for the heads to apply to the tokens.
-BACKBONE_KEYS = ("audio_model", "visual_model", "audio_layer", "visual_layer", "audio_dim", "visual_dim")
 
-_SIZE_RE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
-def parse_size(text: str) -> int:
-    """``"4GB"``, ``"512M"``, ``"1.5g"``, ``"1000000"`` → bytes (binary multiples)."""
-    match = _SIZE_RE.match(str(text))
-    if not match:
-        raise InputError(f"cannot read the size {text!r} (e.g. 4GB, 512MB)")
-    unit = (match.group(2) or "").lower()[:1]
-    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def default_memory_budget() -> int:
@@ -256,14 +242,6 @@ def fill_shards(empty, vectors: np.ndarray, ranges: list[tuple[int, int]]) -> li
 # ---- window vectors of a whole cache --------------------------------------------------------
 
 
-def check_backbones(cache, checkpoint) -> None:
-    """Heads apply only to tokens from the backbones and layers they were trained on."""
-    trained = checkpoint.config.get("cache", {})
-    diff = [f"{k}: heads {trained.get(k)!r}, cache {cache.config.get(k)!r}" for k in BACKBONE_KEYS if k in trained and trained.get(k) != cache.config.get(k)]
-    if diff:
-        raise IndexMismatchError(f"heads {checkpoint.path} were trained on other tokens than cache {cache.layout.root} ({'; '.join(diff)})")
-
-
 def embed_cache(cache, heads, geometry, hop: float | None, aggregation: str, quiet: bool = True):
     """(windows, audio vectors (n, dim), visual vectors (n, dim)) for every ok video of the cache."""
     import torch
@@ -273,14 +251,14 @@ def embed_cache(cache, heads, geometry, hop: float | None, aggregation: str, qui
     from avfeat.align.windows import video_windows
 
     windows, audio_vecs, visual_vecs = [], [], []
-    rows = cache.videos(status="ok")
-    for row in tqdm(rows, desc="index", unit="video", disable=quiet, dynamic_ncols=True):
-        video = video_windows(row, cache.frame_times(row["video_id"]), geometry, hop)
+    records = cache.records(status="ok")
+    for record in tqdm(records, desc="index", unit="video", disable=quiet, dynamic_ncols=True):
+        video = video_windows(record, cache.frame_times(record), geometry, hop)
         if not video:
             continue
         last_audio = max(w.audio for w in video) + geometry.audio_tokens
-        audio = project_audio(heads, cache.audio_tokens(row["video_id"])[:last_audio])
-        summaries = frame_summaries(heads, cache.visual_tokens(row["video_id"]))
+        audio = project_audio(heads, cache.read_audio(record, 0, last_audio))
+        summaries = frame_summaries(heads, cache.read_frames(record))
         windows.extend(video)
         audio_vecs.append(audio_window_vectors(audio, video, geometry))
         visual_vecs.append(visual_window_vectors(summaries, video, geometry, aggregation))
@@ -293,7 +271,7 @@ def embed_cache(cache, heads, geometry, hop: float | None, aggregation: str, qui
 def window_table(windows, cache):
     import pyarrow as pa
 
-    paths = {row["video_id"]: row["path"] for row in cache.videos(status="ok")}
+    paths = {record.video_id: record.path for record in cache.records(status="ok")}
     return pa.table(
         {
             "id": pa.array(np.arange(len(windows), dtype=np.int64)),
@@ -315,10 +293,15 @@ def build_index(
     memory_budget: int | None = None,
     quiet: bool = True,
     shards: int = 1,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Project every window of ``cache`` through ``checkpoint``'s heads and write the index
     folder ``out`` (see ``avfeat.index.store``), each modality in ``shards`` files. Returns its
-    meta.json contents."""
+    meta.json contents. An existing index is replaced (atomically) only with ``overwrite``."""
+    from avfeat.common import prepare_output
+    from avfeat.index.store import META_FILE
+
+    prepare_output(out, marker=META_FILE, kind="index", overwrite=overwrite, can_resume=False)
     from avfeat import __version__
     from avfeat.align.windows import WindowGeometry
     from avfeat.index.shards import check_count
@@ -326,7 +309,7 @@ def build_index(
     from avfeat.index.vectors import AUDIO, VISUAL
 
     check_count(shards)  # before the embedding, which can take long
-    check_backbones(cache, checkpoint)
+    checkpoint.check_cache(cache)
     window = float(window if window is not None else checkpoint.window)
     hop = float(hop if hop is not None else checkpoint.hop)
     if window <= 0 or hop <= 0:
@@ -352,7 +335,7 @@ def build_index(
         "cache": {
             "path": str(Path(cache.layout.root).resolve()),
             "fingerprint": cache.fingerprint(),
-            **{k: cache.config.get(k) for k in (*BACKBONE_KEYS, "fps", "audio_token_rate")},
+            **cache.spec.to_dict(),
         },
         "heads": {"path": str(Path(checkpoint.path).resolve()), "fingerprint": checkpoint.fingerprint, "trained_on_cache": checkpoint.cache_fingerprint},
         "videos": len({w.video_id for w in windows}),

@@ -12,24 +12,26 @@ import typer
 def index(
     cache: Path = typer.Argument(..., help="A cache folder written by `avfeat extract`."),
     heads: Path = typer.Option(..., "--heads", help="Heads checkpoint written by `avfeat train-head`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (an existing index there is replaced)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (an existing index needs --overwrite)."),
     window: Optional[float] = typer.Option(None, help="Window length in seconds (default: the heads' window)."),
     hop: Optional[float] = typer.Option(None, help="Seconds between window starts (default: the heads' hop)."),
     factory: Optional[str] = typer.Option(None, help="FAISS factory string, e.g. 'HNSW32,Flat' or 'IVF4096,PQ32' (default: chosen from the collection size)."),
     memory_budget: Optional[str] = typer.Option(None, help="Memory the index may take, e.g. 4GB (default: half the machine's memory); IVF-PQ when raw vectors do not fit."),
     shards: int = typer.Option(1, help="Split each modality into N index files over contiguous ranges of windows, trained once; searched together, one GPU per shard where there are several."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the index in --out (atomically: the old one stays until the new one is complete)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Project every window of the cache through the heads and write per-modality FAISS indexes."""
     from avfeat.data.cache import Cache
-    from avfeat.index.build import build_index, parse_size
+    from avfeat.common import parse_size
+    from avfeat.index.build import build_index
     from avfeat.index.store import load_heads
 
     checkpoint = load_heads(heads)
     with Cache(cache) as store:
         meta = build_index(
             store, checkpoint, out, window=window, hop=hop, factory=factory,
-            memory_budget=parse_size(memory_budget) if memory_budget else None, quiet=quiet, shards=shards,
+            memory_budget=parse_size(memory_budget) if memory_budget else None, quiet=quiet, shards=shards, overwrite=overwrite,
         )
     for modality, info in meta["modalities"].items():
         tuned = ", ".join(f"{k}={v}" for k, v in info["params"].items())
@@ -59,19 +61,24 @@ def search(
     thumbs: Optional[Path] = typer.Option(None, help="Save a contact sheet of the hits' frames to this PNG."),
     heads: Optional[Path] = typer.Option(None, help="Heads checkpoint (default: the one the index was built with; others are refused)."),
     cache: Optional[Path] = typer.Option(None, help="Cache folder (default: the one the index records; another cache is refused)."),
-    device: str = typer.Option("cpu", help="Where the backbones embed query files: cpu, cuda, ..."),
+    device: str = typer.Option("auto", help="Where the backbones embed query files: auto, cpu, cuda, cuda:1, ..."),
     mmap: Optional[bool] = typer.Option(
         None, "--mmap/--no-mmap",
         help="Map the index files into memory and read pages from disk on demand (--mmap), or load them (--no-mmap). Default: map the IVF shards of an index built with --shards when there is no GPU.",
     ),
 ) -> None:
     """Cross-modal search: which videos sound like this, which sounds fit this picture."""
-    from avfeat.errors import InputError
+    from avfeat.common import resolve_device
+    from avfeat.errors import InputError, QueryError
+    from avfeat.index.query import parse_id_query
     from avfeat.index.search import Searcher
 
     if side not in (None, "audio", "visual"):
         raise InputError(f"--from must be audio or visual (got {side!r})")
-    searcher = Searcher(index_dir, heads=heads, cache=cache, device=device, mmap=mmap)
+    # The query is checked before any model or index loads.
+    if parse_id_query(query) is None and not Path(query).is_file():
+        raise QueryError(f"query {query!r} is neither a file nor VIDEO_ID@START-END (e.g. abc123@1:05-1:07)")
+    searcher = Searcher(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)), mmap=mmap)
     if locate:
         candidates = searcher.locate(query, side=side, k=k)
         if as_json:
@@ -95,12 +102,15 @@ def sync(
     max_offset: float = typer.Option(2.0, help="Largest offset searched, seconds either way."),
     as_json: bool = typer.Option(False, "--json", help='Print {"offset": seconds, "confidence": ...}.'),
     plot: Optional[Path] = typer.Option(None, help="Save the score over lags to this PNG."),
-    device: str = typer.Option("cpu", help="Where the backbones run: cpu, cuda, ..."),
+    device: str = typer.Option("auto", help="Where the backbones run: auto, cpu, cuda, cuda:1, ..."),
 ) -> None:
     """Audio-visual offset of a video; positive = audio late (the sound comes after the picture)."""
     from avfeat.index.store import load_heads
     from avfeat.index.sync import plot_curve, sync_file
 
+    from avfeat.common import resolve_device
+
+    device = str(resolve_device(device))
     checkpoint = load_heads(heads)
     result = sync_file(video, checkpoint, max_offset=max_offset, device=device)
     if plot is not None:

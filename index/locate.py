@@ -88,8 +88,8 @@ def refine(query, candidates: list[Candidate], cache, reach: float, k: int = 5) 
     """
     scored = []
     for cand in candidates[:k]:
-        row = cache.row(cand.video_id)
-        rate = float(row["audio_rate"])
+        record = cache.ok_record(cand.video_id)
+        rate = float(record.audio_rate)
         lo, hi = cand.time - reach, cand.time + reach
         shifts = np.arange(int(np.floor(lo * rate)), int(np.ceil(hi * rate)) + 1) / rate  # candidate starts
         total = np.zeros(len(shifts))
@@ -98,28 +98,28 @@ def refine(query, candidates: list[Candidate], cache, reach: float, k: int = 5) 
             parts += 1
             q = _unit(query.audio)
             clip_times = query.audio_start + np.arange(len(q)) / rate
-            video = _unit(cache.audio_tokens(cand.video_id))
+            video = _unit(cache.read_audio(record))
             for j, tau in enumerate(shifts):
-                idx = np.round((clip_times + tau - row["audio_start"]) * rate).astype(np.int64)
+                idx = np.array([record.audio_index(t) for t in clip_times + tau], dtype=np.int64)
                 ok = (idx >= 0) & (idx < len(video))
                 total[j] += float(np.einsum("td,td->t", q[ok], video[idx[ok]]).sum() / len(q)) if ok.any() else 0.0
         if query.visual is not None and len(query.visual):
             parts += 1
             q = _unit(query.visual)  # (Fq, 1 + P, D)
-            video = _unit(cache.visual_tokens(cand.video_id))
-            times = cache.frame_times(cand.video_id)
+            video = _unit(cache.read_frames(record))
+            times = cache.frame_times(record)
             sims = np.einsum("fpd,gpd->fg", q, video) / q.shape[1]  # (Fq, Fv) frame similarities
             for j, tau in enumerate(shifts):
                 nearest = np.abs(times[None, :] - (query.frame_times[:, None] + tau))
                 g = nearest.argmin(axis=1)
-                ok = nearest[np.arange(len(g)), g] <= 0.5 / float(row["fps"]) + 1e-6
+                ok = nearest[np.arange(len(g)), g] <= 0.5 / float(record.fps) + 1e-6
                 total[j] += float(sims[np.arange(len(g))[ok], g[ok]].sum() / len(g))
         best = int(np.argmax(total))
         scored.append((total[best] / max(1, parts), Candidate(cand.video_id, cand.path, float(shifts[best]), cand.votes)))
     scored.sort(key=lambda pair: -pair[0])
     kept: list[Candidate] = []
     for _, cand in scored:  # two voted bins of one source can land on the same time: list it once
-        gap = 2.0 / float(cache.row(cand.video_id)["fps"])
+        gap = 2.0 / float(cache.record(cand.video_id).fps)
         if not any(c.video_id == cand.video_id and abs(c.time - cand.time) <= gap for c in kept):
             kept.append(cand)
     return kept

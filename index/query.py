@@ -21,7 +21,8 @@ from torch.nn import functional as F
 
 from avfeat.align.scores import pooled_audio, pooled_visual
 from avfeat.align.windows import Window, WindowGeometry
-from avfeat.errors import QueryError
+from avfeat.common import parse_time
+from avfeat.errors import CacheError, InputError, QueryError
 from avfeat.index.vectors import (
     AUDIO,
     VISUAL,
@@ -34,7 +35,7 @@ from avfeat.index.vectors import (
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".m4a", ".aac", ".opus", ".wma"}
-_ID_RE = re.compile(r"^(?P<video>.+)@(?P<start>\d+(?:\.\d*)?)-(?P<end>\d+(?:\.\d*)?)$")
+_ID_RE = re.compile(r"^(?P<video>.+)@(?P<start>[0-9:.]+)-(?P<end>[0-9:.]+)$")
 
 
 @dataclass
@@ -67,11 +68,15 @@ class QueryTokens:
 
 
 def parse_id_query(text: str) -> tuple[str, float, float] | None:
-    """``"VIDEO_ID@START-END"`` → (video id, start, end) seconds, or None if it is not one."""
+    """``"VIDEO_ID@START-END"`` → (video id, start, end) seconds, or None if it is not one.
+    Times are seconds, m:ss or h:mm:ss."""
     match = _ID_RE.match(text)
     if not match:
         return None
-    start, end = float(match["start"]), float(match["end"])
+    try:
+        start, end = parse_time(match["start"]), parse_time(match["end"])
+    except InputError as error:
+        raise QueryError(f"query {text!r}: {error}") from None
     if end <= start:
         raise QueryError(f"query {text!r}: END must be after START")
     return match["video"], start, end
@@ -88,21 +93,22 @@ def cached_query(cache, text: str) -> QueryTokens | None:
     if parsed is None:
         return None
     video, start, end = parsed
-    if video not in cache:
-        raise QueryError(f"video id {video!r} is not in the cache {cache.layout.root}")
-    row = cache.row(video)
-    if row["status"] != "ok":
-        raise QueryError(f"video {video!r} has no cached tokens (status {row['status']})")
-    audio = cache.audio_tokens(video, start, end)
-    times = cache.frame_times(video)
-    keep = (times >= start) & (times < end)
-    first_audio = row["audio_start"] + np.ceil((start - row["audio_start"]) * row["audio_rate"] - 1e-6) / row["audio_rate"]
-    if not len(audio) and not keep.any():
-        raise QueryError(f"query {text!r} selects no cached tokens (the video lasts {row['duration']:.2f} s)")
+    try:
+        record = cache.ok_record(video)
+    except CacheError as error:
+        raise QueryError(str(error)) from None
+    if end > record.duration + 1e-6:
+        raise QueryError(f"query {text!r} ends after the video ({record.duration:.2f} s)")
+    first, stop = record.audio_span(start, end)
+    times = cache.frame_times(record)
+    frames = slice(*record.frame_span(times, start, end))
+    if first == stop and frames.start == frames.stop:
+        raise QueryError(f"query {text!r} selects no cached tokens (the video lasts {record.duration:.2f} s)")
     # On the query's own timeline (0 = START), like a clip cut from the video at START.
     return QueryTokens(
-        name=text, kind="id", audio=audio, audio_start=float(max(first_audio, row["audio_start"])) - start,
-        audio_rate=row["audio_rate"], visual=cache.visual_tokens(video, start, end), frame_times=times[keep] - start,
+        name=text, kind="id", audio=cache.read_audio(record, first, stop),
+        audio_start=record.audio_start + first / record.audio_rate - start, audio_rate=record.audio_rate,
+        visual=cache.read_frames(record, frames.start, frames.stop), frame_times=times[frames] - start,
     )
 
 
@@ -114,15 +120,15 @@ class Backbones:
         self.device = device
 
     @cached_property
-    def extractor(self):
-        from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
+    def encoder(self):
+        from avfeat.extract.encoder import Encoder, ExtractConfig
 
         c = self.cache_config
         config = ExtractConfig(
             audio_model=c["audio_model"], visual_model=c["visual_model"], audio_layer=c["audio_layer"],
             visual_layer=c["visual_layer"], fps=c["fps"],
         )
-        return Extractor(config, RunOptions(device=self.device, workers=0, quiet=True))
+        return Encoder(config, device=self.device)
 
     def encode(self, path: str | Path) -> QueryTokens:
         """Tokens of a video, audio or image file. Raises QueryError when it cannot be read."""
@@ -132,17 +138,17 @@ class Backbones:
         if not Path(path).is_file():
             raise QueryError(f"query file {path} does not exist")
         kind = file_kind(path)
-        extractor = self.extractor
+        encoder = self.encoder
         try:
             if kind == "image":
-                return QueryTokens(path, kind, visual=extractor.encode_image(path), frame_times=np.zeros(1))
+                return QueryTokens(path, kind, visual=encoder.encode_image(path), frame_times=np.zeros(1))
             if kind == "audio":
-                audio, start = extractor.encode_audio_file(path)
-                return QueryTokens(path, kind, audio=audio, audio_start=start, audio_rate=extractor.audio.token_rate)
-            media, audio, visual = extractor.encode_file(path)
+                audio, start = encoder.encode_audio_file(path)
+                return QueryTokens(path, kind, audio=audio, audio_start=start, audio_rate=encoder.audio.token_rate)
+            media, audio, visual = encoder.encode_file(path)
         except MediaError as error:
             raise QueryError(f"cannot use query {path}: {error.message} ({error.status})") from None
-        return QueryTokens(path, kind, audio, media.audio_start, extractor.audio.token_rate, visual, media.frame_times)
+        return QueryTokens(path, kind, audio, media.audio_start, encoder.audio.token_rate, visual, media.frame_times)
 
 
 @torch.no_grad()

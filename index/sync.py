@@ -132,10 +132,10 @@ def sync_tokens(heads, audio_tokens, audio_start, audio_rate, visual_tokens, fra
 
 def sync_cached(cache, video_id: str, heads, max_offset: float = DEFAULT_MAX_OFFSET) -> SyncResult:
     """Offset of a video whose tokens are in ``cache`` (no decoding, no backbones)."""
-    row = cache.row(video_id)
+    record = cache.ok_record(video_id)
     return sync_tokens(
-        heads, cache.audio_tokens(video_id), row["audio_start"], row["audio_rate"], cache.visual_tokens(video_id),
-        cache.frame_times(video_id), row["fps"], max_offset,
+        heads, cache.read_audio(record), record.audio_start, record.audio_rate, cache.read_frames(record),
+        cache.frame_times(record), record.fps, max_offset,
     )
 
 

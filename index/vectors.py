@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from avfeat.align.scores import pooled_audio, pooled_visual
 from avfeat.align.windows import Window, WindowGeometry, video_windows
+from avfeat.data.records import VideoRecord
 
 AUDIO, VISUAL = "audio", "visual"
 MODALITIES = (AUDIO, VISUAL)
@@ -77,11 +78,11 @@ class Timeline:
     audio_length: int
     frame_times: np.ndarray
 
-    def row(self) -> dict:
-        return {"video_id": self.video_id, "audio_start": self.audio_start, "audio_rate": self.audio_rate, "audio_length": self.audio_length}
+    def record(self) -> VideoRecord:
+        return VideoRecord(self.video_id, path="", audio_start=self.audio_start, audio_rate=self.audio_rate, audio_length=self.audio_length)
 
     def windows(self, geometry: WindowGeometry, hop: float | None) -> list[Window]:
-        return video_windows(self.row(), self.frame_times, geometry, hop)
+        return video_windows(self.record(), self.frame_times, geometry, hop)
 
 
 @torch.no_grad()

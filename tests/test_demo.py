@@ -27,7 +27,7 @@ def test_demo_writes_every_stage_and_a_report_with_pictures(demo):
 
 
 def test_eval_on_the_demo_meets_the_acceptance_levels(demo):
-    report = json.loads(avfeat("eval", demo / "heads", demo / "cache", "--labels", demo / "synth" / "ground_truth.parquet", "--json", check=0).stdout)
+    report = json.loads(avfeat("eval", demo / "cache", "--heads", demo / "heads", "--labels", demo / "synth" / "ground_truth.parquet", "--json", check=0).stdout)
     retrieval = report["retrieval"]
     assert set(retrieval) == {"a2v", "v2a", "class_a2v", "class_v2a"}
     assert set(retrieval["a2v"]) == {"R@1", "R@5", "R@10", "median_rank"}
@@ -36,7 +36,7 @@ def test_eval_on_the_demo_meets_the_acceptance_levels(demo):
     localization = report["localization"]
     assert localization["pointing_game"] >= 3 * localization["box_area_share"]
     # without ground truth: instance level only, no localization
-    plain = json.loads(avfeat("eval", demo / "heads", demo / "cache", "--json", check=0).stdout)
+    plain = json.loads(avfeat("eval", demo / "cache", "--heads", demo / "heads", "--json", check=0).stdout)
     assert set(plain["retrieval"]) == {"a2v", "v2a"} and "localization" not in plain
 
 
@@ -46,8 +46,9 @@ def test_demo_refuses_unusable_output(tmp_path):
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1 and "not a folder" in result.stderr
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("keep me")
-    result = avfeat("demo", "--out", tmp_path / "full")
-    assert result.returncode == 1 and "--overwrite" in result.stderr
+    for flags in ((), ("--overwrite",)):
+        result = avfeat("demo", "--out", tmp_path / "full", *flags)
+        assert result.returncode == 1 and "not an avfeat demo" in result.stderr
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
 
 
@@ -57,6 +58,6 @@ def test_eval_refuses_heads_from_other_backbones(demo, tmp_path):
     make_corpus(tmp_path / "v", videos=3, seconds=2.0, classes=2, seed=1, size=64)
     other = tmp_path / "cache"
     avfeat("extract", tmp_path / "v", "--out", other, "--audio-model", "random:hubert-tiny", "--visual-model", "random:dinov2-tiny", "--visual-layer", "1", "--quiet", check=0)
-    result = avfeat("eval", demo / "heads", other)
+    result = avfeat("eval", other, "--heads", demo / "heads")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "visual_layer" in result.stderr

@@ -28,7 +28,7 @@ def test_train_head_then_attention_map(small_cache, tmp_path):
     assert {p.name for p in heads.iterdir()} >= {"heads.safetensors", "config.json", "state.safetensors", "metrics.jsonl", "curves.png"}
     assert not list(heads.glob("*.tmp"))
     video_id = json.loads((heads / "config.json").read_text())["split"]["val_videos"][0]
-    result = avfeat("attention-map", heads, small_cache, video_id, "--time", 0.5, "--out", tmp_path / "map.png", check=0)
+    result = avfeat("attention-map", small_cache, video_id, "--heads", heads, "--time", 0.5, "--out", tmp_path / "map.png", check=0)
     assert (tmp_path / "map.png").stat().st_size > 1000 and result.stderr == ""
 
 
@@ -38,13 +38,13 @@ def test_attention_map_without_the_video_file_draws_the_map_alone(small_cache, t
     avfeat("train-head", cache, "--out", tmp_path / "heads", *TRAIN, "--epochs", 1, check=0)
     from avfeat.data.cache import Cache
 
-    row = Cache(cache).videos(status="ok")[0]
+    record = Cache(cache).records(status="ok")[0]
     try:
         (tmp_path / "gone").mkdir()
-        shutil.move(row["path"], tmp_path / "gone" / "x.mp4")
-        result = avfeat("attention-map", tmp_path / "heads", cache, row["video_id"], "--time", 1, "--out", tmp_path / "map.png", check=0)
+        shutil.move(record.path, tmp_path / "gone" / "x.mp4")
+        result = avfeat("attention-map", cache, record.video_id, "--heads", tmp_path / "heads", "--time", "0:01", "--out", tmp_path / "map.png", check=0)
     finally:
-        shutil.move(tmp_path / "gone" / "x.mp4", row["path"])
+        shutil.move(tmp_path / "gone" / "x.mp4", record.path)
     assert "is gone; drawing the map alone" in result.stderr and (tmp_path / "map.png").is_file()
 
 
@@ -97,4 +97,6 @@ def test_bad_options(small_cache, tmp_path, args, fragment):
 
 def test_resume_without_a_checkpoint_and_attention_map_of_missing_heads(small_cache, tmp_path):
     one_line_error(avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, "--resume"), "not a heads checkpoint")
-    one_line_error(avfeat("attention-map", tmp_path / "heads", small_cache, "x", "--time", 0), "does not exist")
+    one_line_error(avfeat("attention-map", small_cache, "x", "--heads", tmp_path / "heads", "--time", 0), "does not exist")
+    one_line_error(avfeat("attention-map", small_cache, "x", "--heads", tmp_path / "heads", "--time", "nan"), "cannot read the time")
+    one_line_error(avfeat("attention-map", small_cache, "x", "--heads", tmp_path / "heads", "--time", 0, "--device", "tpu9"), "is not a device")

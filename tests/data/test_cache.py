@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from avfeat.data.cache import Cache, CacheLayout, ShardWriter, empty_row, open_for_writing, read_manifest
+from avfeat.data.cache import Cache, CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
 from avfeat.errors import CacheError
 
 CONFIG = {"audio_model": "random:hubert-tiny", "fps": 2.0}
@@ -11,22 +11,21 @@ CONFIG = {"audio_model": "random:hubert-tiny", "fps": 2.0}
 
 def _write_shard(root, index, videos, failures=()):
     layout = open_for_writing(root, CONFIG)
-    writer = ShardWriter(layout, index, audio_dim=4, visual_tokens_per_frame=3, visual_dim=2, attrs={"spec": "x"})
-    for vid, frames, tokens in videos:
-        row = dict(empty_row(vid, f"/videos/{vid}.mp4", 10, 1.0), audio_start=0.5, audio_rate=50.0, duration=frames / 2)
-        audio = np.arange(tokens * 4, dtype=np.float32).reshape(tokens, 4) + index
-        visual = np.full((frames, 3, 2), len(vid), dtype=np.float32)
-        writer.add(row, audio, visual, np.arange(frames) / 2.0)
-    for vid, status in failures:
-        writer.add_failure(empty_row(vid, f"/videos/{vid}.mp4", 0, 0.0), status, "broken")
-    writer.commit()
+    with ShardWriter(layout, index, audio_dim=4, visual_tokens_per_frame=3, visual_dim=2, attrs={"spec": "x"}) as writer:
+        for vid, frames, tokens in videos:
+            record = new_record(vid, f"/videos/{vid}.mp4", 10, 1.0).with_(audio_start=0.5, audio_rate=50.0, duration=frames / 2)
+            audio = np.arange(tokens * 4, dtype=np.float32).reshape(tokens, 4) + index
+            visual = np.full((frames, 3, 2), len(vid), dtype=np.float32)
+            writer.add(record, audio, visual, np.arange(frames) / 2.0)
+        for vid, status in failures:
+            writer.add_failure(new_record(vid, f"/videos/{vid}.mp4", 0, 0.0), status, "broken")
     return layout
 
 
 def test_round_trip_and_time_windows(tmp_path):
     _write_shard(tmp_path, 0, [("a", 4, 100), ("bb", 6, 150)], failures=[("c", "unreadable")])
     cache = Cache(tmp_path)
-    assert [v["video_id"] for v in cache.videos()] == ["a", "bb", "c"]
+    assert [v.video_id for v in cache.records()] == ["a", "bb", "c"]
     assert cache.status_counts() == {"ok": 2, "unreadable": 1}
     assert cache.audio_tokens("bb").shape == (150, 4)
     assert cache.visual_tokens("bb").shape == (6, 3, 2)
@@ -40,6 +39,18 @@ def test_round_trip_and_time_windows(tmp_path):
         cache.audio_tokens("c")
     with pytest.raises(CacheError, match="not in the cache"):
         cache.audio_tokens("zzz")
+    with pytest.raises(CacheError, match="did you mean bb"):
+        cache.audio_tokens("b")
+
+
+def test_a_failing_writer_block_leaves_no_shard(tmp_path):
+    layout = _write_shard(tmp_path, 0, [("a", 2, 10)])
+    with pytest.raises(RuntimeError):
+        with ShardWriter(layout, 1, audio_dim=4, visual_tokens_per_frame=3, visual_dim=2, attrs={}) as writer:
+            writer.add(new_record("b", "/videos/b.mp4", 1, 1.0).with_(audio_rate=50.0), np.zeros((3, 4)), np.zeros((1, 3, 2)), [0.0])
+            raise RuntimeError("stop")
+    assert sorted(p.name for p in layout.shard_dir.iterdir()) == ["shard-00000.h5"]
+    assert [r.video_id for r in Cache(tmp_path).records()] == ["a"]
 
 
 def test_latest_record_wins(tmp_path):
@@ -47,14 +58,14 @@ def test_latest_record_wins(tmp_path):
     _write_shard(tmp_path, 1, [("b", 3, 20)])
     cache = Cache(tmp_path)
     assert cache.status_counts() == {"ok": 2}
-    assert cache.row("b")["shard"] == 1 and cache.visual_tokens("b").shape[0] == 3
+    assert cache.record("b").shard == 1 and cache.visual_tokens("b").shape[0] == 3
 
 
 def test_uncommitted_shards_and_temp_files_are_removed(tmp_path):
     layout = _write_shard(tmp_path, 0, [("a", 2, 10)])
     orphan = layout.shard_dir / "shard-00001.h5"
     orphan.write_bytes(b"half written")
-    (layout.shard_dir / "shard-00002.h5.tmp").write_bytes(b"x")
+    (layout.shard_dir / "shard-00002.h5.123.tmp").write_bytes(b"x")
     (layout.manifest_dir / "part-00002.parquet.tmp").write_bytes(b"x")
     open_for_writing(tmp_path, CONFIG)
     assert sorted(p.name for p in layout.shard_dir.iterdir()) == ["shard-00000.h5"]

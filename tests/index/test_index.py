@@ -15,7 +15,8 @@ from avfeat.data.cache import Cache
 from avfeat.data.synth import write_media
 from avfeat.errors import InputError, SearchIndexError
 from avfeat.index import Searcher
-from avfeat.index.build import build_faiss, choose_factory, parse_size
+from avfeat.common import parse_size
+from avfeat.index.build import build_faiss, choose_factory
 from avfeat.index.locate import vote
 from avfeat.index.search import Hit
 from avfeat.index.sync import sync_cached, sync_tokens

@@ -1,0 +1,169 @@
+"""The typed records where the stages meet.
+
+- :class:`VideoRecord`: one manifest row. It owns the one rule that turns seconds into audio-token
+  and frame indices, so a window (training, index, rerank, sync, eval, attention maps, queries)
+  means the same tokens everywhere.
+- :class:`BackboneSpec`: which backbones made the tokens and what the tokens look like. Extract
+  writes it into cache.json; checkpoints and indexes copy it; :meth:`BackboneSpec.check_same`
+  is the one comparison, raising the one error type :class:`BackboneMismatchError`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from avfeat.errors import BackboneMismatchError
+
+OK = "ok"
+
+# Half a token or frame is rounded up; the epsilon keeps times such as 0.97 s (stored as
+# 0.96999...) from landing on the other side of a half than the decimal says.
+_EPS = 1e-9
+
+
+def nearest_index(seconds: float, rate: float) -> int:
+    """The index of the step nearest to ``seconds`` on a grid of ``rate`` steps per second
+    (halves round up): the one rounding rule for times and lengths."""
+    return int(math.floor(seconds * rate + 0.5 + _EPS))
+
+
+def token_count(seconds: float, rate: float) -> int:
+    """Tokens (or frames) a span of ``seconds`` holds at ``rate`` per second; at least one."""
+    return max(1, nearest_index(seconds, rate))
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One manifest row: an input video, its status, and where its tokens lie in its shard."""
+
+    video_id: str
+    path: str
+    size: int = 0
+    mtime: float = 0.0
+    status: str = OK
+    error: str = ""
+    duration: float = 0.0
+    shard: int = -1
+    audio_offset: int = 0
+    audio_length: int = 0
+    audio_start: float = 0.0  # seconds: the first audio token's start
+    audio_rate: float = 0.0  # audio tokens per second
+    visual_offset: int = 0
+    visual_length: int = 0
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    source_sample_rate: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # user columns, kept as given
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "VideoRecord":
+        names = _FIELD_NAMES
+        known = {k: v for k, v in row.items() if k in names}
+        extra = {k: v for k, v in row.items() if k not in names}
+        return cls(**known, extra=extra)
+
+    def to_row(self) -> dict[str, Any]:
+        """The manifest row (without the user columns, which the manifest stores apart)."""
+        row = asdict(self)
+        row.pop("extra")
+        return row
+
+    def with_(self, **changes) -> "VideoRecord":
+        return replace(self, **changes)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    # ---- the time rule -------------------------------------------------------------------
+
+    def audio_index(self, seconds: float) -> int:
+        """Index of the audio token that starts nearest to ``seconds`` (may lie outside the video)."""
+        return nearest_index(seconds - self.audio_start, self.audio_rate)
+
+    def audio_span(self, start: float | None = None, end: float | None = None) -> tuple[int, int]:
+        """(first, stop) audio-token indices of the span [start, end) seconds, clipped to the
+        video: ``first`` is the token nearest ``start`` and the span holds the token count of
+        ``end - start`` seconds, so a span means the same tokens wherever it is cut."""
+        begin = 0 if start is None else self.audio_index(start)
+        if end is None:
+            stop = self.audio_length
+        elif start is None:
+            stop = self.audio_index(end)
+        else:
+            stop = begin + nearest_index(end - start, self.audio_rate)
+        first = min(max(0, begin), self.audio_length)
+        return first, min(max(first, stop), self.audio_length)
+
+    def audio_times(self) -> np.ndarray:
+        """Start time in seconds of each audio token."""
+        return self.audio_start + np.arange(self.audio_length) / self.audio_rate
+
+    @staticmethod
+    def frame_span(frame_times: np.ndarray, start: float | None = None, end: float | None = None) -> tuple[int, int]:
+        """(first, stop) frame indices of the frames whose timestamp lies in [start, end)."""
+        first = 0 if start is None else int(np.searchsorted(frame_times, start - _EPS, side="left"))
+        stop = len(frame_times) if end is None else int(np.searchsorted(frame_times, end - _EPS, side="left"))
+        return first, max(first, stop)
+
+
+_FIELD_NAMES = {f.name for f in fields(VideoRecord)} - {"extra"}
+
+
+# The cache.json keys that describe the tokens. Heads and indexes must share every one of the
+# MATCH keys with a cache to apply to its tokens.
+_MATCH = ("audio_model", "visual_model", "audio_layer", "visual_layer", "audio_dim", "visual_dim")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """The backbones and the tensors they produce: models, layers, dims, rates, frame geometry,
+    storage. Written by extract into cache.json, copied into checkpoints and indexes."""
+
+    audio_model: str
+    visual_model: str
+    audio_layer: int = -1
+    visual_layer: int = -1
+    fps: float = 1.0
+    storage_dtype: str = "float16"
+    sample_rate: int = 16000
+    audio_token_rate: float = 50.0
+    audio_dim: int = 0
+    visual_dim: int = 0
+    visual_tokens: int = 0  # per frame: CLS + patches
+    visual_grid: tuple[int, int] = (0, 0)
+    frame_geometry: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "BackboneSpec":
+        """From cache.json, a checkpoint's "cache" section or an index's meta.json (other keys
+        are ignored; keys an older file lacks keep their defaults)."""
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in values.items() if k in names and v is not None}
+        if "visual_grid" in known:
+            known["visual_grid"] = tuple(known["visual_grid"])
+        try:
+            return cls(**known)
+        except TypeError as error:
+            raise BackboneMismatchError(f"incomplete backbone description: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["visual_grid"] = list(self.visual_grid)
+        return values
+
+    def check_same(self, other: "BackboneSpec", mine: str, theirs: str) -> None:
+        """Refuse tokens from other backbones than these: one error, naming every difference.
+
+        Raises:
+            BackboneMismatchError: ``mine`` (e.g. "heads X") and ``theirs`` ("cache Y") differ.
+        """
+        diff = [f"{k}: {mine.split()[0]} {getattr(self, k)!r}, {theirs.split()[0]} {getattr(other, k)!r}"
+                for k in _MATCH if getattr(self, k) != getattr(other, k)]
+        if diff:
+            raise BackboneMismatchError(f"{mine} and {theirs} come from different backbones ({'; '.join(diff)})")
