@@ -45,7 +45,7 @@ def class_recall(corpus, cache_path, heads):
     scores, video_ids, _ = held_out_scores(load_checkpoint(heads), cache_path)
     truth = {row["path"]: row["class"] for row in pq.read_table(corpus / "ground_truth.parquet").to_pylist()}
     cache = Cache(cache_path)
-    labels = [truth[os.path.basename(cache.row(v)["path"])] for v in video_ids]
+    labels = [truth[os.path.basename(cache.record(v).path)] for v in video_ids]
     metrics = both_directions(scores, labels, labels)
     return metrics["a2v"]["R@1"], metrics["v2a"]["R@1"], len(video_ids)
 

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from avfeat.data.cache import ShardWriter, empty_row, open_for_writing
+from avfeat.data.cache import ShardWriter, new_record, open_for_writing
 
 from .conftest import avfeat
 
@@ -51,12 +51,12 @@ def test_attention_map_without_the_video_file_draws_the_map_alone(small_cache, t
 def test_existing_output_is_refused_unless_resume_or_overwrite(small_cache, tmp_path):
     heads = tmp_path / "heads"
     avfeat("train-head", small_cache, "--out", heads, *TRAIN, "--epochs", 1, check=0)
-    one_line_error(avfeat("train-head", small_cache, "--out", heads, *TRAIN), "already exists", "--resume", "--overwrite")
+    one_line_error(avfeat("train-head", small_cache, "--out", heads, *TRAIN), "already holds an avfeat heads checkpoint", "--resume", "--overwrite")
     avfeat("train-head", small_cache, "--out", heads, *TRAIN, "--overwrite", check=0)
     other = tmp_path / "not_heads"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    one_line_error(avfeat("train-head", small_cache, "--out", other, *TRAIN, "--overwrite"), "not a heads checkpoint")
+    one_line_error(avfeat("train-head", small_cache, "--out", other, *TRAIN, "--overwrite"), "not an avfeat heads checkpoint")
     assert (other / "notes.txt").read_text() == "mine"
 
 
@@ -75,9 +75,8 @@ def test_cache_with_no_ok_videos(small_cache, tmp_path):
     config = json.loads((small_cache / "cache.json").read_text())
     config.pop("avfeat_version")
     layout = open_for_writing(tmp_path / "cache", config)
-    writer = ShardWriter(layout, 0, config["audio_dim"], config["visual_tokens"], config["visual_dim"], attrs={})
-    writer.add_failure(empty_row("a", "/x/a.mp4", 0, 0.0), "no_audio", "no audio stream")
-    writer.commit()
+    with ShardWriter(layout, 0, config["audio_dim"], config["visual_tokens"], config["visual_dim"], attrs={}) as writer:
+        writer.add_failure(new_record("a", "/x/a.mp4", 0, 0.0), "no_audio", "no audio stream")
     one_line_error(avfeat("train-head", tmp_path / "cache", "--out", tmp_path / "heads", *TRAIN), "no videos with status ok", "no_audio 1")
 
 

@@ -31,7 +31,7 @@ def test_split_is_deterministic_by_video_and_seeded():
 
 def test_plan_has_distinct_videos_per_batch_and_far_enough_shifts(small_cache):
     cache = Cache(small_cache)
-    ids = [r["video_id"] for r in cache.videos(status="ok")]
+    ids = [r.video_id for r in cache.records(status="ok")]
     _, table = data.check_window(cache, ids, 1.0)
     plan = data.epoch_plan(table, list(range(len(ids))), 4, passes=3, min_shift=1.0, generator=torch.Generator().manual_seed(0))
     assert plan.windows.shape == (6, 4)
@@ -45,7 +45,7 @@ def test_plan_has_distinct_videos_per_batch_and_far_enough_shifts(small_cache):
 
 def test_memory_and_streamed_batches_are_identical(small_cache):
     cache = Cache(small_cache)
-    ids = [r["video_id"] for r in cache.videos(status="ok")]
+    ids = [r.video_id for r in cache.records(status="ok")]
     geometry, table = data.check_window(cache, ids, 1.0)
     plan = data.epoch_plan(table, list(range(len(ids))), 4, passes=2, min_shift=1.0, generator=torch.Generator().manual_seed(1))
     memory = list(data.MemoryWindows(cache, table, torch.device("cpu")).batches(plan.windows))
@@ -75,7 +75,7 @@ def test_a_short_run_lowers_the_loss_and_writes_a_loadable_checkpoint(small_cach
     assert set(config) >= {"heads", "window", "hop", "cache", "training", "split", "avfeat_version"}
     assert config["cache"]["audio_model"] == "random:hubert-tiny" and len(config["split"]["val_videos"]) == 2
     cache = Cache(small_cache)
-    vid = cache.videos(status="ok")[0]["video_id"]
+    vid = cache.records(status="ok")[0].video_id
     projected = checkpoint.heads.project_audio(torch.from_numpy(cache.audio_tokens(vid)).float())
     assert projected.shape[-1] == 16 and torch.allclose(projected.norm(dim=-1), torch.ones(1))
     lines = (tmp_path / "heads" / "metrics.jsonl").read_text().splitlines()
@@ -129,10 +129,10 @@ def test_attention_map_draws_over_the_frame_or_alone(small_cache, tmp_path):
     run(small_cache, tmp_path / "heads", epochs=1)
     checkpoint = load_checkpoint(tmp_path / "heads")
     cache = Cache(small_cache)
-    vid = cache.videos(status="ok")[0]["video_id"]
+    vid = cache.records(status="ok")[0].video_id
     assert attention_map(checkpoint, cache, vid, 1.0, tmp_path / "map.png") == []
     assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
     from avfeat.align.plots import decode_frame
 
-    frame = decode_frame(cache.row(vid)["path"], 1.0, cache.config["frame_geometry"])
+    frame = decode_frame(cache.record(vid).path, 1.0, cache.config["frame_geometry"])
     assert frame.shape == (*cache.config["frame_geometry"]["crop"], 3)

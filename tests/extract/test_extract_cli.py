@@ -41,15 +41,15 @@ def reference_cache(corpus, tmp_path_factory):
 def test_synthetic_videos_end_to_end(corpus, reference_cache):
     cache = Cache(reference_cache)
     truth = pq.read_table(corpus / "ground_truth.parquet").to_pylist()
-    rows = cache.videos()
+    rows = cache.records()
     assert len(rows) == len(truth) == 6
-    assert {os.path.basename(r["path"]) for r in rows} == {t["path"] for t in truth}
+    assert {os.path.basename(r.path) for r in rows} == {t["path"] for t in truth}
     for row in rows:
-        assert row["status"] == "ok", row
-        assert abs(row["duration"] - 3.0) < 0.1
-        audio = cache.audio_tokens(row["video_id"])
-        visual = cache.visual_tokens(row["video_id"])
-        times = cache.frame_times(row["video_id"])
+        assert row.status == "ok", row
+        assert abs(row.duration - 3.0) < 0.1
+        audio = cache.audio_tokens(row.video_id)
+        visual = cache.visual_tokens(row.video_id)
+        times = cache.frame_times(row.video_id)
         assert audio.shape[1] == cache.config["audio_dim"] and abs(len(audio) - 150) <= 2  # 50 Hz
         assert visual.shape[1:] == (cache.config["visual_tokens"], cache.config["visual_dim"])
         assert len(visual) == len(times) == 6  # 2 fps over 3 s
@@ -65,14 +65,22 @@ def test_info_text_and_json(reference_cache):
     report = json.loads(avfeat("info", reference_cache, "--json", check=0).stdout)
     assert report["status_counts"] == {"ok": 6}
     assert report["videos"] == 6 and report["bytes"] > 0 and report["media_hours"] == pytest.approx(18 / 3600, rel=0.05)
+    ids = [entry["video_id"] for entry in report["video_list"]]
+    listed = avfeat("info", reference_cache, "--videos", check=0).stdout.strip().splitlines()
+    assert len(ids) == 6 and [line.split("\t")[0] for line in listed] == ids and all("\tok\t" in line for line in listed)
 
 
 def test_rerun_skips_everything_and_changed_config_is_refused(corpus, reference_cache):
     before = {p.name: p.stat().st_mtime_ns for p in (reference_cache / "shards").iterdir()}
-    result = extract(corpus, reference_cache, check=0)
+    result = extract(corpus, reference_cache, "--resume", check=0)
+    assert "6 already in the cache" in result.stdout
+    # --resume alone takes the cache's own models and settings
+    result = avfeat("extract", corpus, "--out", reference_cache, "--resume", "--quiet", check=0)
     assert "6 already in the cache" in result.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (reference_cache / "shards").iterdir()} == before
-    refused = avfeat("extract", corpus, "--out", reference_cache, *TINY, "--fps", 1, "--quiet")
+    without_flag = avfeat("extract", corpus, "--out", reference_cache, "--quiet")
+    assert without_flag.returncode == 1 and "pass --resume to continue it or --overwrite to replace it" in without_flag.stderr
+    refused = avfeat("extract", corpus, "--out", reference_cache, *TINY, "--fps", 1, "--quiet", "--resume")
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == [refused.stderr.strip()]
     assert refused.stderr.startswith("avfeat: error:") and "different config" in refused.stderr
@@ -85,7 +93,7 @@ def _parts(out):
 
 def test_kill_at_random_moments_then_resume_gives_identical_cache(corpus, reference_cache, tmp_path):
     out = tmp_path / "cache"
-    command = [sys.executable, "-m", "avfeat", "extract", str(corpus), "--out", str(out), *TINY, "--fps", "2", "--quiet", "--shard-size", "2", "--workers", "2"]
+    command = [sys.executable, "-m", "avfeat", "extract", str(corpus), "--out", str(out), *TINY, "--fps", "2", "--quiet", "--shard-size", "2", "--workers", "2", "--resume"]
     rng = random.Random(1234)
     left_behind = []
     for target in range(3):
@@ -102,7 +110,7 @@ def test_kill_at_random_moments_then_resume_gives_identical_cache(corpus, refere
         process.wait()
         left_behind.append(_parts(out))
     assert len(left_behind) >= 2 and min(left_behind) < 3, left_behind
-    extract(corpus, out, "--shard-size", 2, "--workers", 2, check=0)
+    extract(corpus, out, "--shard-size", 2, "--workers", 2, "--resume", check=0)
     assert not list(out.rglob("*.tmp"))
     assert_same_cache(out, reference_cache)
 
@@ -114,13 +122,13 @@ def test_bad_inputs_are_recorded_and_the_job_goes_on(tmp_path):
     result = extract(folder, tmp_path / "cache", "--workers", 2)
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
-    by_name = {os.path.basename(r["path"]): r for r in Cache(tmp_path / "cache").videos()}
-    assert by_name["good.mp4"]["status"] == "ok"
+    by_name = {os.path.basename(r.path): r for r in Cache(tmp_path / "cache").records()}
+    assert by_name["good.mp4"].status == "ok"
     for status, path in expected.items():
         row = by_name[os.path.basename(path)]
-        assert row["status"] == status, (path, row)
+        assert row.status == status, (path, row)
         if status != "ok":
-            assert row["error"]
+            assert row.error
     report = json.loads(avfeat("info", tmp_path / "cache", "--json", check=0).stdout)
     assert report["status_counts"]["ok"] >= 1 and sum(report["status_counts"].values()) == len(by_name)
 
@@ -134,10 +142,10 @@ def test_retry_failed_and_limit(tmp_path):
     out = tmp_path / "cache"
     extract(folder, out, "--limit", 2, check=3)
     assert Cache(out).status_counts() == {"ok": 1, "unreadable": 1}
-    extract(folder, out, check=3)  # c is new; b stays failed without --retry-failed
+    extract(folder, out, "--resume", check=3)  # c is new; b stays failed without --retry-failed
     assert Cache(out).status_counts() == {"ok": 2, "unreadable": 1}
     make_clip(folder / "b.mp4", seconds=1.5)
-    extract(folder, out, "--retry-failed", check=0)
+    extract(folder, out, "--resume", "--retry-failed", check=0)
     assert Cache(out).status_counts() == {"ok": 3}
 
 
@@ -158,14 +166,14 @@ def test_real_clips(media_dir, tmp_path):
     out = tmp_path / "cache"
     extract(media_dir, out, "--workers", 2, check=0)
     cache = Cache(out)
-    rows = cache.videos()
+    rows = cache.records()
     assert len(rows) == len(list(media_dir.glob("*.mp4"))) + len(list(media_dir.glob("*.webm")))
     for row in rows:
-        assert row["status"] == "ok", row
-        with av.open(row["path"]) as container:
+        assert row.status == "ok", row
+        with av.open(row.path) as container:
             container_duration = container.duration / av.time_base
-        assert abs(row["duration"] - container_duration) < 0.1, row["path"]
-        times = cache.frame_times(row["video_id"])
+        assert abs(row.duration - container_duration) < 0.1, row.path
+        times = cache.frame_times(row.video_id)
         assert len(times) >= 2 and np.all(np.diff(times) > 0)
-        assert times[0] >= 0 and times[-1] < row["duration"]
-        assert abs(len(cache.audio_tokens(row["video_id"])) - row["duration"] * 50) < 0.2 * 50
+        assert times[0] >= 0 and times[-1] < row.duration
+        assert abs(len(cache.audio_tokens(row.video_id)) - row.duration * 50) < 0.2 * 50

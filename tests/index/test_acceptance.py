@@ -106,15 +106,15 @@ def test_locate_finds_source_and_time(setup, tmp_path):
     _, searcher = setup
     rng = np.random.default_rng(0)
     found = []
-    for i, row in enumerate(searcher.cache.videos(status="ok")[:20]):
+    for i, row in enumerate(searcher.cache.records(status="ok")[:20]):
         start = round(float(rng.uniform(0.2, 1.8)), 2)
-        with av.open(row["path"]) as container:
+        with av.open(row.path) as container:
             frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0) if start - 1e-6 <= f.time < start + 2.0 - 1e-6])
-        with av.open(row["path"]) as container:
+        with av.open(row.path) as container:
             audio = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
         clip = tmp_path / f"clip{i}.mp4"
         write_media(clip, frames, 25, audio[int(start * 16000) : int((start + 2.0) * 16000)].astype(np.float32), 16000)
         best = searcher.locate(clip, k=1)[0]
-        found.append(best.video_id == row["video_id"] and abs(best.time - start) <= 0.2)
+        found.append(best.video_id == row.video_id and abs(best.time - start) <= 0.2)
     print(f"locate: {np.mean(found):.3f} over {len(found)} clips")
     assert len(found) == 20 and np.mean(found) >= LEVEL

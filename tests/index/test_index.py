@@ -77,13 +77,13 @@ def test_flat_is_exact_and_bad_factory_is_an_input_error():
 
 def test_window_vectors_are_pooled_projected_windows(cache, heads):
     store, checkpoint = Cache(cache), load_checkpoint(heads)
-    row = store.videos(status="ok")[0]
+    row = store.records(status="ok")[0]
     geometry = WindowGeometry.for_cache(store, 1.0)
-    windows = video_windows(row, store.frame_times(row["video_id"]), geometry, 0.4)
-    audio = project_audio(checkpoint.heads, store.audio_tokens(row["video_id"]))
-    visual = project_visual(checkpoint.heads, store.visual_tokens(row["video_id"]))
+    windows = video_windows(row, store.frame_times(row.video_id), geometry, 0.4)
+    audio = project_audio(checkpoint.heads, store.audio_tokens(row.video_id))
+    visual = project_visual(checkpoint.heads, store.visual_tokens(row.video_id))
     got_a = audio_window_vectors(audio, windows, geometry)
-    got_v = visual_window_vectors(frame_summaries(checkpoint.heads, store.visual_tokens(row["video_id"])), windows, geometry, "max-mean")
+    got_v = visual_window_vectors(frame_summaries(checkpoint.heads, store.visual_tokens(row.video_id)), windows, geometry, "max-mean")
     for i, w in enumerate(windows):
         want_a = pooled_audio(audio[w.audio : w.audio + geometry.audio_tokens])
         want_v = pooled_visual(visual[w.frame : w.frame + geometry.frames], "max-mean")
@@ -105,7 +105,7 @@ def test_index_writes_tables_and_meta(index, cache, heads):
         assert table.column_names == ["id", "video_id", "path", "start", "end"]
         assert table.num_rows == meta["modalities"][modality]["count"] > 0
         assert meta["modalities"][modality]["factory"] == "Flat"
-        assert set(table.column("video_id").to_pylist()) == {r["video_id"] for r in store.videos(status="ok")}
+        assert set(table.column("video_id").to_pylist()) == {r.video_id for r in store.records(status="ok")}
         ends = np.array(table.column("end")) - np.array(table.column("start"))
         assert np.allclose(ends, 1.0)
 
@@ -151,7 +151,7 @@ def test_audio_file_and_image_queries(index, corpus, tmp_path):
 
 def test_cached_id_query_and_rerank_scores_are_max_mean(index, cache):
     store = Cache(cache)
-    video = store.videos(status="ok")[1]["video_id"]
+    video = store.records(status="ok")[1].video_id
     searcher = Searcher(index)
     plain = searcher.search(f"{video}@0.0-2.0", k=3)
     reranked = searcher.search(f"{video}@0.0-2.0", k=3, rerank=6)
@@ -222,18 +222,18 @@ def test_locate_clip_cut_from_an_indexed_video(index, cache, tmp_path):
     import av
 
     store = Cache(cache)
-    row = store.videos(status="ok")[2]
+    row = store.records(status="ok")[2]
     start, length = 0.6, 1.6
-    with av.open(row["path"]) as container:
+    with av.open(row.path) as container:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0) if start - 1e-6 <= f.time < start + length - 1e-6])
-    with av.open(row["path"]) as container:
+    with av.open(row.path) as container:
         audio = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
     write_media(tmp_path / "clip.mp4", frames, 25, audio[int(start * 16000) : int((start + length) * 16000)].astype(np.float32), 16000)
     found = json.loads(avfeat("search", index, tmp_path / "clip.mp4", "--locate", "--json", "-k", 2, check=0).stdout)
     assert set(found[0]) == {"video_id", "path", "time", "votes"}
-    assert found[0]["video_id"] == row["video_id"] and abs(found[0]["time"] - start) <= 0.2
+    assert found[0]["video_id"] == row.video_id and abs(found[0]["time"] - start) <= 0.2
     best = Searcher(index).locate(f"{row['video_id']}@1.0-2.6", k=1)[0]
-    assert best.video_id == row["video_id"] and abs(best.time - 1.0) <= 0.2
+    assert best.video_id == row.video_id and abs(best.time - 1.0) <= 0.2
 
 
 # ---- sync --------------------------------------------------------------------------------------
@@ -275,9 +275,9 @@ def test_sync_recovers_a_known_offset(offset):
 
 def test_sync_cached_matches_sync_on_the_same_tokens(cache, heads):
     store, checkpoint = Cache(cache), load_checkpoint(heads)
-    row = store.videos(status="ok")[0]
-    vid = row["video_id"]
-    direct = sync_tokens(checkpoint.heads, store.audio_tokens(vid), row["audio_start"], row["audio_rate"], store.visual_tokens(vid), store.frame_times(vid), row["fps"], 1.0)
+    row = store.records(status="ok")[0]
+    vid = row.video_id
+    direct = sync_tokens(checkpoint.heads, store.audio_tokens(vid), row.audio_start, row.audio_rate, store.visual_tokens(vid), store.frame_times(vid), row.fps, 1.0)
     cached = sync_cached(store, vid, checkpoint.heads, max_offset=1.0)
     assert cached.offset == pytest.approx(direct.offset) and np.isfinite(cached.offset)
     assert 0.0 <= cached.confidence <= 1.0

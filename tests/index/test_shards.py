@@ -151,7 +151,7 @@ def test_shards_spread_over_gpus_and_are_not_mapped_there(ivf, monkeypatch):
 
 
 def test_search_cli_same_hits_sharded_and_not(ivf, cache):
-    video = Cache(cache).videos(status="ok")[1]["video_id"]
+    video = Cache(cache).records(status="ok")[1].video_id
     one = avfeat("search", ivf[1], f"{video}@0.0-2.0", "-k", 8, "--json", "--mmap", check=0).stdout
     sharded = avfeat("search", ivf[3], f"{video}@0.0-2.0", "-k", 8, "--json", "--no-mmap", check=0).stdout
     assert len(json.loads(one)) == 8 and json.loads(sharded) == json.loads(one)
@@ -168,7 +168,7 @@ def test_damaged_shard_is_one_line_error(ivf, cache, tmp_path, damage):
         shard.unlink()
     else:
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    video = Cache(cache).videos(status="ok")[0]["video_id"]
+    video = Cache(cache).records(status="ok")[0].video_id
     result = avfeat("search", folder, f"{video}@0.0-2.0")
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("avfeat: error:") and len(result.stderr.strip().splitlines()) == 1
