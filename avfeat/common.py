@@ -167,6 +167,7 @@ def prepare_output(
     overwrite: bool = False,
     can_resume: bool = True,
     own: Iterable[str] = (),
+    create: bool = True,
 ) -> OutputMode:
     """The one rule for an existing output folder, shared by every command.
 
@@ -175,7 +176,8 @@ def prepare_output(
     ``--overwrite`` is given, and either is accepted only when the folder holds avfeat's own
     output of this ``kind`` (recognised by its ``marker`` file): nothing else is ever touched.
     ``--overwrite`` deletes only the names listed in ``own`` (files or folders); the caller
-    writes the new output afterwards.
+    writes the new output afterwards. With ``create=False`` a missing folder is left for the
+    caller to make (one that writes a temp folder and renames it into place).
 
     Raises:
         InputError: the folder cannot be used; the message says which flag would help.
@@ -204,8 +206,9 @@ def prepare_output(
             else:
                 target.unlink(missing_ok=True)
         return OutputMode.OVERWRITE
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot create {out}: {one_line(error)}") from None
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"cannot create {out}: {one_line(error)}") from None
     return OutputMode.NEW

@@ -301,7 +301,7 @@ def build_index(
     from avfeat.common import prepare_output
     from avfeat.index.store import META_FILE
 
-    prepare_output(out, marker=META_FILE, kind="index", overwrite=overwrite, can_resume=False)
+    prepare_output(out, marker=META_FILE, kind="index", overwrite=overwrite, can_resume=False, create=False)
     from avfeat import __version__
     from avfeat.align.windows import WindowGeometry
     from avfeat.index.shards import check_count

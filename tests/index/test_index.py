@@ -176,8 +176,11 @@ def test_search_vectors(index):
 
 def test_other_heads_or_cache_are_refused(index, cache, tmp_path):
     other_heads = train_heads(cache, tmp_path / "other_heads", seed=1, steps=2)
-    result = avfeat("search", index, "anything.wav", "--heads", other_heads)
+    result = avfeat("search", index, "x@0-1", "--heads", other_heads)
     assert result.returncode == 1 and "other heads" in result.stderr
+    # the query is checked first: a missing file is refused before anything loads
+    missing = avfeat("search", index, "anything.wav", "--heads", other_heads)
+    assert missing.returncode == 1 and "neither a file nor VIDEO_ID@START-END" in missing.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     other_cache = tmp_path / "other_cache"
     shutil.copytree(cache, other_cache)
@@ -232,7 +235,7 @@ def test_locate_clip_cut_from_an_indexed_video(index, cache, tmp_path):
     found = json.loads(avfeat("search", index, tmp_path / "clip.mp4", "--locate", "--json", "-k", 2, check=0).stdout)
     assert set(found[0]) == {"video_id", "path", "time", "votes"}
     assert found[0]["video_id"] == row.video_id and abs(found[0]["time"] - start) <= 0.2
-    best = Searcher(index).locate(f"{row['video_id']}@1.0-2.6", k=1)[0]
+    best = Searcher(index).locate(f"{row.video_id}@1.0-2.6", k=1)[0]
     assert best.video_id == row.video_id and abs(best.time - 1.0) <= 0.2
 
 
