@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.avfeat-installed
 DEMO ?= demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-slow bench clean gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,23 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/avfeat demo --out $(DEMO) --overwrite
 
+# `make test`: everything but the `slow` end-to-end runs (at most 12 minutes on 2 CPU cores);
+# `make test-slow`: only those (acceptance levels, Ray, the demo). CI runs both.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/search.py
+
+# On a machine with an NVIDIA GPU: every GPU path, time-boxed (under 8 min), one JSON of
+# figures. Runs with the machine's own CUDA PyTorch (no venv, no install); see README "GPU check".
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -1,23 +1,25 @@
 """Several processes training one set of heads: ``torchrun --nproc-per-node N -m avfeat
-train-head ...`` or ``avfeat train-head --nproc N ...`` (which starts the N processes itself).
+train-head ...`` or ``avfeat train-head --nproc N ...`` (which hands the same command to torchrun's
+own launcher, ``torch.distributed.run``, in this process).
 
 Each process (rank) draws the same epoch plan from the same seed and takes its own equal share
 of every global batch, so N processes see exactly the batches one process sees. The projected
-tokens are gathered across ranks with their gradients; each rank scores its rows of the global
-score matrix, and its loss is the mean over its rows. The mean of the ranks' losses is then the
-one-process loss of the global batch, and the averaged gradients are its gradients (up to float
-rounding): the gathers send every rank's share of the gradient back to the rank whose tokens
-it belongs to.
+tokens are gathered across ranks with their gradients (``torch.distributed.nn.functional.
+all_gather``); each rank scores its rows of the global score matrix, and its loss is the mean
+over its rows. The mean of the ranks' losses is then the one-process loss of the global batch,
+and the averaged gradients are its gradients (up to float rounding): the gather's backward sends
+every rank's share of the gradient back to the rank whose tokens it belongs to, where they are
+summed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
+import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,7 +29,6 @@ import torch.distributed as dist
 
 from avfeat.errors import AvfeatError, InputError
 
-GRACE_SECONDS = 5.0  # after one process fails, the others' time to end by themselves
 # Collectives wait this long: the other ranks wait while rank 0 validates and saves, which on a
 # large validation set can outlast NCCL's default 10 minutes.
 TIMEOUT = timedelta(minutes=60)
@@ -63,7 +64,18 @@ class Group:
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's ``tensor`` concatenated in rank order along dim 0, with gradients."""
-        return tensor if self.world_size == 1 else _Gather.apply(tensor)
+        if self.world_size == 1:
+            return tensor
+        from torch.distributed.nn.functional import all_gather
+
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates it for the private ``_functional_collectives.all_gather_single``,
+            # whose backward exists only in recent torch; this one works from torch 2.2 on.
+            warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated", category=FutureWarning)
+            # The group is passed: its default is bound when torch's module is first imported, and
+            # a process that starts a new group (a resumed run in the same process) must not reuse
+            # a destroyed one, which the backward would then name.
+            return torch.cat(all_gather(tensor, group=dist.group.WORLD))
 
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean of ``tensor`` over ranks (a copy)."""
@@ -138,28 +150,6 @@ class Group:
             dist.destroy_process_group()
 
 
-class _Gather(torch.autograd.Function):
-    """all_gather whose backward sums each rank's gradient of the gathered tensor and hands
-    every rank the part that belongs to its own input."""
-
-    @staticmethod
-    def forward(ctx, tensor):
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad):
-        world, rank = dist.get_world_size(), dist.get_rank()
-        grad = grad.contiguous()
-        if dist.get_backend() == "nccl":
-            mine = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
-            dist.reduce_scatter_tensor(mine, grad)
-            return mine
-        dist.all_reduce(grad)  # gloo has no reduce-scatter: sum everything, keep this rank's part
-        return grad.chunk(world)[rank].clone()
-
-
 def env_world_size() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
@@ -219,13 +209,7 @@ def check_batch(batch_size: int, world_size: int) -> None:
         )
 
 
-# ---- `--nproc`: start the processes torchrun would ---------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# ---- `--nproc`: torchrun's launcher, run in this process -----------------------------------
 
 
 def without_option(args: list[str], name: str) -> list[str]:
@@ -241,57 +225,52 @@ def without_option(args: list[str], name: str) -> list[str]:
     return kept
 
 
-def launch(args: list[str], nproc: int) -> int:
-    """Run ``python -m avfeat ARGS`` as ranks 0..nproc-1 of one process group on this machine
-    and wait for them; returns the exit status (the first failing process's)."""
-    port = free_port()
-    base = dict(os.environ)
-    base.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: N processes must not each use every core
-    procs = []
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # a stopped launcher stops its processes
+def launch(args: list[str], nproc: int, module: str = "avfeat") -> int:
+    """Run ``python -m MODULE ARGS`` as ranks 0..nproc-1 on this machine, as
+    ``torchrun --standalone --nproc-per-node N -m MODULE ARGS`` does, and wait for them.
+
+    torchrun stops the other processes as soon as one fails. Returns 0, or the failing
+    process's exit status (128 + N for one killed by signal N, as a shell reports it). The
+    processes print their own errors (rank 0 alone for a setup error), so the launcher adds a
+    line only for a process killed by a signal, which could not; torchrun's own logging (its
+    failure report, its notice that it sets OMP_NUM_THREADS) is silenced.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
+    from torch.distributed.run import main as torchrun
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun: N processes must not each use every core
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     try:
-        for rank in range(nproc):
-            env = {**base, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
-                   "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)}
-            procs.append(subprocess.Popen([sys.executable, "-m", "avfeat", *args], env=env))
-        return wait_all(procs)
-    except KeyboardInterrupt:
-        stop(procs, grace=0)
-        return 130
+        # torchrun's per-run folder of the processes' error files, removed afterwards
+        with tempfile.TemporaryDirectory(prefix="avfeat-torchrun-") as logs:
+            torchrun(["--standalone", "--nproc-per-node", str(nproc), "--log-dir", logs, "-m", module, *args])
+    except ChildFailedError as error:
+        rank, failure = first_failure(error.failures)
+        if failure.exitcode >= 0:
+            return failure.exitcode
+        print(f"{module}: error: process {rank} of {nproc} was killed by {_signal_name(-failure.exitcode)}", file=sys.stderr)
+        return 128 - failure.exitcode
+    except SignalException as stopped:  # the launcher was stopped; torchrun has stopped the processes
+        return 128 + int(stopped.sigval)
+    except RendezvousError as error:
+        raise InputError(f"torchrun could not start {nproc} processes: {(str(error).strip().splitlines() or [type(error).__name__])[0]}") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        logging.disable(previous)
+    return 0
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+def first_failure(failures: dict) -> tuple:
+    """(rank, failure) of the process whose failure ended the run. torchrun terminates the
+    others (SIGTERM) as soon as one fails, and its timestamps have one-second resolution, so a
+    process that failed by itself comes first, then the earliest, then the lowest rank."""
+    return min(failures.items(), key=lambda item: (item[1].exitcode == -signal.SIGTERM, item[1].timestamp, item[0]))
 
 
-def wait_all(procs: list[subprocess.Popen], grace: float = GRACE_SECONDS) -> int:
-    """Wait for every process; as soon as one fails, stop the others. Returns 0, or the first
-    failure's exit status (128 + N for a process killed by signal N, as a shell reports it)."""
-    while True:
-        codes = [p.poll() for p in procs]
-        failed = next((c for c in codes if c not in (None, 0)), None)
-        if failed is not None:
-            stop(procs, grace)
-            return failed if failed > 0 else 128 - failed
-        if all(c == 0 for c in codes):
-            return 0
-        time.sleep(0.1)
-
-
-def stop(procs: list[subprocess.Popen], grace: float) -> None:
-    """Give the processes ``grace`` seconds to end by themselves (they usually fail the same
-    way, and rank 0 says why), then terminate, then kill them."""
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        time.sleep(0.05)
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -12,7 +12,9 @@ is the same cache: the other commands read it unchanged, and a crashed or stoppe
 from the manifest by running the same command again (with or without ``--ray``).
 
 Inside a shard the videos are encoded in the local job's groups (``encode_groups``), so on the
-same device and dtype the tensors are bit-identical to the local job's. The cache folder must be
+same device and dtype the tensors are bit-identical to the local job's, given the same torch
+thread count on CPU (the count can change the order of float sums): Ray gives each actor
+``OMP_NUM_THREADS`` = its CPU share unless the driver's environment sets it. The cache folder must be
 on storage every node can reach, and avfeat must be installed on every node.
 """
 

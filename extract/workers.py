@@ -8,6 +8,12 @@ item is reported with a named status instead of stopping the whole extraction.
 
 Workers are started with the ``forkserver`` method (``spawn`` where that does not exist),
 never ``fork``: the parent runs torch threads, and forking a threaded process can deadlock.
+
+A cold worker takes a while to start (a fresh interpreter importing PyAV, numpy and the
+task's module: about 0.7 s, more on a loaded machine). That is not decoding time, so the time
+limit of a task counts from the moment its worker is ready: each worker says so once, before it
+reads its first task, and a task sent earlier waits in the pipe with its clock stopped. A
+worker that never becomes ready is given up after ``_START_LIMIT`` seconds.
 """
 
 from __future__ import annotations
@@ -23,6 +29,17 @@ from avfeat.extract.media import CRASHED, DECODE_ERROR, TIMEOUT, MediaError
 
 # How long close() waits for idle workers to exit on their own before killing them.
 _STOP_GRACE = 5.0
+
+# How long a new worker may take to start (interpreter, imports, unpickling ``fn``) before the
+# task waiting for it is reported ``crashed``; applies only when the pool has a time limit.
+_START_LIMIT = 60.0
+
+# What a worker sends once it is ready to take tasks (results are always ``(ok, value)`` tuples).
+_READY = "avfeat-decoder-ready"
+
+
+def _is_ready(message: Any) -> bool:
+    return type(message) is str and message == _READY
 
 
 def _describe(exc: BaseException) -> str:
@@ -42,9 +59,15 @@ def _run(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any]:
 
 
 def _worker_main(conn, fn: Callable[[Any], Any]) -> None:
-    """Worker loop: receive an item, send back (ok, result); ``None`` or a closed pipe ends it."""
+    """Worker loop: say ready, then receive an item, send back (ok, result); ``None`` or a
+    closed pipe ends it."""
     # Ctrl-C reaches the whole process group; let the parent alone handle it and stop us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Start-up (imports, unpickling ``fn``) is over: the parent starts the first task's clock now.
+    try:
+        conn.send(_READY)
+    except OSError:
+        return  # parent gone
     while True:
         try:
             item = conn.recv()
@@ -66,13 +89,19 @@ def _default_start_method() -> str:
 
 
 class _Worker:
-    __slots__ = ("process", "conn", "seq", "started")
+    __slots__ = ("process", "conn", "seq", "started", "ready", "spawned")
 
     def __init__(self, process, conn):
         self.process = process
         self.conn = conn
         self.seq: int | None = None  # the task it is running
-        self.started = 0.0  # monotonic time the task was sent
+        self.started = 0.0  # monotonic time the task's clock started (sent to a ready worker, or ready)
+        self.ready = False  # has said it is ready (start-up over)
+        self.spawned = time.monotonic()
+
+    def deadline(self, timeout: float) -> float:
+        """Monotonic time at which the running task is over its limit (or the start-up is)."""
+        return self.started + timeout if self.ready else self.spawned + max(_START_LIMIT, timeout)
 
 
 class DecodePool:
@@ -253,6 +282,7 @@ class DecodePool:
                 worker = self._slots[index]
             if worker.seq is not None:
                 continue
+            self._check_ready(worker)
             seq = pending.popleft()
             try:
                 worker.conn.send(inputs[seq])
@@ -269,7 +299,22 @@ class DecodePool:
                 results[seq] = MediaError(DECODE_ERROR, f"item could not be sent to a worker: {_describe(exc)}")
                 continue
             worker.seq = seq
-            worker.started = time.monotonic()
+            worker.started = time.monotonic()  # meaningful once the worker is ready
+
+    @staticmethod
+    def _check_ready(worker: _Worker) -> None:
+        """Consume the worker's ready message if it has arrived; the running task's clock
+        starts then."""
+        if worker.ready or not worker.conn.poll(0):
+            return
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            return  # died during start-up: the sentinel reports it
+        if not _is_ready(message):  # cannot happen: a worker says ready before anything else
+            raise RuntimeError(f"DecodePool: unexpected first message from a worker: {message!r}")
+        worker.ready = True
+        worker.started = time.monotonic()
 
     def _wait(self, results: dict[int, Any]) -> None:
         busy = [i for i, w in enumerate(self._slots) if w is not None and w.seq is not None]
@@ -278,21 +323,22 @@ class DecodePool:
         limit = None
         if self.timeout is not None:
             now = time.monotonic()
-            limit = max(0.0, min(self._slots[i].started + self.timeout - now for i in busy))
+            limit = max(0.0, min(self._slots[i].deadline(self.timeout) - now for i in busy))
         handles = []
         for i in busy:
             handles += [self._slots[i].conn, self._slots[i].process.sentinel]
         ready = wait(handles, timeout=limit)
-        now = time.monotonic()
         for i in busy:
             worker = self._slots[i]
-            if any(h is worker.conn for h in ready) or worker.process.sentinel in ready:
+            self._check_ready(worker)  # a task sent during start-up begins now
+            if worker.conn.poll(0) or worker.process.sentinel in ready:
                 self._collect(i, results)
-            elif self.timeout is not None and now - worker.started >= self.timeout:
-                if worker.conn.poll(0):  # finished at the last moment
-                    self._collect(i, results)
-                    continue
-                results[worker.seq] = MediaError(TIMEOUT, f"decoding took longer than {self.timeout:g} s")
+            elif self.timeout is not None and time.monotonic() >= worker.deadline(self.timeout):
+                if worker.ready:
+                    results[worker.seq] = MediaError(TIMEOUT, f"decoding took longer than {self.timeout:g} s")
+                else:
+                    started = max(_START_LIMIT, self.timeout)
+                    results[worker.seq] = MediaError(CRASHED, f"decoder process did not start within {started:g} s")
                 worker.seq = None
                 self._replace(i)
 
@@ -302,7 +348,7 @@ class DecodePool:
         seq = worker.seq
         if worker.conn.poll(0):
             try:
-                ok, value = worker.conn.recv()
+                reply = worker.conn.recv()
             except (EOFError, OSError):
                 pass  # died mid-reply: fall through to the crash report
             except Exception as exc:  # noqa: BLE001 - the reply was read whole but could not be unpickled
@@ -310,6 +356,11 @@ class DecodePool:
                 worker.seq = None
                 return
             else:
+                if _is_ready(reply):  # arrived just after _check_ready looked: the task begins now
+                    worker.ready = True
+                    worker.started = time.monotonic()
+                    return
+                ok, value = reply
                 results[seq] = value
                 worker.seq = None
                 return

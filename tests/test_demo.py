@@ -1,4 +1,6 @@
-"""`avfeat demo` end to end (the README's main job) and `avfeat eval` on its output."""
+"""`avfeat demo` end to end (the README's main job) and `avfeat eval` on its output.
+
+The demo takes over two minutes on a 2-core CPU, so the tests that use it are `slow` (`make test-slow`)."""
 
 import json
 
@@ -14,6 +16,7 @@ def demo(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_demo_writes_every_stage_and_a_report_with_pictures(demo):
     for stage in ("synth", "cache", "heads", "index"):
         assert (demo / stage).is_dir()
@@ -26,6 +29,7 @@ def test_demo_writes_every_stage_and_a_report_with_pictures(demo):
         assert (demo / picture).stat().st_size > 1000, picture
 
 
+@pytest.mark.slow
 def test_eval_on_the_demo_meets_the_acceptance_levels(demo):
     report = json.loads(avfeat("eval", demo / "cache", "--heads", demo / "heads", "--labels", demo / "synth" / "ground_truth.parquet", "--json", check=0).stdout)
     retrieval = report["retrieval"]
@@ -52,6 +56,7 @@ def test_demo_refuses_unusable_output(tmp_path):
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_eval_refuses_heads_from_other_backbones(demo, tmp_path):
     from avfeat.data.synth import make_corpus
 

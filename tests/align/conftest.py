@@ -1,24 +1,12 @@
-"""A small synthetic token cache shared by the align tests, and the `acceptance` marker."""
+"""A small synthetic token cache shared by the align tests."""
 
 from __future__ import annotations
 
 import pytest
 
-from avfeat.data.synth import make_corpus
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import run_avfeat as avfeat
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "acceptance: the retrieval acceptance run (minutes on a CPU)")
-
-
-def build_cache(folder, videos: int, seconds: float, classes: int, fps: float, size: int = 64, seed: int = 0):
-    """Synthetic videos + `avfeat extract` with the tiny random backbones → (corpus, cache)."""
-    corpus, cache = folder / "corpus", folder / "cache"
-    make_corpus(corpus, videos=videos, seconds=seconds, classes=classes, seed=seed, size=size)
-    avfeat("extract", corpus, "--out", cache, *TINY, "--fps", fps, "--quiet", "--workers", 1, check=0)
-    return corpus, cache
+from avfeat.testing import TINY_MODELS as TINY  # noqa: F401 - imported by the align tests
+from avfeat.testing import build_cache
+from avfeat.testing import run_avfeat as avfeat  # noqa: F401 - imported by the align tests
 
 
 @pytest.fixture(scope="session")

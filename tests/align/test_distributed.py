@@ -1,6 +1,6 @@
 """Several training processes (gloo on the CPU) give the one-process run on the same global
 batches: the gathered loss and its gradients, whole runs through `--nproc` and torchrun,
-resume, and the errors."""
+resume, the errors, and what the `--nproc` launcher does when one process fails."""
 
 import json
 import os
@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.distributed.elastic.utils.distributed import get_free_port
 
 from avfeat.align import distributed
 from avfeat.align.heads import AVHeads, HeadConfig
@@ -115,7 +116,7 @@ def test_torchrun_trains_like_nproc(small_cache, tmp_path):
     import subprocess
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "avfeat", "train-head", small_cache, "--out", tmp_path / "torchrun", *TRAIN, "--quiet"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--log-dir", tmp_path / "logs", "-m", "avfeat", "train-head", small_cache, "--out", tmp_path / "torchrun", *TRAIN, "--quiet"]
     result = subprocess.run(list(map(str, command)), capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     avfeat("train-head", small_cache, "--out", tmp_path / "nproc", *TRAIN, "--quiet", "--nproc", 2, threads=1, check=0)
@@ -143,7 +144,7 @@ def test_resume_under_two_processes_continues_the_run(small_cache, tmp_path):
     finally:
         torch.set_num_threads(threads)
 
-    ports = (distributed.free_port(), distributed.free_port())
+    ports = (get_free_port(), get_free_port())
     torch.multiprocessing.spawn(_resume_rank, args=(2, str(small_cache), str(tmp_path / "split"), ports), nprocs=2)
     ranks = [torch.load(tmp_path / f"split.rank{r}.pt") for r in range(2)]
     assert ranks[0] == ranks[1]  # both ranks log the same global losses and history
@@ -167,7 +168,7 @@ def test_a_setup_error_is_printed_once_not_once_per_process(small_cache, tmp_pat
     (tmp_path / "heads").mkdir()
     (tmp_path / "heads" / "mine.txt").write_text("keep")
     result = avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, "--nproc", 2, threads=1)
-    one_line_error(result, "already exists")
+    one_line_error(result, "is a non-empty folder that is not an avfeat heads checkpoint")
     assert [p.name for p in (tmp_path / "heads").iterdir()] == ["mine.txt"]
 
 
@@ -178,12 +179,52 @@ def test_help_lists_nproc_and_the_flag_is_dropped_for_the_children():
     assert distributed.without_option(args, "--nproc") == ["train-head", "c", "--out", "o", "--dim", "8"]
 
 
-def test_the_launcher_stops_the_others_when_one_process_fails():
-    import subprocess
+# Rank 0 records its pid and waits; rank 1 fails once rank 0 is up (exit 3, or SIGKILL). Rank 0
+# notes a SIGTERM in a file, then dies of it as it would have.
+RANKS = """
+import os, signal, sys, time
+folder = sys.argv[1]
+if os.environ["RANK"] == "0":
+    def stopped(signum, frame):
+        open(os.path.join(folder, "stopped"), "w").close()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    signal.signal(signal.SIGTERM, stopped)
+    open(os.path.join(folder, "up"), "w").close()
+    time.sleep(120)
+    open(os.path.join(folder, "finished"), "w").close()
+else:
+    while not os.path.exists(os.path.join(folder, "up")):
+        time.sleep(0.05)
+    if sys.argv[2] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise SystemExit(3)
+"""
 
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    failing = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
-    assert distributed.wait_all([sleeper, failing], grace=0.2) == 3
-    assert sleeper.returncode == -15  # terminated, not left running
-    killed = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
-    assert distributed.wait_all([killed], grace=0) == 128 + 9
+
+@pytest.mark.parametrize("how, status", [("exit", 3), ("kill", 128 + 9)])
+def test_the_launcher_stops_the_others_when_one_process_fails(tmp_path, how, status):
+    import subprocess
+    import time
+
+    (tmp_path / "ranks.py").write_text(RANKS)
+    launcher = f"import sys; from avfeat.align import distributed; sys.exit(distributed.launch([{str(tmp_path)!r}, {how!r}], 2, module='ranks'))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True, timeout=100, env=env)
+    assert result.returncode == status, result.stderr
+    assert time.monotonic() - began < 60  # rank 0 did not sleep its 120 s
+    assert (tmp_path / "stopped").exists() and not (tmp_path / "finished").exists()  # terminated, not left running
+    # no traceback, no torchrun report: a process killed by a signal gets one line, one that exited said why itself
+    expected = ["ranks: error: process 1 of 2 was killed by SIGKILL"] if how == "kill" else []
+    assert result.stderr.strip().splitlines() == expected, result.stderr
+
+
+def test_the_failure_reported_is_the_one_that_stopped_the_others():
+    from types import SimpleNamespace as Failure
+
+    # rank 1 exited with 3; torchrun then terminated rank 0 within the same second
+    failures = {1: Failure(exitcode=3, timestamp=100), 0: Failure(exitcode=-15, timestamp=100)}
+    assert distributed.first_failure(failures)[0] == 1
+    failures = {0: Failure(exitcode=1, timestamp=101), 1: Failure(exitcode=-9, timestamp=100), 2: Failure(exitcode=-15, timestamp=100)}
+    assert distributed.first_failure(failures)[0] == 1

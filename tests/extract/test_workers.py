@@ -13,7 +13,8 @@ import pytest
 
 from avfeat.extract.media import CRASHED, DECODE_ERROR, TIMEOUT, DecodeSpec, MediaError, decode
 from avfeat.extract.workers import DecodePool
-from avfeat.testing import BAD_INPUT_STATUS, big_array, dispatch, echo
+from avfeat.extract import workers
+from avfeat.testing import BAD_INPUT_STATUS, SlowStart, big_array, dispatch, echo
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,6 +73,27 @@ def test_timeout_then_later_items_succeed():
         # The pool is still whole afterwards.
         assert [r for _, r in pool.imap([("echo", 5), ("echo", 6)])] == [5, 6]
         assert len(pool.pids) == 2
+
+
+def test_time_limit_starts_when_the_worker_is_ready():
+    # Each worker takes 1.5 s to start, three times the limit: start-up is not decoding time,
+    # so the first task and the one after a replacement (a cold worker again) still succeed.
+    # With the clock started at send time, both reported a timeout.
+    items = [("echo", 1), ("sleepy", 30), ("echo", 2)]
+    with DecodePool(SlowStart(1.5), workers=1, timeout=0.5) as pool:
+        out = [result for _, result in pool.imap(items)]
+    assert out[0] == 1 and out[2] == 2
+    assert isinstance(out[1], MediaError) and out[1].status == TIMEOUT
+
+
+def test_worker_that_never_starts_is_given_up(monkeypatch):
+    monkeypatch.setattr(workers, "_START_LIMIT", 0.5)
+    with DecodePool(SlowStart(30), workers=1, timeout=0.2) as pool:
+        start = time.monotonic()
+        out = [result for _, result in pool.imap([("echo", 1)])]
+        assert time.monotonic() - start < 10
+    assert isinstance(out[0], MediaError) and out[0].status == CRASHED
+    assert out[0].message == "decoder process did not start within 0.5 s"
 
 
 def test_crash_then_later_items_succeed():

@@ -1,0 +1,115 @@
+"""The acceptance recipes over several seeds: how far above its level each figure sits.
+
+Runs the two acceptance recipes of the test suite (``avfeat.testing``: the same constants and
+helpers the tests use) once per seed, where a seed moves both the synthetic corpora and the
+training, and prints per figure its level, minimum, median and maximum as a table, then the
+whole result as one JSON line. Asserts nothing; the tests assert the levels
+(``ACCEPTANCE_LEVELS``), which must sit below every minimum here.
+
+- align (tests/align/test_acceptance.py): held-out class R@1 of max-mean heads, audio → visual
+  and visual → audio, and of mean-pool heads (which max-mean must beat);
+- index (tests/index/test_acceptance.py): held-out class R@1 through the indexes from each side,
+  plain and with ``--rerank 20``; sync within 0.2 s; locate (right video, start within 0.2 s).
+
+    python benchmarks/acceptance.py                  # seeds 0-4, both recipes (CPU: ~5 min a seed)
+    python benchmarks/acceptance.py --seeds 0 1 --only index
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from avfeat import testing as recipes
+
+
+def run_align(work: Path, seed: int) -> dict[str, float]:
+    corpus, cache = recipes.align_acceptance_cache(work / "align", seed=seed)
+    figures = {}
+    for aggregation in ("max-mean", "mean-pool"):
+        heads = recipes.train_align_heads(cache, work / "align" / aggregation, aggregation=aggregation, seed=seed)
+        a2v, v2a, _ = recipes.align_class_recall(corpus, cache, heads)
+        figures[f"align {aggregation} a2v"], figures[f"align {aggregation} v2a"] = a2v, v2a
+    for side in ("a2v", "v2a"):  # the test asks max-mean to beat mean-pool
+        figures[f"align {side} max-mean minus mean-pool"] = figures[f"align max-mean {side}"] - figures[f"align mean-pool {side}"]
+    return figures
+
+
+def run_index(work: Path, seed: int) -> dict[str, float]:
+    root = work / "index"
+    searcher = recipes.build_index_acceptance(root, seed=seed)
+    tokens = recipes.held_out_tokens(root, searcher)
+    figures = {}
+    for side, name in (("audio", "a2v"), ("visual", "v2a")):
+        for rerank, label in ((0, "plain"), (recipes.INDEX_RERANK, "rerank")):
+            figures[f"index {name} {label}"], _ = recipes.held_out_class_r1(root, searcher, tokens, side, rerank)
+    figures["index sync"], _ = recipes.sync_accuracy(root, searcher)
+    figures["index locate"], _ = recipes.locate_accuracy(searcher, work / "clips")
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--only", choices=["align", "index"], help="run one recipe only")
+    parser.add_argument("--work", type=Path, help="keep the corpora, caches and heads here (default: a temporary folder)")
+    args = parser.parse_args()
+
+    recipes_to_run = {"align": run_align, "index": run_index}
+    if args.only:
+        recipes_to_run = {args.only: recipes_to_run[args.only]}
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads available, runs use 1"
+    print(f"# {machine}; torch {torch.__version__}; seeds {args.seeds}", flush=True)
+
+    per_seed: dict[int, dict[str, float]] = {}
+    seconds: dict[str, list[float]] = {name: [] for name in recipes_to_run}
+    with tempfile.TemporaryDirectory(prefix="avfeat-acceptance-") as tmp:
+        base = args.work or Path(tmp)
+        for seed in args.seeds:
+            per_seed[seed] = {}
+            for name, run in recipes_to_run.items():
+                started = time.perf_counter()
+                per_seed[seed].update(run(base / f"seed{seed}", seed))
+                seconds[name].append(time.perf_counter() - started)
+                figures = ", ".join(f"{k} {v:.3f}" for k, v in per_seed[seed].items() if k.startswith(name))
+                print(f"seed {seed} {name} ({seconds[name][-1]:.0f} s): {figures}", flush=True)
+
+    metrics = list(per_seed[args.seeds[0]])
+    summary = {}
+    for metric in metrics:
+        values = [per_seed[seed][metric] for seed in args.seeds]
+        summary[metric] = {
+            "level": recipes.ACCEPTANCE_LEVELS.get(metric),
+            "min": min(values),
+            "median": statistics.median(values),
+            "max": max(values),
+            "values": values,
+        }
+    print()
+    print("| figure | level | min | median | max | per seed |")
+    print("|---|---|---|---|---|---|")
+    for metric, row in summary.items():
+        level = "" if row["level"] is None else f"{row['level']:.2f}"
+        values = " ".join(f"{v:.3f}" for v in row["values"])
+        print(f"| {metric} | {level} | {row['min']:.3f} | {row['median']:.3f} | {row['max']:.3f} | {values} |")
+    below = [m for m, row in summary.items() if row["level"] is not None and row["min"] < row["level"]]
+    print(f"\nminimum below its level: {', '.join(below) if below else 'none'}")
+    print(json.dumps({
+        "machine": machine,
+        "seeds": args.seeds,
+        "seconds_per_seed": {name: statistics.median(values) for name, values in seconds.items()},
+        "figures": summary,
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
