@@ -72,7 +72,7 @@ def extract(
 
         import_ray()  # says how to install it, before models load
     # With --ray the models run on the cluster's actors; here they only describe the tensors.
-    encoder = Encoder(config, device="cpu" if ray is not None else device, dtype=dtype, batch_size=batch_size)
+    encoder = Encoder.describe(config) if ray is not None else Encoder(config, device=device, dtype=dtype, batch_size=batch_size)
     extractor = Extractor(config, options, encoder)
     for spec in (config.audio_model, config.visual_model):
         if spec.startswith("random:"):

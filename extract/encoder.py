@@ -36,11 +36,18 @@ class Encoder:
         from avfeat.extract.models import load_audio_backbone, load_visual_backbone
 
         self.config, self.batch_size = config, batch_size
-        self.device = str(resolve_device(device))
+        self.device = "meta" if device == "meta" else str(resolve_device(device))
         self.dtype = resolve_dtype(dtype, self.device)
         self.audio = load_audio_backbone(config.audio_model, config.audio_layer, device=self.device, dtype=self.dtype)
         self.visual = load_visual_backbone(config.visual_model, config.visual_layer, device=self.device, dtype=self.dtype)
         self.spec = DecodeSpec(sample_rate=self.audio.sample_rate, fps=config.fps, **self.visual.decode_spec_geometry())
+
+    @classmethod
+    def describe(cls, config: ExtractConfig) -> "Encoder":
+        """An encoder that only describes the tensors (shapes, rates, decode geometry, cache
+        config): the models are built from their configs on the ``meta`` device, no weights are
+        read. A Ray driver needs no more; its actors load the real models."""
+        return cls(config, device="meta", dtype="float32")
 
     @property
     def is_random(self) -> bool:

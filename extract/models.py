@@ -164,7 +164,7 @@ def _make_processor(arch: RandomArch):
     )
 
 
-def build_random(arch: str):
+def build_random(arch: str, weights: bool = True):
     """Build ``random:<arch>``: the real architecture with seeded random weights and its processor.
 
     The weights come from ``torch.manual_seed(0)`` right before construction (in a forked RNG
@@ -174,7 +174,8 @@ def build_random(arch: str):
 
     Returns:
         ``(model, processor)``: a ``HubertModel`` + ``Wav2Vec2FeatureExtractor`` or a
-        ``Dinov2Model`` + DINOv2's ``BitImageProcessor``. The model is in eval mode, float32, CPU.
+        ``Dinov2Model`` + DINOv2's ``BitImageProcessor``. The model is in eval mode, float32, CPU
+        (on the ``meta`` device, shapes without weights, when ``weights`` is false).
 
     Raises:
         ModelError: ``arch`` is not a known random architecture.
@@ -195,9 +196,13 @@ def build_random(arch: str):
         from transformers import Dinov2Model as Model
     config = Config(**spec.config)
     setattr(config, _RANDOM_MARKER, RANDOM_PREFIX + name)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = Model(config)
+    if weights:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = Model(config)
+    else:
+        with torch.device("meta"):
+            model = Model(config)
     model.eval()
     return model, _make_processor(spec)
 
@@ -252,8 +257,10 @@ def _torch_device(device: str):
     return dev
 
 
-def _load(spec: str, family: str, torch_dtype):
-    """Resolve ``spec`` to ``(model, processor, is_random)``; every failure is a ModelError."""
+def _load(spec: str, family: str, torch_dtype, weights: bool = True):
+    """Resolve ``spec`` to ``(model, processor, is_random)``; every failure is a ModelError.
+    Without ``weights`` the model is built from its config on the ``meta`` device: its shapes,
+    rates and preprocessing, for a process that only describes the tensors (a Ray driver)."""
     what = f"{family} model {spec!r}"
     if spec.startswith(RANDOM_PREFIX):
         name = spec[len(RANDOM_PREFIX):]
@@ -268,7 +275,7 @@ def _load(spec: str, family: str, torch_dtype):
                 f"cannot load {what}: it is a {arch.family} architecture; {family} ones: "
                 + ", ".join(RANDOM_PREFIX + a for a in known_archs(family))
             )
-        model, processor = build_random(name)
+        model, processor = build_random(name, weights=weights)
         return model, processor, True
 
     from transformers import AutoConfig, AutoFeatureExtractor, AutoImageProcessor, AutoModel
@@ -309,6 +316,12 @@ def _load(spec: str, family: str, torch_dtype):
         processor = processor_cls.from_pretrained(path, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise fail(exc, "processor config") from None
+    if not weights:
+        import torch
+
+        with torch.device("meta"):
+            model = AutoModel.from_config(config)
+        return model.eval(), processor, bool(getattr(config, _RANDOM_MARKER, None))
     try:
         try:
             model = AutoModel.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa", **kwargs)
@@ -552,7 +565,7 @@ def load_audio_backbone(
     """
     torch_dtype = _torch_dtype(dtype)
     dev = _torch_device(device)
-    model, processor, is_random = _load(spec, "audio", torch_dtype)
+    model, processor, is_random = _load(spec, "audio", torch_dtype, weights=dev.type != "meta")
     num_layers = int(model.config.num_hidden_layers)
     _check_layer(layer, num_layers, spec)
     _truncate_layers(model.encoder, "layers", layer, num_layers)
@@ -746,7 +759,7 @@ def load_visual_backbone(
     """
     torch_dtype = _torch_dtype(dtype)
     dev = _torch_device(device)
-    model, processor, is_random = _load(spec, "visual", torch_dtype)
+    model, processor, is_random = _load(spec, "visual", torch_dtype, weights=dev.type != "meta")
     num_layers = int(model.config.num_hidden_layers)
     _check_layer(layer, num_layers, spec)
     _truncate_layers(model.encoder, "layer", layer, num_layers)

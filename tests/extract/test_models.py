@@ -387,3 +387,27 @@ def test_bad_dtype_and_device():
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="CUDA"):
             load_visual_backbone("random:dinov2-tiny", device="cuda")
+
+
+# ------------------------------------------------------------------------------- describing without weights
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_describe_gives_the_loaded_models_tensors_without_reading_weights(tmp_path, local):
+    """A Ray driver only describes the tensors: the same cache config, shapes and decode settings
+    as the loaded models, with no weights read (a local folder with its weights removed works)."""
+    from avfeat.extract.encoder import Encoder, ExtractConfig
+
+    audio, visual = "random:hubert-tiny", "random:dinov2-tiny"
+    if local:
+        audio = str(_save(tmp_path, "hubert-tiny", *build_random("hubert-tiny")))
+        visual = str(_save(tmp_path, "dinov2-tiny", *build_random("dinov2-tiny")))
+    config = ExtractConfig(audio_model=audio, visual_model=visual, audio_layer=1, fps=2.0)
+    loaded = Encoder(config, device="cpu", dtype="float32")
+    if local:
+        for weights in tmp_path.rglob("*.safetensors"):
+            weights.unlink()
+    described = Encoder.describe(config)
+    assert described.cache_config() == loaded.cache_config()
+    assert described.writer_dims() == loaded.writer_dims() and described.spec == loaded.spec
+    assert described.is_random and next(described.visual.model.parameters()).device.type == "meta"
