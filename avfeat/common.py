@@ -90,7 +90,10 @@ def parse_time(text: str | float) -> float:
         InputError: not a time of that form.
     """
     match = _TIME_RE.match(str(text).strip())
-    if not match or (match["m"] is not None and match["h"] is not None and int(match["m"]) >= 60) or (match["m"] is not None and float(match["s"]) >= 60):
+    # Below the leading field, minutes and seconds stay under 60 ("1:75" is a typo, not 2:15).
+    minutes_ok = match is not None and (match["h"] is None or int(match["m"]) < 60)
+    seconds_ok = match is not None and (match["m"] is None or float(match["s"]) < 60)
+    if not (minutes_ok and seconds_ok):
         raise InputError(f"cannot read the time {text!r} (seconds, m:ss or h:mm:ss, e.g. 75.5, 1:15.5, 0:01:15)")
     return int(match["h"] or 0) * 3600 + int(match["m"] or 0) * 60 + float(match["s"])
 
