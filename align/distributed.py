@@ -27,6 +27,11 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+# Imported with this module, before any process group exists: torch binds all_gather's default
+# ``group`` when its module is first imported, and a group bound there would stay referenced
+# (never freed) for the life of the process.
+from torch.distributed.nn.functional import all_gather
+
 from avfeat.errors import AvfeatError, InputError
 
 # Collectives wait this long: the other ranks wait while rank 0 validates and saves, which on a
@@ -66,15 +71,12 @@ class Group:
         """Every rank's ``tensor`` concatenated in rank order along dim 0, with gradients."""
         if self.world_size == 1:
             return tensor
-        from torch.distributed.nn.functional import all_gather
-
         with warnings.catch_warnings():
             # torch 2.13 deprecates it for the private ``_functional_collectives.all_gather_single``,
             # whose backward exists only in recent torch; this one works from torch 2.2 on.
             warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated", category=FutureWarning)
-            # The group is passed: its default is bound when torch's module is first imported, and
-            # a process that starts a new group (a resumed run in the same process) must not reuse
-            # a destroyed one, which the backward would then name.
+            # The group is passed (see the import): a process that starts a new group (a run
+            # resumed in the same process) must not gather over a destroyed one.
             return torch.cat(all_gather(tensor, group=dist.group.WORLD))
 
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
