@@ -22,9 +22,10 @@ def first_positive_ranks(scores, query_labels=None, target_labels=None) -> np.nd
             target i; Q must equal N), i.e. instance-level retrieval.
 
     Ties count against the query: a negative scoring exactly as high as the best positive ranks
-    before it, so a collapsed model cannot score well.
+    before it, so a collapsed model cannot score well. NaN is the worst score (NaN compares
+    false with everything, so left as it is a NaN model would rank its positives first).
     """
-    scores = torch.as_tensor(scores, dtype=torch.float64)
+    scores = torch.as_tensor(scores, dtype=torch.float64).nan_to_num(nan=float("-inf"))
     q, n = scores.shape
     if query_labels is None and target_labels is None:
         if q != n:

@@ -78,6 +78,26 @@ def human_bytes(count: float) -> str:
     return f"{count:.1f} TB"
 
 
+# ---- numbers -------------------------------------------------------------------------------
+
+
+def check_number(name: str, value: float | None, *, minimum: float = 0.0, inclusive: bool = False, maximum: float | None = None) -> None:
+    """Refuse NaN, infinities and values out of range with one line naming the option: NaN
+    compares false with everything, so a plain ``value <= 0`` check lets it through.
+
+    Raises:
+        InputError: ``value`` is not finite, not above ``minimum`` (or equal, with
+            ``inclusive``), or above ``maximum``.
+    """
+    if value is None:
+        return
+    low_ok = value >= minimum if inclusive else value > minimum
+    if not (math.isfinite(value) and low_ok and (maximum is None or value <= maximum)):
+        bound = f"at least {minimum:g}" if inclusive else f"greater than {minimum:g}"
+        upper = f" and at most {maximum:g}" if maximum is not None else ""
+        raise InputError(f"{name} must be a finite number {bound}{upper} (got {value})")
+
+
 # ---- times ---------------------------------------------------------------------------------
 
 _TIME_RE = re.compile(r"^(?:(?:(?P<h>\d+):)?(?P<m>\d+):)?(?P<s>\d+(?:\.\d*)?|\.\d+)$")

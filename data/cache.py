@@ -34,6 +34,7 @@ CONFIG_FILE = "cache.json"
 SHARD_DIR = "shards"
 MANIFEST_DIR = "manifest"
 CACHE_OWN = (CONFIG_FILE, SHARD_DIR, MANIFEST_DIR)  # what --overwrite may remove
+NON_FINITE = "non_finite"  # status of a video whose tokens held NaN or inf
 
 _SHARD_RE = re.compile(r"shard-(\d{5,})\.h5$")
 _PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
@@ -237,9 +238,20 @@ class ShardWriter:
         return offset
 
     def add(self, record: VideoRecord, audio: np.ndarray, visual: np.ndarray, frame_times: np.ndarray) -> None:
-        """Record an ``ok`` video: its record is completed with offsets into this shard."""
-        audio_offset = self._append(self._audio, audio.astype(self.dtype, copy=False))
-        visual_offset = self._append(self._visual, visual.astype(self.dtype, copy=False))
+        """Record an ``ok`` video: its record is completed with offsets into this shard.
+
+        Tokens that are not finite (a backbone that overflowed, in float16 storage too) are
+        never written: the video is recorded as ``non_finite`` instead, and the job goes on.
+        """
+        with np.errstate(over="ignore"):  # an overflow is what the check below reports
+            audio = audio.astype(self.dtype, copy=False)
+            visual = visual.astype(self.dtype, copy=False)
+        if not (np.isfinite(audio).all() and np.isfinite(visual).all()):
+            where = "audio" if not np.isfinite(audio).all() else "visual"
+            self.add_failure(record, NON_FINITE, f"the {where} backbone gave non-finite tokens (NaN or inf, in {self.dtype})")
+            return
+        audio_offset = self._append(self._audio, audio)
+        visual_offset = self._append(self._visual, visual)
         self._append(self._times, np.asarray(frame_times, dtype=np.float64))
         self.records.append(record.with_(
             status=OK, error="", shard=self.index, audio_offset=audio_offset, audio_length=len(audio),

@@ -19,7 +19,7 @@ def extract(
     visual_model: Optional[str] = typer.Option(None, help="DINOv2: hub id, local folder, or random:<arch> [default: facebook/dinov2-small, or the cache's]."),
     audio_layer: Optional[int] = typer.Option(None, help="Hidden layer to cache (-1: final output, 0: embeddings) [default: -1, or the cache's]."),
     visual_layer: Optional[int] = typer.Option(None, help="Hidden layer to cache (-1: final output with its layer norm) [default: -1, or the cache's]."),
-    fps: Optional[float] = typer.Option(None, min=0.01, help="Frames per second to sample, by timestamp [default: 1, or the cache's]."),
+    fps: Optional[float] = typer.Option(None, help="Frames per second to sample, by timestamp [default: 1, or the cache's]."),
     batch_size: int = typer.Option(32, min=1, help="Frames per visual forward pass."),
     workers: int = typer.Option(2, min=0, help="Decoding processes (0: decode in this process)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
@@ -46,7 +46,7 @@ def extract(
 
     from dataclasses import asdict
 
-    from avfeat.common import OutputMode, prepare_output, resolve_device
+    from avfeat.common import OutputMode, check_number, prepare_output, resolve_device
     from avfeat.data.cache import CACHE_OWN, CONFIG_FILE, check_config
     from avfeat.errors import InputError
     from avfeat.extract.encoder import Encoder
@@ -56,6 +56,8 @@ def extract(
     if dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise InputError(f"unknown --dtype {dtype!r} (auto, float32, float16, bfloat16)")
     resolve_device(device)
+    check_number("--fps", fps, minimum=0.01, inclusive=True, maximum=1000.0)
+    check_number("--timeout", timeout)
     paths = list_inputs(input)
     mode = prepare_output(out, marker=CONFIG_FILE, kind="cache", resume=resume, overwrite=overwrite, own=CACHE_OWN)
     given = {"audio_model": audio_model, "visual_model": visual_model, "audio_layer": audio_layer, "visual_layer": visual_layer, "fps": fps}

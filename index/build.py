@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from avfeat.common import check_number
 from avfeat.errors import InputError, SearchIndexError
 
 EXACT_LIMIT = 100_000
@@ -312,8 +313,8 @@ def build_index(
     checkpoint.check_cache(cache)
     window = float(window if window is not None else checkpoint.window)
     hop = float(hop if hop is not None else checkpoint.hop)
-    if window <= 0 or hop <= 0:
-        raise InputError(f"--window and --hop must be positive (got {window}, {hop})")
+    check_number("--window", window)
+    check_number("--hop", hop)
     geometry = WindowGeometry.for_cache(cache, window)
     windows, audio, visual = embed_cache(cache, checkpoint.heads, geometry, hop, checkpoint.aggregation, quiet)
     if not windows:

@@ -23,15 +23,18 @@ def index(
 ) -> None:
     """Project every window of the cache through the heads and write per-modality FAISS indexes."""
     from avfeat.data.cache import Cache
-    from avfeat.common import parse_size
+    from avfeat.common import check_number, parse_size
     from avfeat.index.build import build_index
     from avfeat.index.store import load_heads
 
+    check_number("--window", window)
+    check_number("--hop", hop)
+    budget = parse_size(memory_budget) if memory_budget else None
     checkpoint = load_heads(heads)
     with Cache(cache) as store:
         meta = build_index(
             store, checkpoint, out, window=window, hop=hop, factory=factory,
-            memory_budget=parse_size(memory_budget) if memory_budget else None, quiet=quiet, shards=shards, overwrite=overwrite,
+            memory_budget=budget, quiet=quiet, shards=shards, overwrite=overwrite,
         )
     for modality, info in meta["modalities"].items():
         tuned = ", ".join(f"{k}={v}" for k, v in info["params"].items())
@@ -108,8 +111,9 @@ def sync(
     from avfeat.index.store import load_heads
     from avfeat.index.sync import plot_curve, sync_file
 
-    from avfeat.common import resolve_device
+    from avfeat.common import check_number, resolve_device
 
+    check_number("--max-offset", max_offset)
     device = str(resolve_device(device))
     checkpoint = load_heads(heads)
     result = sync_file(video, checkpoint, max_offset=max_offset, device=device)

@@ -25,6 +25,7 @@ frames, so a 10-minute video costs seconds and little memory.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -124,8 +125,8 @@ def estimate(lags: np.ndarray, curve: np.ndarray, fps: float) -> SyncResult:
 
 
 def sync_tokens(heads, audio_tokens, audio_start, audio_rate, visual_tokens, frame_times, fps, max_offset=DEFAULT_MAX_OFFSET) -> SyncResult:
-    if max_offset <= 0:
-        raise QueryError(f"--max-offset must be positive (got {max_offset})")
+    if not (math.isfinite(max_offset) and max_offset > 0):
+        raise QueryError(f"--max-offset must be a finite positive number of seconds (got {max_offset})")
     lags, curve = sync_curve(heads, audio_tokens, audio_start, audio_rate, visual_tokens, frame_times, fps, max_offset)
     return estimate(lags, curve, fps)
 

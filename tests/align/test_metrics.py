@@ -20,3 +20,17 @@ def test_class_level_uses_the_best_positive_and_ties_count_against():
     assert first_positive_ranks(scores, labels_q, labels_t).tolist() == [1, 2]  # query 1: the tied negative ranks first
     with pytest.raises(ValueError):
         first_positive_ranks(scores, [2, 1], labels_t)
+
+
+def test_nan_is_the_worst_score():
+    """A NaN model must not look perfect: NaN compares false with everything."""
+    import numpy as np
+
+    from avfeat.align.metrics import both_directions
+
+    nan = np.full((4, 4), np.nan)
+    metrics = both_directions(nan)
+    assert metrics["a2v"]["R@1"] == 0.0 and metrics["v2a"]["R@1"] == 0.0
+    scores = np.eye(4)
+    scores[0, 0] = np.nan  # one broken positive ranks last, the others stay first
+    assert both_directions(scores)["a2v"]["R@1"] == 0.75

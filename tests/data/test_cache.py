@@ -86,3 +86,16 @@ def test_not_a_cache(tmp_path):
     (tmp_path / "something.txt").write_text("x")
     with pytest.raises(CacheError, match="non-empty folder"):
         open_for_writing(tmp_path, CONFIG)
+
+
+def test_non_finite_tokens_are_recorded_not_written(tmp_path):
+    layout = open_for_writing(tmp_path, CONFIG)
+    with ShardWriter(layout, 0, audio_dim=4, visual_tokens_per_frame=3, visual_dim=2, attrs={}) as writer:
+        record = new_record("a", "/videos/a.mp4", 1, 1.0).with_(audio_rate=50.0, duration=1.0)
+        writer.add(record, np.full((5, 4), 1e6, dtype=np.float32), np.zeros((2, 3, 2)), [0.0, 0.5])  # overflows float16
+        writer.add(record.with_(video_id="b"), np.zeros((5, 4)), np.full((2, 3, 2), np.nan), [0.0, 0.5])
+        writer.add(record.with_(video_id="c"), np.zeros((5, 4)), np.zeros((2, 3, 2)), [0.0, 0.5])
+    cache = Cache(tmp_path)
+    assert cache.status_counts() == {"non_finite": 2, "ok": 1}
+    assert "audio backbone" in cache.record("a").error and "visual backbone" in cache.record("b").error
+    assert cache.audio_tokens("c").shape == (5, 4)
