@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from avfeat import __version__
-from avfeat.common import replace_durably, temp_path, write_atomic
+from avfeat.common import has_entries, one_line, pid_alive, replace_durably, temp_path, temp_pid, write_atomic
 from avfeat.data.records import OK, VideoRecord
 from avfeat.errors import CacheError
 
@@ -116,6 +116,17 @@ class CacheLayout:
         return _indices(self.manifest_dir, _PART_RE)
 
 
+def read_config(layout: "CacheLayout") -> dict[str, Any]:
+    """cache.json as a dict; a damaged one is one :class:`CacheError` line naming the file."""
+    try:
+        config = json.loads(layout.config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise CacheError(f"cannot read {layout.config_path} ({one_line(error)}); restore it from a copy, or re-extract into a new --out") from None
+    if not isinstance(config, dict):
+        raise CacheError(f"{layout.config_path} is not an avfeat cache config (not a JSON object); restore it from a copy")
+    return config
+
+
 def read_manifest(root: str | Path):
     """All committed manifest rows as a pyarrow Table, latest record per video."""
     import pyarrow as pa
@@ -125,7 +136,16 @@ def read_manifest(root: str | Path):
     parts = layout.parts()
     if not parts:
         return manifest_schema().empty_table()
-    table = pa.concat_tables([pq.read_table(parts[i], schema=manifest_schema()) for i in sorted(parts)])
+    tables = []
+    for index in sorted(parts):
+        try:
+            tables.append(pq.read_table(parts[index], schema=manifest_schema()))
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise CacheError(
+                f"manifest part {parts[index]} is damaged ({one_line(error)}); restore it, or remove it and "
+                f"{layout.shard_dir / shard_name(index)} and run `avfeat extract --resume` to extract those videos again"
+            ) from None
+    table = pa.concat_tables(tables)
     # A retried video appears in several parts; keep its last record.
     ids = table.column("video_id").to_pylist()
     last = {video_id: row for row, video_id in enumerate(ids)}
@@ -149,7 +169,7 @@ def check_config(root: str | Path, config: dict, only_given_keys: bool = False) 
     if layout.root.exists() and not layout.root.is_dir():
         raise CacheError(f"output {layout.root} exists and is not a directory")
     if layout.config_path.exists():
-        stored = json.loads(layout.config_path.read_text())
+        stored = read_config(layout)
         stored.pop("avfeat_version", None)
         if only_given_keys:
             stored = {k: v for k, v in stored.items() if k in config}
@@ -159,7 +179,7 @@ def check_config(root: str | Path, config: dict, only_given_keys: bool = False) 
                 f"{layout.root} was extracted with a different config ({'; '.join(diff)}); "
                 "use a new --out folder or the cache's own settings"
             )
-    elif layout.root.exists() and any(layout.root.iterdir()):
+    elif layout.root.exists() and has_entries(layout.root):  # a writer's lock files do not count
         raise CacheError(f"output {layout.root} is a non-empty folder that is not an avfeat cache")
     return layout
 
@@ -168,7 +188,8 @@ def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
     """Create the cache or reopen it for resuming; refuse a different config.
 
     Stray temp files and shards without a manifest part (an interrupted commit) are removed,
-    so the cache afterwards holds exactly the committed shards.
+    so the cache afterwards holds exactly the committed shards. The caller holds the cache's
+    writer lock (``avfeat.common.writer_lock``), as ``Extractor.run`` does.
     """
     layout = check_config(root, config)
     try:
@@ -178,9 +199,16 @@ def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
         raise CacheError(f"cannot create cache folder {layout.root}: {error.strerror}") from None
     if not layout.config_path.exists():
         write_atomic(layout.config_path, json.dumps({**config, "avfeat_version": __version__}, indent=2, sort_keys=True) + "\n")
+    # Only temps of this process or of dead ones go (a temp name carries its writer's pid, see
+    # temp_path; one without a pid is from an older avfeat). Under the writer lock no other
+    # writer should be running, but a temp that a live process still has open may be one of a
+    # writer the lock could not stop (an older avfeat, or a filesystem without working locks):
+    # deleting it would lose that writer's shard under it, or turn a refused run into damage.
     for folder in (layout.shard_dir, layout.manifest_dir, layout.root):
         for stray in folder.glob("*.tmp"):
-            stray.unlink()
+            pid = temp_pid(stray)
+            if pid is None or pid == os.getpid() or not pid_alive(pid):
+                stray.unlink(missing_ok=True)
     parts = layout.parts()
     for index, shard in layout.shards().items():
         if index not in parts:
@@ -302,7 +330,7 @@ class Cache:
         self.layout = CacheLayout(Path(path))
         if not self.layout.config_path.is_file():
             raise CacheError(f"{path} is not an avfeat cache (no {CONFIG_FILE}); run `avfeat extract` first")
-        self.config = json.loads(self.layout.config_path.read_text())
+        self.config = read_config(self.layout)
         self.manifest = read_manifest(self.layout.root)
         self._records = {row["video_id"]: VideoRecord.from_row(row) for row in self.manifest.to_pylist()}
         self._handles: dict[int, Any] = {}

@@ -38,6 +38,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from avfeat.common import one_line
 from avfeat.errors import IndexMismatchError, SearchIndexError
 
 META_FILE = "meta.json"
@@ -138,10 +139,29 @@ class IndexFolder:
             self.meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as error:
             raise SearchIndexError(f"cannot read {meta_path}: {error}") from None
-        if self.meta.get("format") not in (FORMAT, SHARDED_FORMAT):
-            raise SearchIndexError(f"{path} has index format {self.meta.get('format')!r}; this avfeat reads formats {FORMAT} and {SHARDED_FORMAT}")
+        if not isinstance(self.meta, dict) or self.meta.get("format") not in (FORMAT, SHARDED_FORMAT):
+            found = self.meta.get("format") if isinstance(self.meta, dict) else None
+            raise SearchIndexError(f"{path} has index format {found!r}; this avfeat reads formats {FORMAT} and {SHARDED_FORMAT}")
+        self._check_meta(meta_path)
         self._indexes: dict[str, Any] = {}
         self._tables: dict[str, Any] = {}
+
+    def _check_meta(self, meta_path: Path) -> None:
+        """A hand-edited or damaged meta.json is one line; shard files must be plain names inside
+        this folder (a meta.json never makes avfeat read a file elsewhere)."""
+        try:
+            for modality, info in self.meta["modalities"].items():
+                count = int(info["count"])
+                for entry in info.get("shards") or []:
+                    name = str(entry["file"])
+                    if Path(name).name != name or name in ("", ".", ".."):
+                        raise SearchIndexError(f"{meta_path} names a shard file {name!r} outside the index folder; rebuild the index")
+                    if not 0 <= int(entry["begin"]) <= int(entry["end"]) <= count:
+                        raise SearchIndexError(f"{meta_path}: shard {name} holds rows {entry['begin']}..{entry['end']} of {count}; rebuild the index")
+            for section in ("cache", "heads"):
+                str(self.meta[section]["fingerprint"])
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise SearchIndexError(f"{meta_path} is damaged (missing or bad {one_line(error)}); rebuild the index with `avfeat index --overwrite`") from None
 
     def count(self, modality: str) -> int:
         return int(self.meta["modalities"][modality]["count"])

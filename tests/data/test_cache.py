@@ -99,3 +99,23 @@ def test_non_finite_tokens_are_recorded_not_written(tmp_path):
     assert cache.status_counts() == {"non_finite": 2, "ok": 1}
     assert "audio backbone" in cache.record("a").error and "visual backbone" in cache.record("b").error
     assert cache.audio_tokens("c").shape == (5, 4)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("config", "cannot read"), ("config_list", "not an avfeat cache config"), ("part", "manifest part"),
+])
+def test_damaged_state_is_one_line_naming_the_file(tmp_path, damage, message):
+    from avfeat.testing import run_avfeat
+
+    layout = _write_shard(tmp_path, 0, [("a", 2, 10)])
+    if damage == "config":
+        layout.config_path.write_text("{ not json")
+    elif damage == "config_list":
+        layout.config_path.write_text("[1, 2]")
+    else:
+        (layout.manifest_dir / "part-00000.parquet").write_bytes(b"PAR1 flipped bytes")
+    with pytest.raises(CacheError, match=message):
+        Cache(tmp_path)
+    result = run_avfeat("info", tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr

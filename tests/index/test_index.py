@@ -295,3 +295,19 @@ def test_sync_cli_json_and_plot(heads, corpus, tmp_path):
     assert text.startswith("offset ")
     missing = avfeat("sync", tmp_path / "gone.mp4", "--heads", heads)
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda meta: meta["modalities"]["audio"].pop("count"), "is damaged"),
+    (lambda meta: meta.pop("heads"), "is damaged"),
+    (lambda meta: meta["modalities"]["audio"].update(shards=[{"file": "../../etc/passwd", "begin": 0, "end": 1}]), "outside the index folder"),
+])
+def test_a_damaged_meta_json_is_one_line(index, tmp_path, edit, message):
+    copy = tmp_path / "index"
+    shutil.copytree(index, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    edit(meta)
+    (copy / "meta.json").write_text(json.dumps(meta))
+    result = avfeat("search", copy, "x@0-1")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and message in lines[0], result.stderr
