@@ -77,7 +77,17 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def run_demo(out: Path, config: DemoConfig, quiet: bool = False, device: str = "auto", overwrite: bool = False) -> Path:
-    """Run every stage into ``out`` and write ``out/report.md``; returns the report's path."""
+    """Run every stage into ``out`` and write ``out/report.md``; returns the report's path.
+
+    The demo folder's writer lock is held throughout, from before ``--overwrite`` removes the
+    previous demo's files (each stage's folder takes its own lock too)."""
+    from avfeat.common import writer_lock
+
+    with writer_lock(out, "demo"):
+        return _run_demo(out, config, quiet, device, overwrite)
+
+
+def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite: bool) -> Path:
     import pyarrow.parquet as pq
 
     from avfeat.align.checkpoint import load_checkpoint

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from avfeat import __version__
-from avfeat.common import has_entries, one_line, pid_alive, replace_durably, temp_path, temp_pid, write_atomic
+from avfeat.common import fsync_dir, has_entries, one_line, pid_alive, replace_durably, temp_path, temp_pid, write_atomic
 from avfeat.data.records import OK, VideoRecord
 from avfeat.errors import CacheError
 
@@ -72,8 +72,18 @@ def manifest_schema():
             ("width", pa.int32()),
             ("height", pa.int32()),
             ("source_sample_rate", pa.int32()),
+            ("shard_sha256", pa.string()),  # of the whole shard file, checked by `avfeat info --verify`
+            ("shard_bytes", pa.int64()),  # its size, checked whenever a reader opens it
         ]
     )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def new_record(video_id: str, path: str, size: int, mtime: float) -> VideoRecord:
@@ -127,6 +137,17 @@ def read_config(layout: "CacheLayout") -> dict[str, Any]:
     return config
 
 
+def _conform(table):
+    """A manifest part in the current schema (columns a part from an older avfeat lacks are null)."""
+    import pyarrow as pa
+
+    schema = manifest_schema()
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+    return table.select(schema.names).cast(schema)
+
+
 def read_manifest(root: str | Path):
     """All committed manifest rows as a pyarrow Table, latest record per video."""
     import pyarrow as pa
@@ -139,7 +160,7 @@ def read_manifest(root: str | Path):
     tables = []
     for index in sorted(parts):
         try:
-            tables.append(pq.read_table(parts[index], schema=manifest_schema()))
+            tables.append(_conform(pq.read_table(parts[index], page_checksum_verification=True)))
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise CacheError(
                 f"manifest part {parts[index]} is damaged ({one_line(error)}); restore it, or remove it and "
@@ -306,17 +327,44 @@ class ShardWriter:
                 raise CacheError(f"shard {self.tmp_path} failed verification (row counts differ from the manifest)")
             if visual_rows != check["visual/times"].shape[0]:
                 raise CacheError(f"shard {self.tmp_path} failed verification (frame times)")
+        checksum = {"shard_sha256": file_sha256(self.tmp_path), "shard_bytes": self.tmp_path.stat().st_size}
         replace_durably(self.tmp_path, self.final_path)
 
         part = self.layout.manifest_dir / part_name(self.index)
         tmp = temp_path(part)
-        pq.write_table(pa.Table.from_pylist([r.to_row() for r in self.records], schema=manifest_schema()), tmp)
+        rows = [dict(r.to_row(), **checksum) for r in self.records]
+        # Parquet's own page checksums guard the part; the shard's hash guards the shard.
+        pq.write_table(pa.Table.from_pylist(rows, schema=manifest_schema()), tmp, write_page_checksum=True)
         replace_durably(tmp, part)
 
     def abort(self) -> None:
         if self._file.id.valid:
             self._file.close()
         self.tmp_path.unlink(missing_ok=True)
+
+
+@dataclass
+class ShardDamage:
+    """A shard whose bytes are not the ones committed, and the videos it holds."""
+
+    index: int
+    path: Path
+    part: Path
+    problem: str
+    video_ids: list[str]
+
+    def line(self) -> str:
+        shown = ", ".join(self.video_ids[:5]) + (f" and {len(self.video_ids) - 5} more" if len(self.video_ids) > 5 else "")
+        return f"damaged  {self.path.name}: {self.problem}; videos {shown}"
+
+
+def remove_damaged(layout: CacheLayout, damaged: list[ShardDamage]) -> None:
+    """Forget damaged shards: their manifest part first (so their videos are no longer recorded
+    and a resumed extract does them again), then the shard file. Only avfeat's own files go."""
+    for damage in damaged:
+        damage.part.unlink(missing_ok=True)
+        fsync_dir(damage.part.parent)
+        damage.path.unlink(missing_ok=True)
 
 
 class Cache:
@@ -333,6 +381,8 @@ class Cache:
         self.config = read_config(self.layout)
         self.manifest = read_manifest(self.layout.root)
         self._records = {row["video_id"]: VideoRecord.from_row(row) for row in self.manifest.to_pylist()}
+        # What each shard was when committed (from its manifest part; None for older caches).
+        self._sizes = {r.shard: r.shard_bytes for r in self._records.values()}
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
 
@@ -385,6 +435,10 @@ class Cache:
         handle = self._handles.get(shard)
         if handle is None:
             path = self.layout.shard_dir / shard_name(shard)
+            expected = self._sizes.get(shard)
+            if expected is not None and path.is_file() and path.stat().st_size != expected:
+                raise CacheError(f"shard {path} is {path.stat().st_size} bytes, the manifest recorded {expected} (truncated or replaced); "
+                                 "`avfeat info CACHE --verify` lists the damage, `avfeat extract INPUT --out CACHE --resume --repair` re-extracts it")
             try:
                 handle = self._handles[shard] = h5py.File(path, "r")
             except OSError as error:
@@ -444,6 +498,29 @@ class Cache:
         if start is None and end is None:
             return self.read_frames(record)
         return self.read_frames(record, *record.frame_span(self.frame_times(record), start, end))
+
+    def verify(self) -> list[ShardDamage]:
+        """Every committed shard checked against the size and SHA-256 its manifest part recorded:
+        the damaged ones, with the videos they hold (empty when all are whole)."""
+        damaged = []
+        for index, part in sorted(self.layout.parts().items()):
+            records = [r for r in self._records.values() if r.shard == index]
+            if not records:
+                continue  # every video of this part was recorded again later
+            path = self.layout.shard_dir / shard_name(index)
+            expected = records[0].shard_sha256
+            if not path.is_file():
+                problem = "missing"
+            elif expected is None:
+                continue  # committed by an avfeat that recorded no checksums
+            elif path.stat().st_size != records[0].shard_bytes:
+                problem = f"{path.stat().st_size} bytes, {records[0].shard_bytes} recorded"
+            elif file_sha256(path) != expected:
+                problem = "its SHA-256 differs from the recorded one"
+            else:
+                continue
+            damaged.append(ShardDamage(index, path, part, problem, [r.video_id for r in records]))
+        return damaged
 
     def fingerprint(self) -> str:
         """A short hash of the config and of what the manifest records, to tie heads and

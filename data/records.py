@@ -58,6 +58,8 @@ class VideoRecord:
     width: int = 0
     height: int = 0
     source_sample_rate: int = 0
+    shard_sha256: str | None = None  # the shard file's hash and size when it was committed
+    shard_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # user columns, kept as given
 
     @classmethod

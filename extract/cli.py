@@ -46,7 +46,7 @@ def extract(
 
     from dataclasses import asdict
 
-    from avfeat.common import OutputMode, check_number, prepare_output, resolve_device
+    from avfeat.common import OutputMode, check_number, prepare_output, resolve_device, writer_lock
     from avfeat.data.cache import CACHE_OWN, CONFIG_FILE, check_config
     from avfeat.errors import InputError
     from avfeat.extract.encoder import Encoder
@@ -59,39 +59,42 @@ def extract(
     check_number("--fps", fps, minimum=0.01, inclusive=True, maximum=1000.0)
     check_number("--timeout", timeout)
     paths = list_inputs(input)
-    mode = prepare_output(out, marker=CONFIG_FILE, kind="cache", resume=resume, overwrite=overwrite, own=CACHE_OWN)
-    given = {"audio_model": audio_model, "visual_model": visual_model, "audio_layer": audio_layer, "visual_layer": visual_layer, "fps": fps}
-    given = {key: value for key, value in given.items() if value is not None}
-    stored = json.loads((out / CONFIG_FILE).read_text()) if mode is OutputMode.RESUME else {}
-    config = ExtractConfig(**{**{k: v for k, v in stored.items() if k in ExtractConfig.__dataclass_fields__}, **given})
-    options = RunOptions(
-        batch_size=batch_size, workers=workers, device=device, dtype=dtype, shard_size=shard_size,
-        limit=limit, retry_failed=retry_failed, timeout=timeout, quiet=quiet,
-    )
-    check_config(out, asdict(config), only_given_keys=True)  # before minutes of model loading
-    if ray is not None:
-        from avfeat.extract.ray_job import import_ray
+    # One writer at a time: the lock is taken before --overwrite removes anything and held until
+    # the last shard is committed (Extractor.run takes it too, for callers other than this command).
+    with writer_lock(out, "cache"):
+        mode = prepare_output(out, marker=CONFIG_FILE, kind="cache", resume=resume, overwrite=overwrite, own=CACHE_OWN)
+        given = {"audio_model": audio_model, "visual_model": visual_model, "audio_layer": audio_layer, "visual_layer": visual_layer, "fps": fps}
+        given = {key: value for key, value in given.items() if value is not None}
+        stored = json.loads((out / CONFIG_FILE).read_text()) if mode is OutputMode.RESUME else {}
+        config = ExtractConfig(**{**{k: v for k, v in stored.items() if k in ExtractConfig.__dataclass_fields__}, **given})
+        options = RunOptions(
+            batch_size=batch_size, workers=workers, device=device, dtype=dtype, shard_size=shard_size,
+            limit=limit, retry_failed=retry_failed, timeout=timeout, quiet=quiet,
+        )
+        check_config(out, asdict(config), only_given_keys=True)  # before minutes of model loading
+        if ray is not None:
+            from avfeat.extract.ray_job import import_ray
 
-        import_ray()  # says how to install it, before models load
-    # With --ray the models run on the cluster's actors; here they only describe the tensors.
-    encoder = Encoder.describe(config) if ray is not None else Encoder(config, device=device, dtype=dtype, batch_size=batch_size)
-    extractor = Extractor(config, options, encoder)
-    for spec in (config.audio_model, config.visual_model):
-        if spec.startswith("random:"):
-            typer.echo(f"note: {spec} has random weights (for tests, demos and benchmarks); its tokens carry no learned meaning", err=True)
+            import_ray()  # says how to install it, before models load
+        # With --ray the models run on the cluster's actors; here they only describe the tensors.
+        encoder = Encoder.describe(config) if ray is not None else Encoder(config, device=device, dtype=dtype, batch_size=batch_size)
+        extractor = Extractor(config, options, encoder)
+        for spec in (config.audio_model, config.visual_model):
+            if spec.startswith("random:"):
+                typer.echo(f"note: {spec} has random weights (for tests, demos and benchmarks); its tokens carry no learned meaning", err=True)
 
-    bar = tqdm(unit="video", desc="extract", disable=quiet, dynamic_ncols=True)
-    media_seconds = 0.0
+        bar = tqdm(unit="video", desc="extract", disable=quiet, dynamic_ncols=True)
+        media_seconds = 0.0
 
-    def progress(count: int, seconds: float) -> None:
-        nonlocal media_seconds
-        media_seconds += seconds
-        bar.update(count)
-        elapsed = bar.format_dict["elapsed"] or 1e-9
-        bar.set_postfix_str(f"{media_seconds / elapsed:.1f} media-s/s", refresh=False)
+        def progress(count: int, seconds: float) -> None:
+            nonlocal media_seconds
+            media_seconds += seconds
+            bar.update(count)
+            elapsed = bar.format_dict["elapsed"] or 1e-9
+            bar.set_postfix_str(f"{media_seconds / elapsed:.1f} media-s/s", refresh=False)
 
-    with bar:
-        summary = extractor.run(paths, out, progress=progress, on_plan=lambda total: bar.reset(total=total), ray_address=ray)
+        with bar:
+            summary = extractor.run(paths, out, progress=progress, on_plan=lambda total: bar.reset(total=total), ray_address=ray)
     for line in summary.lines():
         typer.echo(line)
     if summary.any_failed:
@@ -102,8 +105,11 @@ def info(
     cache: Path = typer.Argument(..., help="A cache folder written by `avfeat extract`."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text (with every video's id)."),
     videos: bool = typer.Option(False, "--videos", help="List every video: id, status, duration, path."),
+    verify: bool = typer.Option(False, "--verify", help="Check every shard against the size and SHA-256 its manifest recorded (exit 1 when one is damaged)."),
 ) -> None:
     """Summarise a token cache: models, videos by status, hours, bytes; --videos lists the ids."""
+    if verify:
+        return _verify(cache, as_json)
     from avfeat.data.cache import Cache
 
     with Cache(cache) as store:
@@ -146,6 +152,25 @@ def info(
         typer.echo(f"failed     {failure['status']:<12} {failure['path']}: {failure['error']}")
     if len(report["failures"]) > 20:
         typer.echo(f"           ... and {len(report['failures']) - 20} more (--json lists all)")
+
+
+def _verify(cache: Path, as_json: bool) -> None:
+    from avfeat.data.cache import Cache
+    from avfeat.errors import CacheError
+
+    with Cache(cache) as store:
+        damaged = store.verify()
+        shards = len(store.layout.parts())
+    if as_json:
+        typer.echo(json.dumps({"shards": shards, "damaged": [
+            {"shard": d.path.name, "problem": d.problem, "video_ids": d.video_ids} for d in damaged]}, indent=2))
+    else:
+        for damage in damaged:
+            typer.echo(damage.line())
+    if damaged:
+        raise CacheError(f"{len(damaged)} of {shards} shards are damaged; `avfeat extract INPUT --out {cache} --resume --repair` extracts their videos again")
+    if not as_json:
+        typer.echo(f"verified {shards} shards: every one matches its recorded SHA-256")
 
 
 def expand_ray_flag(args: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 
-from avfeat.common import human_bytes
+from avfeat.common import human_bytes, writer_lock
 from avfeat.data.cache import CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
 from avfeat.data.records import OK, VideoRecord
 from avfeat.extract.encoder import Encoder, ExtractConfig, encode_audio_group, encode_visual_group, resolve_dtype  # noqa: F401 (re-exported)
@@ -143,8 +143,13 @@ class Extractor:
         ``on_plan(n)`` is told how many videos this run will process; ``progress(videos,
         media_seconds)`` is called as videos are written. With ``ray_address`` (``"local"``
         for a Ray started here) the work runs as a Ray Data pipeline (extract/ray_job.py) and
-        writes the same shards and manifest parts.
+        writes the same shards and manifest parts. The cache's writer lock is held throughout
+        (``avfeat.common.writer_lock``): a second writer is refused before it touches anything.
         """
+        with writer_lock(out, "cache"):
+            return self._run(paths, out, progress, on_plan, ray_address)
+
+    def _run(self, paths, out, progress, on_plan, ray_address) -> ExtractSummary:
         started = time.perf_counter()
         layout = open_for_writing(out, self.encoder.cache_config())
         recorded = _records(layout)

@@ -298,7 +298,19 @@ def build_index(
 ) -> dict[str, Any]:
     """Project every window of ``cache`` through ``checkpoint``'s heads and write the index
     folder ``out`` (see ``avfeat.index.store``), each modality in ``shards`` files. Returns its
-    meta.json contents. An existing index is replaced (atomically) only with ``overwrite``."""
+    meta.json contents. An existing index is replaced (atomically) only with ``overwrite``.
+
+    One writer at a time: the lock sits beside the folder (``OUT.avfeat-lock``), not in it,
+    because the folder is written as ``OUT.tmp`` and swapped in by renames (through ``OUT.old``):
+    a lock inside would leave with the old folder at the swap, while one beside guards all
+    three names for the whole build."""
+    from avfeat.common import writer_lock
+
+    with writer_lock(out, "index", beside=True):
+        return _build_index(cache, checkpoint, out, window, hop, factory, memory_budget, quiet, shards, overwrite)
+
+
+def _build_index(cache, checkpoint, out, window, hop, factory, memory_budget, quiet, shards, overwrite) -> dict[str, Any]:
     from avfeat.common import prepare_output
     from avfeat.index.store import META_FILE
 

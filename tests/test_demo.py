@@ -54,6 +54,7 @@ def test_demo_refuses_unusable_output(tmp_path):
         result = avfeat("demo", "--out", tmp_path / "full", *flags)
         assert result.returncode == 1 and "not an avfeat demo" in result.stderr
     assert (tmp_path / "full" / "mine.txt").read_text() == "keep me"
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["mine.txt"]  # the writer lock left nothing behind
 
 
 @pytest.mark.slow

@@ -119,3 +119,23 @@ def test_damaged_state_is_one_line_naming_the_file(tmp_path, damage, message):
     result = run_avfeat("info", tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_flipped_bytes_are_found_and_named(tmp_path):
+    from avfeat.data.cache import remove_damaged
+
+    layout = _write_shard(tmp_path, 0, [("a", 2, 10), ("bb", 3, 20)])
+    _write_shard(tmp_path, 1, [("c", 2, 10)])
+    assert Cache(tmp_path).verify() == []
+    shard = layout.shard_dir / "shard-00000.h5"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped bit pattern, size unchanged
+    shard.write_bytes(bytes(data))
+    (damage,) = Cache(tmp_path).verify()
+    assert damage.path == shard and damage.video_ids == ["a", "bb"] and "SHA-256" in damage.problem
+    shard.write_bytes(bytes(data[:1000]))  # truncated: readers refuse it on open
+    with pytest.raises(CacheError, match="truncated or replaced"):
+        Cache(tmp_path).audio_tokens("a")
+    remove_damaged(layout, Cache(tmp_path).verify())
+    cache = Cache(tmp_path)
+    assert [r.video_id for r in cache.records()] == ["c"] and cache.verify() == []
