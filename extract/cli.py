@@ -30,6 +30,7 @@ def extract(
     timeout: float = typer.Option(600.0, min=1.0, help="Seconds one file may take to decode."),
     resume: bool = typer.Option(False, "--resume", help="Add to the cache in --out: skip what it holds, extract the rest with its settings."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the cache in --out (only avfeat's own files there are removed)."),
+    repair: bool = typer.Option(False, "--repair", help="With --resume: first forget the shards whose bytes differ from their recorded SHA-256 (see `avfeat info --verify`), so their videos are extracted again."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ray: Optional[str] = typer.Option(
         None, "--ray", metavar="[ADDRESS]",
@@ -63,6 +64,8 @@ def extract(
     # the last shard is committed (Extractor.run takes it too, for callers other than this command).
     with writer_lock(out, "cache"):
         mode = prepare_output(out, marker=CONFIG_FILE, kind="cache", resume=resume, overwrite=overwrite, own=CACHE_OWN)
+        if repair:
+            _repair(out, mode)
         given = {"audio_model": audio_model, "visual_model": visual_model, "audio_layer": audio_layer, "visual_layer": visual_layer, "fps": fps}
         given = {key: value for key, value in given.items() if value is not None}
         stored = json.loads((out / CONFIG_FILE).read_text()) if mode is OutputMode.RESUME else {}
@@ -152,6 +155,21 @@ def info(
         typer.echo(f"failed     {failure['status']:<12} {failure['path']}: {failure['error']}")
     if len(report["failures"]) > 20:
         typer.echo(f"           ... and {len(report['failures']) - 20} more (--json lists all)")
+
+
+def _repair(out: Path, mode) -> None:
+    """Drop the damaged shards (and their manifest parts) before a resumed run re-extracts them."""
+    from avfeat.common import OutputMode
+    from avfeat.data.cache import Cache, remove_damaged
+    from avfeat.errors import InputError
+
+    if mode is not OutputMode.RESUME:
+        raise InputError("--repair works on an existing cache: pass it with --resume")
+    with Cache(out) as store:
+        damaged = store.verify()
+    for damage in damaged:
+        typer.echo(f"{damage.line()}: extracting its {len(damage.video_ids)} videos again", err=True)
+    remove_damaged(store.layout, damaged)
 
 
 def _verify(cache: Path, as_json: bool) -> None:

@@ -9,6 +9,11 @@ import pytest
 from avfeat.testing import run_avfeat as avfeat
 
 
+# The demo's minutes count against each test's pytest-timeout; on a busy machine they can pass
+# the default 600 s. This is a hang guard, not a speed check (benchmarks measure speed).
+pytestmark = pytest.mark.timeout(1800)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"

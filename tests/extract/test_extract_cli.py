@@ -1,6 +1,7 @@
 """`avfeat extract` / `avfeat info` end to end, through the real command line."""
 
 import json
+import shutil
 import os
 import random
 import signal
@@ -177,3 +178,20 @@ def test_real_clips(media_dir, tmp_path):
         assert len(times) >= 2 and np.all(np.diff(times) > 0)
         assert times[0] >= 0 and times[-1] < row.duration
         assert abs(len(cache.audio_tokens(row.video_id)) - row.duration * 50) < 0.2 * 50
+
+
+def test_a_bit_flip_is_found_by_verify_and_repaired(corpus, reference_cache, tmp_path):
+    out = tmp_path / "cache"
+    shutil.copytree(reference_cache, out)
+    assert "verified 3 shards" in avfeat("info", out, "--verify", check=0).stdout
+    shard = sorted((out / "shards").glob("*.h5"))[1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    found = avfeat("info", out, "--verify")
+    assert found.returncode == 1 and f"damaged  {shard.name}" in found.stdout
+    assert found.stderr.strip().splitlines() == [found.stderr.strip()] and "--repair" in found.stderr
+    repaired = extract(corpus, out, "--shard-size", 2, "--workers", 2, "--resume", "--repair", check=0)
+    assert f"damaged  {shard.name}" in repaired.stderr and "4 already in the cache" in repaired.stdout
+    assert "verified 3 shards" in avfeat("info", out, "--verify", check=0).stdout
+    assert_same_cache(out, reference_cache, ignore=("shard",))  # the repaired videos sit in a new shard
