@@ -13,14 +13,21 @@ def train_head(
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder to write (heads.safetensors, config.json, state, metrics, curves)."),
     window: float = typer.Option(2.0, help="Window length in seconds: audio tokens and the frames of the same span."),
     hop: Optional[float] = typer.Option(None, help="Hop in seconds recorded for indexing (default: window / 2)."),
-    head: str = typer.Option("linear", help="linear (LayerNorm + Linear) or mlp (a small two-layer MLP)."),
+    head: str = typer.Option("mlp", help="mlp (LayerNorm + a small two-layer MLP) or linear (LayerNorm + Linear)."),
     dim: int = typer.Option(256, min=1, help="Dimensions of the shared space."),
     aggregation: str = typer.Option("max-mean", help="Clip score: max-mean, mean-pool or cls."),
-    epochs: int = typer.Option(10, min=1, help="Epochs (see --passes-per-epoch)."),
+    epochs: Optional[int] = typer.Option(None, min=1, show_default=False, help="Epochs (see --passes-per-epoch). Default: 10, more if that makes fewer than 200 steps."),
     steps: Optional[int] = typer.Option(None, min=1, help="Total optimizer steps; overrides --epochs (the last epoch may be partial)."),
-    passes_per_epoch: int = typer.Option(1, min=1, help="Passes over the training videos (one window each) per epoch; raise it for small collections."),
-    batch_size: int = typer.Option(64, min=2, help="Windows per batch, each from a different video."),
-    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (linear warm-up, cosine decay)."),
+    passes_per_epoch: Optional[int] = typer.Option(
+        None, min=1, show_default=False,
+        help="Passes over the training videos (one window each) per epoch. Default: enough that an epoch draws as many windows as the training videos "
+        "hold end to end, and that 10 epochs make at least 200 steps.",
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, min=2, show_default=False,
+        help="Windows per batch, each from a different video. Default: 64, or the largest power of two that leaves 8 batches per pass over the training videos.",
+    ),
+    lr: float = typer.Option(1e-2, help="Peak AdamW learning rate (linear warm-up, cosine decay)."),
     weight_decay: float = typer.Option(0.01, help="AdamW weight decay."),
     warmup: float = typer.Option(0.05, help="Fraction of the steps spent warming up."),
     clip: float = typer.Option(1.0, help="Gradient-norm clipping (0: off)."),
@@ -74,12 +81,13 @@ def train_head(
     if nproc > 1:
         if distributed.env_world_size() > 1:
             raise InputError("--nproc cannot be used under torchrun (WORLD_SIZE is set already): let torchrun start the processes")
-        if not resume:  # a resumed run divides the checkpoint's batch size; each process checks that
+        if not resume and batch_size is not None:  # a resumed run divides the checkpoint's batch size, an automatic one is made to divide; each process checks that
             distributed.check_batch(batch_size, nproc)
         distributed.check_device(resolve_device(device), nproc)
         raise typer.Exit(distributed.launch(distributed.without_option(sys.argv[1:], "--nproc"), nproc))
     try:
-        result = train(cache, out, config, options, log=lambda line: typer.echo(line, err=True) if not quiet else None)
+        result = train(cache, out, config, options, log=lambda line: typer.echo(line, err=True) if not quiet else None,
+                       warn=lambda line: typer.echo(f"avfeat: warning: {line}", err=True))
     except distributed.PeerFailed:
         raise typer.Exit(1) from None  # rank 0 prints the error
     if result.rank != 0:

@@ -29,6 +29,10 @@ class BackboneMismatchError(AvfeatError):
     """Heads, an index or a query come from other backbones (models, layers, dims) than a cache."""
 
 
+class TrainingDiverged(AvfeatError):
+    """Training produced a non-finite loss or weight; the last good checkpoint is kept."""
+
+
 class SearchIndexError(AvfeatError):
     """An index folder is missing, incomplete or unreadable."""
 

@@ -47,7 +47,7 @@ def data_overhead(cache: Path, out: Path, args) -> dict:
     from avfeat.align import data
     from avfeat.align.train import RunOptions, Trainer, TrainConfig
 
-    config = TrainConfig(window=args.window, dim=args.dim, batch_size=args.batch_size, epochs=1, passes_per_epoch=1000, val_fraction=0.0, lr=1e-3)
+    config = TrainConfig(window=args.window, dim=args.dim, head="linear", batch_size=args.batch_size, epochs=1, passes_per_epoch=1000, val_fraction=0.0, lr=1e-3)
     trainer = Trainer(cache, out, config, RunOptions(device=args.device, quiet=True, overwrite=True), log=lambda _: None)
     device = trainer.device
     passes = -(-(args.steps + args.warmup) // data.steps_per_pass(len(trainer.train_videos), trainer.batch_size))

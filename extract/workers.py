@@ -113,8 +113,10 @@ class DecodePool:
     Args:
         fn: a picklable callable (module-level function or ``functools.partial`` of one).
         workers: number of worker processes; 0 runs ``fn`` inline in this process (no timeout).
-        timeout: seconds one item may take before its worker is killed (``timeout`` status);
-            None for no limit.
+        timeout: seconds one item may take before its worker is killed (``timeout`` status),
+            counted from when its worker is ready (a new worker's start-up is not counted; one
+            that is not ready after ``_START_LIMIT`` s fails its item as ``crashed``); None for
+            no limit.
         prefetch: most items in flight at once (read from the input but not yet yielded,
             including finished ones waiting for an earlier item); default ``2 * workers + 2``.
         start_method: ``"forkserver"`` (default where available) or ``"spawn"``.
@@ -167,18 +169,22 @@ class DecodePool:
                 self._slots[index] = self._spawn()
 
     def close(self) -> None:
-        """Stop all workers: idle ones are asked to exit, busy ones are killed. Idempotent."""
+        """Stop all workers: idle ones are asked to exit, busy ones and ones still starting are
+        killed. Idempotent."""
         self._closed = True
         workers = [w for w in self._slots if w is not None]
         self._slots = []
         for worker in workers:
-            if worker.seq is None:
+            # An idle worker that has said ready (its message read or waiting) reads the None at once.
+            if worker.seq is None and (worker.ready or worker.conn.poll(0)):
                 try:
                     worker.conn.send(None)
                 except OSError:
                     pass
             else:
-                worker.process.kill()  # may be blocked writing a large result: don't wait for it
+                # Busy: may be blocked writing a large result; starting: would read the None only
+                # after its start-up. Neither holds anything worth waiting for.
+                worker.process.kill()
         deadline = time.monotonic() + _STOP_GRACE
         for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))

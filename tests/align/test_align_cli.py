@@ -99,3 +99,22 @@ def test_resume_without_a_checkpoint_and_attention_map_of_missing_heads(small_ca
     one_line_error(avfeat("attention-map", small_cache, "x", "--heads", tmp_path / "heads", "--time", 0), "does not exist")
     one_line_error(avfeat("attention-map", small_cache, "x", "--heads", tmp_path / "heads", "--time", "nan"), "cannot read the time")
     one_line_error(avfeat("attention-map", small_cache, "x", "--heads", tmp_path / "heads", "--time", 0, "--device", "tpu9"), "is not a device")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--window", "inf"), "--window must be a finite number"),
+    (("--lr", "nan"), "--lr must be a finite number"),
+    (("--temperature", "0"), "--temperature must be a finite number greater than 0"),
+    (("--temperature", "-1"), "--temperature must be a finite number greater than 0"),
+])
+def test_non_finite_options_are_one_line(small_cache, tmp_path, args, fragment):
+    one_line_error(avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, *args), fragment)
+
+
+def test_a_diverging_run_stops_with_one_line_and_saves_no_nan_heads(small_cache, tmp_path):
+    heads = tmp_path / "heads"
+    result = avfeat("train-head", small_cache, "--out", heads, *TRAIN, "--lr", "1e30", "--clip", 0)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]  # after the too-short-run warning
+    assert error.startswith("avfeat: error: training stopped at step") and "--lr 1e+30 too high with --clip 0" in error
+    assert not (heads / "heads.safetensors").exists()  # the epoch that diverged was not saved

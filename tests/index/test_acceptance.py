@@ -9,7 +9,7 @@ corpora from `avfeat synth`, none of them trained on:
 - ``held``: 30 videos of the training classes; each one's audio must find a video of its
   class at rank 1 in the visual index, and each one's pictures a video of its class in the
   audio index, both plain and with ``rerank``;
-- ``offsets``: 20 videos with offsets drawn from [-1, 1] s (``--offset 1.0``); ``sync_file``
+- ``offsets``: 20 videos of 10 s with offsets drawn from [-1, 1] s (``--offset 1.0``); ``sync_file``
   (what `avfeat sync` runs, with its default --max-offset 2) must recover them within one frame
   interval (0.2 s at --fps 5);
 - 20 clips of 2 s cut (decoded and re-encoded) from indexed videos at random times: ``locate``

@@ -1,0 +1,73 @@
+"""`avfeat train-head` with no training options learns; a run too short to learn says so.
+
+The corpus is the one where the fixed defaults failed (issue 10): 80 synthetic videos of 4 s,
+8 classes, the tiny random backbones at 2 fps. B = 64, one pass per epoch and 10 epochs made
+10 optimizer steps there (held-out class R@1 0.25 sound → picture). The schedule sized to the
+collection makes 270 steps of B = 8: class R@1 0.969 / 1.000 on this corpus (seed 0), 0.969 or
+more both ways on seeds 0-4. About 40 s with the corpus on one CPU thread, so not marked slow.
+"""
+
+import json
+
+from avfeat.align import data
+from avfeat.testing import align_class_recall, build_cache
+
+from .conftest import avfeat
+
+DEFAULTS_CORPUS = dict(videos=80, seconds=4.0, classes=8, fps=2, size=224)  # `avfeat synth` defaults: 224 px
+
+
+def test_train_head_with_no_options_reaches_class_r1_of_0_9(tmp_path):
+    corpus, cache = build_cache(tmp_path, **DEFAULTS_CORPUS, seed=0, threads=1)
+    heads = tmp_path / "heads"
+    result = avfeat("train-head", cache, "--out", heads, "--quiet", "--device", "cpu", check=0, threads=1)
+    assert "warning" not in result.stderr, result.stderr
+    training = json.loads((heads / "config.json").read_text())["training"]  # the resolved schedule, for --resume and eval
+    assert (training["batch_size"], training["passes_per_epoch"], training["epochs"], training["steps"]) == (8, 3, 10, None)
+    assert json.loads((heads / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 270
+    a2v, v2a, windows = align_class_recall(corpus, cache, heads)
+    assert windows == 32  # 8 held-out videos x 4 windows
+    assert a2v >= 0.9 and v2a >= 0.9, (a2v, v2a)
+
+
+def test_a_run_too_short_to_learn_warns_in_one_line(small_cache, tmp_path):
+    short = ["--window", 1, "--dim", 16, "--batch-size", 3, "--epochs", 1, "--passes-per-epoch", 1, "--val-fraction", 0.25]
+    result = avfeat("train-head", small_cache, "--out", tmp_path / "short", *short, "--device", "cpu", "--quiet", check=0)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("avfeat: warning: this run is too short to learn: 2 optimizer steps"), result.stderr
+
+
+def test_the_schedule_fills_in_only_what_is_unset():
+    # 72 training videos holding 144 windows end to end (4 s videos, 2 s windows)
+    assert [data.auto_batch_size(n) for n in (6, 72, 160, 1000)] == [2, 8, 16, 64]
+    assert data.auto_batch_size(72, world_size=3) == 6
+    auto = data.plan_schedule(72, 144, 8)
+    assert (auto.passes_per_epoch, auto.epochs, auto.total_steps) == (3, 10, 270)  # 2 passes cover the windows; 200 steps at least
+    big = data.plan_schedule(1000, 300_000, 64)  # an epoch covers the windows: 313 passes of 15 steps
+    assert (big.passes_per_epoch, big.epochs, big.total_steps) == (313, 10, 46_950)
+    assert data.plan_schedule(72, 144, 8, passes_per_epoch=1).epochs == 23  # 200 steps at least
+    given = data.plan_schedule(72, 144, 64, passes_per_epoch=1, epochs=10)  # the old fixed defaults: kept as given
+    assert (given.passes_per_epoch, given.epochs, given.total_steps) == (1, 10, 10)
+    assert "10 optimizer steps of 64 windows" in data.short_run_warning(given, 144)
+    assert data.plan_schedule(72, 144, 8, epochs=2).total_steps == 36  # epochs given: passes cover the windows
+    steps = data.plan_schedule(72, 144, 8, steps=50)
+    assert (steps.total_steps, steps.epochs) == (50, 3)  # epochs of 2 passes (18 steps), the last one partial
+    assert data.short_run_warning(data.plan_schedule(72, 144, 8, steps=120), 144) is None
+    # enough steps, but fewer windows drawn than the videos hold
+    assert "drawing 6400 windows of the 300000" in data.short_run_warning(data.plan_schedule(1000, 300_000, 64, steps=100), 300_000)
+
+
+def test_an_automatic_schedule_is_stored_resolved_and_resumed(small_cache, tmp_path):
+    from avfeat.align.train import RunOptions, TrainConfig, train
+    from avfeat.testing import torch_threads
+
+    config = TrainConfig(window=1.0, dim=16, val_fraction=0.25)  # batch size, passes and epochs left to the schedule
+    with torch_threads(1):
+        first = train(small_cache, tmp_path / "heads", config, RunOptions(quiet=True, device="cpu", stop_after=2), log=lambda _: None)
+        stored = json.loads((tmp_path / "heads" / "config.json").read_text())["training"]
+        # the resumed run takes the resolved values from config.json, whatever it is given
+        rest = train(small_cache, tmp_path / "heads", TrainConfig(batch_size=3, epochs=1), RunOptions(quiet=True, device="cpu", resume=True), log=lambda _: None)
+    assert (stored["batch_size"], stored["passes_per_epoch"], stored["epochs"]) == (2, 7, 10)  # 6 training videos: 3 steps per pass
+    assert first.warnings == [] and rest.warnings == []  # left to the schedule, the run is long enough to learn
+    assert len(first.losses) == 2 * 21 and len(first.losses) + len(rest.losses) == 210 >= data.MIN_STEPS
+    assert json.loads((tmp_path / "heads" / "config.json").read_text())["training"] == stored
