@@ -166,7 +166,7 @@ def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite
     locate_source = cache.record(held_out[-1])
     clip_start = round(min(1.0, config.seconds / 3), 2)
     clip = out / "queries" / "clip.mp4"
-    cut_clip(locate_source["path"], clip, clip_start, config.seconds - clip_start)
+    cut_clip(locate_source.path, clip, clip_start, config.seconds - clip_start)
     located = searcher.locate(clip, k=3)
 
     stages.next("evaluate held-out retrieval, synchronization and localization")
@@ -256,7 +256,7 @@ def _report_markdown(out, config, summary, meta, searches, attention, sync, sync
         "",
         "## Locate",
         "",
-        f"`queries/clip.mp4` was cut from `{Path(locate_source['path']).name}` at {clip_start:.2f} s. Candidates:",
+        f"`queries/clip.mp4` was cut from `{Path(locate_source.path).name}` at {clip_start:.2f} s. Candidates:",
         "",
         "| video | time | votes |",
         "|---|---|---|",
