@@ -55,9 +55,9 @@ def model_only(extractor, decoded, modality: str):
             encode_visual_group(encoder.visual, medias, batch_size)
 
 
-def ray_run(extractor, paths, out):
+def ray_run(extractor, inputs, out):
     """The job as a Ray Data pipeline on the Ray started by main (startup not timed)."""
-    return extractor.run(paths, out, ray_address="local")
+    return extractor.run(inputs, out, ray_address="local")
 
 
 def naive_loop(paths, audio_spec, visual_spec, fps, device):
@@ -113,11 +113,10 @@ def main() -> None:
     from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
 
     work = Path(tempfile.mkdtemp(prefix="avfeat-bench-"))
-    if args.media:
-        paths = list_inputs(str(args.media))
-    else:
+    if not args.media:
         make_corpus(work / "videos", videos=args.videos, seconds=args.seconds, classes=4, seed=0)
-        paths = list_inputs(str(work / "videos"))
+    inputs = list_inputs(str(args.media or work / "videos"))
+    paths = [item.path for item in inputs]
     config = ExtractConfig(audio_model=args.audio_model, visual_model=args.visual_model, fps=args.fps)
     options = RunOptions(
         batch_size=args.batch_size, workers=args.workers, device=args.device, dtype=args.dtype, shard_size=args.shard_size, quiet=True
@@ -133,14 +132,14 @@ def main() -> None:
         model_s[modality], _ = _median_time(lambda: model_only(extractor, decoded, modality), args.repeats)
 
     runs = iter(range(1000))
-    e2e_s, _ = _median_time(lambda: extractor.run(paths, work / f"cache-{next(runs)}"), args.repeats)
+    e2e_s, _ = _median_time(lambda: extractor.run(inputs, work / f"cache-{next(runs)}"), args.repeats)
 
     ray_s = None
     if args.ray:
         import ray
 
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        ray_s, _ = _median_time(lambda: ray_run(extractor, paths, work / f"cache-{next(runs)}"), args.repeats)
+        ray_s, _ = _median_time(lambda: ray_run(extractor, inputs, work / f"cache-{next(runs)}"), args.repeats)
         ray.shutdown()
 
     naive_s = None

@@ -35,6 +35,7 @@ SHARD_DIR = "shards"
 MANIFEST_DIR = "manifest"
 CACHE_OWN = (CONFIG_FILE, SHARD_DIR, MANIFEST_DIR)  # what --overwrite may remove
 NON_FINITE = "non_finite"  # status of a video whose tokens held NaN or inf
+SUPERSEDED = "superseded"  # a record retired because its file changed (`extract --refresh`); readers never see it
 
 _SHARD_RE = re.compile(r"shard-(\d{5,})\.h5$")
 _PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
@@ -167,12 +168,11 @@ def read_manifest(root: str | Path):
                 f"{layout.shard_dir / shard_name(index)} and run `avfeat extract --resume` to extract those videos again"
             ) from None
     table = pa.concat_tables(tables)
-    # A retried video appears in several parts; keep its last record.
-    ids = table.column("video_id").to_pylist()
+    # A retried video appears in several parts; keep its last record, unless that retires it.
+    ids, statuses = table.column("video_id").to_pylist(), table.column("status").to_pylist()
     last = {video_id: row for row, video_id in enumerate(ids)}
-    if len(last) == len(ids):
-        return table
-    return table.take(sorted(last.values()))
+    keep = sorted(row for row in last.values() if statuses[row] != SUPERSEDED)
+    return table if len(keep) == len(ids) else table.take(keep)
 
 
 def _config_diff(stored: dict, wanted: dict) -> list[str]:
@@ -237,6 +237,31 @@ def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
     return layout
 
 
+def compute_dtype(layout: CacheLayout) -> str | None:
+    """The dtype the cache's committed tokens were computed in (the first readable shard's
+    ``compute_dtype`` attribute); None for an empty cache."""
+    import h5py
+
+    parts = layout.parts()
+    for index, path in sorted(layout.shards().items()):
+        if index in parts:
+            try:
+                with h5py.File(path, "r") as handle:
+                    value = handle.attrs.get("compute_dtype")
+            except OSError:
+                continue  # a damaged shard is for `info --verify` to name
+            return None if value is None else str(value)
+    return None
+
+
+def check_compute_dtype(layout: CacheLayout, dtype: str) -> None:
+    """Refuse to add tokens computed in another dtype: bfloat16 and float32 tokens of one model
+    differ by far more than float16 storage rounding, so a mixed cache compares unlike things."""
+    stored = compute_dtype(layout)
+    if stored is not None and stored != dtype:
+        raise CacheError(f"{layout.root} holds tokens computed in {stored}, this run would compute {dtype}; pass --dtype {stored} or use a new --out")
+
+
 class ShardWriter:
     """Appends videos' tokens to one shard and commits it with its manifest part.
 
@@ -254,6 +279,8 @@ class ShardWriter:
         import h5py
 
         self.layout, self.index, self.attrs, self.dtype = layout, index, attrs, dtype
+        if "compute_dtype" in attrs:
+            check_compute_dtype(layout, attrs["compute_dtype"])
         self.records: list[VideoRecord] = []
         self.final_path = layout.shard_dir / shard_name(index)
         self.tmp_path = temp_path(self.final_path)

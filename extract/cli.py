@@ -13,7 +13,7 @@ EXIT_SOME_FAILED = 3
 
 
 def extract(
-    input: str = typer.Argument(..., help="A folder (searched recursively), a glob, a .txt list of paths, or a CSV/Parquet file with a 'path' column."),
+    input: str = typer.Argument(..., help="A folder (searched recursively), a glob, a .txt list of paths, or a CSV/Parquet file with a 'path' column (and an optional 'id' column)."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create (an existing cache needs --resume or --overwrite)."),
     audio_model: Optional[str] = typer.Option(None, help="HuBERT: hub id, local folder, or random:<arch> [default: facebook/hubert-base-ls960, or the cache's]."),
     visual_model: Optional[str] = typer.Option(None, help="DINOv2: hub id, local folder, or random:<arch> [default: facebook/dinov2-small, or the cache's]."),
@@ -27,6 +27,7 @@ def extract(
     shard_size: int = typer.Option(64, min=1, help="Videos per shard (the unit of commit and resume)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Process at most this many new videos."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the videos recorded as failed."),
+    refresh: bool = typer.Option(False, "--refresh", help="Extract again the files whose size or mtime changed since they were cached (without it they are reported and their old tokens kept)."),
     timeout: float = typer.Option(600.0, min=1.0, help="Seconds one file may take to decode."),
     resume: bool = typer.Option(False, "--resume", help="Add to the cache in --out: skip what it holds, extract the rest with its settings."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the cache in --out (only avfeat's own files there are removed)."),
@@ -41,16 +42,17 @@ def extract(
     """Decode videos, run frozen HuBERT and DINOv2, and cache their tokens (resumable).
 
     Exit status: 0 when every input is cached, 3 when the job finished but some inputs are
-    recorded as failed (see `avfeat info`), 1 on an error that stopped the job.
+    recorded as failed (see `avfeat info`) or two different files would share an id, 1 on an
+    error that stopped the job.
     """
     from tqdm import tqdm
 
     from dataclasses import asdict
 
     from avfeat.common import OutputMode, check_number, prepare_output, resolve_device, writer_lock
-    from avfeat.data.cache import CACHE_OWN, CONFIG_FILE, check_config
+    from avfeat.data.cache import CACHE_OWN, CONFIG_FILE, check_compute_dtype, check_config
     from avfeat.errors import InputError
-    from avfeat.extract.encoder import Encoder
+    from avfeat.extract.encoder import Encoder, resolve_dtype
     from avfeat.extract.inputs import list_inputs
     from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
 
@@ -59,7 +61,7 @@ def extract(
     resolve_device(device)
     check_number("--fps", fps, minimum=0.01, inclusive=True, maximum=1000.0)
     check_number("--timeout", timeout)
-    paths = list_inputs(input)
+    inputs = list_inputs(input)
     # One writer at a time: the lock is taken before --overwrite removes anything and held until
     # the last shard is committed (Extractor.run takes it too, for callers other than this command).
     with writer_lock(out, "cache"):
@@ -72,9 +74,11 @@ def extract(
         config = ExtractConfig(**{**{k: v for k, v in stored.items() if k in ExtractConfig.__dataclass_fields__}, **given})
         options = RunOptions(
             batch_size=batch_size, workers=workers, device=device, dtype=dtype, shard_size=shard_size,
-            limit=limit, retry_failed=retry_failed, timeout=timeout, quiet=quiet,
+            limit=limit, retry_failed=retry_failed, refresh=refresh, timeout=timeout, quiet=quiet,
         )
-        check_config(out, asdict(config), only_given_keys=True)  # before minutes of model loading
+        layout = check_config(out, asdict(config), only_given_keys=True)  # before minutes of model loading
+        if ray is None:  # a Ray run's workers pick their dtype; each shard is checked as it is written
+            check_compute_dtype(layout, resolve_dtype(dtype, str(resolve_device(device))))
         if ray is not None:
             from avfeat.extract.ray_job import import_ray
 
@@ -97,7 +101,7 @@ def extract(
             bar.set_postfix_str(f"{media_seconds / elapsed:.1f} media-s/s", refresh=False)
 
         with bar:
-            summary = extractor.run(paths, out, progress=progress, on_plan=lambda total: bar.reset(total=total), ray_address=ray)
+            summary = extractor.run(inputs, out, progress=progress, on_plan=lambda total: bar.reset(total=total), ray_address=ray)
     for line in summary.lines():
         typer.echo(line)
     if summary.any_failed:

@@ -20,13 +20,12 @@ from typing import Callable
 
 
 from avfeat.common import human_bytes, writer_lock
-from avfeat.data.cache import CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
+from avfeat.data.cache import SUPERSEDED, CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
 from avfeat.data.records import OK, VideoRecord
 from avfeat.extract.encoder import Encoder, ExtractConfig, encode_audio_group, encode_visual_group, resolve_dtype  # noqa: F401 (re-exported)
-from avfeat.extract.inputs import video_id
+from avfeat.extract.inputs import MISSING, IdPlan, MediaInput, assign_ids
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError, decode
 
-MISSING = "missing"  # a listed file that does not exist
 
 
 @dataclass
@@ -40,6 +39,7 @@ class RunOptions:
     shard_size: int = 64  # videos per shard (the unit of commit and resume)
     limit: int | None = None
     retry_failed: bool = False
+    refresh: bool = False  # extract again the inputs whose size or mtime changed since they were recorded
     timeout: float = 600.0  # seconds one file may take to decode
     quiet: bool = False
 
@@ -49,6 +49,7 @@ class ExtractSummary:
     ok: int = 0
     failed: dict[str, int] = field(default_factory=dict)
     skipped: int = 0  # already recorded before this run
+    ids: IdPlan = field(default_factory=IdPlan)  # duplicates, id collisions and changed files found
     processed: int = 0  # handled by this run
     media_seconds: float = 0.0  # ok videos' duration, whole cache of these inputs
     bytes_written: int = 0
@@ -56,7 +57,7 @@ class ExtractSummary:
 
     @property
     def any_failed(self) -> bool:
-        return bool(self.failed)
+        return bool(self.failed) or bool(self.ids.collisions)
 
     def lines(self) -> list[str]:
         hours = self.media_seconds / 3600
@@ -66,7 +67,21 @@ class ExtractSummary:
             f"videos: {self.ok} ok, failed: {failed} ({self.processed} processed now, {self.skipped} already in the cache)",
             f"media: {hours:.3f} h ok; wrote {human_bytes(self.bytes_written)} in {self.seconds:.1f} s"
             + (f" ({human_bytes(per_hour)} per media-hour)" if per_hour else ""),
+            *self._id_lines(),
         ]
+
+    def _id_lines(self, shown: int = 5) -> list[str]:
+        lines = []
+        for path, other, vid in self.ids.collisions[:shown]:
+            lines.append(f"id collision: {path} and {other} differ but both get id {vid}; not extracted (give them ids with an input table's 'id' column)")
+        for path, earlier in self.ids.duplicates[:shown]:
+            lines.append(f"duplicate: {path} has the same bytes as {earlier}; extracted once")
+        for path, vid in self.ids.changed[:shown]:
+            lines.append(f"changed: {path} differs in size or mtime from when it was recorded as {vid}; that record is kept (--refresh extracts the file again)")
+        for kind, found in (("id collisions", self.ids.collisions), ("duplicates", self.ids.duplicates), ("changed files", self.ids.changed)):
+            if len(found) > shown:
+                lines.append(f"... {len(found) - shown} more {kind}")
+        return lines
 
 
 @dataclass
@@ -132,13 +147,14 @@ class Extractor:
 
     def run(
         self,
-        paths: list[Path],
+        inputs: list[MediaInput],
         out: str | Path,
         progress: Callable[[int, float], None] | None = None,
         on_plan: Callable[[int], None] | None = None,
         ray_address: str | None = None,
     ) -> ExtractSummary:
-        """Extract ``paths`` into the cache at ``out``, skipping what it already records.
+        """Extract ``inputs`` (``extract.inputs.list_inputs``) into the cache at ``out``,
+        skipping what it already records; ids follow ``extract.inputs.assign_ids``.
 
         ``on_plan(n)`` is told how many videos this run will process; ``progress(videos,
         media_seconds)`` is called as videos are written. With ``ray_address`` (``"local"``
@@ -147,23 +163,27 @@ class Extractor:
         (``avfeat.common.writer_lock``): a second writer is refused before it touches anything.
         """
         with writer_lock(out, "cache"):
-            return self._run(paths, out, progress, on_plan, ray_address)
+            return self._run(inputs, out, progress, on_plan, ray_address)
 
-    def _run(self, paths, out, progress, on_plan, ray_address) -> ExtractSummary:
+    def _run(self, inputs, out, progress, on_plan, ray_address) -> ExtractSummary:
         started = time.perf_counter()
         layout = open_for_writing(out, self.encoder.cache_config())
         recorded = _records(layout)
-        summary = ExtractSummary()
+        summary = ExtractSummary(ids=assign_ids(inputs, recorded, refresh=self.options.refresh, retry_failed=self.options.retry_failed))
         todo: list[VideoRecord] = []
-        for path in paths:
-            vid = video_id(path)
+        planned = 0
+        for item, vid in summary.ids.ids:
             previous = recorded.get(vid)
-            if previous is not None and (previous.ok or not self.options.retry_failed):
+            if previous is not None and vid not in summary.ids.again and (previous.ok or not self.options.retry_failed):
                 summary.skipped += 1
                 continue
-            todo.append(_new_record(vid, path))
-        if self.options.limit is not None:
-            todo = todo[: self.options.limit]
+            if self.options.limit is not None and planned >= self.options.limit:
+                break
+            old = summary.ids.superseded.get(vid)
+            if old in recorded:  # in the same shard as its successor, so the old tokens are never read again
+                todo.append(recorded[old].with_(status=SUPERSEDED, error=f"its file changed; extracted again as {vid}"))
+            todo.append(_new_record(vid, item.path))
+            planned += 1
         if on_plan:
             on_plan(len(todo))
 
@@ -176,8 +196,8 @@ class Extractor:
 
         final = _records(layout)
         statuses = Counter()
-        for path in paths:
-            record = final.get(video_id(path))
+        for _, vid in summary.ids.ids:
+            record = final.get(vid)
             if record is None:
                 continue  # left out by --limit
             statuses[record.status] += 1

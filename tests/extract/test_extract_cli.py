@@ -195,3 +195,16 @@ def test_a_bit_flip_is_found_by_verify_and_repaired(corpus, reference_cache, tmp
     assert f"damaged  {shard.name}" in repaired.stderr and "4 already in the cache" in repaired.stdout
     assert "verified 3 shards" in avfeat("info", out, "--verify", check=0).stdout
     assert_same_cache(out, reference_cache, ignore=("shard",))  # the repaired videos sit in a new shard
+
+
+def test_mixing_compute_dtypes_in_one_cache_is_refused(tmp_path):
+    (tmp_path / "in").mkdir()
+    make_clip(tmp_path / "in" / "a.mp4", seconds=1.0)
+    extract(tmp_path / "in", tmp_path / "cache", "--dtype", "float32", "--workers", 0, check=0)
+    make_clip(tmp_path / "in" / "b.mp4", seconds=1.0)
+    result = extract(tmp_path / "in", tmp_path / "cache", "--resume", "--dtype", "bfloat16", "--workers", 0, check=1)
+    assert "computed in float32, this run would compute bfloat16; pass --dtype float32" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and len(Cache(tmp_path / "cache").records()) == 1
+    extract(tmp_path / "in", tmp_path / "cache", "--resume", "--dtype", "float32", "--workers", 0, check=0)
+    result = extract(tmp_path / "in", tmp_path / "cache", "--resume", "--workers", 0, check=None)  # --dtype auto
+    assert result.returncode in (0, 1) and "Traceback" not in result.stderr

@@ -1,9 +1,15 @@
+import os
+import shutil
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from avfeat.errors import InputError
-from avfeat.extract.inputs import list_inputs, video_id
+from avfeat.data.records import VideoRecord
+from avfeat.extract import inputs
+from avfeat.extract.inputs import MediaInput, assign_ids, list_inputs, video_id
 
 
 @pytest.fixture
@@ -15,25 +21,25 @@ def tree(tmp_path):
 
 
 def test_folder_is_searched_recursively_by_extension(tree):
-    names = [p.name for p in list_inputs(str(tree / "a"))]
+    names = [i.path.name for i in list_inputs(str(tree / "a"))]
     assert names == ["three.webm", "two.MKV", "one.mp4"]
 
 
 def test_glob(tree):
-    assert [p.name for p in list_inputs(str(tree / "a" / "**" / "*.webm"))] == ["three.webm"]
+    assert [i.path.name for i in list_inputs(str(tree / "a" / "**" / "*.webm"))] == ["three.webm"]
 
 
 def test_list_file_relative_to_itself(tree):
     listing = tree / "list.txt"
     listing.write_text("# a comment\na/one.mp4\n\na/b/three.webm\na/one.mp4\n")
-    assert [p.name for p in list_inputs(str(listing))] == ["one.mp4", "three.webm"]
+    assert [i.path.name for i in list_inputs(str(listing))] == ["one.mp4", "three.webm"]
 
 
 def test_csv_and_parquet_path_column(tree):
     (tree / "l.csv").write_text("path,label\na/one.mp4,1\na/b/two.MKV,2\n")
-    assert [p.name for p in list_inputs(str(tree / "l.csv"))] == ["one.mp4", "two.MKV"]
+    assert [i.path.name for i in list_inputs(str(tree / "l.csv"))] == ["one.mp4", "two.MKV"]
     pq.write_table(pa.table({"path": [str(tree / "a/b/three.webm")]}), tree / "l.parquet")
-    assert [p.name for p in list_inputs(str(tree / "l.parquet"))] == ["three.webm"]
+    assert [i.path.name for i in list_inputs(str(tree / "l.parquet"))] == ["three.webm"]
     (tree / "bad.csv").write_text("file\nx.mp4\n")
     with pytest.raises(InputError, match="no 'path' column"):
         list_inputs(str(tree / "bad.csv"))
@@ -48,8 +54,79 @@ def test_missing_and_empty_inputs(tmp_path):
         list_inputs(str(tmp_path / "*.mp4"))
 
 
-def test_video_ids_are_stable_unique_and_query_safe(tree):
+def test_video_ids_follow_the_bytes_not_the_mount(tree, tmp_path):
     one = video_id(tree / "a" / "one.mp4")
     assert one == video_id(str(tree / "a" / "b" / ".." / "one.mp4"))
     assert one.startswith("one-") and "@" not in video_id(tree / "we@ird name.mp4")
-    assert video_id(tree / "x" / "one.mp4") != one
+    moved = tmp_path / "elsewhere" / "one.mp4"
+    moved.parent.mkdir()
+    shutil.copy(tree / "a" / "one.mp4", moved)
+    assert video_id(moved) == one  # moved, copied or remounted: the same id
+    moved.write_bytes(b"y")
+    assert video_id(moved) != one  # same name, other bytes: another id
+    assert video_id(tree / "x" / "gone.mp4") != video_id(tree / "y" / "gone.mp4")  # unreadable: by path
+
+
+def test_csv_with_byte_order_mark_and_id_column(tree):
+    (tree / "bom.csv").write_text("\ufeffpath,id,label\na/one.mp4,clip-1,dog\na/b/two.MKV,,cat\n", encoding="utf-8")
+    items = list_inputs(str(tree / "bom.csv"))
+    assert [(i.path.name, i.user_id) for i in items] == [("one.mp4", "clip-1"), ("two.MKV", None)]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ({"path": [1, 2]}, "'path' must be text"),
+    ({"path": ["a/one.mp4", "a/b/two.MKV"], "id": ["same", "same"]}, "given to two rows"),
+    ({"path": ["a/one.mp4"], "id": ["x@1"]}, "has a space, '@'"),
+])
+def test_bad_input_tables_are_one_line(tree, rows, message):
+    pq.write_table(pa.table(rows), tree / "t.parquet")
+    with pytest.raises(InputError, match=message):
+        list_inputs(str(tree / "t.parquet"))
+
+
+def test_globs_do_not_follow_folder_links_out_of_their_root(tree, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.mp4").write_bytes(b"x")
+    (tree / "a" / "link").symlink_to(outside, target_is_directory=True)
+    assert [i.path.name for i in list_inputs(str(tree / "a" / "**" / "*.mp4"))] == ["one.mp4"]
+    assert "secret.mp4" not in [i.path.name for i in list_inputs(str(tree / "a"))]
+
+
+def _record(vid, path, status="ok"):
+    stat = os.stat(path) if os.path.exists(path) else None
+    return VideoRecord(video_id=vid, path=str(Path(path).resolve()), size=stat.st_size if stat else 0,
+                       mtime=stat.st_mtime if stat else 0.0, status=status)
+
+
+def test_same_bytes_are_duplicates_and_an_id_collision_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(inputs, "_SAMPLE_BYTES", 4)  # the ends hashed: 4 bytes, so a collision is easy to make
+    for folder, middle in (("a", b"one"), ("b", b"two"), ("c", b"one")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "clip.mp4").write_bytes(b"HEAD" + middle + b"TAIL")
+    items = [MediaInput(tmp_path / f / "clip.mp4") for f in "abc"]
+    plan = assign_ids(items, {})
+    assert [i.path.parent.name for i, _ in plan.ids] == ["a"]
+    assert plan.collisions == [(items[1].path, items[0].path, plan.ids[0][1])]
+    assert plan.duplicates == [(items[2].path, items[0].path)]
+    # against the cache: a recorded file elsewhere with other bytes is a collision, not "done"
+    plan = assign_ids(items[1:2], {plan.ids[0][1]: _record(plan.ids[0][1], items[0].path)})
+    assert not plan.ids and len(plan.collisions) == 1
+
+
+def test_a_moved_dataset_keeps_its_ids_and_a_changed_file_needs_refresh(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "clip.mp4").write_bytes(b"first")
+    vid = video_id(tmp_path / "old" / "clip.mp4")
+    recorded = {vid: _record(vid, tmp_path / "old" / "clip.mp4")}
+    (tmp_path / "old").rename(tmp_path / "new")
+    plan = assign_ids([MediaInput(tmp_path / "new" / "clip.mp4")], recorded)
+    assert plan.ids[0][1] == vid and not plan.collisions  # moved: the same video
+    recorded = {vid: _record(vid, tmp_path / "new" / "clip.mp4")}
+    (tmp_path / "new" / "clip.mp4").write_bytes(b"second, longer")
+    item = MediaInput(tmp_path / "new" / "clip.mp4")
+    plan = assign_ids([item], recorded)
+    assert plan.changed == [(item.path, vid)] and not plan.ids
+    plan = assign_ids([item], recorded, refresh=True)
+    new = plan.ids[0][1]
+    assert new != vid and plan.superseded == {new: vid} and new in plan.again

@@ -1,0 +1,66 @@
+"""Video ids through `avfeat extract`: a moved dataset is not extracted again, a changed file
+is reported and re-extracted with --refresh, copies are extracted once, and two different
+files that would share an id are reported, never merged."""
+
+import json
+import os
+import shutil
+
+from avfeat.data.cache import Cache
+from avfeat.testing import TINY_MODELS as TINY
+from avfeat.testing import make_clip
+from avfeat.testing import run_avfeat as avfeat
+
+
+def extract(src, out, *extra, check=None):
+    return avfeat("extract", src, "--out", out, *TINY, "--fps", 2, "--quiet", "--workers", 0, *extra, check=check)
+
+
+def ids(cache):
+    return {os.path.basename(r.path): r.video_id for r in Cache(cache).records()}
+
+
+def test_moved_dataset_changed_file_and_refresh(tmp_path):
+    (tmp_path / "a").mkdir()
+    make_clip(tmp_path / "a" / "one.mp4", seconds=1.5)
+    make_clip(tmp_path / "a" / "two.mp4", seconds=2.0)
+    cache = tmp_path / "cache"
+    extract(tmp_path / "a", cache, check=0)
+    before = ids(cache)
+    make_clip(tmp_path / "a" / "one.mp4", seconds=3.0)  # replaced in place
+    result = extract(tmp_path / "a", cache, "--resume", check=0)
+    assert "changed: " in result.stdout and before["one.mp4"] in result.stdout and "--refresh" in result.stdout
+    assert ids(cache) == before  # reported, the old record kept
+    extract(tmp_path / "a", cache, "--resume", "--refresh", check=0)
+    after = Cache(cache)
+    assert len(after.records()) == 2 and after.status_counts() == {"ok": 2}
+    assert before["one.mp4"] not in after and ids(cache)["two.mp4"] == before["two.mp4"]
+    assert abs(after.record(ids(cache)["one.mp4"]).duration - 3.0) < 0.1
+    report = json.loads(avfeat("info", cache, "--json", check=0).stdout)
+    assert report["videos"] == 2
+
+    (tmp_path / "a").rename(tmp_path / "moved")  # another mount point, another node
+    result = extract(tmp_path / "moved", cache, "--resume", check=0)
+    assert "0 processed now, 2 already in the cache" in result.stdout
+    assert len(Cache(cache).records()) == 2
+
+
+def test_copies_are_extracted_once_and_a_collision_is_reported(tmp_path):
+    make_clip(tmp_path / "clip.mp4", seconds=1.5)
+    data = (tmp_path / "clip.mp4").read_bytes() + bytes(600 * 1024)  # the middle is not hashed
+    for folder in ("x", "y", "z"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+    (tmp_path / "in" / "x" / "clip.mp4").write_bytes(data)
+    (tmp_path / "in" / "y" / "clip.mp4").write_bytes(data)  # a copy
+    changed = bytearray(data)
+    changed[len(data) // 2] ^= 1  # other bytes, same size and ends: the same id
+    (tmp_path / "in" / "z" / "clip.mp4").write_bytes(bytes(changed))
+    cache = tmp_path / "cache"
+    result = extract(tmp_path / "in", cache, check=3)
+    assert "duplicate: " in result.stdout and "id collision: " in result.stdout, result.stdout
+    assert "Traceback" not in result.stderr
+    assert [os.path.basename(os.path.dirname(r.path)) for r in Cache(cache).records()] == ["x"]
+    # the collision stays reported on every run; the copy is never extracted twice
+    shutil.rmtree(tmp_path / "in" / "x")
+    result = extract(tmp_path / "in", cache, "--resume", check=3)
+    assert "id collision: " in result.stdout and len(Cache(cache).records()) == 1
