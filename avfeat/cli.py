@@ -11,7 +11,7 @@ import sys
 import typer
 
 from avfeat import __version__
-from avfeat.errors import AvfeatError
+from avfeat.errors import AvfeatError, disk_full
 
 app = typer.Typer(
     name="avfeat",
@@ -57,4 +57,11 @@ def main() -> None:
         app(args=expand_ray_flag(sys.argv[1:]), prog_name="avfeat")
     except AvfeatError as error:
         typer.echo(f"avfeat: error: {error}", err=True)
+        sys.exit(1)
+    except (OSError, RuntimeError) as error:
+        # A full disk can strike any write; what was committed stays whole (README "Crash-safe").
+        full = disk_full(error)
+        if full is None:
+            raise
+        typer.echo(f"avfeat: error: {full}; nothing committed is lost: free space and run the same command again (add --resume where it applies)", err=True)
         sys.exit(1)

@@ -43,3 +43,22 @@ class IndexMismatchError(SearchIndexError):
 
 class QueryError(InputError):
     """A search or sync query (a file, an image, ``VIDEO_ID@START-END``) cannot be used."""
+
+
+_FULL = (28, 122)  # ENOSPC, EDQUOT
+_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "errno = 28", "errno = 122")
+
+
+def disk_full(error: BaseException) -> str | None:
+    """The file system's words when ``error`` (or what caused it) is a full disk or quota,
+    else None. HDF5 and pyarrow report it as RuntimeError or OSError text with the errno in it."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _FULL:
+            return f"{error.strerror}" + (f": {error.filename}" if error.filename else "")
+        text = str(error)
+        if any(word in text for word in _FULL_WORDS):
+            return "Disk quota exceeded" if "quota" in text or "122" in text else "No space left on device"
+        error = error.__cause__ or error.__context__
+    return None

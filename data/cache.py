@@ -15,6 +15,7 @@ video is recorded twice (a failure retried later), the record in the highest par
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ import numpy as np
 from avfeat import __version__
 from avfeat.common import fsync_dir, has_entries, one_line, pid_alive, replace_durably, temp_path, temp_pid, write_atomic
 from avfeat.data.records import OK, VideoRecord
-from avfeat.errors import CacheError
+from avfeat.errors import CacheError, disk_full
 
 CONFIG_FILE = "cache.json"
 SHARD_DIR = "shards"
@@ -40,6 +41,7 @@ SUPERSEDED = "superseded"  # a record retired because its file changed (`extract
 _SHARD_RE = re.compile(r"shard-(\d{5,})\.h5$")
 _PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
 _CHUNK_BYTES = 512 * 1024  # HDF5 chunk target: a few windows per read, well under the 1 MiB chunk cache
+_METADATA_ROOM = 256 * 1024  # a shard's HDF5 metadata (headers, attributes) is a few KiB
 
 
 def shard_name(index: int) -> str:
@@ -214,12 +216,17 @@ def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
     """
     layout = check_config(root, config)
     try:
-        layout.shard_dir.mkdir(parents=True, exist_ok=True)
-        layout.manifest_dir.mkdir(parents=True, exist_ok=True)
+        layout.root.mkdir(parents=True, exist_ok=True)
+        # cache.json first: a folder it is missing from is refused as "not a cache", so a run
+        # stopped here (a full disk) must leave nothing else behind.
+        if not layout.config_path.exists():
+            write_atomic(layout.config_path, json.dumps({**config, "avfeat_version": __version__}, indent=2, sort_keys=True) + "\n")
+        layout.shard_dir.mkdir(exist_ok=True)
+        layout.manifest_dir.mkdir(exist_ok=True)
     except OSError as error:
+        if disk_full(error):
+            raise
         raise CacheError(f"cannot create cache folder {layout.root}: {error.strerror}") from None
-    if not layout.config_path.exists():
-        write_atomic(layout.config_path, json.dumps({**config, "avfeat_version": __version__}, indent=2, sort_keys=True) + "\n")
     # Only temps of this process or of dead ones go (a temp name carries its writer's pid, see
     # temp_path; one without a pid is from an older avfeat). Under the writer lock no other
     # writer should be running, but a temp that a live process still has open may be one of a
@@ -285,6 +292,8 @@ class ShardWriter:
         self.final_path = layout.shard_dir / shard_name(index)
         self.tmp_path = temp_path(self.final_path)
         self._file = h5py.File(self.tmp_path, "w")
+        self._reserve_fd: int | None = os.open(self.tmp_path, os.O_WRONLY)
+        self._reserved = 0
         self._audio = self._dataset("audio/tokens", (audio_dim,))
         self._visual = self._dataset("visual/tokens", (visual_tokens_per_frame, visual_dim))
         self._times = self._file.create_dataset("visual/times", shape=(0,), maxshape=(None,), dtype="float64", chunks=(4096,))
@@ -293,10 +302,14 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        if exc_type is not None:
             self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()  # a commit that fails (a full disk) leaves no temp and no part behind
+            raise
 
     def _dataset(self, name: str, row_shape: tuple[int, ...]):
         row_bytes = int(np.prod(row_shape)) * np.dtype(self.dtype).itemsize
@@ -305,10 +318,40 @@ class ShardWriter:
             name, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=self.dtype, chunks=(rows, *row_shape)
         )
 
-    @staticmethod
-    def _append(dataset, values: np.ndarray) -> int:
+    def _reserve(self, dataset=None, rows: int = 0) -> None:
+        """Allocate the disk blocks of the next write (``rows`` more rows of ``dataset``) before
+        HDF5 makes it.
+
+        HDF5 cannot recover from a full disk: its next close crashes the process (exit 139).
+        So the shard's blocks are reserved ahead (``posix_fallocate``, past HDF5's own end of
+        file), and a full disk surfaces here as a plain ``OSError`` (ENOSPC) that aborts the
+        shard cleanly. ``commit`` trims the file back to HDF5's end.
+        """
+        if self._reserve_fd is None:
+            return
+        # Every chunk the datasets will span is stored whole, plus room for metadata.
+        target = _METADATA_ROOM
+        for each in (self._audio, self._visual, self._times):
+            chunk_rows = each.chunks[0]
+            count = -(-(each.shape[0] + (rows if each is dataset else 0)) // chunk_rows)
+            target += count * (chunk_rows * int(np.prod(each.shape[1:])) * each.dtype.itemsize + 1024)
+        target = max(target, self._file.id.get_filesize() + 64 * 1024)
+        if target <= self._reserved:
+            return
+        try:
+            os.posix_fallocate(self._reserve_fd, 0, target)
+        except OSError as error:
+            if error.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(self._reserve_fd)  # a file system that cannot reserve: write unguarded
+                self._reserve_fd = None
+                return
+            raise
+        self._reserved = target
+
+    def _append(self, dataset, values: np.ndarray) -> int:
         offset = dataset.shape[0]
         if len(values):
+            self._reserve(dataset, len(values))
             dataset.resize(offset + len(values), axis=0)
             dataset[offset:] = values
         return offset
@@ -346,7 +389,13 @@ class ShardWriter:
         for key, value in self.attrs.items():
             self._file.attrs[key] = value if not isinstance(value, (dict, list)) else json.dumps(value)
         self._file.attrs["avfeat_version"] = __version__
+        self._reserve()
+        self._audio = self._visual = self._times = None
+        self._file.flush()
+        end = self._file.id.get_filesize()  # HDF5's end of file; beyond it lie reserved blocks
         self._file.close()
+        self._release_reservation()
+        os.truncate(self.tmp_path, end)
         audio_rows = sum(r.audio_length for r in self.records if r.ok)
         visual_rows = sum(r.visual_length for r in self.records if r.ok)
         with h5py.File(self.tmp_path, "r") as check:
@@ -357,16 +406,27 @@ class ShardWriter:
         checksum = {"shard_sha256": file_sha256(self.tmp_path), "shard_bytes": self.tmp_path.stat().st_size}
         replace_durably(self.tmp_path, self.final_path)
 
-        part = self.layout.manifest_dir / part_name(self.index)
-        tmp = temp_path(part)
         rows = [dict(r.to_row(), **checksum) for r in self.records]
         # Parquet's own page checksums guard the part; the shard's hash guards the shard.
-        pq.write_table(pa.Table.from_pylist(rows, schema=manifest_schema()), tmp, write_page_checksum=True)
-        replace_durably(tmp, part)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows, schema=manifest_schema()), buffer, write_page_checksum=True)
+        try:
+            write_atomic(self.layout.manifest_dir / part_name(self.index), buffer.getvalue().to_pybytes())
+        except BaseException:
+            self.final_path.unlink(missing_ok=True)  # a shard without its part is not committed
+            raise
+
+    def _release_reservation(self) -> None:
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
 
     def abort(self) -> None:
+        # Drop the dataset handles first: HDF5 must not flush them later into a file that is gone.
+        self._audio = self._visual = self._times = None
         if self._file.id.valid:
             self._file.close()
+        self._release_reservation()
         self.tmp_path.unlink(missing_ok=True)
 
 

@@ -208,3 +208,41 @@ def test_mixing_compute_dtypes_in_one_cache_is_refused(tmp_path):
     extract(tmp_path / "in", tmp_path / "cache", "--resume", "--dtype", "float32", "--workers", 0, check=0)
     result = extract(tmp_path / "in", tmp_path / "cache", "--resume", "--workers", 0, check=None)  # --dtype auto
     assert result.returncode in (0, 1) and "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a chosen size (a full disk, made on purpose); skips where mounting is not allowed."""
+    mounted = []
+
+    def mount(kib: int):
+        folder = tmp_path / "disk"
+        folder.mkdir(exist_ok=True)
+        options = f"size={kib}k" if not mounted else f"remount,size={kib}k"
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {result.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", str(mounted[0])], check=False)
+
+
+@pytest.mark.parametrize("room", [0.6, 0.0])  # about half the cache; one 4 KiB page (cache.json cannot be written)
+def test_a_full_disk_is_one_line_and_the_same_command_resumes(corpus, reference_cache, small_disk, room):
+    size = sum(p.stat().st_size for p in reference_cache.rglob("*") if p.is_file())
+    disk = small_disk(max(4, int(size * room) // 1024))
+    out = disk / "cache"
+    args = ("--shard-size", 2, "--workers", 2, "--resume")
+    result = extract(corpus, out, *args, check=1)
+    assert "No space left on device" in result.stderr and "run the same command again" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if not line.startswith("note:")] == [result.stderr.strip().splitlines()[-1]]
+    assert not list(out.rglob("*.tmp")) and len(list(out.rglob("*.h5"))) < 3
+    if room:
+        assert avfeat("info", out, "--verify").returncode == 0  # what was committed is whole
+    small_disk(2 * size // 1024)  # space freed
+    extract(corpus, out, *args, check=0)
+    assert_same_cache(out, reference_cache)
