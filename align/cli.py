@@ -110,10 +110,11 @@ def attention_map(
     """Where the sound is: a heat map of audio-patch similarity over the frame nearest --time."""
     from avfeat.align.checkpoint import load_checkpoint
     from avfeat.align.plots import attention_map as draw
-    from avfeat.common import parse_time, resolve_device
+    from avfeat.common import parse_time, prepare_output_file, resolve_device
     from avfeat.data.cache import Cache
 
     seconds = parse_time(time)
+    prepare_output_file(out, "--out")  # before the checkpoint and the cache are read
     checkpoint = load_checkpoint(heads, resolve_device(device))
     with Cache(cache) as store:
         notes = draw(checkpoint, store, video_id, seconds, out)

@@ -75,6 +75,7 @@ def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path
     from torch.nn import functional as F
 
     from avfeat.align.scores import token_map
+    from avfeat.common import write_output_file
     from avfeat.errors import InputError
 
     checkpoint.check_cache(cache)
@@ -119,6 +120,12 @@ def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path
     axis.set_title(f"{video_id}\nframe {times[frame_index]:.2f} s, audio {time:.2f}-{time + checkpoint.window:.2f} s", fontsize=9)
     axis.axis("off")
     figure.tight_layout()
-    figure.savefig(out, dpi=100)
+    # Through a buffer: exactly ``out`` (savefig would add ".png" to a name without a suffix),
+    # written atomically, and an unusable path is one line. The suffix picks the format (png
+    # when matplotlib cannot write it).
+    suffix = Path(out).suffix[1:].lower()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=suffix if suffix in figure.canvas.get_supported_filetypes() else "png", dpi=100)
     plt.close(figure)
+    write_output_file(out, buffer.getvalue())
     return notes

@@ -182,6 +182,42 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
         raise
 
 
+# ---- output files (--thumbs, --plot, attention-map --out) ----------------------------------
+
+
+def prepare_output_file(path: str | os.PathLike, option: str) -> Path:
+    """Make an output file's place ready before the work that fills it: missing parent folders
+    are created (as ``--out`` folders are); a path that is a folder, or under a file, or in a
+    folder avfeat may not write, is one line naming ``option`` and the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name such as {path / 'out.png'}")
+    # The nearest existing ancestor must be a folder: "notes.txt/map.png" cannot be made.
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"cannot write {option} {path}: {ancestor} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot write {option} {path}: cannot create {path.parent}: {one_line(error)}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {option} {path}: permission denied in {path.parent}")
+    return path
+
+
+def write_output_file(path: str | os.PathLike, data: bytes) -> None:
+    """:func:`write_atomic` for a user-named output file: its parent folders are created, and
+    an OS error (a folder in the way, permission, a full disk) is one line naming the path."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {one_line(error)}") from None
+
+
 # ---- error text ----------------------------------------------------------------------------
 
 

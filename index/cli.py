@@ -61,7 +61,7 @@ def search(
     rerank: int = typer.Option(0, min=0, help="Rescore the top N hits with the heads' exact clip score (max-mean) over their cached tokens."),
     locate: bool = typer.Option(False, "--locate", help="Find the video and time the query clip was cut from."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    thumbs: Optional[Path] = typer.Option(None, help="Save a contact sheet of the hits' frames to this PNG."),
+    thumbs: Optional[Path] = typer.Option(None, help="Save a contact sheet of the hits' frames to this PNG (missing folders are created; not with --locate)."),
     heads: Optional[Path] = typer.Option(None, help="Heads checkpoint (default: the one the index was built with; others are refused)."),
     cache: Optional[Path] = typer.Option(None, help="Cache folder (default: the one the index records; another cache is refused)."),
     device: str = typer.Option("auto", help="Where the backbones embed query files: auto, cpu, cuda, cuda:1, ..."),
@@ -71,16 +71,20 @@ def search(
     ),
 ) -> None:
     """Cross-modal search: which videos sound like this, which sounds fit this picture."""
-    from avfeat.common import resolve_device
+    from avfeat.common import prepare_output_file, resolve_device
     from avfeat.errors import InputError, QueryError
     from avfeat.index.query import parse_id_query
     from avfeat.index.search import Searcher
 
     if side not in (None, "audio", "visual"):
         raise InputError(f"--from must be audio or visual (got {side!r})")
-    # The query is checked before any model or index loads.
+    # The query and the --thumbs path are checked before any model or index loads.
     if parse_id_query(query) is None and not Path(query).is_file():
         raise QueryError(f"query {query!r} is neither a file nor VIDEO_ID@START-END (e.g. abc123@1:05-1:07)")
+    if thumbs is not None:
+        if locate:  # --locate lists candidates, not hits: it would silently write no sheet
+            raise InputError("--thumbs draws search hits; it cannot be used with --locate")
+        prepare_output_file(thumbs, "--thumbs")
     searcher = Searcher(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)), mmap=mmap)
     if locate:
         candidates = searcher.locate(query, side=side, k=k)
@@ -111,10 +115,12 @@ def sync(
     from avfeat.index.store import load_heads
     from avfeat.index.sync import plot_curve, sync_file
 
-    from avfeat.common import check_number, resolve_device
+    from avfeat.common import check_number, prepare_output_file, resolve_device
 
     check_number("--max-offset", max_offset)
     device = str(resolve_device(device))
+    if plot is not None:
+        prepare_output_file(plot, "--plot")
     checkpoint = load_heads(heads)
     result = sync_file(video, checkpoint, max_offset=max_offset, device=device)
     if plot is not None:

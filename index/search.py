@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from avfeat.align.windows import WindowGeometry
-from avfeat.errors import CacheError, QueryError
+from avfeat.errors import CacheError, QueryError, SearchIndexError
 from avfeat.index.locate import Candidate, refine, vote
 from avfeat.index.query import Backbones, QueryTokens, cached_query, mean_vector, window_vectors
 from avfeat.index.store import IndexFolder, load_heads
@@ -112,6 +112,15 @@ class Searcher:
         k = max(1, min(int(k), self.folder.count(modality)))
         scores, ids = self.folder.faiss_index(modality).search(vectors, k)
         table = self.folder.table(modality)
+        # FAISS labels are the table's rows; -1 is FAISS's "no result" (dropped below). Any other
+        # label outside the table means the .faiss file and the table disagree (a replaced or
+        # damaged file): refuse, rather than fail on a row that is not there or show a wrong one.
+        wrong = ids[(ids < -1) | (ids >= table.num_rows)]
+        if wrong.size:
+            raise SearchIndexError(
+                f"index {self.folder.path} is damaged: its {modality} FAISS index returned id {int(wrong[0])}, "
+                f"but its table has rows 0..{table.num_rows - 1}; rebuild it with `avfeat index --overwrite`"
+            )
         video, path = table.column("video_id").to_pylist(), table.column("path").to_pylist()
         start, end = table.column("start").to_numpy(), table.column("end").to_numpy()
         return [

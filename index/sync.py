@@ -25,6 +25,7 @@ frames, so a 10-minute video costs seconds and little memory.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from avfeat.common import write_output_file
 from avfeat.errors import QueryError
 from avfeat.index.vectors import project_audio, project_visual
 
@@ -170,5 +172,11 @@ def plot_curve(result: SyncResult, path: str | os.PathLike, title: str = "") -> 
     axis.set_title(title or "audio-visual sync")
     axis.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path)
+    # Through a buffer: exactly ``path`` (savefig would add ".png" to a name without a suffix),
+    # written atomically, and an unusable path is one line. The suffix picks the format (png
+    # when matplotlib cannot write it).
+    suffix = os.path.splitext(os.fspath(path))[1][1:].lower()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=suffix if suffix in figure.canvas.get_supported_filetypes() else "png")
     plt.close(figure)
+    write_output_file(path, buffer.getvalue())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 
+from avfeat.common import write_output_file
 from avfeat.extract.media import frame_at
 
 TILE = (160, 120)  # width, height of a tile's picture
@@ -12,7 +14,9 @@ CAPTION = 28  # pixels of text under each picture
 
 def contact_sheet(hits, out: str | os.PathLike, columns: int = 5) -> None:
     """Save a grid of the hits' frames (each window's middle frame) with rank, score and span;
-    a grey tile where a file is gone."""
+    a grey tile where a file is gone. The format follows ``out``'s suffix (PNG for an unknown
+    one); the file is written atomically to exactly ``out``, missing parent folders created,
+    and an unusable path is an InputError."""
     from PIL import Image, ImageDraw
 
     width, height = TILE
@@ -34,4 +38,10 @@ def contact_sheet(hits, out: str | os.PathLike, columns: int = 5) -> None:
         sheet.paste(tile, (x, y))
         draw.text((x + 4, y + height + 2), f"#{hit.rank} {hit.score:.3f}", fill="black")
         draw.text((x + 4, y + height + 14), f"{os.path.basename(hit.path)[:16]} {hit.start:.1f}-{hit.end:.1f}s", fill="black")
-    sheet.save(out)
+    # PIL would refuse a suffix it cannot write (or none) with a traceback: that gets a PNG.
+    image_format = Image.registered_extensions().get(os.path.splitext(os.fspath(out))[1].lower())
+    if image_format not in Image.SAVE:
+        image_format = "PNG"
+    buffer = io.BytesIO()
+    sheet.save(buffer, format=image_format)
+    write_output_file(out, buffer.getvalue())
