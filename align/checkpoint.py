@@ -2,18 +2,23 @@
 
 Layout::
 
-    heads.safetensors   the heads' weights (what `avfeat index` and notebooks load)
+    heads.safetensors   the heads' weights (what `avfeat index` and notebooks load) with, in its
+                        metadata, the config they were trained under (as config.json holds it)
     config.json         heads config, window, hop, the cache it was trained on, training options,
-                        the train/validation split, avfeat version
+                        the train/validation split, avfeat version: the run's config, for resume
     state.safetensors   everything resume needs in one file: weights, AdamW moments, RNG
                         states (tensors) and the step, epoch and metric history (JSON metadata)
     metrics.jsonl       one line per epoch (rewritten from the state's history)
     curves.png          loss and recall curves
 
-Every file is written to ``*.tmp`` and renamed, so each file is always whole. The state file
-carries its own copy of the weights, so a crash between renaming the state and the heads
-still resumes exactly (the heads are rewritten at the next save). Nothing is ever unpickled:
-tensors go through safetensors, everything else through JSON.
+Every file is written to ``*.tmp`` and renamed, so each file is always whole. heads.safetensors
+is self-contained: weights and config are replaced by one rename, so a checkpoint loads as the
+old heads or the new ones, never a mix. That is what lets ``train-head --overwrite`` keep the old
+heads until its first save (config.json is rewritten when the run starts). Heads files of
+earlier versions carry no config and load with config.json. The state file carries its own copy
+of the weights, so a crash between renaming the state and the heads still resumes exactly (the
+heads are rewritten at the next save). Nothing is ever unpickled: tensors go through
+safetensors, everything else through JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 import torch
 
 from avfeat.align.heads import AVHeads, HeadConfig
-from avfeat.common import write_atomic
+from avfeat.common import one_line, write_atomic
 from avfeat.errors import CheckpointError
 
 HEADS_FILE = "heads.safetensors"
@@ -42,13 +47,48 @@ def fingerprint_bytes(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()[:16]
 
 
-def save_heads(folder: Path, heads: AVHeads) -> str:
-    """Write heads.safetensors; returns its fingerprint."""
+def save_heads(folder: Path, heads: AVHeads, config: dict) -> str:
+    """Write heads.safetensors with the checkpoint ``config`` in its metadata; returns its
+    fingerprint."""
     from safetensors.torch import save
 
-    data = save({k: v.detach().float().cpu().contiguous() for k, v in heads.state_dict().items()})
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in heads.state_dict().items()}
+    data = save(tensors, metadata={"config": json.dumps(config, sort_keys=True)})
     write_atomic(folder / HEADS_FILE, data)
     return fingerprint_bytes(data)
+
+
+def embedded_config(data: bytes, where: Path) -> dict | None:
+    """The config in the metadata of heads.safetensors bytes ``data``; None for a file of an
+    earlier version, which has none. (A safetensors file starts with the 8-byte little-endian
+    length of its JSON header, whose ``__metadata__`` holds string values.)
+
+    Raises:
+        CheckpointError: there is a config but it cannot be read.
+    """
+    try:
+        size = int.from_bytes(data[:8], "little")
+        text = json.loads(data[8 : 8 + size]).get("__metadata__", {}).get("config")
+    except (ValueError, AttributeError):
+        return None  # not a readable safetensors header: loading the weights says so
+    if text is None:
+        return None
+    try:
+        config = json.loads(text)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"cannot read the config in {where}: {one_line(error)}") from None
+    return _checked(config, where)
+
+
+def has_embedded_config(path: Path) -> bool:
+    """Whether the heads file ``path`` exists and carries its config (read from its header only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return "config" in (handle.metadata() or {})
+    except Exception:  # missing, or not a readable safetensors file
+        return False
 
 
 def save_config(folder: Path, config: dict) -> None:
@@ -63,8 +103,12 @@ def read_config(folder: Path) -> dict:
         raise CheckpointError(f"{folder} is not a heads checkpoint (no {CONFIG_FILE}); train one with `avfeat train-head`") from None
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot read {path}: {error}") from None
+    return _checked(config, path)
+
+
+def _checked(config, where: Path) -> dict:
     if not isinstance(config, dict) or not isinstance(config.get("heads"), dict) or "window" not in config:
-        raise CheckpointError(f"{path} is not a heads config (no 'heads' or 'window')")
+        raise CheckpointError(f"{where} holds no heads config (no 'heads' or 'window')")
     return config
 
 
@@ -106,7 +150,8 @@ class Checkpoint:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load ``heads.safetensors`` + ``config.json`` from a checkpoint folder (eval mode).
+    """Load ``heads.safetensors`` from a checkpoint folder (eval mode), with the config stored in
+    it (config.json for a file of an earlier version, which has none).
 
     Raises:
         CheckpointError: the folder, a file, or a weight is missing or does not fit the config.
@@ -116,11 +161,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"heads checkpoint {folder} does not exist")
-    config = read_config(folder)
     try:
         data = (folder / HEADS_FILE).read_bytes()
     except FileNotFoundError:
+        read_config(folder)  # no config.json either: not a checkpoint at all
         raise CheckpointError(f"{folder} has no {HEADS_FILE} (training has not finished an epoch yet?)") from None
+    # The config from the same bytes as the weights: config.json may already be a newer run's.
+    config = embedded_config(data, folder / HEADS_FILE) or read_config(folder)
     try:
         heads = AVHeads(HeadConfig.from_dict(config["heads"]))
         heads.load_state_dict(load(data))

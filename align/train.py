@@ -215,8 +215,14 @@ class Trainer:
     # ---- setup -------------------------------------------------------------------------
 
     def _prepare_out(self) -> None:
-        prepare_output(self.out, marker=ckpt.CONFIG_FILE, kind="heads checkpoint", overwrite=self.options.overwrite,
-                       own=(*ckpt.OWN_FILES, ckpt.TENSORBOARD_DIR))
+        # --overwrite keeps the old heads until the first save replaces them, so a run that fails
+        # or is killed before then leaves the old checkpoint loadable: its config travels inside
+        # heads.safetensors. A heads file of an earlier version goes now: its config is only
+        # config.json, which this run rewrites when it starts.
+        own = [*ckpt.OWN_FILES, ckpt.TENSORBOARD_DIR]
+        if ckpt.has_embedded_config(self.out / ckpt.HEADS_FILE):
+            own.remove(ckpt.HEADS_FILE)
+        prepare_output(self.out, marker=ckpt.CONFIG_FILE, kind="heads checkpoint", overwrite=self.options.overwrite, own=own)
 
     def _resume_config(self) -> TrainConfig:
         stored = ckpt.read_config(self.out)
@@ -402,7 +408,7 @@ class Trainer:
         """State first (self-contained), then the heads, then metrics (and curves, throttled)."""
         meta = {"epoch": self.epoch, "step": self.step, "history": self.history}
         ckpt.save_state(self.out, self.heads, self.optimizer, self._rng_states(), meta)
-        ckpt.save_heads(self.out, self.heads)
+        ckpt.save_heads(self.out, self.heads, self.checkpoint_config())
         lines = "".join(json.dumps(record) + "\n" for record in self.history)
         write_atomic(self.out / ckpt.METRICS_FILE, lines)
         if time.monotonic() - self._plotted > CURVES_EVERY:

@@ -197,7 +197,8 @@ def bench_shards(n: int, dim: int, shards: int, queries: int, single: int) -> No
         folders = {}
         for count in (1, shards):
             built = build_faiss(vectors, factory, queries=clustered(1000, dim, 2), shards=count)
-            meta = {"modalities": {"audio": {"count": n, **built.describe()}}}
+            # No cache or heads here, but IndexFolder requires their fingerprints in meta.json.
+            meta = {"modalities": {"audio": {"count": n, **built.describe()}}, "cache": {"fingerprint": "-"}, "heads": {"fingerprint": "-"}}
             folders[count] = Path(root) / f"shards{count}"
             write_index(folders[count], meta, {"audio": built.shards}, {"audio": table})
             size = sum(p.stat().st_size for p in folders[count].glob("*.faiss"))

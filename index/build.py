@@ -300,10 +300,9 @@ def build_index(
     folder ``out`` (see ``avfeat.index.store``), each modality in ``shards`` files. Returns its
     meta.json contents. An existing index is replaced (atomically) only with ``overwrite``.
 
-    One writer at a time: the lock sits beside the folder (``OUT.avfeat-lock``), not in it,
-    because the folder is written as ``OUT.tmp`` and swapped in by renames (through ``OUT.old``):
-    a lock inside would leave with the old folder at the swap, while one beside guards all
-    three names for the whole build."""
+    One writer at a time: the lock sits beside the folder (``OUT.avfeat-lock``), where earlier
+    versions (which swapped the whole folder by renames) put it too, so writers of either
+    exclude each other."""
     from avfeat.common import writer_lock
 
     with writer_lock(out, "index", beside=True):
@@ -312,9 +311,13 @@ def build_index(
 
 def _build_index(cache, checkpoint, out, window, hop, factory, memory_budget, quiet, shards, overwrite) -> dict[str, Any]:
     from avfeat.common import prepare_output
-    from avfeat.index.store import META_FILE
+    from avfeat.index.store import META_FILE, is_unfinished
 
-    prepare_output(out, marker=META_FILE, kind="index", overwrite=overwrite, can_resume=False, create=False)
+    # A folder whose first write crashed before its meta.json holds no index to protect, only
+    # avfeat's own leftovers: it is written again without --overwrite. write_index creates the
+    # folder (with its marker) and removes only avfeat's own files once the new index is in.
+    if not is_unfinished(out):
+        prepare_output(out, marker=META_FILE, kind="index", overwrite=overwrite, can_resume=False, create=False)
     from avfeat import __version__
     from avfeat.align.windows import WindowGeometry
     from avfeat.index.shards import check_count

@@ -1,26 +1,31 @@
 """The index folder on disk, and the checks that tie it to its heads and its cache.
 
-Layout::
+Layout (format 3)::
 
     INDEX/
-      meta.json        dims, counts, index types and search parameters, window and hop, the
-                       cache (path, fingerprint, models) and heads (path, fingerprint) it was built from
-      audio.faiss      FAISS index of the audio window vectors, ids = rows of audio.parquet
-      audio.parquet    id, video_id, path, start, end (seconds on the video's timeline)
-      visual.faiss     the same for visual window vectors
-      visual.parquet
+      meta.json                 dims, counts, index types and search parameters, window and hop, the
+                                cache (path, fingerprint, models) and heads (path, fingerprint) it was
+                                built from, and every data file the index uses
+      .avfeat-index             marker: this folder is avfeat's own (written before anything else)
+      audio.<gen>.faiss         FAISS index of the audio window vectors, ids = rows of the table
+      audio.<gen>.parquet       id, video_id, path, start, end (seconds on the video's timeline)
+      visual.<gen>.faiss        the same for visual window vectors
+      visual.<gen>.parquet
 
-A folder built with ``--shards N`` (N > 1; meta.json ``"format": 2``) holds N FAISS files per
-modality instead of one (``audio-00000.faiss``, ``audio-00001.faiss``, ...), each listed in
-meta.json under ``modalities.<modality>.shards`` as ``{"file", "begin", "end", "bytes"}``: the
-rows [begin, end) of the table it holds (under their global ids) and its size on disk (see
-``avfeat.index.shards``). Unsharded folders keep format 1 and read as one shard.
+``<gen>`` (8 hex digits) is unique to one write. meta.json lists each modality's files under
+``modalities.<modality>``: ``"table"`` and ``"shards"``, a list of ``{"file", "begin", "end",
+"bytes"}``: the rows [begin, end) of the table each FAISS file holds (under their global ids) and
+its size on disk. A folder built with ``--shards N`` (N > 1) has N FAISS files per modality
+(``audio-00000.<gen>.faiss``, ...; see ``avfeat.index.shards``), others one. Folders of older
+versions still load: format 1 (fixed names ``audio.faiss``, ``audio.parquet``) and format 2
+(format 1's table, the shard list naming ``audio-00000.faiss``, ...).
 
-The folder is written whole as ``INDEX.tmp`` (meta.json last) and renamed into place, so a
-crash leaves either the previous index or the new one, never a mix. Loading checks that each
-FAISS file has its recorded size, that the files, the table and meta.json agree on the counts,
-and, when heads or a cache are given, that their fingerprints are the ones the index was built
-from.
+meta.json is the single commit point, which holds on every filesystem (on NFS or Lustre only the
+rename of one file is atomic): a write puts its files beside the old ones under new names, makes
+them durable, replaces meta.json atomically, and only then deletes the files of older writes. A
+crash at any instant leaves the old index or the new one whole. Loading checks that each FAISS
+file has its recorded size, that the files, the table and meta.json agree on the counts, and,
+when heads or a cache are given, that their fingerprints are the ones the index was built from.
 
 Memory mapping (``mmap``): FAISS maps the file and reads pages on demand instead of copying the
 index into memory (``IO_FLAG_MMAP_IFC``: inverted lists and flat vectors alike). An IVF search
@@ -34,28 +39,40 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
-from avfeat.common import one_line
+from avfeat.common import fsync_dir, has_entries, one_line, pid_alive, temp_pid, write_atomic
 from avfeat.errors import IndexMismatchError, SearchIndexError
 
 META_FILE = "meta.json"
-FORMAT = 1  # one FAISS file per modality
+MARKER_FILE = ".avfeat-index"  # marks a folder as avfeat's own before its first meta.json exists
+FORMAT = 1  # one FAISS file per modality, fixed names
 SHARDED_FORMAT = 2  # one FAISS file per shard, listed in meta.json
+LISTED_FORMAT = 3  # every file listed in meta.json, named by the write that made it
+FORMATS = (FORMAT, SHARDED_FORMAT, LISTED_FORMAT)
+# The names of avfeat's own index files (any format, any write) and of its temp files: the only
+# names a write ever deletes, and only when the new meta.json does not list them.
+OWN_FILE = re.compile(r"^(audio|visual)(-\d{5})?(\.[0-9a-f]{8})?\.(faiss|parquet)$")
+OWN_TEMP = re.compile(rf"^{re.escape(META_FILE)}\.\d+\.tmp$")
 
 
-def index_file(modality: str) -> str:
-    return f"{modality}.faiss"
+def _named(stem: str, generation: str | None, extension: str) -> str:
+    return f"{stem}.{generation}.{extension}" if generation else f"{stem}.{extension}"
 
 
-def shard_file(modality: str, number: int) -> str:
-    return f"{modality}-{number:05d}.faiss"
+def index_file(modality: str, generation: str | None = None) -> str:
+    return _named(modality, generation, "faiss")
 
 
-def table_file(modality: str) -> str:
-    return f"{modality}.parquet"
+def shard_file(modality: str, number: int, generation: str | None = None) -> str:
+    return _named(f"{modality}-{number:05d}", generation, "faiss")
+
+
+def table_file(modality: str, generation: str | None = None) -> str:
+    return _named(modality, generation, "parquet")
 
 
 def load_heads(path: str | os.PathLike, device: str = "cpu"):
@@ -67,58 +84,94 @@ def load_heads(path: str | os.PathLike, device: str = "cpu"):
     return load_checkpoint(path, device=device)
 
 
-def _fsync(path: Path) -> None:
+def _synced_size(path: Path) -> int:
+    """fsync ``path`` (it must be on disk before meta.json names it); returns its size."""
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+        return os.fstat(handle.fileno()).st_size
+
+
+def is_unfinished(out: str | os.PathLike) -> bool:
+    """Whether ``out`` is an index folder whose first write crashed before its meta.json: it
+    holds no index, only avfeat's own leftovers, which the next write replaces."""
+    out = Path(out)
+    return (out / MARKER_FILE).is_file() and not (out / META_FILE).is_file()
+
+
+def _claim_folder(out: Path) -> None:
+    """Make sure ``out`` is avfeat's: an index (meta.json) or marked as one; an absent or empty
+    folder is created. Anything else is refused. The marker is written first (an index of an
+    older version gets it too)."""
+    if not ((out / META_FILE).is_file() or (out / MARKER_FILE).is_file()):
+        if out.exists() and (not out.is_dir() or has_entries(out)):
+            raise SearchIndexError(f"{out} exists and is not an avfeat index; choose a new --out folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SearchIndexError(f"cannot create {out}: {one_line(error)}") from None
+    if not (out / MARKER_FILE).is_file():
+        # Its existence is all it says, so it is written in place: a temp beside it, left by a
+        # crash, would make the folder neither empty nor marked.
+        (out / MARKER_FILE).write_text("written by `avfeat index`: this folder holds an avfeat index\n")
+        fsync_dir(out)
+
+
+def _listed(meta: dict[str, Any]) -> set[str]:
+    return {name for info in meta["modalities"].values() for name in (info["table"], *(s["file"] for s in info["shards"]))}
+
+
+def _remove_unlisted(out: Path, meta: dict[str, Any]) -> None:
+    """After the commit: delete the files of older writes (avfeat's own names only, never a file
+    the new meta.json lists) and temp files of writers that are gone. A file that cannot be
+    deleted stays for the next write to remove: the new index is complete either way."""
+    keep = _listed(meta)
+    for entry in out.iterdir():
+        name = entry.name
+        stale = OWN_FILE.match(name) and name not in keep
+        stale_temp = OWN_TEMP.match(name) and not pid_alive(temp_pid(name) or 0)
+        if (stale or stale_temp) and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+            except OSError:
+                pass  # gone already, or no permission: harmless, it is not listed
 
 
 def write_index(out: str | os.PathLike, meta: dict[str, Any], shards: dict, tables: dict) -> dict[str, Any]:
     """Write ``shards`` (per modality: FAISS indexes over contiguous ranges of rows, in order),
-    ``tables`` (per modality) and ``meta`` as the folder ``out``; returns meta.json's contents
-    (``meta`` with the format and the shard list added).
+    ``tables`` (per modality) and ``meta`` as the index folder ``out``; returns meta.json's
+    contents (``meta`` with the format and the file lists added).
 
-    An existing index folder is replaced; any other non-empty folder is refused.
+    An existing index is replaced atomically (see the module docstring): the new files are
+    written beside the old ones under names of this write, fsynced, and committed by replacing
+    meta.json. Nothing but avfeat's own index files is ever deleted; a folder that is not an
+    index (no meta.json, no marker) and not empty is refused.
     """
     import faiss
     import pyarrow.parquet as pq
 
-    meta = json.loads(json.dumps(meta))  # a copy, to add the format and the shard files to
-    sharded = any(len(parts) > 1 for parts in shards.values())
-    meta["format"] = SHARDED_FORMAT if sharded else FORMAT
-
     out = Path(out)
-    if out.exists() and not (out / META_FILE).is_file():
-        if not out.is_dir() or any(out.iterdir()):
-            raise SearchIndexError(f"{out} exists and is not an avfeat index; choose a new --out folder")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-    except OSError as error:
-        raise SearchIndexError(f"cannot create {tmp}: {error.strerror}") from None
+    _claim_folder(out)
+    existing = [entry.name for entry in out.iterdir()]
+    generation = secrets.token_hex(4)
+    while any(f".{generation}." in name for name in existing):  # never overwrite a file in use
+        generation = secrets.token_hex(4)
+
+    meta = json.loads(json.dumps(meta))  # a copy, to add the format and the files to
+    meta["format"] = LISTED_FORMAT
     for modality, parts in shards.items():
-        if len(parts) == 1:
-            faiss.write_index(parts[0], str(tmp / index_file(modality)))
-        else:
-            listed, begin = [], 0
-            for number, part in enumerate(parts):
-                name = shard_file(modality, number)
-                faiss.write_index(part, str(tmp / name))
-                listed.append({"file": name, "begin": begin, "end": begin + part.ntotal, "bytes": (tmp / name).stat().st_size})
-                begin += part.ntotal
-            meta["modalities"][modality]["shards"] = listed
-        pq.write_table(tables[modality], tmp / table_file(modality))
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    for entry in tmp.iterdir():
-        _fsync(entry)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
+        listed, begin = [], 0
+        for number, part in enumerate(parts):
+            name = index_file(modality, generation) if len(parts) == 1 else shard_file(modality, number, generation)
+            faiss.write_index(part, str(out / name))
+            listed.append({"file": name, "begin": begin, "end": begin + part.ntotal, "bytes": _synced_size(out / name)})
+            begin += part.ntotal
+        table = table_file(modality, generation)
+        pq.write_table(tables[modality], out / table)
+        _synced_size(out / table)
+        meta["modalities"][modality].update(table=table, shards=listed)
+    fsync_dir(out)  # the new names are on disk before meta.json names them
+    write_atomic(out / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")  # the commit
+    _remove_unlisted(out, meta)
     return meta
 
 
@@ -139,25 +192,28 @@ class IndexFolder:
             self.meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as error:
             raise SearchIndexError(f"cannot read {meta_path}: {error}") from None
-        if not isinstance(self.meta, dict) or self.meta.get("format") not in (FORMAT, SHARDED_FORMAT):
+        if not isinstance(self.meta, dict) or self.meta.get("format") not in FORMATS:
             found = self.meta.get("format") if isinstance(self.meta, dict) else None
-            raise SearchIndexError(f"{path} has index format {found!r}; this avfeat reads formats {FORMAT} and {SHARDED_FORMAT}")
+            raise SearchIndexError(f"{path} has index format {found!r}; this avfeat reads formats {', '.join(map(str, FORMATS))}")
         self._check_meta(meta_path)
         self._indexes: dict[str, Any] = {}
         self._tables: dict[str, Any] = {}
 
     def _check_meta(self, meta_path: Path) -> None:
-        """A hand-edited or damaged meta.json is one line; shard files must be plain names inside
-        this folder (a meta.json never makes avfeat read a file elsewhere)."""
+        """A hand-edited or damaged meta.json is one line; every file it names must be a plain name
+        inside this folder (a meta.json never makes avfeat read a file elsewhere)."""
         try:
             for modality, info in self.meta["modalities"].items():
                 count = int(info["count"])
-                for entry in info.get("shards") or []:
-                    name = str(entry["file"])
+                listed = self.shards(modality)
+                for name in (self.table_name(modality), *(entry["file"] for entry in listed)):
+                    if not isinstance(name, str):
+                        raise TypeError(f"file name {name!r}")
                     if Path(name).name != name or name in ("", ".", ".."):
-                        raise SearchIndexError(f"{meta_path} names a shard file {name!r} outside the index folder; rebuild the index")
+                        raise SearchIndexError(f"{meta_path} names a file {name!r} outside the index folder; rebuild the index")
+                for entry in listed:
                     if not 0 <= int(entry["begin"]) <= int(entry["end"]) <= count:
-                        raise SearchIndexError(f"{meta_path}: shard {name} holds rows {entry['begin']}..{entry['end']} of {count}; rebuild the index")
+                        raise SearchIndexError(f"{meta_path}: shard {entry['file']} holds rows {entry['begin']}..{entry['end']} of {count}; rebuild the index")
             for section in ("cache", "heads"):
                 str(self.meta[section]["fingerprint"])
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -171,7 +227,7 @@ class IndexFolder:
         if modality not in self._tables:
             import pyarrow.parquet as pq
 
-            path = self.path / table_file(modality)
+            path = self.path / self.table_name(modality)
             try:
                 table = pq.read_table(path)
             except (OSError, ValueError) as error:
@@ -181,10 +237,18 @@ class IndexFolder:
             self._tables[modality] = table
         return self._tables[modality]
 
+    def table_name(self, modality: str) -> str:
+        """The file of the modality's table (fixed before format 3)."""
+        if self.meta["format"] == LISTED_FORMAT:
+            return self.meta["modalities"][modality]["table"]
+        return table_file(modality)
+
     def shards(self, modality: str) -> list[dict[str, Any]]:
         """The modality's FAISS files with the rows they hold: ``{"file", "begin", "end"}`` (and
-        ``"bytes"`` when sharded); an unsharded folder has one, holding every row."""
+        ``"bytes"`` where recorded); a format-1 folder has one, holding every row."""
         info = self.meta["modalities"][modality]
+        if self.meta["format"] == LISTED_FORMAT:
+            return info["shards"]
         return info.get("shards") or [{"file": index_file(modality), "begin": 0, "end": self.count(modality)}]
 
     def faiss_index(self, modality: str):

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from avfeat.align import data
 from avfeat.align.checkpoint import load_checkpoint
@@ -115,6 +116,8 @@ def test_load_checkpoint_errors(small_cache, tmp_path):
     run(small_cache, tmp_path / "heads", epochs=1)
     broken = tmp_path / "broken"
     shutil.copytree(tmp_path / "heads", broken)
+    # An earlier version's heads file (no config inside): its config is config.json's.
+    save_file(load_file(broken / "heads.safetensors"), broken / "heads.safetensors")
     config = json.loads((broken / "config.json").read_text())
     config["heads"]["dim"] = 32
     (broken / "config.json").write_text(json.dumps(config))

@@ -101,7 +101,7 @@ def test_index_writes_tables_and_meta(index, cache, heads):
     assert meta["window"] == 1.0 and meta["hop"] == 0.2 and meta["dim"] == 32
     assert not list(index.parent.glob("*.tmp"))
     for modality in ("audio", "visual"):
-        table = pq.read_table(index / f"{modality}.parquet")
+        table = pq.read_table(index / meta["modalities"][modality]["table"])
         assert table.column_names == ["id", "video_id", "path", "start", "end"]
         assert table.num_rows == meta["modalities"][modality]["count"] > 0
         assert meta["modalities"][modality]["factory"] == "Flat"

@@ -3,6 +3,7 @@ and IVF with the same trained quantizer and nprobe), memory-mapped IVF shards, a
 
 import gc
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -51,6 +52,11 @@ def search_all(folder, modality, q):
     return ids, scores
 
 
+def shard_paths(folder, modality):
+    """The FAISS files meta.json lists for ``modality``, as paths."""
+    return [str(folder / entry["file"]) for entry in IndexFolder(folder).shards(modality)]
+
+
 def mapped_files():
     """This process's memory maps (Linux), once indexes no longer referenced are gone."""
     gc.collect()
@@ -67,12 +73,16 @@ def test_shard_ranges_are_contiguous_and_balanced():
 
 def test_shard_files_are_listed_in_meta(flat_sharded):
     meta = json.loads((flat_sharded / "meta.json").read_text())
-    assert meta["format"] == 2
+    assert meta["format"] == 3
+    files = {"meta.json", ".avfeat-index"}
     for modality in ("audio", "visual"):
         info = meta["modalities"][modality]
         assert info["factory"] == "Flat"
         listed = info["shards"]
-        assert [s["file"] for s in listed] == [f"{modality}-{i:05d}.faiss" for i in range(3)]
+        generation = info["table"].split(".")[1]  # every file of one write carries its tag
+        assert re.fullmatch(r"[0-9a-f]{8}", generation) and info["table"] == f"{modality}.{generation}.parquet"
+        assert [s["file"] for s in listed] == [f"{modality}-{i:05d}.{generation}.faiss" for i in range(3)]
+        files |= {info["table"], *(s["file"] for s in listed)}
         assert listed[0]["begin"] == 0 and listed[-1]["end"] == info["count"]
         assert all(a["end"] == b["begin"] for a, b in zip(listed, listed[1:]))
         for entry in listed:
@@ -82,7 +92,7 @@ def test_shard_files_are_listed_in_meta(flat_sharded):
             assert shard.ntotal == entry["end"] - entry["begin"] > 0
             # ids are global: the shard holds rows begin..end-1 of the table
             assert faiss.vector_to_array(faiss.downcast_index(shard).id_map).tolist() == list(range(entry["begin"], entry["end"]))
-        assert not (flat_sharded / f"{modality}.faiss").exists()
+    assert {p.name for p in flat_sharded.iterdir()} == files  # nothing but what meta.json lists
 
 
 @pytest.mark.parametrize("modality", ["audio", "visual"])
@@ -118,7 +128,8 @@ def test_ivf_shards_share_quantizer_and_nprobe_and_match_one_index(index, ivf):
 
 
 def test_sharded_ivf_is_memory_mapped_by_default(ivf):
-    files = [str(ivf[3] / f"visual-{i:05d}.faiss") for i in range(3)]
+    files = shard_paths(ivf[3], "visual")
+    assert len(files) == 3
     loaded = IndexFolder(ivf[3], mmap=False)
     loaded.faiss_index("visual")
     assert not any(f in mapped_files() for f in files)
@@ -127,7 +138,7 @@ def test_sharded_ivf_is_memory_mapped_by_default(ivf):
     assert all(f in mapped_files() for f in files)
     forced = IndexFolder(ivf[1], mmap=True)  # --mmap on an unsharded index maps its one file
     forced.faiss_index("visual")
-    assert str(ivf[1] / "visual.faiss") in mapped_files()
+    assert shard_paths(ivf[1], "visual")[0] in mapped_files()
 
 
 def test_shards_spread_over_gpus_and_are_not_mapped_there(ivf, monkeypatch):
@@ -145,7 +156,7 @@ def test_shards_spread_over_gpus_and_are_not_mapped_there(ivf, monkeypatch):
     monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
     merged = IndexFolder(ivf[3]).faiss_index("visual")
     assert devices == [0, 1, 0] and merged.count() == 3
-    assert not any(str(ivf[3] / f"visual-{i:05d}.faiss") in mapped_files() for i in range(3))
+    assert not any(f in mapped_files() for f in shard_paths(ivf[3], "visual"))
     params = json.loads((ivf[3] / "meta.json").read_text())["modalities"]["visual"]["params"]
     assert all(faiss.extract_index_ivf(merged.at(i)).nprobe == params["nprobe"] for i in range(3))
 
@@ -163,7 +174,7 @@ def test_search_cli_same_hits_sharded_and_not(ivf, cache):
 def test_damaged_shard_is_one_line_error(ivf, cache, tmp_path, damage):
     folder = tmp_path / "index"
     shutil.copytree(ivf[3], folder)
-    shard = folder / "visual-00001.faiss"  # an audio query searches the visual index
+    shard = Path(shard_paths(folder, "visual")[1])  # an audio query searches the visual index
     if damage == "missing":
         shard.unlink()
     else:
@@ -172,7 +183,7 @@ def test_damaged_shard_is_one_line_error(ivf, cache, tmp_path, damage):
     result = avfeat("search", folder, f"{video}@0.0-2.0")
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("avfeat: error:") and len(result.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in result.stderr and "visual-00001.faiss" in result.stderr
+    assert "Traceback" not in result.stderr and shard.name in result.stderr
     assert ("missing" if damage == "missing" else "truncated") in result.stderr
 
 
