@@ -120,6 +120,7 @@ def info(
     from avfeat.data.cache import Cache
 
     with Cache(cache) as store:
+        damaged = store.verify(hashes=False)  # a deleted or truncated shard, without reading any
         records = store.records()
         ok = [r for r in records if r.ok]
         hours = sum(r.duration for r in ok) / 3600
@@ -132,15 +133,18 @@ def info(
             "status_counts": store.status_counts(),
             "media_hours": hours,
             "shards": len(shards),
+            "shards_committed": len(store.layout.parts()),
             "bytes": size,
             "bytes_per_media_hour": size / hours if hours else None,
             "audio_tokens": sum(r.audio_length for r in ok),
             "frames": sum(r.visual_length for r in ok),
             "failures": [{"video_id": r.video_id, "path": r.path, "status": r.status, "error": r.error} for r in records if not r.ok],
             "video_list": [{"video_id": r.video_id, "status": r.status, "duration": r.duration, "path": r.path} for r in records],
+            "damaged": [{"shard": d.path.name, "problem": d.problem, "video_ids": d.video_ids} for d in damaged],
         }
     if as_json:
         typer.echo(json.dumps(report, indent=2))
+        _refuse_damaged(cache, damaged, report["shards_committed"])
         return
     if videos:
         for entry in report["video_list"]:
@@ -159,6 +163,16 @@ def info(
         typer.echo(f"failed     {failure['status']:<12} {failure['path']}: {failure['error']}")
     if len(report["failures"]) > 20:
         typer.echo(f"           ... and {len(report['failures']) - 20} more (--json lists all)")
+    for damage in damaged:
+        typer.echo(damage.line())
+    _refuse_damaged(cache, damaged, report["shards_committed"])
+
+
+def _refuse_damaged(cache: Path, damaged: list, shards: int, what: str = "missing or truncated") -> None:
+    from avfeat.errors import CacheError
+
+    if damaged:
+        raise CacheError(f"{len(damaged)} of {shards} shards are {what}; `avfeat extract INPUT --out {cache} --resume --repair` extracts their videos again")
 
 
 def _repair(out: Path, mode) -> None:
@@ -189,8 +203,7 @@ def _verify(cache: Path, as_json: bool) -> None:
     else:
         for damage in damaged:
             typer.echo(damage.line())
-    if damaged:
-        raise CacheError(f"{len(damaged)} of {shards} shards are damaged; `avfeat extract INPUT --out {cache} --resume --repair` extracts their videos again")
+    _refuse_damaged(cache, damaged, shards, "damaged")
     if not as_json:
         typer.echo(f"verified {shards} shards: every one matches its recorded SHA-256")
 

@@ -246,3 +246,15 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes(corpus, reference_
     small_disk(2 * size // 1024)  # space freed
     extract(corpus, out, *args, check=0)
     assert_same_cache(out, reference_cache)
+
+
+def test_info_flags_a_deleted_and_a_truncated_shard(reference_cache, tmp_path):
+    out = tmp_path / "cache"
+    shutil.copytree(reference_cache, out)
+    (out / "shards" / "shard-00001.h5").unlink()
+    with open(out / "shards" / "shard-00002.h5", "r+b") as handle:
+        handle.truncate(1000)
+    result = avfeat("info", out, check=1)
+    assert "shard-00001.h5: missing" in result.stdout and "shard-00002.h5: 1000 bytes" in result.stdout
+    assert "2 of 3 shards are missing or truncated" in result.stderr and "--repair" in result.stderr
+    assert json.loads(avfeat("info", out, "--json", check=1).stdout)["damaged"][0]["shard"] == "shard-00001.h5"
