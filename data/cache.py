@@ -75,6 +75,8 @@ def manifest_schema():
             ("width", pa.int32()),
             ("height", pa.int32()),
             ("source_sample_rate", pa.int32()),
+            ("segment_start", pa.float64()),  # an input table's start and end (null: the whole file)
+            ("segment_end", pa.float64()),
             ("shard_sha256", pa.string()),  # of the whole shard file, checked by `avfeat info --verify`
             ("shard_bytes", pa.int64()),  # its size, checked whenever a reader opens it
         ]
@@ -141,14 +143,28 @@ def read_config(layout: "CacheLayout") -> dict[str, Any]:
 
 
 def _conform(table):
-    """A manifest part in the current schema (columns a part from an older avfeat lacks are null)."""
+    """A manifest part in the current schema (columns a part from an older avfeat lacks are
+    null), followed by its metadata columns as they were written."""
     import pyarrow as pa
 
     schema = manifest_schema()
     for field in schema:
         if field.name not in table.column_names:
             table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
-    return table.select(schema.names).cast(schema)
+    metadata = [table.schema.field(name) for name in table.column_names if name not in schema.names]
+    return table.select(schema.names + [f.name for f in metadata]).cast(pa.schema([*schema, *metadata]))
+
+
+def part_table(rows: list[dict[str, Any]]):
+    """A manifest part: the records' fields in the manifest schema, then their metadata columns
+    (types as the input table gave them; a column some rows lack is null there)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(rows, schema=manifest_schema())
+    names = dict.fromkeys(key for row in rows for key in row if key not in table.column_names)
+    for name in names:
+        table = table.append_column(name, pa.array([row.get(name) for row in rows]))
+    return table
 
 
 def read_manifest(root: str | Path):
@@ -169,7 +185,10 @@ def read_manifest(root: str | Path):
                 f"manifest part {parts[index]} is damaged ({one_line(error)}); restore it, or remove it and "
                 f"{layout.shard_dir / shard_name(index)} and run `avfeat extract --resume` to extract those videos again"
             ) from None
-    table = pa.concat_tables(tables)
+    try:  # runs with different input tables add different metadata columns: nulls elsewhere
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise CacheError(f"the manifest parts of {layout.root} hold one metadata column with two types ({one_line(error)})") from None
     # A retried video appears in several parts; keep its last record, unless that retires it.
     ids, statuses = table.column("video_id").to_pylist(), table.column("status").to_pylist()
     last = {video_id: row for row, video_id in enumerate(ids)}
@@ -409,7 +428,7 @@ class ShardWriter:
         rows = [dict(r.to_row(), **checksum) for r in self.records]
         # Parquet's own page checksums guard the part; the shard's hash guards the shard.
         buffer = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows, schema=manifest_schema()), buffer, write_page_checksum=True)
+        pq.write_table(part_table(rows), buffer, write_page_checksum=True)
         try:
             write_atomic(self.layout.manifest_dir / part_name(self.index), buffer.getvalue().to_pybytes())
         except BaseException:

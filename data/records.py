@@ -60,19 +60,21 @@ class VideoRecord:
     source_sample_rate: int = 0
     shard_sha256: str | None = None  # the shard file's hash and size when it was committed
     shard_bytes: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # user columns, kept as given
+    segment_start: float | None = None  # seconds: a segment of the file (an input table's start/end); None: the whole file
+    segment_end: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)  # an input table's other columns (label, split, ...), typed
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "VideoRecord":
         names = _FIELD_NAMES
         known = {k: v for k, v in row.items() if k in names}
-        extra = {k: v for k, v in row.items() if k not in names}
-        return cls(**known, extra=extra)
+        metadata = {k: v for k, v in row.items() if k not in names}
+        return cls(**known, metadata=metadata)
 
     def to_row(self) -> dict[str, Any]:
-        """The manifest row (without the user columns, which the manifest stores apart)."""
+        """The manifest row: the record's fields, then its metadata columns."""
         row = asdict(self)
-        row.pop("extra")
+        row.update(row.pop("metadata"))
         return row
 
     def with_(self, **changes) -> "VideoRecord":
@@ -81,6 +83,11 @@ class VideoRecord:
     @property
     def ok(self) -> bool:
         return self.status == OK
+
+    @property
+    def end_time(self) -> float:
+        """Where the cached media ends on the file's timeline (a segment starts at its start)."""
+        return (self.segment_start or 0.0) + self.duration
 
     # ---- the time rule -------------------------------------------------------------------
 
@@ -114,7 +121,8 @@ class VideoRecord:
         return first, max(first, stop)
 
 
-_FIELD_NAMES = {f.name for f in fields(VideoRecord)} - {"extra"}
+_FIELD_NAMES = {f.name for f in fields(VideoRecord)} - {"metadata"}
+RESERVED_COLUMNS = frozenset(_FIELD_NAMES | {"id", "start", "end"})  # metadata columns may not take these names
 
 
 # The cache.json keys that describe the tokens. Heads and indexes must share every one of the

@@ -13,7 +13,7 @@ EXIT_SOME_FAILED = 3
 
 
 def extract(
-    input: str = typer.Argument(..., help="A folder (searched recursively), a glob, a .txt list of paths, or a CSV/Parquet file with a 'path' column (and an optional 'id' column)."),
+    input: str = typer.Argument(..., help="A folder (searched recursively), a glob, a .txt list of paths, or a CSV/Parquet/JSONL table with a 'path' column (optional: 'id', 'start' and 'end' seconds of a segment; other columns are kept as metadata)."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create (an existing cache needs --resume or --overwrite)."),
     audio_model: Optional[str] = typer.Option(None, help="HuBERT: hub id, local folder, or random:<arch> [default: facebook/hubert-base-ls960, or the cache's]."),
     visual_model: Optional[str] = typer.Option(None, help="DINOv2: hub id, local folder, or random:<arch> [default: facebook/dinov2-small, or the cache's]."),
@@ -27,6 +27,8 @@ def extract(
     shard_size: int = typer.Option(64, min=1, help="Videos per shard (the unit of commit and resume)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Process at most this many new videos."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the videos recorded as failed."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="INPUT is a published dataset CSV: vggsound (ytid,start,label,split; 10 s clips) or audioset (YTID, start, end, labels); see README \"Your own data\"."),
+    media_dir: Optional[Path] = typer.Option(None, "--media-dir", help="With --layout: the folder of full-length videos named YTID.<ext> [default: the CSV's folder]."),
     refresh: bool = typer.Option(False, "--refresh", help="Extract again the files whose size or mtime changed since they were cached (without it they are reported and their old tokens kept)."),
     timeout: float = typer.Option(600.0, min=1.0, help="Seconds one file may take to decode."),
     resume: bool = typer.Option(False, "--resume", help="Add to the cache in --out: skip what it holds, extract the rest with its settings."),
@@ -53,7 +55,7 @@ def extract(
     from avfeat.data.cache import CACHE_OWN, CONFIG_FILE, check_compute_dtype, check_config
     from avfeat.errors import InputError
     from avfeat.extract.encoder import Encoder, resolve_dtype
-    from avfeat.extract.inputs import list_inputs
+    from avfeat.extract.inputs import from_layout, list_inputs
     from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
 
     if dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -61,7 +63,14 @@ def extract(
     resolve_device(device)
     check_number("--fps", fps, minimum=0.01, inclusive=True, maximum=1000.0)
     check_number("--timeout", timeout)
-    inputs = list_inputs(input)
+    if layout is not None:
+        if not Path(input).is_file():
+            raise InputError(f"input {input} does not exist (--layout takes the dataset's CSV file)")
+        inputs = from_layout(Path(input), layout, media_dir or Path(input).parent)
+    elif media_dir is not None:
+        raise InputError("--media-dir goes with --layout")
+    else:
+        inputs = list_inputs(input)
     # One writer at a time: the lock is taken before --overwrite removes anything and held until
     # the last shard is committed (Extractor.run takes it too, for callers other than this command).
     with writer_lock(out, "cache"):

@@ -20,6 +20,7 @@ import csv
 import filecmp
 import glob
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -31,7 +32,9 @@ MEDIA_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .wmv .mpg .mpeg .ts .mts .m2ts .3gp .ogv .vob".split()
 )
 LIST_EXTENSIONS = frozenset({".txt", ".lst", ".list"})
-TABLE_EXTENSIONS = frozenset({".csv", ".parquet"})
+TABLE_EXTENSIONS = frozenset({".csv", ".parquet", ".jsonl"})
+# Published CSV layouts (no header of ours): how their columns map to id, file and segment.
+LAYOUTS = ("vggsound", "audioset")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _BAD_USER_ID = re.compile(r"[\s@/\\]|^\.{0,2}$")  # '@' starts a time range in `ID@START-END` queries
@@ -41,10 +44,24 @@ _SAMPLE_BYTES = 256 * 1024  # hashed from each end of a file: headers and index 
 
 @dataclass(frozen=True)
 class MediaInput:
-    """One input named by INPUT: a media file and, from an input table, the user's id."""
+    """One input named by INPUT: a media file or a segment of one and, from an input table, the
+    user's id and the row's other columns."""
 
     path: Path
     user_id: str | None = None
+    start: float | None = None  # seconds on the file's timeline; None: from its beginning
+    end: float | None = None  # None: to its end
+    metadata: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_segment(self) -> bool:
+        return self.start is not None or self.end is not None
+
+    def segment_suffix(self) -> str:
+        """What a segment adds to its file's id: ``_30-40`` (seconds), ``_30-end``."""
+        if not self.is_segment:
+            return ""
+        return f"_{self.start or 0:g}-{'end' if self.end is None else format(self.end, 'g')}"
 
 
 def _stem(path: str | Path) -> str:
@@ -86,41 +103,117 @@ def _from_list_file(path: Path) -> list[MediaInput]:
     return entries
 
 
-def _table_rows(path: Path) -> tuple[list[str], list[dict]]:
-    """(column names, rows) of a CSV (a byte-order mark is allowed) or Parquet input table."""
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            return [name.strip() for name in reader.fieldnames or []], [{k.strip(): v for k, v in row.items() if k} for row in reader]
-    import pyarrow.parquet as pq
+def _read_table(path: Path):
+    """An input table as a typed pyarrow Table (CSV types are inferred; a byte-order mark is
+    allowed), or one InputError line."""
+    import pyarrow as pa
 
+    suffix = path.suffix.lower()
     try:
-        table = pq.read_table(path)
-    except Exception as error:  # pyarrow raises several unrelated types for a bad file
-        raise InputError(f"cannot read {path} as Parquet: {error}") from None
-    return table.column_names, table.to_pylist()
+        if suffix == ".csv":
+            import pyarrow.csv as pcsv
+
+            table = pcsv.read_csv(path, parse_options=pcsv.ParseOptions(newlines_in_values=True))
+        elif suffix == ".jsonl":
+            import pyarrow.json as pjson
+
+            table = pjson.read_json(path)
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise InputError(f"cannot read {path} as {suffix[1:].upper()}: {' '.join(str(error).split())}") from None
+    return table.rename_columns([name.strip() for name in table.column_names])
+
+
+def _seconds(value, column: str, path: Path, number: int) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{path} row {number}: {column} {value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InputError(f"{path} row {number}: {column} {value!r} must be a finite number of seconds >= 0")
+    return seconds
 
 
 def _from_table(path: Path) -> list[MediaInput]:
-    columns, rows = _table_rows(path)
+    import pyarrow.types as pa_types
+
+    from avfeat.data.records import RESERVED_COLUMNS
+
+    table = _read_table(path)
+    columns = table.column_names
     if "path" not in columns:
         raise InputError(f"{path} has no 'path' column (columns: {', '.join(columns)})")
+    if not pa_types.is_string(table.schema.field("path").type) and not pa_types.is_large_string(table.schema.field("path").type):
+        raise InputError(f"{path}: 'path' must be text, not {table.schema.field('path').type}")
+    clash = sorted(set(columns) & RESERVED_COLUMNS - {"path", "id", "start", "end"})
+    if clash:
+        raise InputError(f"{path}: column(s) {', '.join(clash)} are names the manifest uses; rename them")
+    extra = [name for name in columns if name not in ("path", "id", "start", "end")]
     entries = []
-    for number, row in enumerate(rows, start=1):
-        value, user_id = row.get("path"), row.get("id") if "id" in columns else None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        value = row["path"]
         if value is None or value == "":
             continue
-        if not isinstance(value, str):
-            raise InputError(f"{path} row {number}: 'path' must be text, not {type(value).__name__} ({value!r})")
+        user_id = row.get("id")
         if user_id is not None and user_id != "":
             user_id = str(user_id).strip()
             if _BAD_USER_ID.search(user_id):
                 raise InputError(f"{path} row {number}: id {user_id!r} is empty or has a space, '@', '/' or '\\' (ids appear in ID@START-END queries)")
-        entries.append(MediaInput(_relative_to(path.parent, value), user_id or None))
+        start, end = _seconds(row.get("start"), "start", path, number), _seconds(row.get("end"), "end", path, number)
+        if start is not None and end is not None and end <= start:
+            raise InputError(f"{path} row {number}: end {end:g} is not after start {start:g}")
+        metadata = {name: row[name] for name in extra}
+        entries.append(MediaInput(_relative_to(path.parent, value), user_id or None, start, end, metadata))
     seen: dict[str, int] = {}
     for number, entry in enumerate(entries, start=1):
         if entry.user_id is not None and seen.setdefault(entry.user_id, number) != number:
             raise InputError(f"{path}: id {entry.user_id!r} is given to two rows ({entries[seen[entry.user_id] - 1].path} and {entry.path})")
+    return entries
+
+
+def _find_media(folder: Path, name: str) -> Path:
+    """``folder/name.<media extension>``, whichever exists (``name.mp4`` when none does, so it
+    is recorded as missing)."""
+    for suffix in (".mp4", ".mkv", ".webm", *sorted(MEDIA_EXTENSIONS)):
+        candidate = folder / f"{name}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return folder / f"{name}.mp4"
+
+
+def from_layout(path: Path, layout: str, media_dir: Path, clip_seconds: float = 10.0) -> list[MediaInput]:
+    """Inputs from a published dataset CSV, with full-length videos named ``YTID.<ext>`` in
+    ``media_dir``: each row becomes the segment it names, with its labels as metadata.
+
+    - ``vggsound``: ``ytid,start_seconds,label,split`` (no header); a 10 s clip from start.
+    - ``audioset``: ``YTID, start_seconds, end_seconds, positive_labels`` ('#' lines are
+      comments); labels are the quoted comma-separated MIDs, kept as a list.
+    """
+    if layout not in LAYOUTS:
+        raise InputError(f"unknown --layout {layout!r} ({', '.join(LAYOUTS)})")
+    entries = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        lines = (line for line in handle if not line.lstrip().startswith("#"))
+        rows = [row for row in csv.reader(lines, skipinitialspace=True) if row]
+    for number, row in enumerate(rows, start=1):
+        fields = [cell.strip() for cell in row]
+        if len(fields) < 4:
+            raise InputError(f"{path} row {number}: {len(fields)} columns, the {layout} layout has 4")
+        ytid = fields[0]
+        start = _seconds(fields[1], "start", path, number)
+        if layout == "vggsound":
+            end = start + clip_seconds
+            metadata = {"label": fields[2], "split": fields[3]}
+        else:
+            end = _seconds(fields[2], "end", path, number)
+            metadata = {"labels": [label.strip() for label in ",".join(fields[3:]).split(",") if label.strip()]}
+        user_id = f"{_UNSAFE_ID_CHARS.sub('_', ytid)}_{start:g}-{end:g}"
+        entries.append(MediaInput(_find_media(media_dir, ytid), user_id, start, end, metadata))
     return entries
 
 
@@ -148,8 +241,9 @@ def list_inputs(spec: str) -> list[MediaInput]:
 
     INPUT is a folder (searched recursively for media extensions, not following folder
     links), a glob pattern, a text file with one path per line, a CSV or Parquet file with a
-    ``path`` column (and optionally an ``id`` column), or one media file. Relative paths in
-    list files and tables are taken relative to that file's folder.
+    ``path`` column (optional: ``id``, and ``start``/``end`` seconds for a segment; every other
+    column is kept as the video's metadata), or one media file. Relative paths in list files
+    and tables are taken relative to that file's folder.
     """
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -169,9 +263,9 @@ def list_inputs(spec: str) -> list[MediaInput]:
         where = f"pattern {spec}"
     else:
         raise InputError(f"input {spec} does not exist")
-    unique: dict[tuple[str, str | None], MediaInput] = {}
+    unique: dict[tuple, MediaInput] = {}
     for item in found:
-        unique.setdefault((str(item.path.resolve()), item.user_id), item)
+        unique.setdefault((str(item.path.resolve()), item.user_id, item.start, item.end), item)
     if not unique:
         raise InputError(f"no media files found in {where}")
     return list(unique.values())
@@ -207,12 +301,12 @@ def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, 
     A record of the same path with the same size and mtime gives its id without reading the
     file, so resuming a large job reads nothing twice.
     """
-    by_path = {record.path: record for record in recorded.values()}
+    by_path = {(record.path, record.segment_start, record.segment_end): record for record in recorded.values()}
     plan = IdPlan()
     owner: dict[str, Path] = {}  # id → the input of this run that has it
     for item in inputs:
         resolved = str(item.path.resolve())
-        previous = by_path.get(resolved)
+        previous = by_path.get((resolved, item.start, item.end))
         try:
             stat = os.stat(item.path)
         except OSError:
@@ -222,7 +316,7 @@ def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, 
         elif previous is not None and (stat is None or (previous.size, previous.mtime) == (stat.st_size, stat.st_mtime)):
             vid = previous.video_id
         else:
-            vid = video_id(item.path)
+            vid = video_id(item.path) + item.segment_suffix()
         if previous is not None and stat is not None and (previous.size, previous.mtime) != (stat.st_size, stat.st_mtime):
             # Cached tokens are replaced only with --refresh; a failed record also with
             # --retry-failed; a missing file that is back is simply extracted.

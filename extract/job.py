@@ -93,7 +93,7 @@ class DecodeTask:
 
 
 def decode_task(task: DecodeTask) -> DecodedMedia:
-    return decode(task.record.path, task.spec)
+    return decode(task.record.path, task.spec, start=task.record.segment_start, end=task.record.segment_end)
 
 
 class _WriterThread:
@@ -182,7 +182,7 @@ class Extractor:
             old = summary.ids.superseded.get(vid)
             if old in recorded:  # in the same shard as its successor, so the old tokens are never read again
                 todo.append(recorded[old].with_(status=SUPERSEDED, error=f"its file changed; extracted again as {vid}"))
-            todo.append(_new_record(vid, item.path))
+            todo.append(_new_record(vid, item))
             planned += 1
         if on_plan:
             on_plan(len(todo))
@@ -303,13 +303,14 @@ def encode_groups(frame_counts: list[int], batch_size: int) -> list[list[int]]:
     return groups
 
 
-def _new_record(vid: str, path: Path) -> VideoRecord:
+def _new_record(vid: str, item: MediaInput) -> VideoRecord:
+    record = new_record(vid, str(Path(item.path).resolve()), 0, 0.0).with_(
+        segment_start=item.start, segment_end=item.end, metadata=dict(item.metadata))
     try:
-        stat = os.stat(path)
+        stat = os.stat(item.path)
     except OSError as error:
-        record = new_record(vid, str(Path(path).resolve()), 0, 0.0)
         return record.with_(status=MISSING, error=f"cannot read file: {error.strerror}")
-    return new_record(vid, str(Path(path).resolve()), stat.st_size, stat.st_mtime)
+    return record.with_(size=stat.st_size, mtime=stat.st_mtime)
 
 
 def with_media(record: VideoRecord, media: DecodedMedia, token_rate: float, fps: float) -> VideoRecord:

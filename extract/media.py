@@ -114,7 +114,8 @@ def center_crop(image: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def decode(path: str | os.PathLike, spec: DecodeSpec, *, threads: int | None = None) -> DecodedMedia:
+def decode(path: str | os.PathLike, spec: DecodeSpec, *, threads: int | None = None,
+           start: float | None = None, end: float | None = None) -> DecodedMedia:
     """Decode a media file into mono audio at ``spec.sample_rate`` and frames sampled at ``spec.fps``.
 
     One demux pass reads the best audio and video streams. Frames are chosen by their own
@@ -132,18 +133,25 @@ def decode(path: str | os.PathLike, spec: DecodeSpec, *, threads: int | None = N
     the demuxer or a decoder mid-stream fails the file with ``decode_error`` (damage the codec
     conceals silently is accepted).
 
+    A segment (``start``/``end``, seconds on the file's timeline) seeks to the keyframe before
+    ``start`` and decodes forward until both streams pass ``end``, so its cost follows its
+    length, not the file's. Its frames are the whole file's frames at the same targets
+    (``k / fps`` inside the segment), its audio is cut to the segment, and times stay on the
+    file's timeline; ``duration`` is the segment's covered length.
+
     Args:
         path: the media file.
         spec: target rates and frame geometry.
         threads: video decoder threads; None reads ``AVFEAT_DECODE_THREADS`` (default 1),
             because decoding normally runs in several worker processes already.
+        start, end: the segment to decode (None: the file's start / end).
 
     Raises:
         MediaError: with one of the named statuses when the file cannot be used.
     """
     _check_spec(spec)
     with _open_checked(os.fspath(path)) as container:
-        return _decode_container(container, spec, _thread_count(threads))
+        return _decode_container(container, spec, _thread_count(threads), start, end)
 
 
 def _check_spec(spec: DecodeSpec) -> None:
@@ -182,7 +190,12 @@ def _pick_stream(container, kind: str):
     return best if any(best is s for s in streams) else streams[0]
 
 
-def _decode_container(container, spec: DecodeSpec, threads: int) -> DecodedMedia:
+# A segment's decode starts this long before its start: audio packets may sit in the file
+# before the video keyframe that a seek lands on.
+_SEEK_MARGIN = 1.0
+
+
+def _decode_container(container, spec: DecodeSpec, threads: int, start: float | None = None, end: float | None = None) -> DecodedMedia:
     astream = _pick_stream(container, "audio")
     vstream = _pick_stream(container, "video")
     if astream is None:
@@ -200,8 +213,13 @@ def _decode_container(container, spec: DecodeSpec, threads: int) -> DecodedMedia
 
     origin = _timeline_origin(container, astream, vstream)
     audio = _AudioCollector(int(spec.sample_rate), origin)
-    video = _FrameSampler(spec, origin, vstream.time_base)
+    video = _FrameSampler(spec, origin, vstream.time_base, start, end)
     a_index, v_index = astream.index, vstream.index
+    if start:
+        try:  # to the keyframe before; a file that cannot seek is decoded from its start
+            container.seek(int((float(origin) + max(0.0, start - _SEEK_MARGIN)) * av.time_base), backward=True, any_frame=False)
+        except (av.error.FFmpegError, OSError):
+            pass
     packet = None
     try:
         for packet in container.demux(astream, vstream):
@@ -211,6 +229,8 @@ def _decode_container(container, spec: DecodeSpec, threads: int) -> DecodedMedia
                     audio.add(frame)
                 elif index == v_index:
                     video.add(frame)
+            if end is not None and video.done and audio.end_time() >= end:
+                break  # both streams are past the segment
         packet = None
         audio.finish()
         video.finish()
@@ -227,9 +247,11 @@ def _decode_container(container, spec: DecodeSpec, threads: int) -> DecodedMedia
         raise MediaError(NO_AUDIO, "the audio stream decodes to no samples")
     if video.count == 0:
         raise MediaError(NO_VIDEO, "the video stream decodes to no frames")
-    audio_data = audio.result()
-    audio_start = audio.start_time()
+    audio_data, audio_start = audio.cut(start, end)
     duration = max(audio_start + len(audio_data) / spec.sample_rate, video.end_time())
+    if end is not None:
+        duration = min(duration, end)
+    duration -= start or 0.0
     if not video.times or duration < 1.0 / spec.fps:
         raise MediaError(
             TOO_SHORT, f"media covers {duration:.3f} s, less than one frame interval ({1.0 / spec.fps:.3g} s)"
@@ -315,6 +337,19 @@ class _AudioCollector:
     def start_time(self) -> float:
         return (self._start if self._start is not None else float(self.origin)) - float(self.origin)
 
+    def end_time(self) -> float:
+        return self.start_time() + self.samples / self.rate
+
+    def cut(self, start: float | None, end: float | None) -> tuple[np.ndarray, float]:
+        """(samples, time of the first) of the audio inside [start, end) on the timeline."""
+        data, first = self.result(), self.start_time()
+        if start is not None and start > first:
+            skip = int(round((start - first) * self.rate))
+            data, first = data[skip:], first + skip / self.rate
+        if end is not None:
+            data = data[: max(0, int(round((end - first) * self.rate)))]
+        return data, first
+
     def result(self) -> np.ndarray:
         if not self.chunks:
             return np.zeros(0, dtype=np.float32)
@@ -324,9 +359,11 @@ class _AudioCollector:
 class _FrameSampler:
     """Picks the frame on screen at each target time k / fps and converts only those."""
 
-    def __init__(self, spec: DecodeSpec, origin: Fraction, time_base):
+    def __init__(self, spec: DecodeSpec, origin: Fraction, time_base, start: float | None = None, end: float | None = None):
         self.spec = spec
         self.fps = float(spec.fps)
+        self.end = end
+        self.done = False  # a segment's end has been passed
         self.origin = origin
         self.time_base = time_base
         self.arrays: list[np.ndarray] = []
@@ -334,7 +371,8 @@ class _FrameSampler:
         self.count = 0  # frames decoded
         self.width: int | None = None
         self.height: int | None = None
-        self._k = 0  # next target index
+        # Next target index: a segment's targets are the whole file's targets inside it.
+        self._k = 0 if not start else math.ceil(start * self.fps - _EPS * self.fps)
         self._prev = None  # last displayable frame seen
         self._prev_time: float | None = None
         self._prev_duration: float | None = None  # its own duration, when the stream says
@@ -355,6 +393,11 @@ class _FrameSampler:
             t = 0.0
         if self._prev_time is not None and t <= self._prev_time:
             return  # out of order or duplicate timestamp: never on screen in timeline order
+        if self.end is not None and t >= self.end - _EPS:
+            if not self.done:  # the frame on screen at the segment's last targets is served
+                self._serve_before(self.end, frame)
+                self.done = True
+            return
         self._serve_before(t, frame)
         if self._prev_time is not None:
             self._gap = t - self._prev_time
@@ -369,8 +412,9 @@ class _FrameSampler:
         return self._prev_time + (self._prev_duration or self._gap or 0.0)
 
     def finish(self) -> None:
-        if self._prev is not None:
-            self._serve_before(self.end_time(), None)
+        if self._prev is not None and not self.done:
+            limit = self.end_time() if self.end is None else min(self.end_time(), self.end)
+            self._serve_before(limit, None)
         self._prev = None
 
     def _serve_before(self, limit: float, first) -> None:

@@ -97,13 +97,13 @@ def cached_query(cache, text: str) -> QueryTokens | None:
         record = cache.ok_record(video)
     except CacheError as error:
         raise QueryError(str(error)) from None
-    if end > record.duration + 1e-6:
-        raise QueryError(f"query {text!r} ends after the video ({record.duration:.2f} s)")
+    if end > record.end_time + 1e-6:
+        raise QueryError(f"query {text!r} ends after the video ({record.end_time:.2f} s)")
     first, stop = record.audio_span(start, end)
     times = cache.frame_times(record)
     frames = slice(*record.frame_span(times, start, end))
     if first == stop and frames.start == frames.stop:
-        raise QueryError(f"query {text!r} selects no cached tokens (the video lasts {record.duration:.2f} s)")
+        raise QueryError(f"query {text!r} selects no cached tokens (the video lasts {record.end_time:.2f} s)")
     # On the query's own timeline (0 = START), like a clip cut from the video at START.
     return QueryTokens(
         name=text, kind="id", audio=cache.read_audio(record, first, stop),
