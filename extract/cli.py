@@ -201,7 +201,6 @@ def _repair(out: Path, mode) -> None:
 
 def _verify(cache: Path, as_json: bool) -> None:
     from avfeat.data.cache import Cache
-    from avfeat.errors import CacheError
 
     with Cache(cache) as store:
         damaged = store.verify()
