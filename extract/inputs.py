@@ -204,8 +204,9 @@ def from_layout(path: Path, layout: str, media_dir: Path, clip_seconds: float = 
         fields = [cell.strip() for cell in row]
         if len(fields) < 4:
             raise InputError(f"{path} row {number}: {len(fields)} columns, the {layout} layout has 4")
-        ytid = fields[0]
-        start = _seconds(fields[1], "start", path, number)
+        ytid, start = fields[0], _seconds(fields[1], "start", path, number)
+        if not ytid or start is None:
+            raise InputError(f"{path} row {number}: the {layout} layout needs an id and a start time")
         if layout == "vggsound":
             end = start + clip_seconds
             metadata = {"label": fields[2], "split": fields[3]}
