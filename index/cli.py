@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -12,30 +12,48 @@ import typer
 def index(
     cache: Path = typer.Argument(..., help="A cache folder written by `avfeat extract`."),
     heads: Path = typer.Option(..., "--heads", help="Heads checkpoint written by `avfeat train-head`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (an existing index needs --overwrite)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index folder to write (an existing index needs --overwrite or --update)."),
     window: Optional[float] = typer.Option(None, help="Window length in seconds (default: the heads' window)."),
     hop: Optional[float] = typer.Option(None, help="Seconds between window starts (default: the heads' hop)."),
     factory: Optional[str] = typer.Option(None, help="FAISS factory string, e.g. 'HNSW32,Flat' or 'IVF4096,PQ32' (default: chosen from the collection size)."),
     memory_budget: Optional[str] = typer.Option(None, help="Memory the index may take, e.g. 4GB (default: half the machine's memory); IVF-PQ when raw vectors do not fit."),
-    shards: int = typer.Option(1, help="Split each modality into N index files over contiguous ranges of windows, trained once; searched together, one GPU per shard where there are several."),
+    shards: Optional[int] = typer.Option(None, help="Split each modality into N index files over contiguous ranges of windows, trained once; searched together, one GPU per shard where there are several (default 1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the index in --out (atomically: the old one stays until the new one is complete)."),
+    update: bool = typer.Option(False, "--update", help="Add the cache's videos that the index in --out lacks, with its window, hop and trained index (no retraining); same heads, and a cache holding all its videos."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Project every window of the cache through the heads and write per-modality FAISS indexes."""
     from avfeat.data.cache import Cache
     from avfeat.common import check_number, parse_size
-    from avfeat.index.build import build_index
+    from avfeat.errors import InputError
+    from avfeat.index.build import build_index, update_index
     from avfeat.index.store import load_heads
 
+    if update:
+        # An update keeps what the index was built with; these options would silently not apply.
+        given = [name for name, value in (("--window", window), ("--hop", hop), ("--factory", factory), ("--memory-budget", memory_budget),
+                                          ("--shards", shards), ("--overwrite", overwrite or None)) if value is not None]
+        if given:
+            raise InputError(f"--update keeps the index's window, hop, index type and shards; drop {', '.join(given)} (or rebuild with --overwrite)")
     check_number("--window", window)
     check_number("--hop", hop)
     budget = parse_size(memory_budget) if memory_budget else None
     checkpoint = load_heads(heads)
     with Cache(cache) as store:
-        meta = build_index(
-            store, checkpoint, out, window=window, hop=hop, factory=factory,
-            memory_budget=budget, quiet=quiet, shards=shards, overwrite=overwrite,
-        )
+        if update:
+            done = update_index(store, checkpoint, out, quiet=quiet)
+        else:
+            meta = build_index(
+                store, checkpoint, out, window=window, hop=hop, factory=factory,
+                memory_budget=budget, quiet=quiet, shards=1 if shards is None else shards, overwrite=overwrite,
+            )
+    if update:
+        if not done.videos:
+            typer.echo(f"nothing to add: {out} already holds every video of {cache} ({done.meta['videos']} videos); left unchanged")
+            return
+        counts = ", ".join(f"{m} {info['count']}" for m, info in done.meta["modalities"].items())
+        typer.echo(f"added {done.videos} videos ({done.windows} windows) to {out}: now {done.meta['videos']} videos, windows {counts}")
+        return
     for modality, info in meta["modalities"].items():
         tuned = ", ".join(f"{k}={v}" for k, v in info["params"].items())
         recall = f", recall@10 {info['recall_at_10']:.3f} vs exact" if info["recall_at_10"] is not None else ""
@@ -44,13 +62,21 @@ def index(
     typer.echo(f"wrote {out} ({meta['videos']} videos, {meta['window']:g} s windows every {meta['hop']:g} s)")
 
 
+def _compact(metadata: dict) -> str:
+    """A hit's metadata on one line: ``label=dog split=test`` (null values left out)."""
+    return " ".join(f"{name}={value}" for name, value in metadata.items() if value is not None)
+
+
 def _print_hits(hits, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps([hit.to_dict() for hit in hits], indent=2))
+        typer.echo(json.dumps([hit.to_dict() for hit in hits], indent=2, default=str))  # default: metadata dates and such
         return
-    typer.echo(f"{'rank':>4}  {'score':>7}  {'start':>8}  {'end':>8}  path")
+    width = max([len("video_id"), *(len(hit.video_id) for hit in hits)])
+    shown = any(_compact(hit.metadata) for hit in hits)  # a metadata column only where there is some
+    typer.echo(f"{'rank':>4}  {'score':>7}  {'video_id':<{width}}  {'start':>8}  {'end':>8}  path" + ("  metadata" if shown else ""))
     for hit in hits:
-        typer.echo(f"{hit.rank:>4}  {hit.score:>7.4f}  {hit.start:>8.2f}  {hit.end:>8.2f}  {hit.path}")
+        extra = f"  {_compact(hit.metadata)}" if shown else ""
+        typer.echo(f"{hit.rank:>4}  {hit.score:>7.4f}  {hit.video_id:<{width}}  {hit.start:>8.2f}  {hit.end:>8.2f}  {hit.path}{extra}")
 
 
 def search(
@@ -60,7 +86,11 @@ def search(
     k: int = typer.Option(10, "-k", min=1, help="Hits (or --locate candidates) to return."),
     rerank: int = typer.Option(0, min=0, help="Rescore the top N hits with the heads' exact clip score (max-mean) over their cached tokens."),
     locate: bool = typer.Option(False, "--locate", help="Find the video and time the query clip was cut from."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    where: Optional[List[str]] = typer.Option(
+        None, "--where", metavar="COLUMN=VALUE",
+        help="Keep only hits whose column (metadata such as label, or video_id, path) has this value, compared as text; repeat to require several. Applied before the top k are cut.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table (each hit with its metadata object)."),
     thumbs: Optional[Path] = typer.Option(None, help="Save a contact sheet of the hits' frames to this PNG (missing folders are created; not with --locate)."),
     heads: Optional[Path] = typer.Option(None, help="Heads checkpoint (default: the one the index was built with; others are refused)."),
     cache: Optional[Path] = typer.Option(None, help="Cache folder (default: the one the index records; another cache is refused)."),
@@ -74,10 +104,13 @@ def search(
     from avfeat.common import prepare_output_file, resolve_device
     from avfeat.errors import InputError, QueryError
     from avfeat.index.query import parse_id_query
-    from avfeat.index.search import Searcher
+    from avfeat.index.search import Searcher, parse_where
 
     if side not in (None, "audio", "visual"):
         raise InputError(f"--from must be audio or visual (got {side!r})")
+    conditions = parse_where(where)
+    if conditions and locate:  # --locate votes over every window match; it takes no filter
+        raise InputError("--where filters search hits; it cannot be used with --locate")
     # The query and the --thumbs path are checked before any model or index loads.
     if parse_id_query(query) is None and not Path(query).is_file():
         raise QueryError(f"query {query!r} is neither a file nor VIDEO_ID@START-END (e.g. abc123@1:05-1:07)")
@@ -86,6 +119,7 @@ def search(
             raise InputError("--thumbs draws search hits; it cannot be used with --locate")
         prepare_output_file(thumbs, "--thumbs")
     searcher = Searcher(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)), mmap=mmap)
+    searcher.matching_rows("audio", conditions)  # an unknown column is refused before the query is embedded
     if locate:
         candidates = searcher.locate(query, side=side, k=k)
         if as_json:
@@ -95,7 +129,7 @@ def search(
             for c in candidates:
                 typer.echo(f"{c.votes:>5}  {c.time:>8.2f}  {c.path}")
         return
-    hits = searcher.search(query, side=side, k=k, rerank=rerank)
+    hits = searcher.search(query, side=side, k=k, rerank=rerank, where=conditions)
     _print_hits(hits, as_json)
     if thumbs is not None:
         from avfeat.index.thumbs import contact_sheet

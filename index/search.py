@@ -7,30 +7,39 @@
     hits = searcher.search("frame.png", rerank=50)      # image → the audio index, max-mean rerank
     hits = searcher.search("video_00003-1a2b@1.0-3.0")  # cached tokens as the query
     hits = searcher.search_vectors(vectors, "visual")   # (n, dim) unit vectors → one list per row
+    hits = searcher.search("dog.wav", where={"split": "test"})  # only hits whose metadata match
+    vector = searcher.embed("dog.wav")                  # the (1, dim) unit vector search uses
     where = searcher.locate("clip.mp4")                 # the video and time a clip was cut from
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from avfeat.align.windows import WindowGeometry
-from avfeat.errors import CacheError, QueryError, SearchIndexError
+from avfeat.errors import CacheError, InputError, QueryError, SearchIndexError
 from avfeat.index.locate import Candidate, refine, vote
 from avfeat.index.query import Backbones, QueryTokens, cached_query, mean_vector, window_vectors
-from avfeat.index.store import IndexFolder, load_heads
+from avfeat.index.store import TABLE_COLUMNS, IndexFolder, load_heads
 from avfeat.index.vectors import AUDIO, MODALITIES, VISUAL, other, project_audio, project_visual, salient_patches
 
 # Matches per query window that vote in ``locate``.
 LOCATE_MATCHES = 10
 # Voted candidates that ``locate`` re-times and re-ranks by exact token matching.
 LOCATE_REFINE = 5
+# A filtered search (``where``) asks FAISS for this many times the hits it keeps, then for this
+# many times more while too few match, up to the whole collection.
+WHERE_GROWTH = 4
+# FAISS GPU indexes return at most this many hits per query.
+GPU_MAX_K = 2048
 
 
 @dataclass
@@ -41,9 +50,60 @@ class Hit:
     path: str
     start: float
     end: float
+    metadata: dict[str, Any] = field(default_factory=dict)  # the video's metadata columns (label, split, ...)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def parse_where(where) -> list[tuple[str, str]]:
+    """``--where`` conditions as (column, value) pairs: a mapping, or ``"COLUMN=VALUE"`` strings
+    or pairs. Values are compared as text (see ``Searcher.search``)."""
+    if where is None:
+        return []
+    if isinstance(where, Mapping):
+        return [(str(k), str(v)) for k, v in where.items()]
+    pairs = []
+    for item in [where] if isinstance(where, str) else where:
+        if isinstance(item, str):
+            column, sep, value = item.partition("=")
+            if not sep or not column.strip():
+                raise InputError(f"--where takes COLUMN=VALUE (e.g. label=dog), not {item!r}")
+            item = (column.strip(), value)
+        column, value = item
+        pairs.append((str(column), str(value)))
+    return pairs
+
+
+def _text_match(column, value: str) -> np.ndarray:
+    """Rows of a pyarrow column whose value, written as text, is ``value``: numbers also match by
+    value (``1`` and ``1.0``), booleans as true/false in any case, a list when one of its items
+    does (``tags=outdoor``); null matches nothing."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return np.array([any(str(item) == value for item in items or ()) for items in column.to_pylist()], bool)
+    if pa.types.is_boolean(kind):
+        wanted = value.strip().lower()
+        if wanted not in ("true", "false"):
+            return np.zeros(len(column), bool)
+        found = pc.equal(column, pa.scalar(wanted == "true"))
+    elif pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        try:
+            number = float(value)
+        except ValueError:
+            return np.zeros(len(column), bool)
+        found = pc.equal(pc.cast(column, pa.float64()), pa.scalar(number))
+    elif pa.types.is_null(kind):
+        return np.zeros(len(column), bool)
+    else:
+        try:
+            found = pc.equal(pc.cast(column, pa.string()), pa.scalar(value))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a type Arrow cannot write as text
+            return np.array([item is not None and str(item) == value for item in column.to_pylist()], bool)
+    return np.asarray(pc.fill_null(found, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 class Searcher:
@@ -104,15 +164,57 @@ class Searcher:
                 return found
         return self.backbones.encode(text)
 
-    def search_vectors(self, vectors, modality: str, k: int = 10) -> list[list[Hit]]:
-        """Search the ``modality`` index with (n, dim) unit vectors; one hit list per row."""
+    def search_vectors(self, vectors, modality: str, k: int = 10, where=None) -> list[list[Hit]]:
+        """Search the ``modality`` index with (n, dim) unit vectors; one hit list per row.
+        ``where``: keep only hits whose columns match (see ``search``)."""
         if modality not in MODALITIES:
             raise QueryError(f"unknown modality {modality!r} ({', '.join(MODALITIES)})")
         vectors = np.ascontiguousarray(torch.as_tensor(vectors).float().numpy().reshape(-1, self.meta["dim"]))
+        keep = self.matching_rows(modality, where)
+        if keep is None:
+            return self._hits(modality, *self._search(vectors, modality, k))
+        return [self._filtered(vector[None], modality, k, keep) for vector in vectors]
+
+    def matching_rows(self, modality: str, where) -> np.ndarray | None:
+        """A bool per table row: whether it meets every ``where`` condition; None without any.
+
+        Raises:
+            InputError: a condition names a column the table does not have (the message lists them).
+        """
+        conditions = parse_where(where)
+        if not conditions:
+            return None
+        table = self.folder.table(modality)
+        keep = np.ones(table.num_rows, bool)
+        for column, value in conditions:
+            if column not in table.column_names:
+                known = ", ".join(table.column_names)
+                raise InputError(f"--where {column}=...: the index has no column {column!r}; its columns are {known}")
+            keep &= _text_match(table.column(column), value)
+        return keep
+
+    def _filtered(self, vector: np.ndarray, modality: str, k: int, keep: np.ndarray) -> list[Hit]:
+        """The top ``k`` hits among the rows ``keep`` marks: FAISS is asked for more hits than
+        ``k``, more again while fewer than ``k`` of them match, until it has returned every row
+        it can (an IVF index: the rows in the lists it probes)."""
+        from avfeat.index.build import gpu_count
+
+        want = min(int(k), int(keep.sum()))
+        limit = self.folder.count(modality) if gpu_count() == 0 else min(self.folder.count(modality), GPU_MAX_K)
+        fetch = max(1, k) * WHERE_GROWTH
+        while True:
+            scores, ids = self._search(vector, modality, min(fetch, limit))
+            found = (ids[0] >= 0) & keep[np.clip(ids[0], 0, None)]
+            if found.sum() >= want or fetch >= limit:
+                return self._hits(modality, scores[:, found][:, :k], ids[:, found][:, :k])[0]
+            fetch *= WHERE_GROWTH
+
+    def _search(self, vectors: np.ndarray, modality: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's (scores, ids) for ``vectors``, k capped to the collection, ids checked."""
         k = max(1, min(int(k), self.folder.count(modality)))
         scores, ids = self.folder.faiss_index(modality).search(vectors, k)
         table = self.folder.table(modality)
-        # FAISS labels are the table's rows; -1 is FAISS's "no result" (dropped below). Any other
+        # FAISS labels are the table's rows; -1 is FAISS's "no result" (dropped later). Any other
         # label outside the table means the .faiss file and the table disagree (a replaced or
         # damaged file): refuse, rather than fail on a row that is not there or show a wrong one.
         wrong = ids[(ids < -1) | (ids >= table.num_rows)]
@@ -121,14 +223,53 @@ class Searcher:
                 f"index {self.folder.path} is damaged: its {modality} FAISS index returned id {int(wrong[0])}, "
                 f"but its table has rows 0..{table.num_rows - 1}; rebuild it with `avfeat index --overwrite`"
             )
-        video, path = table.column("video_id").to_pylist(), table.column("path").to_pylist()
-        start, end = table.column("start").to_numpy(), table.column("end").to_numpy()
-        return [
-            [Hit(r + 1, float(s), video[i], path[i], float(start[i]), float(end[i])) for r, (s, i) in enumerate(zip(row_s, row_i)) if i >= 0]
-            for row_s, row_i in zip(scores, ids)
-        ]
+        return scores, ids
 
-    def search(self, query, side: str | None = None, k: int = 10, rerank: int = 0) -> list[Hit]:
+    def _hits(self, modality: str, scores: np.ndarray, ids: np.ndarray) -> list[list[Hit]]:
+        """One ranked hit list per row of FAISS's (scores, ids) (-1 ids dropped), with the rows'
+        metadata. Only the hit rows are read from the table (one take), however large it is."""
+        import pyarrow as pa
+
+        table = self.folder.table(modality)
+        rows = iter(table.take(pa.array(ids[ids >= 0], pa.int64())).to_pylist())  # row-major, as below
+        lists = []
+        for row_s, row_i in zip(scores, ids):
+            hits = []
+            for score, i in zip(row_s, row_i):
+                if i < 0:
+                    continue
+                row = next(rows)
+                metadata = {name: value for name, value in row.items() if name not in TABLE_COLUMNS}
+                hits.append(Hit(len(hits) + 1, float(score), row["video_id"], row["path"], float(row["start"]), float(row["end"]), metadata))
+            lists.append(hits)
+        return lists
+
+    def embed(self, query, side: str | None = None, windows: bool = False) -> np.ndarray:
+        """The unit vector(s) of a query (a file, ``VIDEO_ID@START-END`` or ``QueryTokens``) on
+        its ``side`` (default as in ``search``: audio when it has sound), float32.
+
+        Default: the (1, dim) vector ``search`` searches the other modality's index with.
+        ``windows=True``: one vector per window of the query, (n, dim), as ``locate`` matches
+        them against the same modality. Either can go to ``search_vectors``.
+        """
+        tokens = query if isinstance(query, QueryTokens) else self.tokens(query)
+        side = side or tokens.default_side()
+        if windows:
+            vectors = window_vectors(tokens, side, self.heads, self.geometry, None, self.aggregation)[1]
+        else:
+            vectors = self._query_vector(tokens, side)
+        return vectors.float().numpy().astype(np.float32, copy=False)
+
+    def _query_vector(self, tokens: QueryTokens, side: str) -> torch.Tensor:
+        """(1, dim): what ``search`` searches with (see ``search``)."""
+        if side not in tokens.sides():
+            raise QueryError(f"query {tokens.name} has no {side} to search with")
+        if side == VISUAL and self.aggregation == "max-mean":
+            return F.normalize(salient_patches(self.heads, tokens.visual).mean(dim=0, keepdim=True), dim=-1)
+        _, vectors = window_vectors(tokens, side, self.heads, self.geometry, self.hop, self.aggregation)
+        return mean_vector(vectors)
+
+    def search(self, query, side: str | None = None, k: int = 10, rerank: int = 0, where=None) -> list[Hit]:
         """Cross-modal search: the query's ``side`` (default: audio if it has sound, else visual)
         against the other modality's index; ``rerank`` rescored top hits (see ``rerank``).
 
@@ -136,17 +277,17 @@ class Searcher:
         mean of its window vectors. A visual query of max-mean heads searches with the
         normalised mean of its salient patches (``salient_patches``): its mean patch is mostly
         background, which says little about what sounds.
+
+        ``where``: conditions on the table's columns (its metadata, or video_id, path, ...), a
+        mapping or ``"COLUMN=VALUE"`` strings, all of which a hit must meet. Values are compared
+        as text (numbers also by value, booleans as true/false). They apply before the top
+        ``k`` (and the ``rerank`` candidates) are cut, so k matching hits come back when the
+        index holds them.
         """
         tokens = query if isinstance(query, QueryTokens) else self.tokens(query)
         side = side or tokens.default_side()
-        if side not in tokens.sides():
-            raise QueryError(f"query {tokens.name} has no {side} to search with")
-        if side == VISUAL and self.aggregation == "max-mean":
-            vector = F.normalize(salient_patches(self.heads, tokens.visual).mean(dim=0, keepdim=True), dim=-1)
-        else:
-            _, vectors = window_vectors(tokens, side, self.heads, self.geometry, self.hop, self.aggregation)
-            vector = mean_vector(vectors)
-        hits = self.search_vectors(vector, other(side), k=max(k, rerank))[0]
+        vector = self._query_vector(tokens, side)
+        hits = self.search_vectors(vector, other(side), k=max(k, rerank), where=where)[0]
         if rerank:
             hits = self.rerank(tokens, side, hits, rerank)
         return hits[:k]
@@ -178,8 +319,8 @@ class Searcher:
                 score = pairwise_scores(audio, query, self.aggregation)[0, 0]
             scored.append((float(score), hit))
         scored.sort(key=lambda pair: -pair[0])
-        ordered = [Hit(r + 1, s, h.video_id, h.path, h.start, h.end) for r, (s, h) in enumerate(scored)]
-        return ordered + [Hit(len(ordered) + r + 1, h.score, h.video_id, h.path, h.start, h.end) for r, h in enumerate(tail)]
+        ordered = [replace(h, rank=r + 1, score=s) for r, (s, h) in enumerate(scored)]
+        return ordered + [replace(h, rank=len(ordered) + r + 1) for r, h in enumerate(tail)]
 
     def locate(self, clip, side: str | None = None, k: int = 5) -> list[Candidate]:
         """The videos and times a clip was cut from, best first (see ``avfeat.index.locate``).

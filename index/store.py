@@ -8,7 +8,9 @@ Layout (format 3)::
                                 built from, and every data file the index uses
       .avfeat-index             marker: this folder is avfeat's own (written before anything else)
       audio.<gen>.faiss         FAISS index of the audio window vectors, ids = rows of the table
-      audio.<gen>.parquet       id, video_id, path, start, end (seconds on the video's timeline)
+      audio.<gen>.parquet       id, video_id, path, start, end (seconds on the video's timeline),
+                                then the videos' metadata columns (label, split, ...; null where
+                                a video has none)
       visual.<gen>.faiss        the same for visual window vectors
       visual.<gen>.parquet
 
@@ -57,6 +59,8 @@ FORMATS = (FORMAT, SHARDED_FORMAT, LISTED_FORMAT)
 # names a write ever deletes, and only when the new meta.json does not list them.
 OWN_FILE = re.compile(r"^(audio|visual)(-\d{5})?(\.[0-9a-f]{8})?\.(faiss|parquet)$")
 OWN_TEMP = re.compile(rf"^{re.escape(META_FILE)}\.\d+\.tmp$")
+# The columns every table starts with; any after them are the videos' metadata.
+TABLE_COLUMNS = ("id", "video_id", "path", "start", "end")
 
 
 def _named(stem: str, generation: str | None, extension: str) -> str:
@@ -141,6 +145,10 @@ def write_index(out: str | os.PathLike, meta: dict[str, Any], shards: dict, tabl
     ``tables`` (per modality) and ``meta`` as the index folder ``out``; returns meta.json's
     contents (``meta`` with the format and the file lists added).
 
+    A shard may also be an entry of the current meta.json (``{"file", "begin", "end", ...}``):
+    that file is kept as it is and listed again (`avfeat index --update` rewrites only the shard
+    it adds to). Both the old and the new meta.json list it, so it is never deleted.
+
     An existing index is replaced atomically (see the module docstring): the new files are
     written beside the old ones under names of this write, fsynced, and committed by replacing
     meta.json. Nothing but avfeat's own index files is ever deleted; a folder that is not an
@@ -161,10 +169,14 @@ def write_index(out: str | os.PathLike, meta: dict[str, Any], shards: dict, tabl
     for modality, parts in shards.items():
         listed, begin = [], 0
         for number, part in enumerate(parts):
-            name = index_file(modality, generation) if len(parts) == 1 else shard_file(modality, number, generation)
-            faiss.write_index(part, str(out / name))
-            listed.append({"file": name, "begin": begin, "end": begin + part.ntotal, "bytes": _synced_size(out / name)})
-            begin += part.ntotal
+            if isinstance(part, dict):  # a file of the current index, kept
+                name, count = part["file"], int(part["end"]) - int(part["begin"])
+            else:
+                name = index_file(modality, generation) if len(parts) == 1 else shard_file(modality, number, generation)
+                faiss.write_index(part, str(out / name))
+                count = part.ntotal
+            listed.append({"file": name, "begin": begin, "end": begin + count, "bytes": _synced_size(out / name)})
+            begin += count
         table = table_file(modality, generation)
         pq.write_table(tables[modality], out / table)
         _synced_size(out / table)
@@ -223,7 +235,8 @@ class IndexFolder:
         return int(self.meta["modalities"][modality]["count"])
 
     def table(self, modality: str):
-        """The id → (video_id, path, start, end) table, as a pyarrow Table whose row i has id i."""
+        """The id → (video_id, path, start, end, metadata...) table, as a pyarrow Table whose
+        row i has id i."""
         if modality not in self._tables:
             import pyarrow.parquet as pq
 
@@ -266,7 +279,7 @@ class IndexFolder:
             for entry in listed:
                 if entry["begin"] != begin:
                     raise SearchIndexError(f"{self.path / META_FILE} lists {modality} shards that do not cover rows {begin}.. in order; rebuild the index")
-                parts.append(self._read_shard(entry, mmap))
+                parts.append(self.read_shard(entry, mmap))
                 begin = entry["end"]
             if begin != self.count(modality):
                 raise SearchIndexError(f"the {modality} shards of {self.path} hold {begin} rows, meta.json says {self.count(modality)}; rebuild the index")
@@ -275,7 +288,9 @@ class IndexFolder:
             self._indexes[modality] = index
         return self._indexes[modality]
 
-    def _read_shard(self, entry: dict[str, Any], mmap: bool):
+    def read_shard(self, entry: dict[str, Any], mmap: bool = False):
+        """One FAISS file of ``shards()``, checked against its entry (size, vector count); a
+        CPU index, loaded (``mmap=False``: writable, as `--update` needs) or memory-mapped."""
         import faiss
 
         path = self.path / entry["file"]

@@ -124,11 +124,11 @@ def test_search_file_json_table_and_thumbs(index, corpus, tmp_path):
     query = corpus / "video_00000.mp4"
     hits = json.loads(avfeat("search", index, query, "-k", 4, "--json", "--thumbs", tmp_path / "hits.png", check=0).stdout)
     assert [h["rank"] for h in hits] == [1, 2, 3, 4]
-    assert set(hits[0]) == {"rank", "score", "video_id", "path", "start", "end"}
+    assert set(hits[0]) == {"rank", "score", "video_id", "path", "start", "end", "metadata"}
     assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:]))
     assert (tmp_path / "hits.png").stat().st_size > 0
     table = avfeat("search", index, query, "-k", 2, check=0).stdout.splitlines()
-    assert table[0].split() == ["rank", "score", "start", "end", "path"] and len(table) == 3
+    assert table[0].split() == ["rank", "score", "video_id", "start", "end", "path"] and len(table) == 3
 
 
 def test_audio_file_and_image_queries(index, corpus, tmp_path):
