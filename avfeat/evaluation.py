@@ -11,14 +11,20 @@ heads were trained on:
 - localization (needs the ground truth of `avfeat synth`): the pointing game. At the middle
   of each sound event, the patch whose similarity with the event's audio tokens is highest
   must fall inside the sounding object's box; reported with the share of the frame the boxes
-  cover (the score of pointing at random).
+  cover (the score of pointing at random);
+- classification, with labels (``--labels FILE`` or a manifest column ``--label-column``): kNN
+  and linear-probe classification of every labelled video from the heads' embeddings, per
+  modality, at the video and the window level, K-fold cross-validated with folds by video.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import typer
@@ -26,39 +32,201 @@ import typer
 SYNC_GRID = np.round(np.arange(-2.0, 2.0 + 1e-9, 0.2), 1)  # 21 offsets, seconds
 
 
-def _labels(path: str | Path | None) -> dict[str, dict] | None:
-    """Ground truth rows by file name (the `path` column of `avfeat synth`)."""
-    if path is None:
-        return None
-    import pyarrow.parquet as pq
+# ---- labels ----------------------------------------------------------------------------------
 
+LABEL_COLUMNS = ("label", "class")  # looked for in this order unless --label-column names one
+LABEL_SEPARATORS = re.compile(r"[,;]")  # "dog, bark" or "dog;bark": two labels of one video
+TABLE_SUFFIXES = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet", ".jsonl": "JSONL", ".ndjson": "JSONL", ".json": "JSONL"}
+
+
+@dataclass
+class Labels:
+    """Each cached video's labels, from a labels file or a manifest metadata column.
+
+    ``rows`` keeps every column of a video's row (or its metadata) for the evaluations that need
+    more than labels: the synthetic corpus's ``offset`` (sync) and event boxes (localization).
+    """
+
+    source: str  # the labels file, or "manifest"
+    column: str
+    matched_by: str  # "video_id", "path" or "manifest"
+    rows: dict[str, dict]  # video id → its row
+    labels: dict[str, tuple[str, ...]]  # ok video id → its labels (never empty)
+    unlabeled: list[str]  # ok videos without a row or with an empty label
+    unmatched_rows: int = 0  # rows of the file that name no video of the cache
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({label for labels in self.labels.values() for label in labels})
+
+    @property
+    def multi_label(self) -> bool:
+        return any(len(labels) > 1 for labels in self.labels.values())
+
+    def summary(self) -> dict:
+        return {
+            "source": self.source, "column": self.column, "matched_by": self.matched_by,
+            "videos": len(self.labels), "unlabeled": len(self.unlabeled), "unlabeled_examples": self.unlabeled[:10],
+            "unmatched_rows": self.unmatched_rows, "classes": len(self.classes), "multi_label": self.multi_label,
+        }
+
+
+def parse_labels(value: Any) -> tuple[str, ...]:
+    """A cell → its labels: a list holds several (each item whole); a string is split at ``,``
+    or ``;``; a number is one label (``3.0`` reads as ``3``); None, NaN, "" and [] are none."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tuple(dict.fromkeys(label for label in map(_one_label, value) if label))
+    if isinstance(value, str):
+        return tuple(dict.fromkeys(part.strip() for part in LABEL_SEPARATORS.split(value) if part.strip()))
+    label = _one_label(value)
+    return (label,) if label else ()
+
+
+def _one_label(value: Any) -> str:
+    """One label as text; "" for a missing one."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of a CSV, Parquet or JSONL file; anything wrong is one line. A CSV's
+    ``text_columns`` are read as text, not inferred: the id ``007`` must not become the number 7."""
+    from avfeat.common import one_line
     from avfeat.errors import InputError
 
+    kind = TABLE_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(f"--labels {path}: unknown format {path.suffix!r} (use .csv, .parquet or .jsonl)")
+    if not path.is_file():
+        raise InputError(f"--labels {path} does not exist")
     try:
-        rows = pq.read_table(path).to_pylist()
-    except (OSError, ValueError) as error:  # pyarrow raises ArrowInvalid (a ValueError) for non-Parquet
-        raise InputError(f"cannot read ground truth {path}: {error}") from None
-    if not rows or "path" not in rows[0] or "class" not in rows[0]:
-        raise InputError(f"ground truth {path} needs 'path' and 'class' columns")
-    return {Path(row["path"]).name: row for row in rows}
+        if kind == "JSONL":
+            # Python's json rather than pyarrow's: a column may mix a string and a list of labels.
+            rows = []
+            with open(path, encoding="utf-8-sig") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if line.strip():
+                        row = json.loads(line)
+                        if not isinstance(row, dict):
+                            raise ValueError(f"line {number} is not a JSON object")
+                        rows.append(row)
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+            return columns, rows
+        if kind == "CSV":
+            import pyarrow as pa
+            import pyarrow.csv as pcsv
+
+            types = {name: pa.string() for name in text_columns}
+            table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types=types))
+        else:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+    except (OSError, ValueError, UnicodeDecodeError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise InputError(f"cannot read --labels {path} as {kind}: {one_line(error)}") from None
+    return table.column_names, table.to_pylist()
 
 
-def _truth(labels, cache, video_id: str) -> dict | None:
-    if labels is None:
+def _label_column(columns: list[str], wanted: str | None, where: str) -> str:
+    from avfeat.errors import InputError
+
+    if wanted is not None:
+        if wanted not in columns:
+            raise InputError(f"{where} has no column {wanted!r} (columns: {', '.join(columns) or 'none'})")
+        return wanted
+    found = next((name for name in LABEL_COLUMNS if name in columns), None)
+    if found is None:
+        raise InputError(f"{where} has no label column ('label' or 'class'; name another with --label-column); columns: {', '.join(columns) or 'none'}")
+    return found
+
+
+def _resolved(base: Path, value: str) -> str:
+    """A path of a labels file as extract records paths: absolute, resolved; a relative one is
+    taken from the labels file's folder (as extract reads its input tables); URLs as given."""
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str((path if path.is_absolute() else base / path).resolve())
+
+
+def load_labels(cache, path: str | Path | None, column: str | None = None) -> Labels | None:
+    """The labels of the cache's videos from ``path`` (matched by its ``video_id`` column, else by
+    ``path``), or with ``path`` None from the manifest metadata ``column``; None without either.
+
+    Raises:
+        InputError: an unreadable file, a missing column, two rows for one video, or no row that
+            names a cached video (one line each).
+    """
+    from avfeat.errors import InputError
+
+    if path is None and column is None:
         return None
-    return labels.get(Path(cache.record(video_id).path).name)
+    ok = [record.video_id for record in cache.records(status="ok")]
+    if path is None:
+        present = sorted({key for record in cache.records() for key in record.metadata})
+        _label_column(present, column, f"the manifest of {cache.layout.root}")
+        rows = {record.video_id: dict(record.metadata) for record in cache.records()}
+        source, matched_by, unmatched = "manifest", "manifest", 0
+    else:
+        path = Path(path)
+        columns, table = read_table(path, ("video_id", "path", *LABEL_COLUMNS, *([column] if column else [])))
+        column = _label_column(columns, column, f"--labels {path}")
+        matched_by = "video_id" if "video_id" in columns else "path" if "path" in columns else None
+        if matched_by is None:
+            raise InputError(f"--labels {path} needs a 'video_id' or a 'path' column to match its rows to videos (columns: {', '.join(columns)})")
+        # A path names every record of its file (the segments of one file share it).
+        by_key: dict[str, list[str]] = {}
+        for record in cache.records():
+            by_key.setdefault(record.video_id if matched_by == "video_id" else record.path, []).append(record.video_id)
+        rows, first_row, unmatched = {}, {}, 0
+        for number, row in enumerate(table, start=1):
+            key = row.get(matched_by)
+            if key is None or key == "":
+                unmatched += 1
+                continue
+            key = str(key).strip() if matched_by == "video_id" else _resolved(path.parent, str(key))
+            if key in first_row:
+                raise InputError(f"--labels {path}: rows {first_row[key]} and {number} both name {matched_by} {key}; give one row per video")
+            first_row[key] = number
+            videos = by_key.get(key, [])
+            unmatched += not videos
+            rows.update({vid: row for vid in videos})
+        if not any(vid in rows for vid in ok):
+            raise InputError(
+                f"no row of --labels {path} ({len(table)} rows) names a video of the cache {cache.layout.root} "
+                f"by {matched_by}" + (" (paths are resolved from the labels file's folder and compared in full)" if matched_by == "path" else "")
+            )
+        source = str(path)
+    labels = {vid: parse_labels(rows[vid].get(column)) for vid in ok if vid in rows}
+    labels = {vid: value for vid, value in labels.items() if value}
+    if not labels:
+        raise InputError(f"no video of the cache has a value in the column {column!r} of {source}")
+    unlabeled = [vid for vid in ok if vid not in labels]
+    return Labels(source, column, matched_by, rows, labels, unlabeled, unmatched)
 
 
-def retrieval(checkpoint, cache, cache_path, labels) -> dict:
+def _truth(labels: Labels | None, video_id: str) -> dict | None:
+    return None if labels is None else labels.rows.get(video_id)
+
+
+def _number(value: Any, default: float = 0.0) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else default
+
+
+def retrieval(checkpoint, cache, cache_path, labels: Labels | None) -> dict:
     from avfeat.align.evaluate import held_out_scores
     from avfeat.align.metrics import both_directions
 
     scores, video_ids, _ = held_out_scores(checkpoint, cache_path)
     result = both_directions(scores)
     if labels is not None:
-        truths = [_truth(labels, cache, vid) for vid in video_ids]
-        if all(t is not None for t in truths):
-            classes = np.array([t["class"] for t in truths])
+        # Class-level retrieval needs one class per window: single-label, every held-out video labelled.
+        found = [labels.labels.get(vid, ()) for vid in video_ids]
+        if all(len(value) == 1 for value in found):
+            classes = np.array([value[0] for value in found])
             by_class = both_directions(scores, classes, classes)
             result["class_a2v"], result["class_v2a"] = by_class["a2v"], by_class["v2a"]
     return {key: {k: round(v, 4) for k, v in metrics.items()} for key, metrics in result.items()}
@@ -72,8 +240,8 @@ def synchronization(checkpoint, cache, video_ids, labels) -> dict:
     step = SYNC_GRID[1] - SYNC_GRID[0]
     for vid in video_ids:
         record = cache.record(vid)
-        truth = _truth(labels, cache, vid)
-        base = float(truth.get("offset", 0.0)) if truth else 0.0  # an offset already in the file
+        truth = _truth(labels, vid)
+        base = _number(truth.get("offset")) if truth else 0.0  # an offset already in the file (synth ground truth)
         audio, visual, times = cache.audio_tokens(vid), cache.visual_tokens(vid), cache.frame_times(vid)
         for k, shift in enumerate(SYNC_GRID):
             # Audio late by `shift`: every audio token is heard `shift` seconds later.
@@ -117,12 +285,12 @@ def localization(checkpoint, cache, video_ids, labels) -> dict:
     hits = events = 0
     shares = []
     for vid in video_ids:
-        truth = _truth(labels, cache, vid)
-        if truth is None:
-            continue
+        truth = _truth(labels, vid)
+        if truth is None or not all(isinstance(truth.get(key), list) for key in ("event_starts", "event_ends", "boxes")):
+            continue  # only the ground truth of `avfeat synth` has sound events with boxes
         record = cache.record(vid)
         times = cache.frame_times(vid)
-        offset = float(truth.get("offset", 0.0))
+        offset = _number(truth.get("offset"))
         for start, end, box in zip(truth["event_starts"], truth["event_ends"], truth["boxes"]):
             middle = (start + end) / 2
             frame = int(np.argmin(np.abs(times - middle)))
@@ -143,26 +311,212 @@ def localization(checkpoint, cache, video_ids, labels) -> dict:
     return {"pointing_game": round(hits / events, 4), "box_area_share": round(float(np.mean(shares)), 4), "events": events}
 
 
-def evaluate(heads: str | Path, cache_path: str | Path, labels_path: str | Path | None = None, device: str = "cpu", quiet: bool = True) -> dict:
+# ---- classification: kNN and linear probe -----------------------------------------------------
+
+KNN_VOTES = ("weighted", "majority")
+KNN_TEMPERATURE = 0.07  # weighted vote: each neighbour counts exp(cosine / T), as in DINO's kNN protocol
+SMALL_PROBLEM = 1 << 20  # feature values under which classification runs on one torch thread
+
+
+def video_folds(groups: np.ndarray, strata: np.ndarray | None, folds: int, seed: int) -> np.ndarray:
+    """The cross-validation fold of each sample, such that all samples of one group (video)
+    share one fold: a video's windows never sit on both sides of a split (neighbouring windows
+    of one video are near copies, and would inflate the score).
+
+    Groups are shuffled with ``seed`` and, when ``strata`` (one class key per sample) is given,
+    ordered by class before being dealt round-robin, so each fold gets a share of every class.
+    """
+    groups = np.asarray(groups)
+    unique, first = np.unique(groups, return_index=True)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    if strata is not None:
+        keys = np.asarray(strata)[first][order]
+        order = order[np.argsort(keys, kind="stable")]
+    fold_of_group = np.empty(len(unique), dtype=np.int64)
+    fold_of_group[order] = np.arange(len(unique)) % max(1, min(folds, len(unique)))
+    return fold_of_group[np.searchsorted(unique, groups)]
+
+
+def knn_scores(train_x, train_y, test_x, k: int, vote: str, chunk: int = 2048):
+    """(test, classes) vote shares of each test vector's k nearest training vectors by cosine
+    (vectors are unit norm). ``majority``: one vote per neighbour, ties broken by similarity
+    (the tie-break adds less than one vote); ``weighted``: exp(cosine / 0.07)."""
+    import torch
+
+    k = min(k, len(train_x))
+    out = []
+    for i in range(0, len(test_x), chunk):
+        top, index = (test_x[i : i + chunk] @ train_x.T).topk(k, dim=1)
+        weights = torch.exp(top / KNN_TEMPERATURE) if vote == "weighted" else 1 + top / (k + 1)
+        out.append(torch.einsum("qk,qkc->qc", weights, train_y[index]) / weights.sum(1, keepdim=True))
+    return torch.cat(out)
+
+
+def probe_scores(train_x, train_y, test_x, multi_label: bool, l2: float, seed: int, max_iter: int = 200):
+    """(test, classes) probabilities of a logistic regression fitted on the training fold:
+    features standardised with the training fold's statistics, zero-initialised weights,
+    full-batch L-BFGS on cross-entropy (sigmoid per class when ``multi_label``) + ``l2``·‖W‖²;
+    a convex problem, so the result depends on the data only."""
+    import torch
+
+    torch.manual_seed(seed)
+    x = train_x.double()
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    x = (x - mean) / std
+    y = train_y.double()
+    linear = torch.nn.Linear(x.shape[1], y.shape[1]).double()
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    optimizer = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        logits = linear(x)
+        if multi_label:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+        else:
+            loss = torch.nn.functional.cross_entropy(logits, y.argmax(1))
+        loss = loss + l2 * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        logits = linear((test_x.double() - mean) / std)
+        return (torch.sigmoid(logits) if multi_label else torch.softmax(logits, 1)).float()
+
+
+def mean_average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Macro mAP over the classes that have at least one positive."""
+    aps = []
+    for c in range(truth.shape[1]):
+        hits = truth[np.argsort(-scores[:, c], kind="stable"), c]
+        if hits.sum() == 0:
+            continue
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps.append(float((precision * hits).sum() / hits.sum()))
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def _score(scores: np.ndarray, truth: np.ndarray, multi_label: bool) -> float:
+    if multi_label:
+        return mean_average_precision(scores, truth)
+    return float(np.mean(scores.argmax(1) == truth.argmax(1)))
+
+
+def cross_validate(x: np.ndarray, truth: np.ndarray, fold: np.ndarray, multi_label: bool,
+                   knn_k: int, knn_vote: str, probe_l2: float, seed: int) -> dict[str, float]:
+    """kNN and linear-probe scores of out-of-fold predictions (pooled over the folds)."""
+    import torch
+
+    x_all, y_all = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(truth.astype(np.float32))
+    knn, probe = np.zeros(truth.shape, np.float32), np.zeros(truth.shape, np.float32)
+    threads = torch.get_num_threads()
+    if x.size < SMALL_PROBLEM:
+        # Tiny kernels: thread hand-offs cost more than the work (30x slower on a busy 2-core CPU).
+        torch.set_num_threads(1)
+    try:
+        for f in np.unique(fold):
+            test, train = fold == f, fold != f
+            if not train.any():
+                continue
+            knn[test] = knn_scores(x_all[train], y_all[train], x_all[test], knn_k, knn_vote).numpy()
+            probe[test] = probe_scores(x_all[train], y_all[train], x_all[test], multi_label, probe_l2, seed).numpy()
+    finally:
+        torch.set_num_threads(threads)
+    return {"knn": round(_score(knn, truth, multi_label), 4), "linear_probe": round(_score(probe, truth, multi_label), 4)}
+
+
+def classification(embedded, labels: Labels, folds: int = 5, knn_k: int = 20, knn_vote: str = "weighted",
+                   probe_l2: float = 1e-3, seed: int = 0) -> dict:
+    """kNN and linear-probe classification of the labelled videos from the heads' embeddings,
+    per modality, at the video level (mean of a video's window vectors) and the window level
+    (each window carries its video's labels), K-fold cross-validated with folds by video.
+
+    Every labelled video counts, not only the checkpoint's held-out ones: the heads never saw a
+    label, and the held-out split is usually too small for K folds. Top-1 accuracy for
+    single-label data; macro mAP when some video has several labels.
+    """
+    from avfeat.index.export import video_vectors
+
+    classes = labels.classes
+    multi = labels.multi_label
+    result: dict[str, Any] = {
+        "metric": "mAP" if multi else "accuracy", "classes": len(classes), "folds": folds, "seed": seed,
+        "knn_k": knn_k, "knn_vote": knn_vote, "probe_l2": probe_l2,
+    }
+    window_ids = embedded.video_ids
+    keep = np.array([vid in labels.labels for vid in window_ids], dtype=bool)
+    videos = list(dict.fromkeys(window_ids[keep].tolist()))
+    result["no_window"] = len(set(labels.labels) - set(videos))  # labelled, but shorter than one window: not classified
+    if len(classes) < 2 or len(videos) < 2:
+        result["skipped"] = f"needs two classes and two labelled videos with a window (found {len(classes)} classes, {len(videos)} videos)"
+        return result
+    column = {name: c for c, name in enumerate(classes)}
+    truth_of = {}
+    for vid in videos:
+        row = np.zeros(len(classes), np.float32)
+        row[[column[label] for label in labels.labels[vid]]] = 1
+        truth_of[vid] = row
+    for level in ("video", "window"):
+        if level == "video":
+            groups = np.array(videos, dtype=object)
+            features = {m: video_vectors(window_ids[keep], embedded.vectors[m][keep])[1] for m in ("audio", "visual")}
+        else:
+            groups = window_ids[keep]
+            features = {m: embedded.vectors[m][keep] for m in ("audio", "visual")}
+        truth = np.stack([truth_of[vid] for vid in groups])
+        strata = np.array([",".join(labels.labels[vid]) for vid in groups], dtype=object)
+        fold = video_folds(groups.astype(str), strata.astype(str), folds, seed)
+        # Chance: always answering the most common class (accuracy), or the mean class prevalence (mAP).
+        chance = float(truth.mean(0).mean()) if multi else float(truth.mean(0).max())
+        result[level] = {"samples": len(groups), "chance": round(chance, 4)}
+        for modality, x in features.items():
+            result[level][modality] = cross_validate(x, truth, fold, multi, knn_k, knn_vote, probe_l2, seed)
+    return result
+
+
+def evaluate(
+    heads: str | Path,
+    cache_path: str | Path,
+    labels_path: str | Path | None = None,
+    device: str = "cpu",
+    quiet: bool = True,
+    label_column: str | None = None,
+    folds: int = 5,
+    knn_k: int = 20,
+    knn_vote: str = "weighted",
+    probe_l2: float = 1e-3,
+    seed: int = 0,
+) -> dict:
     """The metrics of `avfeat eval` as a dict (see the module docstring); a progress bar over
-    its stages unless ``quiet``."""
+    its stages unless ``quiet``. Labels come from ``labels_path`` or, without it, from the
+    manifest metadata column ``label_column``; with labels, kNN and linear-probe classification
+    is reported under ``"classification"`` and the labels' coverage under ``"labels"``."""
     from tqdm import tqdm
 
-    from avfeat.common import resolve_device
+    from avfeat.common import check_number, resolve_device
 
     from avfeat.align.checkpoint import load_checkpoint
     from avfeat.align.data import open_cache
-    from avfeat.errors import IndexMismatchError
+    from avfeat.errors import IndexMismatchError, InputError
 
+    if knn_vote not in KNN_VOTES:
+        raise InputError(f"--knn-vote must be one of {', '.join(KNN_VOTES)} (got {knn_vote!r})")
+    if folds < 2 or knn_k < 1:
+        raise InputError(f"--folds must be at least 2 and --knn-k at least 1 (got {folds} and {knn_k})")
+    check_number("--probe-l2", probe_l2, inclusive=True)
     checkpoint = load_checkpoint(heads, device=resolve_device(device))
     cache = open_cache(cache_path)
     checkpoint.check_cache(cache)
     held_out = [vid for vid in checkpoint.config["split"]["val_videos"] if vid in cache]
     if not held_out:
         raise IndexMismatchError(f"none of the held-out videos of {heads} is in the cache {cache_path}")
-    labels = _labels(labels_path)
-    stages = ["retrieval", "sync"] + (["localization"] if labels is not None else [])
+    labels = load_labels(cache, labels_path, label_column)
+    stages = ["retrieval", "sync"] + (["localization", "classification"] if labels is not None else [])
     report: dict = {"held_out_videos": len(held_out)}
+    if labels is not None:
+        report["labels"] = labels.summary()
     with tqdm(stages, desc="eval", unit="stage", disable=quiet, dynamic_ncols=True) as bar:
         for stage in bar:
             bar.set_postfix_str(stage, refresh=True)
@@ -170,10 +524,15 @@ def evaluate(heads: str | Path, cache_path: str | Path, labels_path: str | Path 
                 report["retrieval"] = retrieval(checkpoint, cache, cache_path, labels)
             elif stage == "sync":
                 report["sync"] = synchronization(checkpoint, cache, held_out, labels)
-            else:
+            elif stage == "localization":
                 found = localization(checkpoint, cache, held_out, labels)
                 if found:
                     report["localization"] = found
+            else:
+                from avfeat.index.export import embed_windows
+
+                embedded = embed_windows(cache, checkpoint)
+                report["classification"] = classification(embedded, labels, folds, knn_k, knn_vote, probe_l2, seed)
     return report
 
 
@@ -186,19 +545,50 @@ def format_report(report: dict) -> list[str]:
     if "localization" in report:
         loc = report["localization"]
         lines.append(f"localization     pointing game {loc['pointing_game']:.3f} (boxes cover {loc['box_area_share']:.3f} of the frame; {loc['events']} events)")
+    if "labels" in report:
+        lab = report["labels"]
+        missing = f", {lab['unlabeled']} ok videos without a label" + (f" (e.g. {', '.join(lab['unlabeled_examples'][:3])})" if lab["unlabeled"] else "")
+        unmatched = f", {lab['unmatched_rows']} rows naming no cached video" if lab["unmatched_rows"] else ""
+        lines.append(f"labels           {lab['column']!r} from {lab['source']} (by {lab['matched_by']}): {lab['videos']} videos, "
+                     f"{lab['classes']} classes{' (multi-label)' if lab['multi_label'] else ''}{missing}{unmatched}")
+    if "classification" in report:
+        lines.extend(format_classification(report["classification"]))
+    return lines
+
+
+def format_classification(result: dict) -> list[str]:
+    metric = "top-1 accuracy" if result["metric"] == "accuracy" else "macro mAP"
+    head = (f"classification   {metric}, {result['folds']}-fold cross-validation by video (seed {result['seed']}); "
+            f"kNN k={result['knn_k']} {result['knn_vote']} cosine; linear probe L2 {result['probe_l2']:g}")
+    if "skipped" in result:
+        return [head, f"                 skipped: {result['skipped']}"]
+    lines = [head, "level    samples  chance  audio kNN  audio probe  visual kNN  visual probe"]
+    for level in ("video", "window"):
+        r = result[level]
+        lines.append(f"{level:<8} {r['samples']:<8} {r['chance']:<7.3f} {r['audio']['knn']:<10.3f} {r['audio']['linear_probe']:<12.3f} "
+                     f"{r['visual']['knn']:<11.3f} {r['visual']['linear_probe']:.3f}")
+    if result.get("no_window"):
+        lines.append(f"                 {result['no_window']} labelled videos are shorter than one window and not classified")
     return lines
 
 
 def eval_command(
     cache: Path = typer.Argument(..., help="The token cache the heads were trained on."),
     heads: Path = typer.Option(..., "--heads", help="A checkpoint folder from `avfeat train-head`."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="ground_truth.parquet from `avfeat synth` (class-level retrieval, localization)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Labels file: CSV, Parquet or JSONL with a video_id (or path) column and a label (or class) column; ground_truth.parquet of `avfeat synth` also drives localization."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="The label column (default: label, else class); without --labels, the manifest's metadata column of that name."),
+    folds: int = typer.Option(5, help="Cross-validation folds for kNN and the linear probe (folds never split a video)."),
+    knn_k: int = typer.Option(20, "--knn-k", help="Neighbours of the kNN classifier."),
+    knn_vote: str = typer.Option("weighted", "--knn-vote", help="weighted (exp(cosine/0.07) per neighbour) or majority."),
+    probe_l2: float = typer.Option(1e-3, "--probe-l2", help="L2 penalty on the linear probe's weights."),
+    seed: int = typer.Option(0, help="Seed of the folds and the probe."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Retrieval R@k both ways, sync accuracy over a grid of offsets, and the pointing game."""
-    report = evaluate(heads, cache, labels, device=device, quiet=quiet)
+    """Retrieval R@k both ways, sync accuracy over a grid of offsets, the pointing game, and kNN / linear-probe classification."""
+    report = evaluate(heads, cache, labels, device=device, quiet=quiet, label_column=label_column, folds=folds,
+                      knn_k=knn_k, knn_vote=knn_vote, probe_l2=probe_l2, seed=seed)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
