@@ -1,0 +1,186 @@
+"""The page of `avfeat serve`, driven in headless Chromium (Debian's ``chromium`` and
+``chromium-driver`` through selenium; no browser download: the driver path is given, so
+Selenium Manager never runs). Skips, saying why, where they are not installed.
+
+`avfeat serve` runs as a user starts it, on a free port, over the small index of test_serve.py.
+Screenshots go to benchmarks/serve_page.png and benchmarks/serve_sync.png (the README shows them).
+"""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .test_serve import serve_setup
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SHOTS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    reason="headless Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does)",
+)
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not installed")
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return serve_setup(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(setup, tmp_path_factory):
+    """`avfeat serve INDEX --port P` in a child process; its base URL once /health answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("serve_log") / "serve.log"
+    with open(log, "wb") as out:
+        child = subprocess.Popen([sys.executable, "-m", "avfeat", "serve", str(setup.index), "--port", str(port), "--device", "cpu", "--quiet"],
+                                 stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert child.poll() is None, f"avfeat serve exited: {log.read_text()[-2000:]}"
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as answer:
+                    if json.loads(answer.read())["status"] == "ok":
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, f"avfeat serve did not answer in 120 s: {log.read_text()[-2000:]}"
+            time.sleep(0.25)
+        yield url
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1100",
+                 "--autoplay-policy=no-user-gesture-required", "--mute-audio"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def wait_for_state(driver, element_id: str, timeout: float = 60) -> str:
+    """Wait until the page marks ``element_id`` done (or error); return the state."""
+    WebDriverWait(driver, timeout).until(lambda d: d.find_element(By.ID, element_id).get_attribute("data-state") in ("done", "error"))
+    return driver.find_element(By.ID, element_id).get_attribute("data-state")
+
+
+# Plays a <video> and reports where playback started and where it got to: the time at the
+# first "playing" event, and currentTime once it has moved on 0.3 s (or reached its end).
+PLAY = """
+const video = arguments[0], done = arguments[arguments.length - 1];
+const began = performance.now();
+let first = null;
+video.addEventListener("playing", () => { if (first === null) first = video.currentTime; }, { once: true });
+const check = () => {
+  const elapsed = performance.now() - began;
+  if (first !== null && (video.currentTime > first + 0.3 || video.paused || video.ended)) {
+    done({ first: first, now: video.currentTime, error: video.error && video.error.code });
+  } else if (elapsed > 20000) {
+    done({ first: first, now: video.currentTime, error: video.error && video.error.code, timeout: true, ready: video.readyState });
+  } else {
+    setTimeout(check, 50);
+  }
+};
+video.play().then(check).catch((e) => done({ failed: String(e), error: video.error && video.error.code }));
+"""
+
+LOADED = "return Array.from(document.querySelectorAll('#hits video')).every((v) => v.readyState >= 2);"
+
+
+def test_page_finds_the_class_of_an_uploaded_video_and_plays_the_hits(browser, server, setup):
+    browser.get(server + "/")
+    WebDriverWait(browser, 30).until(lambda d: "videos" in d.find_element(By.ID, "index-info").text)
+    assert "16 videos" in browser.find_element(By.ID, "index-info").text
+    # A held-out video (another synth seed) searched by its pictures: its class must come first.
+    name = sorted(setup.held_classes)[0]
+    Select(browser.find_element(By.ID, "side")).select_by_value("visual")
+    browser.find_element(By.ID, "file").send_keys(str(setup.held / name))
+    assert wait_for_state(browser, "hits") == "done", browser.find_element(By.ID, "status").text
+    tiles = browser.find_elements(By.CSS_SELECTOR, "#hits .hit")
+    assert len(tiles) == 8
+    ids = [tile.get_attribute("data-video-id") for tile in tiles]
+    assert len(set(ids)) == 8  # one hit per video
+    assert setup.class_of(ids[0]) == setup.held_classes[name]
+    assert "#1 · score" in tiles[0].text and ids[0] in tiles[0].text
+
+    # The rank-1 player starts at its hit (the #t= media fragment) and plays on.
+    start = float(tiles[0].get_attribute("data-start"))
+    played = browser.execute_async_script(PLAY, tiles[0].find_element(By.TAG_NAME, "video"))
+    assert "failed" not in played and not played.get("timeout") and not played["error"], played
+    assert played["first"] >= start - 0.05 and played["now"] > played["first"], (start, played)
+
+    # Where the sound is: the attention map laid over the first hit.
+    tiles[0].find_element(By.XPATH, ".//button[contains(., 'where is the sound')]").click()
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("const i = document.querySelector('#hits img.heat'); return i && i.complete && i.naturalWidth > 0;"))
+    try:
+        WebDriverWait(browser, 20).until(lambda d: d.execute_script(LOADED))  # no loading spinners in the picture
+    except Exception:
+        pass
+    SHOTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SHOTS / "serve_page.png"))
+
+
+def test_page_searches_with_an_indexed_span(browser, server, setup):
+    browser.get(server + "/")
+    video = sorted(setup.classes)[2].removesuffix(".mp4")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, f"#video-ids option[value^='{video}']"))
+    video_id = browser.find_element(By.CSS_SELECTOR, f"#video-ids option[value^='{video}']").get_attribute("value")
+    browser.find_element(By.ID, "video-id").send_keys(video_id)
+    browser.find_element(By.ID, "start").send_keys("0.5")
+    browser.find_element(By.ID, "end").send_keys("2")
+    browser.find_element(By.ID, "search-video").click()
+    assert wait_for_state(browser, "hits") == "done", browser.find_element(By.ID, "status").text
+    ids = [tile.get_attribute("data-video-id") for tile in browser.find_elements(By.CSS_SELECTOR, "#hits .hit")]
+    assert len(ids) == 8 and video_id not in ids  # "leave this video out" is on by default
+    # A mistake shows the server's one-line message, not a broken page.
+    browser.find_element(By.ID, "where").send_keys("colour=red")
+    browser.find_element(By.ID, "search-video").click()
+    assert wait_for_state(browser, "hits") == "error"
+    assert "no column 'colour'" in browser.find_element(By.ID, "status").text
+
+
+def test_sync_view_plots_the_lag_curve(browser, server, setup):
+    browser.get(server + "/")
+    browser.find_element(By.CSS_SELECTOR, ".tab[data-panel='sync-panel']").click()
+    browser.find_element(By.ID, "sync-file").send_keys(str(setup.held / sorted(setup.held_classes)[1]))
+    assert wait_for_state(browser, "sync-curve") == "done", browser.find_element(By.ID, "sync-status").text
+    assert browser.find_element(By.ID, "sync-result").text.startswith("offset ")
+    # Something was drawn: the curve's blue and the offset's red are on the canvas.
+    colours = browser.execute_script("""
+const c = document.getElementById('sync-curve'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let blue = 0, red = 0;
+for (let i = 0; i < d.length; i += 4) {
+  if (d[i + 2] > 200 && d[i] < 80 && d[i + 3] > 0) blue++;
+  if (d[i] > 200 && d[i + 2] < 80 && d[i + 1] < 80 && d[i + 3] > 0) red++;
+}
+return [blue, red];""")
+    assert colours[0] > 200 and colours[1] > 50, colours
+    browser.save_screenshot(str(SHOTS / "serve_sync.png"))
