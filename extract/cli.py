@@ -13,7 +13,7 @@ EXIT_SOME_FAILED = 3
 
 
 def extract(
-    input: str = typer.Argument(..., help="A folder (searched recursively), a glob, a .txt list of paths, or a CSV/Parquet/JSONL table with a 'path' column (optional: 'id', 'start' and 'end' seconds of a segment; other columns are kept as metadata)."),
+    input: str = typer.Argument(..., help="A folder (searched recursively), a glob, a .txt list of paths, s3://, gs:// or http(s):// URLs of files, folders or globs, WebDataset .tar shards (brace patterns such as 'shards/{00000..00009}.tar'), or a CSV/Parquet/JSONL table with a 'path' column (optional: 'id', 'start' and 'end' seconds of a segment; other columns are kept as metadata)."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache folder to create (an existing cache needs --resume or --overwrite)."),
     audio_model: Optional[str] = typer.Option(None, help="HuBERT: hub id, local folder, or random:<arch> [default: facebook/hubert-base-ls960, or the cache's]."),
     visual_model: Optional[str] = typer.Option(None, help="DINOv2: hub id, local folder, or random:<arch> [default: facebook/dinov2-small, or the cache's]."),

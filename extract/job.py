@@ -9,7 +9,6 @@ tensors) that an uninterrupted run would have.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -23,6 +22,7 @@ from avfeat.common import human_bytes, writer_lock
 from avfeat.data.cache import SUPERSEDED, CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
 from avfeat.data.records import OK, VideoRecord
 from avfeat.extract.encoder import Encoder, ExtractConfig, encode_audio_group, encode_visual_group, resolve_dtype  # noqa: F401 (re-exported)
+from avfeat.extract import sources
 from avfeat.extract.inputs import MISSING, IdPlan, MediaInput, assign_ids
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError, decode
 
@@ -304,13 +304,21 @@ def encode_groups(frame_counts: list[int], batch_size: int) -> list[list[int]]:
 
 
 def _new_record(vid: str, item: MediaInput) -> VideoRecord:
-    record = new_record(vid, str(Path(item.path).resolve()), 0, 0.0).with_(
+    """The record of an input before decoding: its path (a URL or ``<tar>#<member>`` as given),
+    size and mtime, or the status that says why it cannot be read (``missing``; for URLs also
+    ``access_denied``, ``remote_timeout``; a problem its listing found, such as ``no_media``)."""
+    record = new_record(vid, sources.resolve(item.path), 0, 0.0).with_(
         segment_start=item.start, segment_end=item.end, metadata=dict(item.metadata))
     try:
-        stat = os.stat(item.path)
+        stat = item.stat or sources.stat(item.path)
     except OSError as error:
-        return record.with_(status=MISSING, error=f"cannot read file: {error.strerror}")
-    return record.with_(size=stat.st_size, mtime=stat.st_mtime)
+        if sources.is_plain_local(item.path):
+            return record.with_(status=MISSING, error=f"cannot read file: {error.strerror}")
+        return record.with_(status=sources.status_of(error), error=" ".join(str(error).split()))
+    record = record.with_(size=stat.size, mtime=stat.mtime)
+    if item.problem is not None:
+        return record.with_(status=item.problem[0], error=item.problem[1])
+    return record
 
 
 def with_media(record: VideoRecord, media: DecodedMedia, token_rate: float, fps: float) -> VideoRecord:

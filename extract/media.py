@@ -6,6 +6,7 @@ and frame times of one file can be compared directly even when the streams start
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ TOO_SHORT = "too_short"  # shorter than one frame interval, or than the audio mo
 DECODE_ERROR = "decode_error"  # the streams open but the data is corrupt
 TIMEOUT = "timeout"  # decoding took longer than the per-video limit
 CRASHED = "crashed"  # the decoder process died (a codec crash)
+# Statuses of inputs that could not be read at all (listing and opening; see extract/sources.py).
+MISSING = "missing"  # a listed file, URL or tar member does not exist (HTTP 404, no such key)
+ACCESS_DENIED = "access_denied"  # the server refused it (HTTP 401/403, S3 AccessDenied)
+REMOTE_TIMEOUT = "remote_timeout"  # a request got no answer within AVFEAT_REMOTE_TIMEOUT seconds
 
 
 class MediaError(Exception):
@@ -447,18 +452,54 @@ class _FrameSampler:
         self._taken = t
 
 
+@contextlib.contextmanager
 def _open_checked(path: str):
-    """Open a media container, or raise MediaError (missing, empty, unreadable)."""
+    """Open a media container, or raise MediaError (missing, empty, unreadable; for URLs and tar
+    members also the status of a failed read, such as ``access_denied`` or ``remote_timeout``).
+
+    A local file is opened by path. A URL or a tar member is opened as a file object from
+    ``sources.open_bytes``: PyAV reads it through range requests (or a window over the tar's
+    bytes), and nothing is copied to disk.
+    """
+    from avfeat.extract import sources
+
+    if sources.is_plain_local(path):
+        try:
+            size = os.path.getsize(path)
+        except OSError as exc:
+            raise MediaError(UNREADABLE, f"cannot read file: {_one_line(exc)}") from None
+        if size == 0:
+            raise MediaError(EMPTY_FILE, "file is empty (0 bytes)")
+        try:
+            container = av.open(path, metadata_errors="ignore")
+        except (av.error.FFmpegError, OSError) as exc:
+            raise MediaError(UNREADABLE, f"not a readable media file: {_one_line(exc)}") from None
+        with container:
+            yield container
+        return
     try:
-        size = os.path.getsize(path)
+        size = sources.stat(path).size
+        source = sources.open_bytes(path) if size else None
     except OSError as exc:
-        raise MediaError(UNREADABLE, f"cannot read file: {_one_line(exc)}") from None
-    if size == 0:
+        raise MediaError(sources.status_of(exc), _one_line(exc)) from None  # says what it could not read
+    if not size:
         raise MediaError(EMPTY_FILE, "file is empty (0 bytes)")
     try:
-        return av.open(path, metadata_errors="ignore")
-    except (av.error.FFmpegError, OSError) as exc:
-        raise MediaError(UNREADABLE, f"not a readable media file: {_one_line(exc)}") from None
+        try:
+            container = av.open(source, metadata_errors="ignore")
+        except (av.error.FFmpegError, OSError) as exc:
+            raise MediaError(UNREADABLE, f"not a readable media file: {_one_line(exc)}") from None
+        with container:
+            yield container
+        if source.error is not None:  # PyAV dropped a failed read and stopped early
+            raise MediaError(DECODE_ERROR, f"reading failed: {_one_line(source.error)}")
+    except MediaError:
+        # PyAV saw a failed read as corrupt or unreadable data; say what really happened.
+        if source.error is not None and sources.is_remote(path):
+            raise MediaError(sources.status_of(source.error), _one_line(source.error)) from None
+        raise
+    finally:
+        source.close()
 
 
 def decode_audio(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray, float]:
