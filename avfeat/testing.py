@@ -490,8 +490,8 @@ def locate_accuracy(searcher, work, clips: int = 20, seed: int = 0) -> tuple[flo
         clip = work / f"clip{i}.mp4"
         write_media(clip, frames, 25, audio[int(start * 16000) : int((start + 2.0) * 16000)].astype(np.float32), 16000)
         with torch_threads(1):
-            best = searcher.locate(clip, k=1)[0]
-        found.append(best.video_id == row.video_id and abs(best.time - start) <= LOCATE_TOLERANCE)
+            candidates = searcher.locate(clip, k=1)  # empty when the clip scores below "not found"
+        found.append(bool(candidates) and candidates[0].video_id == row.video_id and abs(candidates[0].time - start) <= LOCATE_TOLERANCE)
     return float(np.mean(found)), len(found)
 
 

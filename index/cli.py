@@ -79,19 +79,82 @@ def _print_hits(hits, as_json: bool) -> None:
         typer.echo(f"{hit.rank:>4}  {hit.score:>7.4f}  {hit.video_id:<{width}}  {hit.start:>8.2f}  {hit.end:>8.2f}  {hit.path}{extra}")
 
 
+def _print_candidates(candidates, threshold: float, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps([c.to_dict() for c in candidates], indent=2))
+        if not candidates:  # stdout stays a JSON list; the reason goes beside it
+            typer.echo(f"not found: no indexed video holds this clip (calibrated threshold {threshold:.4f})", err=True)
+        return
+    if not candidates:
+        typer.echo(f"not found: no indexed video holds this clip (best score below the calibrated threshold {threshold:.4f})")
+        return
+    typer.echo(f"{'rank':>4}  {'score':>7}  {'votes':>5}  {'time':>8}  path")
+    for rank, c in enumerate(candidates, 1):
+        typer.echo(f"{rank:>4}  {c.score:>7.4f}  {c.votes:>5}  {c.time:>8.2f}  {c.path}")
+
+
+def read_query_list(path: Path) -> list[str]:
+    """The queries of a ``--queries`` file: one a line, blank lines and ``#`` comment lines
+    skipped; a relative file path is taken from the list's folder (``VIDEO_ID@START-END`` as is)."""
+    from avfeat.errors import InputError
+
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputError(f"--queries {path}: cannot read it ({getattr(error, 'strerror', None) or error})") from None
+    queries = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        beside = path.parent / line
+        # "@" marks an id query; a file that exists under that name still wins.
+        queries.append(str(beside) if not Path(line).is_absolute() and ("@" not in line or beside.is_file()) else line)
+    if not queries:
+        raise InputError(f"--queries {path} lists no query")
+    return queries
+
+
+def _check_query(query: str) -> None:
+    """A query must be a file or look like VIDEO_ID@START-END; checked before anything heavy is
+    imported, so a typo fails at once (an id's video is checked once the cache is open)."""
+    from avfeat.errors import QueryError
+
+    if Path(query).is_file():
+        return
+    if "@" in query:
+        from avfeat.index.query import parse_id_query  # imports torch: only for what may be an id
+
+        if parse_id_query(query) is not None:
+            return
+    raise QueryError(f"query {query!r} is neither a file nor VIDEO_ID@START-END (e.g. abc123@1:05-1:07)")
+
+
+def _numbered(path: Path, number: int) -> Path:
+    """``hits.png`` → ``hits-2.png``: one contact sheet per query of a batch."""
+    return path.with_name(f"{path.stem}-{number}{path.suffix}")
+
+
 def search(
     index_dir: Path = typer.Argument(..., metavar="INDEX", help="An index folder written by `avfeat index`."),
-    query: str = typer.Argument(..., help="A video, an audio file (wav, flac, mp3), an image (png, jpg), or VIDEO_ID@START-END from the cache."),
+    query: Optional[List[str]] = typer.Argument(
+        None, metavar="QUERY",
+        help="Videos, audio files (wav, flac, mp3), images (png, jpg), or VIDEO_ID@START-END from the cache; several are searched with one load.",
+    ),
+    queries: Optional[Path] = typer.Option(
+        None, "--queries", metavar="LIST",
+        help="A text file of queries, one a line ('#' starts a comment line; relative paths are from the file's folder); after any QUERY arguments.",
+    ),
     side: Optional[str] = typer.Option(None, "--from", help="Query side, audio or visual; the other modality is searched (default: audio, visual for images)."),
     k: int = typer.Option(10, "-k", min=1, help="Hits (or --locate candidates) to return."),
     rerank: int = typer.Option(0, min=0, help="Rescore the top N hits with the heads' exact clip score (max-mean) over their cached tokens."),
-    locate: bool = typer.Option(False, "--locate", help="Find the video and time the query clip was cut from."),
+    locate: bool = typer.Option(False, "--locate", help="Find the video and time the query clip was cut from (or say it is not found)."),
     where: Optional[List[str]] = typer.Option(
         None, "--where", metavar="COLUMN=VALUE",
         help="Keep only hits whose column (metadata such as label, or video_id, path) has this value, compared as text; repeat to require several. Applied before the top k are cut.",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table (each hit with its metadata object)."),
-    thumbs: Optional[Path] = typer.Option(None, help="Save a contact sheet of the hits' frames to this PNG (missing folders are created; not with --locate)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table (each hit with its metadata object); JSON Lines, one object per query, for several queries or --queries."),
+    thumbs: Optional[Path] = typer.Option(None, help="Save a contact sheet of the hits' (or located candidates') frames to this PNG (missing folders are created; NAME-1.png, NAME-2.png, ... for several queries)."),
     heads: Optional[Path] = typer.Option(None, help="Heads checkpoint (default: the one the index was built with; others are refused)."),
     cache: Optional[Path] = typer.Option(None, help="Cache folder (default: the one the index records; another cache is refused)."),
     device: str = typer.Option("auto", help="Where the backbones embed query files: auto, cpu, cuda, cuda:1, ..."),
@@ -101,40 +164,71 @@ def search(
     ),
 ) -> None:
     """Cross-modal search: which videos sound like this, which sounds fit this picture."""
-    from avfeat.common import prepare_output_file, resolve_device
-    from avfeat.errors import InputError, QueryError
-    from avfeat.index.query import parse_id_query
-    from avfeat.index.search import Searcher, parse_where
+    from avfeat.errors import InputError
 
     if side not in (None, "audio", "visual"):
         raise InputError(f"--from must be audio or visual (got {side!r})")
+    # Every query (and the --thumbs paths) is checked before any model or index loads: a typo
+    # in the 50th query of a list should not cost the load, nor the 49 searches before it.
+    texts = list(query or []) + (read_query_list(queries) if queries is not None else [])
+    if not texts:
+        raise InputError("no query: give QUERY arguments or --queries LIST")
+    for text in texts:
+        _check_query(text)
+    batch = len(texts) > 1 or queries is not None  # one block per query; a single QUERY prints as it always did
+
+    from avfeat.common import prepare_output_file, resolve_device
+    from avfeat.errors import QueryError
+    from avfeat.index.search import Searcher, parse_where
+
     conditions = parse_where(where)
     if conditions and locate:  # --locate votes over every window match; it takes no filter
         raise InputError("--where filters search hits; it cannot be used with --locate")
-    # The query and the --thumbs path are checked before any model or index loads.
-    if parse_id_query(query) is None and not Path(query).is_file():
-        raise QueryError(f"query {query!r} is neither a file nor VIDEO_ID@START-END (e.g. abc123@1:05-1:07)")
+    sheets = [None] * len(texts)
     if thumbs is not None:
-        if locate:  # --locate lists candidates, not hits: it would silently write no sheet
-            raise InputError("--thumbs draws search hits; it cannot be used with --locate")
-        prepare_output_file(thumbs, "--thumbs")
+        sheets = [_numbered(thumbs, n) for n in range(1, len(texts) + 1)] if batch else [thumbs]
+        for sheet in sheets:
+            prepare_output_file(sheet, "--thumbs")
     searcher = Searcher(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)), mmap=mmap)
     searcher.matching_rows("audio", conditions)  # an unknown column is refused before the query is embedded
-    if locate:
-        candidates = searcher.locate(query, side=side, k=k)
-        if as_json:
-            typer.echo(json.dumps([c.to_dict() for c in candidates], indent=2))
-        else:
-            typer.echo(f"{'votes':>5}  {'time':>8}  path")
-            for c in candidates:
-                typer.echo(f"{c.votes:>5}  {c.time:>8.2f}  {c.path}")
-        return
-    hits = searcher.search(query, side=side, k=k, rerank=rerank, where=conditions)
-    _print_hits(hits, as_json)
-    if thumbs is not None:
-        from avfeat.index.thumbs import contact_sheet
+    from avfeat.index.query import parse_id_query
 
-        contact_sheet(hits, thumbs)
+    for text in texts:  # every VIDEO_ID is looked up in the cache before the first search
+        parsed = None if Path(text).is_file() else parse_id_query(text)
+        if parsed is not None and parsed[0] not in {r.video_id for r in searcher.cache.records(status="ok")}:
+            raise QueryError(f"query {text!r}: the cache has no video {parsed[0]!r} with tokens")
+    for text, sheet in zip(texts, sheets):
+        tokens = searcher.tokens(text)
+        if locate:
+            from avfeat.index.locate import clip_seconds
+            from avfeat.index.search import Hit
+
+            sides = [side] if side else tokens.sides()
+            candidates = searcher.locate(tokens, side=side, k=k)
+            threshold = searcher.locate_threshold(sides, clip_seconds(tokens))
+            if batch and as_json:
+                typer.echo(json.dumps({"query": text, "side": "+".join(sides), "threshold": threshold, "candidates": [c.to_dict() for c in candidates]}))
+            else:
+                if batch:
+                    typer.echo(f"{'' if text == texts[0] else chr(10)}== {text} ({'+'.join(sides)}, located) ==")
+                _print_candidates(candidates, threshold, as_json)
+            # A located candidate as a hit: the span it covers, drawn at its middle.
+            seconds = clip_seconds(tokens)
+            drawn = [Hit(r, c.score, c.video_id, c.path, c.time, c.time + seconds) for r, c in enumerate(candidates, 1)]
+        else:
+            query_side = side or tokens.default_side()
+            drawn = searcher.search(tokens, side=query_side, k=k, rerank=rerank, where=conditions)
+            if batch and as_json:
+                hits = [hit.to_dict() for hit in drawn]
+                typer.echo(json.dumps({"query": text, "side": query_side, "hits": hits}, default=str))
+            else:
+                if batch:
+                    typer.echo(f"{'' if text == texts[0] else chr(10)}== {text} ({query_side} → {'visual' if query_side == 'audio' else 'audio'}) ==")
+                _print_hits(drawn, as_json)
+        if sheet is not None:
+            from avfeat.index.thumbs import contact_sheet
+
+            contact_sheet(drawn, sheet)
 
 
 def sync(

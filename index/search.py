@@ -26,15 +26,22 @@ from torch.nn import functional as F
 
 from avfeat.align.windows import WindowGeometry
 from avfeat.errors import CacheError, InputError, QueryError, SearchIndexError
-from avfeat.index.locate import Candidate, refine, vote
+from avfeat.index.locate import Candidate, clip_seconds, refine, vote
 from avfeat.index.query import Backbones, QueryTokens, cached_query, mean_vector, window_vectors
 from avfeat.index.store import TABLE_COLUMNS, IndexFolder, load_heads
 from avfeat.index.vectors import AUDIO, MODALITIES, VISUAL, other, project_audio, project_visual, salient_patches
 
 # Matches per query window that vote in ``locate``.
 LOCATE_MATCHES = 10
-# Voted candidates that ``locate`` re-times and re-ranks by exact token matching.
+# Voted candidates that ``locate`` re-times and re-ranks by exact token matching (at least; k
+# asks for more). Voting is asked for LOCATE_SPARE times as many: several voted bins of one
+# placement merge in refinement, and k distinct placements should remain.
 LOCATE_REFINE = 5
+LOCATE_SPARE = 3
+# "Not found" calibration: clips of up to this many indexed videos are located among the other
+# videos (their own left out); the threshold sits halfway between the best score such a clip
+# gets (a clip whose source is not indexed) and 1 (the source's own tokens).
+LOCATE_NULL_VIDEOS = 8
 # A filtered search (``where``) asks FAISS for this many times the hits it keeps, then for this
 # many times more while too few match, up to the whole collection.
 WHERE_GROWTH = 4
@@ -133,6 +140,7 @@ class Searcher:
         self.geometry = WindowGeometry(self.meta["window"], self.meta["geometry"]["audio_rate"], self.meta["geometry"]["fps"])
         self.hop = self.meta["hop"]
         self._cache = None
+        self._thresholds: dict[tuple, float] = {}  # locate's calibrated thresholds (see locate_threshold)
         if cache is not None:
             self._cache = self._open_cache(cache)
         self.backbones = Backbones(self.meta["cache"], device=device)
@@ -323,19 +331,75 @@ class Searcher:
         return ordered + [replace(h, rank=len(ordered) + r + 1) for r, h in enumerate(tail)]
 
     def locate(self, clip, side: str | None = None, k: int = 5) -> list[Candidate]:
-        """The videos and times a clip was cut from, best first (see ``avfeat.index.locate``).
+        """The videos and times a clip was cut from, best first (see ``avfeat.index.locate``);
+        an empty list when no indexed video holds it ("not found").
 
         Each side of the clip (or only ``side``) is matched against the same modality of the
-        index: a copy of a clip shares its pictures and its sound with its source. The best
-        ``LOCATE_REFINE`` voted candidates are then re-timed and re-ranked on the cache's
-        backbone tokens (``avfeat.index.locate.refine``), so the cache must be at hand.
+        index: a copy of a clip shares its pictures and its sound with its source. Voted
+        candidates are then re-timed, re-ranked and scored on the cache's backbone tokens
+        (``avfeat.index.locate.refine``), so the cache must be at hand. Up to ``k`` candidates
+        come back, each a distinct placement (another video, or a span of the same video that
+        does not overlap a better one), times never before 0. When the best score is below
+        ``locate_threshold`` the clip is not found and nothing comes back.
         """
         tokens = clip if isinstance(clip, QueryTokens) else self.tokens(clip)
-        matches = []
-        for modality in [side] if side else tokens.sides():
-            windows, vectors = window_vectors(tokens, modality, self.heads, self.geometry, None, self.aggregation)
-            for window, hits in zip(windows, self.search_vectors(vectors, modality, k=LOCATE_MATCHES)):
-                matches.extend((hit.video_id, hit.path, hit.start - window.start) for hit in hits)
-        voted = vote(matches, self.geometry.fps, k=max(k, LOCATE_REFINE))
-        refined = refine(tokens, voted[:LOCATE_REFINE], self.cache, reach=self.geometry.seconds)
-        return (refined + voted[LOCATE_REFINE:])[:k]
+        sides = [side] if side else tokens.sides()
+        found = self._locate(tokens, sides, k)
+        if not found or found[0].score < self.locate_threshold(sides, clip_seconds(tokens)):
+            return []
+        return found
+
+    def _locate(self, tokens: QueryTokens, sides: list[str], k: int, leave_out: str | None = None) -> list[Candidate]:
+        """Vote and refine, without the "not found" check; ``leave_out``: a video id not voted for.
+
+        When refinement leaves fewer than ``k`` distinct placements (a window's top matches
+        crowd into a few videos), each window votes again with 4× more matches, up to the
+        whole collection, so ``k`` come back whenever the index holds that many."""
+        count = min(self.folder.count(m) for m in sides)
+        fetch = LOCATE_MATCHES
+        while True:
+            matches = []
+            for modality in sides:
+                windows, vectors = window_vectors(tokens, modality, self.heads, self.geometry, None, self.aggregation)
+                for window, hits in zip(windows, self.search_vectors(vectors, modality, k=fetch + (leave_out is not None))):
+                    matches.extend((hit.video_id, hit.path, hit.start - window.start) for hit in hits if hit.video_id != leave_out)
+            voted = vote(matches, self.geometry.fps, k=max(k, LOCATE_REFINE) * LOCATE_SPARE)
+            refined = refine(tokens, voted, self.cache, reach=self.geometry.seconds, k=len(voted), sides=sides)
+            if len(refined) >= k or fetch >= count:
+                return refined[:k]
+            fetch *= 4
+
+    def locate_threshold(self, sides, seconds: float) -> float:
+        """The score a located clip must reach, calibrated on the index itself.
+
+        Clips of ``seconds`` (rounded up to 0.5 s, at most the video) are cut from the cached
+        tokens of up to ``LOCATE_NULL_VIDEOS`` indexed videos and located with their own video
+        left out: the best score each gets is what a clip whose source is not indexed scores
+        (same sides, same length, same search). The threshold is halfway between the highest
+        of those and 1 (a clip's own source tokens score 1; a re-encoded copy a little less).
+        Computed once per (sides, length) and kept. 0 (everything found) when the index holds
+        fewer than 2 videos.
+        """
+        from avfeat.index.query import cached_query
+
+        length = max(0.5, float(np.ceil(seconds * 2) / 2))
+        key = (tuple(sorted(sides)), length)
+        if key not in self._thresholds:
+            records = self.cache.records(status="ok")
+            indexed = set(self.folder.table(sorted(sides)[0]).column("video_id").unique().to_pylist())
+            records = [r for r in records if r.video_id in indexed]
+            nulls = []
+            if len(records) >= 2:
+                picks = np.unique(np.linspace(0, len(records) - 1, min(LOCATE_NULL_VIDEOS, len(records))).round().astype(int))
+                for i in picks:
+                    record = records[i]
+                    start = max(0.0, (record.end_time - length) / 2)  # the video's middle
+                    end = min(record.end_time, start + length)
+                    tokens = cached_query(self.cache, f"{record.video_id}@{start:.3f}-{end:.3f}")
+                    if not all(s in tokens.sides() for s in sides):
+                        continue
+                    found = self._locate(tokens, list(sides), 1, leave_out=record.video_id)
+                    if found:
+                        nulls.append(found[0].score)
+            self._thresholds[key] = (max(nulls) + 1.0) / 2 if nulls else 0.0
+        return self._thresholds[key]

@@ -233,7 +233,7 @@ def test_locate_clip_cut_from_an_indexed_video(index, cache, tmp_path):
         audio = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(audio=0)])
     write_media(tmp_path / "clip.mp4", frames, 25, audio[int(start * 16000) : int((start + length) * 16000)].astype(np.float32), 16000)
     found = json.loads(avfeat("search", index, tmp_path / "clip.mp4", "--locate", "--json", "-k", 2, check=0).stdout)
-    assert set(found[0]) == {"video_id", "path", "time", "votes"}
+    assert set(found[0]) == {"video_id", "path", "time", "votes", "score"}
     assert found[0]["video_id"] == row.video_id and abs(found[0]["time"] - start) <= 0.2
     best = Searcher(index).locate(f"{row.video_id}@1.0-2.6", k=1)[0]
     assert best.video_id == row.video_id and abs(best.time - 1.0) <= 0.2
