@@ -153,6 +153,8 @@ def search(
         None, "--where", metavar="COLUMN=VALUE",
         help="Keep only hits whose column (metadata such as label, or video_id, path) has this value, compared as text; repeat to require several. Applied before the top k are cut.",
     ),
+    per_video: bool = typer.Option(False, "--per-video", help="One hit per video: its best window (more are fetched until k videos are found)."),
+    exclude_video: Optional[str] = typer.Option(None, "--exclude-video", metavar="VIDEO_ID", help="Leave this video's windows out of the hits (e.g. the query's own)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table (each hit with its metadata object); JSON Lines, one object per query, for several queries or --queries."),
     thumbs: Optional[Path] = typer.Option(None, help="Save a contact sheet of the hits' (or located candidates') frames to this PNG (missing folders are created; NAME-1.png, NAME-2.png, ... for several queries)."),
     heads: Optional[Path] = typer.Option(None, help="Heads checkpoint (default: the one the index was built with; others are refused)."),
@@ -217,7 +219,8 @@ def search(
             drawn = [Hit(r, c.score, c.video_id, c.path, c.time, c.time + seconds) for r, c in enumerate(candidates, 1)]
         else:
             query_side = side or tokens.default_side()
-            drawn = searcher.search(tokens, side=query_side, k=k, rerank=rerank, where=conditions)
+            drawn = searcher.search(tokens, side=query_side, k=k, rerank=rerank, where=conditions,
+                                    one_per_video=per_video, exclude_video=exclude_video)
             if batch and as_json:
                 hits = [hit.to_dict() for hit in drawn]
                 typer.echo(json.dumps({"query": text, "side": query_side, "hits": hits}, default=str))

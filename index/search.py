@@ -277,7 +277,32 @@ class Searcher:
         _, vectors = window_vectors(tokens, side, self.heads, self.geometry, self.hop, self.aggregation)
         return mean_vector(vectors)
 
-    def search(self, query, side: str | None = None, k: int = 10, rerank: int = 0, where=None) -> list[Hit]:
+    def best_hits(self, vector, modality: str, k: int = 10, where=None, one_per_video: bool = False,
+                  exclude_video: str | None = None) -> list[Hit]:
+        """The top ``k`` hits of one vector (see ``search_vectors``), with ``one_per_video`` only
+        each video's best window and without ``exclude_video``'s windows (e.g. the query's own):
+        FAISS is asked for more hits until ``k`` are left or none remain."""
+        from avfeat.index.build import gpu_count
+
+        if not one_per_video and exclude_video is None:
+            return self.search_vectors(vector, modality, k=k, where=where)[0]
+        count = self.folder.count(modality)
+        limit = count if gpu_count() == 0 else min(count, GPU_MAX_K)
+        fetch = max(1, k) * WHERE_GROWTH
+        while True:
+            fetch = min(fetch, limit)
+            kept, seen = [], set()
+            for hit in self.search_vectors(vector, modality, k=fetch, where=where)[0]:
+                if hit.video_id == exclude_video or (one_per_video and hit.video_id in seen):
+                    continue
+                seen.add(hit.video_id)
+                kept.append(replace(hit, rank=len(kept) + 1))
+            if len(kept) >= k or fetch >= limit:
+                return kept[:k]
+            fetch *= WHERE_GROWTH
+
+    def search(self, query, side: str | None = None, k: int = 10, rerank: int = 0, where=None,
+               one_per_video: bool = False, exclude_video: str | None = None) -> list[Hit]:
         """Cross-modal search: the query's ``side`` (default: audio if it has sound, else visual)
         against the other modality's index; ``rerank`` rescored top hits (see ``rerank``).
 
@@ -290,12 +315,12 @@ class Searcher:
         mapping or ``"COLUMN=VALUE"`` strings, all of which a hit must meet. Values are compared
         as text (numbers also by value, booleans as true/false). They apply before the top
         ``k`` (and the ``rerank`` candidates) are cut, so k matching hits come back when the
-        index holds them.
+        index holds them. ``one_per_video`` and ``exclude_video``: see ``best_hits``.
         """
         tokens = query if isinstance(query, QueryTokens) else self.tokens(query)
         side = side or tokens.default_side()
         vector = self._query_vector(tokens, side)
-        hits = self.search_vectors(vector, other(side), k=max(k, rerank), where=where)[0]
+        hits = self.best_hits(vector, other(side), max(k, rerank), where, one_per_video, exclude_video)
         if rerank:
             hits = self.rerank(tokens, side, hits, rerank)
         return hits[:k]

@@ -52,9 +52,6 @@ from avfeat.errors import AvfeatError, CacheError, CheckpointError, InputError, 
 
 DEFAULT_MAX_UPLOAD = "200MB"
 MAX_K = 1000
-# A filtered search (one hit per video, an excluded video) asks FAISS for this many times the
-# hits it keeps, then this many times more while too few are left, up to the whole collection.
-FETCH_GROWTH = 4
 # Latency histogram buckets, seconds: from a cached-vector search to a long video's sync.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 TOKEN_COOKIE = "avfeat_token"
@@ -303,7 +300,7 @@ class Service:
             vector = self.searcher.embed(tokens, side)
         searched = other(side)
         self.searcher.matching_rows(searched, conditions)  # an unknown column is one line (400)
-        hits = self._collect(vector, searched, max(k, rerank), one_per_video, exclude_video, conditions)
+        hits = self.searcher.best_hits(vector, searched, max(k, rerank), conditions or None, one_per_video, exclude_video)
         if rerank:
             hits = self.searcher.rerank(tokens, side, hits, rerank)
         hits = hits[:k]
@@ -316,27 +313,6 @@ class Service:
                 for rank, hit in enumerate(hits, 1)
             ],
         }
-
-    def _collect(self, vector, modality: str, wanted: int, one_per_video: bool, exclude: str | None, conditions) -> list:
-        from avfeat.index.build import gpu_count
-        from avfeat.index.search import GPU_MAX_K
-
-        count = self.counts[modality]
-        limit = count if gpu_count() == 0 else min(count, GPU_MAX_K)  # FAISS GPU indexes return at most GPU_MAX_K
-        filtering = one_per_video or exclude is not None
-        fetch = wanted * FETCH_GROWTH if filtering else wanted
-        while True:
-            fetch = min(fetch, limit)
-            found = self.searcher.search_vectors(vector, modality, k=fetch, where=conditions or None)[0]
-            kept, seen = [], set()
-            for hit in found:
-                if hit.video_id == exclude or (one_per_video and hit.video_id in seen):
-                    continue
-                seen.add(hit.video_id)
-                kept.append(hit)
-            if len(kept) >= wanted or fetch >= limit or not filtering:
-                return kept[:wanted]
-            fetch *= FETCH_GROWTH
 
     def sync(self, query, max_offset: float) -> dict:
         """Offset and lag curve of a video file, or of an indexed video (``query`` = its id)."""

@@ -118,3 +118,15 @@ def test_contact_sheet_shows_the_frame_mid_window(tmp_path):
     tile = np.asarray(Image.open(tmp_path / "sheet.png").convert("L")).astype(float)
     grey = np.median(tile[80:90, 52:108])  # the 64 px picture sits at (48, 28) of its tile; below the square
     assert abs(grey - frame_level(25)) < abs(grey - frame_level(0)) and abs(grey - frame_level(25)) <= 4  # 1.0 s, not 0.0 s
+
+
+def test_one_hit_per_video_and_an_excluded_video(index, cache):
+    from avfeat.data.cache import Cache
+
+    own = Cache(cache).records()[0].video_id
+    query = f"{own}@0-1"
+    plain = json.loads(avfeat("search", index, query, "-k", 6, "--json", check=0).stdout)
+    assert len({hit["video_id"] for hit in plain}) < len(plain)  # windows of one video crowd the top
+    hits = json.loads(avfeat("search", index, query, "-k", 4, "--per-video", "--exclude-video", own, "--json", check=0).stdout)
+    assert len(hits) == 4 and len({hit["video_id"] for hit in hits}) == 4 and own not in {hit["video_id"] for hit in hits}
+    assert [hit["rank"] for hit in hits] == [1, 2, 3, 4]
