@@ -46,12 +46,6 @@ def test_unusable_thumbs_path_is_one_line(index, corpus, tmp_path, make):
     assert (tmp_path / "notes.txt").read_text() == "mine\n" and not any((tmp_path / "sheets").iterdir())
 
 
-def test_thumbs_with_locate_is_refused(index, corpus, tmp_path):
-    # --locate has no hits to draw: refused rather than silently writing no sheet.
-    result = avfeat("search", index, corpus / "video_00000.mp4", "--locate", "--thumbs", tmp_path / "hits.png")
-    _one_line_error(result, "--thumbs", "--locate")
-
-
 def test_attention_map_creates_missing_folders(cache, heads, tmp_path):
     video = Cache(cache).records(status="ok")[0].video_id
     out = tmp_path / "some" / "missing" / "dir" / "map.png"
