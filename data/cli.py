@@ -43,17 +43,24 @@ def synth(
     ),
     size: int = typer.Option(224, "--size", help="Frame width and height in pixels (even)."),
     fps: float = typer.Option(25.0, "--fps", help="Frame rate."),
+    corrupt: float = typer.Option(
+        0.0,
+        "--corrupt",
+        help="Share of videos (0-1) given a known audio defect (swap, overlay, silence or offset, balanced), "
+        "recorded in the defect columns of the ground truth. 0 writes a clean corpus.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Write a synthetic corpus: objects appear where and when their sound plays.
 
-    Each class pairs a shape and colour with a timbre and pitch. The ground truth (class, events, boxes, audio offset) goes to OUT/ground_truth.parquet.
+    Each class pairs a shape and colour with a timbre and pitch. The ground truth (class, events, boxes, audio offset, audio defects) goes to OUT/ground_truth.parquet.
     """
     from avfeat.data import synth as synth_module
 
     try:
         synth_module.check_arguments(
-            videos=videos, seconds=seconds, classes=classes, offset=offset, size=size, fps=fps, sample_rate=16000
+            videos=videos, seconds=seconds, classes=classes, offset=offset, size=size, fps=fps, sample_rate=16000,
+            corrupt=corrupt,
         )
     except ValueError as error:
         raise InputError(str(error)) from None
@@ -67,13 +74,15 @@ def synth(
             return tqdm(items, desc="synth", unit="video")
 
     try:
-        synth_module.make_corpus(
+        table = synth_module.make_corpus(
             out, videos=videos, seconds=seconds, classes=classes, seed=seed, offset=offset, size=size, fps=fps,
-            progress=progress,
+            progress=progress, corrupt=corrupt,
         )
     except OSError as error:
         raise InputError(f"cannot write to {out}: {error.strerror or error}") from None
-    typer.echo(f"wrote {videos} videos ({classes} classes) and {synth_module.GROUND_TRUTH} to {out}")
+    defective = sum(1 for defect in table.column("defect").to_pylist() if defect)
+    detail = f", {defective} with audio defects" if corrupt > 0 else ""
+    typer.echo(f"wrote {videos} videos ({classes} classes{detail}) and {synth_module.GROUND_TRUTH} to {out}")
 
 
 def register(app: typer.Typer) -> None:

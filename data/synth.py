@@ -84,6 +84,8 @@ COLOURS = {
 }
 TIMBRES = ("sine", "square", "sawtooth", "pluck", "noise", "chirp")
 PITCHES = (220, 294, 392, 523, 698, 880, 1175, 1568)
+#: RMS of every class sound.
+SOUND_RMS = 0.2
 
 #: Number of distinct classes the catalogue can produce (each has a unique shape/colour pair
 #: and a unique timbre/pitch pair).
@@ -195,7 +197,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def _tone(timbre: str, pitch: float, n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` samples of the class sound, RMS about 0.2."""
+    """``n`` samples of the class sound, RMS ``SOUND_RMS``."""
     t = np.arange(n, dtype=np.float64) / sample_rate
     phase = 2 * np.pi * pitch * t
     if timbre == "sine":
@@ -222,7 +224,7 @@ def _tone(timbre: str, pitch: float, n: int, sample_rate: int, rng: np.random.Ge
     else:
         raise ValueError(f"unknown timbre {timbre!r}")
     rms = float(np.sqrt(np.mean(x**2))) if n else 1.0
-    return (0.2 / max(rms, 1e-9) * x).astype(np.float32)
+    return (SOUND_RMS / max(rms, 1e-9) * x).astype(np.float32)
 
 
 def _ramp(n: int, sample_rate: int, seconds: float = 0.005) -> np.ndarray:
@@ -234,6 +236,32 @@ def _ramp(n: int, sample_rate: int, seconds: float = 0.005) -> np.ndarray:
         env[:k] = edge
         env[n - k :] = edge[::-1]
     return env
+
+
+def _foreign_pitch(rng: np.random.Generator) -> float:
+    """A random pitch (Hz) at least a semitone away from every class pitch."""
+    while True:
+        pitch = float(np.exp(rng.uniform(np.log(150.0), np.log(2500.0))))
+        if min(abs(np.log(pitch / p)) for p in PITCHES) > np.log(2 ** (1 / 12)):
+            return pitch
+
+
+def _overlay(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
+    """An unrelated melody over the whole track, loud enough to dominate the class sound.
+
+    Pure tones of foreign pitches, each held 0.3-0.8 s, RMS 1.5-2x ``SOUND_RMS``: no class sounds
+    like this, so a model hears "something else" everywhere, not another class.
+    """
+    out = np.zeros(n, dtype=np.float32)
+    amplitude = rng.uniform(1.5, 2.0) * SOUND_RMS * np.sqrt(2.0)  # a sine's RMS is amplitude / sqrt(2)
+    begin = 0
+    while begin < n:
+        end = min(n, begin + int(rng.uniform(0.3, 0.8) * sample_rate))
+        t = np.arange(end - begin, dtype=np.float64) / sample_rate
+        tone = amplitude * np.sin(2 * np.pi * _foreign_pitch(rng) * t)
+        out[begin:end] = tone.astype(np.float32) * _ramp(end - begin, sample_rate)
+        begin = end
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,6 +365,37 @@ def make_video(
 
 GROUND_TRUTH = "ground_truth.parquet"
 
+#: Audio defects ``make_corpus(corrupt=...)`` injects; the names are a contract (ground-truth
+#: column ``defect``, audit tools).
+DEFECTS = ("swap", "overlay", "silence", "offset")
+#: Range (s) of the magnitude of an ``offset`` defect's shift.
+DEFECT_SHIFT_MIN, DEFECT_SHIFT_MAX = 0.4, 2.0
+
+
+def _defect_plan(seed: int, labels: np.ndarray, corrupt: float, sample_rate: int) -> list[dict]:
+    """Per video: ``defect`` ("" or a DEFECTS name), ``donor`` (index, for swap), ``shift`` (s).
+
+    Drawn from a stream of its own, so that adding defects changes no other draw: with
+    ``corrupt=0`` the corpus is exactly what it was before defects existed, and with defects
+    the clean videos are the same files.
+    """
+    videos = len(labels)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xBAD]))
+    plan = [{"defect": "", "donor": None, "shift": 0.0} for _ in range(videos)]
+    chosen = [int(i) for i in rng.permutation(videos)[: int(round(corrupt * videos))]]
+    for j, i in enumerate(chosen):  # round-robin over the types: balanced
+        plan[i]["defect"] = DEFECTS[j % len(DEFECTS)]
+    for i in chosen:
+        if plan[i]["defect"] == "swap":
+            # prefer a clean donor: then the donor's file holds exactly the swapped-in track
+            others = [d for d in range(videos) if labels[d] != labels[i]]
+            clean = [d for d in others if not plan[d]["defect"]]
+            plan[i]["donor"] = int(rng.choice(clean or others))
+        elif plan[i]["defect"] == "offset":
+            shift = rng.uniform(DEFECT_SHIFT_MIN, DEFECT_SHIFT_MAX) * rng.choice([-1.0, 1.0])
+            plan[i]["shift"] = round(shift * sample_rate) / sample_rate
+    return plan
+
 
 def make_corpus(
     out_dir: str | Path,
@@ -349,6 +408,7 @@ def make_corpus(
     fps: float = 25.0,
     sample_rate: int = 16000,
     progress=None,
+    corrupt: float = 0.0,
 ):
     """Write a synthetic audio-visual corpus and return its ground truth as a pyarrow Table.
 
@@ -371,7 +431,26 @@ def make_corpus(
     ``offset`` (float s), ``event_starts`` / ``event_ends`` (list<float> s, visual events on the
     file's timeline, multiples of 1/fps; the object is visible in frames whose time t satisfies
     start <= t < end), ``boxes`` (list of [x0, y0, x1, y1] int pixels per event, x1/y1
-    exclusive), ``width``, ``height``, ``duration`` (s), ``fps``, ``sample_rate``.
+    exclusive), ``width``, ``height``, ``duration`` (s), ``fps``, ``sample_rate``, and the
+    audio defects (always present, so the schema does not depend on ``corrupt``): ``defect``
+    (str: "" for a clean video, else one of ``DEFECTS``), ``defect_source`` (str: for ``swap``
+    the donor's file name, else ""), ``defect_offset`` (float s: the shift an ``offset`` defect
+    injected, else 0.0).
+
+    Defects: ``corrupt`` is the share of videos (exactly ``round(corrupt * videos)``, chosen by
+    a seeded permutation) whose audio is damaged, the types assigned round-robin in that order
+    so they are balanced, for measuring audit tools against ground truth:
+
+    - ``swap``: the clean soundtrack of a video of another class (a clean one when there is
+      one, so the donor's file holds exactly that track);
+    - ``overlay``: a melody of tones of foreign pitches (none of the classes' sounds), changing
+      every 0.3-0.8 s, at 1.5-2x the class sound's RMS, added over the whole original track;
+    - ``silence``: the track replaced by noise at about 1e-4 (the pictures stay);
+    - ``offset``: the audio shifted by a further 0.4-2.0 s of random sign; ``offset`` then holds
+      the total shift and ``event_starts`` / ``event_ends`` stay the visual events.
+
+    ``corrupt=0`` (the default) writes the same files and the same other columns as a corpus
+    made before defects existed: the defects come from a random stream of their own.
 
     Deterministic: the same arguments give the same ground truth (and, with the same PyAV/
     FFmpeg build, the same bytes).
@@ -386,7 +465,7 @@ def make_corpus(
     import pyarrow.parquet as pq
 
     check_arguments(videos=videos, seconds=seconds, classes=classes, offset=offset, size=size, fps=fps,
-                    sample_rate=sample_rate)
+                    sample_rate=sample_rate, corrupt=corrupt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -395,20 +474,36 @@ def make_corpus(
     labels = plan_rng.permutation(np.arange(videos) % classes)
     offsets = plan_rng.uniform(-offset, offset, size=videos) if offset > 0 else np.zeros(videos)
     video_seeds = children[1:]
+    plan = _defect_plan(seed, labels, corrupt, sample_rate)
+
+    def generate(i: int, shift: float = 0.0):
+        rng = np.random.default_rng(video_seeds[i])
+        return make_video(
+            rng, int(labels[i]), seconds=seconds, offset=float(offsets[i]) + shift, size=size, fps=fps,
+            sample_rate=sample_rate,
+        )
 
     rows = []
     indices = range(videos)
     if progress is not None:
         indices = progress(indices)
     for i in indices:
-        rng = np.random.default_rng(video_seeds[i])
-        frames, audio, truth = make_video(
-            rng, int(labels[i]), seconds=seconds, offset=float(offsets[i]), size=size, fps=fps,
-            sample_rate=sample_rate,
-        )
+        defect, donor, shift = plan[i]["defect"], plan[i]["donor"], plan[i]["shift"]
+        frames, audio, truth = generate(i, shift)  # make_video keeps shifted events inside the file
+        defect_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xBAD, i]))
+        if defect == "swap":
+            audio = generate(donor)[1]  # the donor's clean track, regenerated from its own seed
+        elif defect == "overlay":
+            audio = np.clip(audio + _overlay(defect_rng, len(audio), sample_rate), -1.0, 1.0)
+        elif defect == "silence":
+            audio = (1e-4 * defect_rng.standard_normal(len(audio))).astype(np.float32)
         name = f"video_{i:05d}.mp4"
         write_media(out / name, frames, fps, audio, sample_rate)
-        rows.append({"path": name, **truth})
+        rows.append({
+            "path": name, **truth, "defect": defect,
+            "defect_source": f"video_{donor:05d}.mp4" if defect == "swap" else "",
+            "defect_offset": float(shift),
+        })
 
     schema = pa.schema(
         [
@@ -424,6 +519,9 @@ def make_corpus(
             ("duration", pa.float64()),
             ("fps", pa.float64()),
             ("sample_rate", pa.int32()),
+            ("defect", pa.string()),
+            ("defect_source", pa.string()),
+            ("defect_offset", pa.float64()),
         ]
     )
     table = pa.Table.from_pylist(rows, schema=schema)
@@ -432,7 +530,8 @@ def make_corpus(
 
 
 def check_arguments(
-    *, videos: int, seconds: float, classes: int, offset: float, size: int, fps: float, sample_rate: int
+    *, videos: int, seconds: float, classes: int, offset: float, size: int, fps: float, sample_rate: int,
+    corrupt: float = 0.0,
 ) -> None:
     """Raise ValueError with a one-line message if the corpus cannot be generated."""
     if videos < 1:
@@ -441,6 +540,10 @@ def check_arguments(
         raise ValueError(f"--classes must be between 1 and {MAX_CLASSES} (got {classes})")
     if not np.isfinite(offset) or offset < 0:
         raise ValueError(f"--offset must be a non-negative number of seconds (got {offset})")
+    if not np.isfinite(corrupt) or not 0.0 <= corrupt <= 1.0:
+        raise ValueError(f"--corrupt must be a fraction between 0 and 1 (got {corrupt})")
+    if corrupt > 0 and min(videos, classes) < 2:
+        raise ValueError("--corrupt needs at least 2 videos and 2 classes (a swap takes another class's soundtrack)")
     if size < 16 or size % 2:
         raise ValueError(f"--size must be an even number of pixels >= 16 (got {size})")
     if not np.isfinite(fps) or fps <= 0:
@@ -452,6 +555,13 @@ def check_arguments(
         raise ValueError(
             f"--seconds {seconds} is too short for one event with --offset {offset}: need at least {need:.2f}"
         )
+    if corrupt > 0:
+        need = min_seconds(offset + DEFECT_SHIFT_MAX) + 3.0 / fps
+        if seconds < need:
+            raise ValueError(
+                f"--seconds {seconds} is too short for --corrupt: an offset defect shifts the audio by up to "
+                f"{DEFECT_SHIFT_MAX} s more than --offset {offset}; need at least {need:.2f}"
+            )
 
 
 def cut_clip(source: str | Path, out: str | Path, start: float, seconds: float, sample_rate: int = 16000) -> None:
