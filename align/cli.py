@@ -39,6 +39,12 @@ def train_head(
     val_fraction: float = typer.Option(0.1, help="Fraction of videos held out for validation."),
     val_windows: int = typer.Option(4, min=1, help="Fixed, evenly spaced validation windows per validation video."),
     seed: int = typer.Option(0, help="Seed of the split, the initialisation and the sampling."),
+    exclude: Optional[Path] = typer.Option(
+        None, "--exclude", help="An audit table (`avfeat audit`) of this cache: leave out of training and validation the videos whose p_match is below --min-correspondence."),
+    min_correspondence: Optional[float] = typer.Option(
+        None, "--min-correspondence", show_default=False, help="With --exclude: the p_match, in [0, 1], a video needs to be trained on. Default: 0.5."),
+    weight_by: Optional[Path] = typer.Option(
+        None, "--weight-by", help="An audit table of this cache: weight each training video's positive pair in the loss by its p_match (scaled to mean 1)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
     memory_limit: Optional[str] = typer.Option(None, help="Load the tokens into (GPU) memory when they fit under this size, e.g. 8GB (default: half the available memory; 0: always stream)."),
     workers: int = typer.Option(2, min=0, help="DataLoader processes that read HDF5 when streaming."),
@@ -64,13 +70,17 @@ def train_head(
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite exclude each other")
+    if min_correspondence is not None and exclude is None:
+        raise InputError("--min-correspondence needs --exclude AUDIT_TABLE (the audit table whose p_match it applies to)")
     try:
         config = TrainConfig(
             window=window, hop=hop, dim=dim, head=head, aggregation=aggregation, epochs=epochs, steps=steps,
             passes_per_epoch=passes_per_epoch, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
             clip=clip, temperature=temperature, temporal_negatives=temporal_negatives, min_shift=min_shift,
             offdiag_weight=offdiag_weight, centroid_weight=centroid_weight, val_fraction=val_fraction,
-            val_windows=val_windows, seed=seed,
+            val_windows=val_windows, seed=seed, exclude=None if exclude is None else str(exclude),
+            weight_by=None if weight_by is None else str(weight_by),
+            **({} if min_correspondence is None else {"min_correspondence": min_correspondence}),
         )
     except ValueError as error:
         raise InputError(str(error)) from None

@@ -15,6 +15,10 @@ matrix (its audio windows against every visual window, and its visual windows ag
 audio window) and where its rows sit in the batch; the processes' mean loss is the loss of the
 whole matrix.
 
+Pair weights (``train-head --weight-by``): each row's positive pair may carry a weight (the
+video's audited probability that its sound belongs to its pictures), so doubtful pairs pull
+less. A row of weight 0 adds no positive term, but its windows stay negatives for the others.
+
 Regularisers (both off by default; the InfoNCE alone reaches the acceptance numbers):
 - ``offdiag_weight``: penalises the mean off-diagonal raw score. Max-mean scores of unrelated
   clips sit high (a max over many patches is large even for noise); this pushes that floor
@@ -52,6 +56,7 @@ def info_nce(
     shifted_v2a: torch.Tensor | None = None,
     v2a_scores: torch.Tensor | None = None,
     first: int = 0,
+    pair_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean of the audio→visual and visual→audio cross-entropies over a (B, B) score matrix, or
     over some of its rows.
@@ -68,6 +73,8 @@ def info_nce(
         v2a_scores: (b, B) visual windows ``first ..`` against all audio windows; by default
             ``scores.T`` (only right when ``scores`` is the whole square matrix).
         first: global batch position of the first row; row i's positive is column first + i.
+        pair_weights: optional (b,) weight of each row's positive pair (both directions); None
+            is the plain mean.
     """
     a2v = logit_scale * scores.float()
     v2a = a2v.T if v2a_scores is None else logit_scale * v2a_scores.float()
@@ -76,7 +83,17 @@ def info_nce(
         a2v = torch.cat([a2v, _extra_column(shifted_a2v, logit_scale)], dim=1)
     if shifted_v2a is not None:
         v2a = torch.cat([v2a, _extra_column(shifted_v2a, logit_scale)], dim=1)
-    return 0.5 * (F.cross_entropy(a2v, target) + F.cross_entropy(v2a, target))
+    if pair_weights is None:
+        return 0.5 * (F.cross_entropy(a2v, target) + F.cross_entropy(v2a, target))
+    # The mean of w_i * CE_i, not divided by the weights' sum: the trainer scales the weights to
+    # mean 1 over the training videos, so the loss keeps its scale on average, and each row's
+    # term stays independent of the other rows' weights. That is what lets every process take
+    # the mean over its own rows: the mean of those means is the whole batch's weighted mean
+    # (dividing by each process's own sum of weights would not add up to it).
+    w = pair_weights.to(a2v.device, torch.float32)
+    a2v_loss = F.cross_entropy(a2v, target, reduction="none")
+    v2a_loss = F.cross_entropy(v2a, target, reduction="none")
+    return 0.5 * ((w * a2v_loss).mean() + (w * v2a_loss).mean())
 
 
 def _extra_column(scores: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -97,15 +114,17 @@ def contrastive_loss(
     visual_tokens: torch.Tensor | None = None,
     v2a_scores: torch.Tensor | None = None,
     first: int = 0,
+    pair_weights: torch.Tensor | None = None,
 ) -> LossOutput:
     """InfoNCE plus the weighted regularisers; ``*_tokens`` (projected, any leading shape, the
     whole batch's) are needed only when ``weights.centroid`` is non-zero.
 
     With some rows only (``first``, ``v2a_scores``: see :func:`info_nce`), the off-diagonal mean
     is over those rows; since every process has as many rows, the mean over processes of this
-    loss is the loss of the whole matrix.
+    loss is the loss of the whole matrix. ``pair_weights``: see :func:`info_nce` (they weight
+    the InfoNCE rows only, not the regularisers).
     """
-    nce = info_nce(scores, logit_scale, shifted_a2v, shifted_v2a, v2a_scores, first)
+    nce = info_nce(scores, logit_scale, shifted_a2v, shifted_v2a, v2a_scores, first, pair_weights)
     loss, parts = nce, {}
     if weights.offdiag:
         b, n = scores.shape

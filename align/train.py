@@ -7,12 +7,18 @@ the heads are scored on fixed validation windows, and the checkpoint (heads, con
 state, metrics, curves) is saved. ``resume`` continues exactly: the same subsequent losses as
 an uninterrupted run.
 
+An audit table (``avfeat audit``) can leave out the videos whose sound likely does not belong to
+their pictures (``exclude``, before the split) and weight each remaining video's positive pair by
+that probability (``weight_by``); config.json records each table's path and sha256, and a resume
+refuses a table that changed since.
+
 Several processes (torchrun, ``--nproc``: see ``distributed.py``) share each global batch of B
 windows; rank 0 validates and saves while the others wait.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -37,6 +43,7 @@ from avfeat.errors import CheckpointError, InputError, TrainingDiverged
 
 
 CURVES_EVERY = 30.0  # seconds: curves.png is redrawn at most this often, and after the last epoch
+AUDIT_OPTIONS = {"exclude": "--exclude", "weight_by": "--weight-by"}  # TrainConfig fields that name an audit table
 
 
 @dataclass
@@ -64,6 +71,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_windows: int = 4  # fixed evenly spaced validation windows per validation video
     seed: int = 0
+    exclude: str | None = None  # audit table: videos whose p_match < min_correspondence sit out training and validation
+    min_correspondence: float = 0.5
+    weight_by: str | None = None  # audit table: each video's positive pair weighs its p_match (mean 1 over training)
 
     def __post_init__(self):
         HeadConfig(audio_dim=1, visual_dim=1, dim=self.dim, head=self.head, aggregation=self.aggregation)  # validates names
@@ -81,11 +91,21 @@ class TrainConfig:
         for name, value in (("--weight-decay", self.weight_decay), ("--clip", self.clip), ("--min-shift", self.min_shift),
                             ("--offdiag-weight", self.offdiag_weight), ("--centroid-weight", self.centroid_weight)):
             check_number(name, value, inclusive=True)
+        check_number("--min-correspondence", self.min_correspondence, inclusive=True, maximum=1.0)
+
+    def to_dict(self, audit: dict | None = None) -> dict:
+        """The "training" record of config.json; ``audit`` replaces each audit table's path with
+        its record (path, sha256, ...)."""
+        return {**asdict(self), **(audit or {})}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        values = {k: v for k, v in values.items() if k in names}
+        for key in AUDIT_OPTIONS:  # recorded as {"path", "sha256", ...} (see to_dict)
+            if isinstance(values.get(key), dict):
+                values[key] = values[key]["path"]
+        return cls(**values)
 
 
 @dataclass
@@ -122,9 +142,11 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def window_loss(heads: AVHeads, audio: torch.Tensor, visual: torch.Tensor, config: TrainConfig, shifted: torch.Tensor | None = None, group: Group | None = None):
+def window_loss(heads: AVHeads, audio: torch.Tensor, visual: torch.Tensor, config: TrainConfig, shifted: torch.Tensor | None = None, group: Group | None = None,
+                pair_weights: torch.Tensor | None = None):
     """Loss of one batch. With temporal negatives, ``audio``/``visual`` hold 2B windows (the
     batch, then each one's shifted window) and ``shifted`` says which shifts exist.
+    ``pair_weights``: optional (B,) weight of each window's positive pair (this rank's windows).
 
     With a ``group`` of several processes, the inputs are this rank's share of the global batch
     and the loss is the mean over this rank's rows of the global score matrix."""
@@ -145,7 +167,7 @@ def window_loss(heads: AVHeads, audio: torch.Tensor, visual: torch.Tensor, confi
         rows["shifted_a2v"] = paired_scores(a[:b], v[b:], config.aggregation).masked_fill(missing, float("-inf"))
         rows["shifted_v2a"] = paired_scores(a[b:], v[:b], config.aggregation).masked_fill(missing, float("-inf"))
     weights = LossWeights(offdiag=config.offdiag_weight, centroid=config.centroid_weight)
-    return contrastive_loss(scores, heads.logit_scale, weights, audio_tokens=audio_all, visual_tokens=visual_all, **rows)
+    return contrastive_loss(scores, heads.logit_scale, weights, audio_tokens=audio_all, visual_tokens=visual_all, pair_weights=pair_weights, **rows)
 
 
 class Trainer:
@@ -161,6 +183,8 @@ class Trainer:
         self.group = group or Group(device=resolve_device(options.device))
         self.notes: list[str] = []
         self.warnings: list[str] = []
+        self._recorded: dict = {}  # on resume: the audit tables' records in the checkpoint's config.json
+        self.audit: dict[str, dict] = {}  # config.json records of the audit tables this run uses
         with self.group.together():  # the checks first, so a bad run fails before loading data
             self.cache = data.open_cache(cache_path)
             if options.resume:
@@ -172,13 +196,17 @@ class Trainer:
             self.amp = self.device.type == "cuda"
 
             ok_ids = [r.video_id for r in self.cache.records(status="ok")]
-            train_ids, val_ids = data.split_videos(ok_ids, config.val_fraction, config.seed)
+            kept_ids = self._exclude(ok_ids) if config.exclude else ok_ids
+            train_ids, val_ids = data.split_videos(kept_ids, config.val_fraction, config.seed)
+            if config.exclude:
+                self._report_exclusion(len(ok_ids), len(train_ids))
             self.geometry, self.table = data.check_window(self.cache, train_ids + val_ids, config.window)
             has_windows = self.table.count > 0
             self.train_videos = [k for k in range(len(train_ids)) if has_windows[k]]
             self.val_videos = [k for k in range(len(train_ids), len(train_ids) + len(val_ids)) if has_windows[k]]
             if len(self.train_videos) < 2:
                 raise InputError(f"only {len(self.train_videos)} training video(s) can hold a {config.window:g} s window; need at least 2")
+            self.video_weights = self._video_weights() if config.weight_by else None
             self.batch_size = self._global_batch_size()
             self.val_ids = torch.as_tensor(self.table.evenly_spaced(self.val_videos, config.val_windows))
             self.split = {"seed": config.seed, "val_fraction": config.val_fraction, "val_videos": sorted(val_ids)}
@@ -232,7 +260,69 @@ class Trainer:
         if stored.get("cache", {}).get("fingerprint") != fingerprint:
             raise CheckpointError(f"{self.out} was trained on another cache (fingerprint {stored.get('cache', {}).get('fingerprint')}, this cache {fingerprint})")
         self.notes.append("resuming with the checkpoint's own training options")
+        self._recorded = {key: stored["training"][key] for key in AUDIT_OPTIONS if isinstance(stored["training"].get(key), dict)}
         return TrainConfig.from_dict(stored["training"])
+
+    def _audit_table(self, key: str):
+        """The audit table of option ``key`` (see ``AUDIT_OPTIONS``), checked against the cache
+        and, on resume, against the sha256 recorded when the run started: other p_match values
+        would change which videos train, or how much each one counts."""
+        from avfeat.index.audit import read_audit
+
+        path = Path(getattr(self.config, key)).resolve()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None  # a missing file: read_audit says so
+        recorded = self._recorded.get(key, {}).get("sha256")
+        if digest is not None and recorded is not None and recorded != digest:  # checked first: the likelier cause of any mismatch
+            raise CheckpointError(f"{AUDIT_OPTIONS[key]} table {path} changed since {self.out} was trained on it (sha256 {recorded[:12]}, now {digest[:12]}): "
+                                  "restore it to resume, or start again with --overwrite")
+        table = read_audit(path, self.cache)
+        self.audit[key] = {"path": str(path), "sha256": digest}
+        return table
+
+    def _p_match(self, key: str, video_ids: list[str]) -> dict[str, float]:
+        """Each of ``video_ids``' p_match from the option's table, refusing values that are not
+        probabilities (a hand-made or damaged table)."""
+        table = self._audit_table(key)
+        try:
+            p_match = table.p_match()
+        except (TypeError, ValueError):
+            raise InputError(f"{AUDIT_OPTIONS[key]} table {table.path} has a p_match that is not a number") from None
+        bad = next((v for v in video_ids if not 0 <= p_match[v] <= 1), None)  # NaN fails too
+        if bad is not None:
+            raise InputError(f"{AUDIT_OPTIONS[key]} table {table.path}: p_match of video {bad} is {p_match[bad]}, not a probability in [0, 1]")
+        return {v: p_match[v] for v in video_ids}
+
+    def _exclude(self, ok_ids: list[str]) -> list[str]:
+        """The videos whose p_match reaches --min-correspondence; the others leave training and
+        validation alike, before the split, so validation measures the kept corpus."""
+        p_match = self._p_match("exclude", ok_ids)
+        excluded = sorted(v for v in ok_ids if p_match[v] < self.config.min_correspondence)
+        self.audit["exclude"]["excluded"] = excluded
+        return [v for v in ok_ids if p_match[v] >= self.config.min_correspondence]
+
+    def _report_exclusion(self, videos: int, training: int) -> None:
+        """Refuse a run that exclusion left with fewer than 2 training videos, else say how many
+        videos it left out."""
+        excluded, threshold = len(self.audit["exclude"]["excluded"]), self.config.min_correspondence
+        if training < 2:
+            raise InputError(f"--exclude left {training} training video(s): {excluded} of {videos} have p_match below --min-correspondence "
+                             f"{threshold:g}; need at least 2 (lower --min-correspondence)")
+        self.log(f"excluded {excluded} of {videos} videos: p_match below --min-correspondence {threshold:g} in {self.audit['exclude']['path']}")
+
+    def _video_weights(self) -> torch.Tensor:
+        """(V,) weight of each video of the window table: its p_match over the training videos'
+        mean, so the weights average 1 and the loss scale (and the learning rate that suits it)
+        stays that of an unweighted run. Validation videos keep 1 (validation is unweighted)."""
+        ids = [self.table.video_ids[k] for k in self.train_videos]
+        p_match = self._p_match("weight_by", ids)
+        mean = sum(p_match.values()) / len(ids)
+        if mean == 0:
+            raise InputError(f"--weight-by table {self.audit['weight_by']['path']} gives every training video p_match 0: nothing would be learned")
+        weights = torch.ones(len(self.table.video_ids))
+        for k, vid in zip(self.train_videos, ids):
+            weights[k] = p_match[vid] / mean
+        self.log(f"weighting each training video's positive pair by its p_match in {self.audit['weight_by']['path']} (mean {mean:.3f})")
+        return weights
 
     def _global_batch_size(self) -> int:
         """The configured global batch (unset: ``data.auto_batch_size``), lowered when there are
@@ -275,7 +365,7 @@ class Trainer:
             "window": self.config.window,
             "hop": self.config.hop if self.config.hop else self.config.window / 2,
             "cache": {"path": str(self.cache_path.resolve()), "fingerprint": self.cache.fingerprint(), **{k: c.get(k) for k in keys}},
-            "training": asdict(self.config),
+            "training": self.config.to_dict(self.audit),
             "split": self.split,
             "avfeat_version": __version__,
         }
@@ -296,12 +386,12 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------
 
-    def train_step(self, audio: torch.Tensor, visual: torch.Tensor, shifted: torch.Tensor | None) -> torch.Tensor:
+    def train_step(self, audio: torch.Tensor, visual: torch.Tensor, shifted: torch.Tensor | None, pair_weights: torch.Tensor | None = None) -> torch.Tensor:
         """One optimizer step; returns the loss (a detached device scalar: no sync here)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.total_steps, self.config)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = window_loss(self.heads, audio, visual, self.config, shifted, self.group)
+            out = window_loss(self.heads, audio, visual, self.config, shifted, self.group, pair_weights)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.group.average_gradients(self.heads.parameters())
@@ -319,6 +409,14 @@ class Trainer:
         shifted = (plan.shifted >= 0).to(self.device) if self.config.temporal_negatives else None
         for s, (audio, visual) in enumerate(self.source.batches(ids)):
             yield audio, visual, None if shifted is None else shifted[s]
+
+    def plan_weights(self, plan: data.Plan) -> torch.Tensor | None:
+        """(steps, b) pair weight of each window of this rank's share of the plan (the rows this
+        rank's loss covers), or None without --weight-by."""
+        if self.video_weights is None:
+            return None
+        windows = plan.columns(self.group.share_of(plan.windows.shape[1])).windows
+        return self.video_weights[torch.as_tensor(self.table.video)[windows]].to(self.device)
 
     def run(self, progress=None, on_epoch=None) -> TrainResult:
         """Train until the last epoch (or ``options.stop_after`` epochs of this run).
@@ -338,8 +436,9 @@ class Trainer:
             plan = data.epoch_plan(self.table, self.train_videos, self.batch_size, passes, self.config.min_shift, self.generator, steps)
             started = time.perf_counter()
             epoch_losses = []
-            for audio, visual, shifted in self.epoch_batches(plan):
-                epoch_losses.append(self.train_step(audio, visual, shifted))
+            weights = self.plan_weights(plan)
+            for s, (audio, visual, shifted) in enumerate(self.epoch_batches(plan)):
+                epoch_losses.append(self.train_step(audio, visual, shifted, None if weights is None else weights[s]))
                 if progress is not None:
                     progress(1, epoch_losses[-1])
             epoch_losses = torch.stack(epoch_losses).float().cpu().tolist()

@@ -41,9 +41,9 @@ def _register() -> None:
     from avfeat.data import cli as data_cli
     from avfeat.extract import cli as extract_cli
     from avfeat.index import cli as index_cli
-    from avfeat.index import export, serve
+    from avfeat.index import audit, export, serve
 
-    for module in (demo, data_cli, extract_cli, align_cli, index_cli, export, serve, evaluation):
+    for module in (demo, data_cli, extract_cli, align_cli, index_cli, audit, export, serve, evaluation):
         module.register(app)
 
 
