@@ -280,16 +280,9 @@ class Trainer:
         return table
 
     def _p_match(self, key: str, video_ids: list[str]) -> dict[str, float]:
-        """Each of ``video_ids``' p_match from the option's table, refusing values that are not
-        probabilities (a hand-made or damaged table)."""
-        table = self._audit_table(key)
-        try:
-            p_match = table.p_match()
-        except (TypeError, ValueError):
-            raise InputError(f"{AUDIT_OPTIONS[key]} table {table.path} has a p_match that is not a number") from None
-        bad = next((v for v in video_ids if not 0 <= p_match[v] <= 1), None)  # NaN fails too
-        if bad is not None:
-            raise InputError(f"{AUDIT_OPTIONS[key]} table {table.path}: p_match of video {bad} is {p_match[bad]}, not a probability in [0, 1]")
+        """Each of ``video_ids``' p_match from the option's table (``read_audit`` has checked
+        that each is a probability)."""
+        p_match = self._audit_table(key).p_match()
         return {v: p_match[v] for v in video_ids}
 
     def _exclude(self, ok_ids: list[str]) -> list[str]:

@@ -426,6 +426,9 @@ def read_audit(path: str | Path, cache=None) -> AuditTable:
     if missing_columns:
         raise InputError(f"audit table {path} lacks the columns {', '.join(sorted(missing_columns))}")
     rows = table.to_pylist()
+    broken = [row["video_id"] for row in rows if not (isinstance(row["p_match"], float) and 0.0 <= row["p_match"] <= 1.0)]
+    if broken:
+        raise InputError(f"audit table {path} is damaged: {len(broken)} rows have no p_match in [0, 1] (e.g. {broken[0]}); run `avfeat audit` again")
     if cache is not None:
         fingerprint = cache.fingerprint()
         if meta["cache"]["fingerprint"] != fingerprint:

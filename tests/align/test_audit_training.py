@@ -224,7 +224,7 @@ def tables(small_cache, tmp_path_factory):
     (["--min-correspondence", "0.3"], ["--min-correspondence needs --exclude"]),
     (["--exclude", "low"], ["--exclude left 0 training video(s): 8 of 8 have p_match below --min-correspondence 0.5"]),
     (["--weight-by", "zero"], ["every training video p_match 0"]),
-    (["--weight-by", "nan_table"], ["p_match of video", "is nan, not a probability in [0, 1]"]),
+    (["--weight-by", "nan_table"], ["is damaged", "no p_match in [0, 1]"]),
 ])
 def test_bad_audit_input_is_one_line(small_cache, tmp_path, tables, args, fragments):
     args = [str(tables.get(a, a)) for a in args]
