@@ -235,32 +235,121 @@ def search(
 
 
 def sync(
-    video: Path = typer.Argument(..., help="A video file, cached or not."),
-    heads: Path = typer.Option(..., "--heads", help="Heads checkpoint; the video is embedded with the backbones its cache used."),
+    videos: Optional[List[Path]] = typer.Argument(
+        None, metavar="VIDEO",
+        help="Video files, cached or not, or folders (every media file inside, recursively); one load of the models for all.",
+    ),
+    heads: Path = typer.Option(..., "--heads", help="Heads checkpoint; the videos are embedded with the backbones its cache used."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Instead of VIDEO: every video of this cache that has tokens, from its tokens (no decoding); the heads' own cache family."),
     max_offset: float = typer.Option(2.0, help="Largest offset searched, seconds either way."),
-    as_json: bool = typer.Option(False, "--json", help='Print {"offset": seconds, "confidence": ...}.'),
-    plot: Optional[Path] = typer.Option(None, help="Save the score over lags to this PNG."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"offset": seconds, "confidence": ...}; JSON Lines, one object per video, for several.'),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table (video, offset, confidence, error) to this .csv, .parquet or .jsonl file."),
+    fix: Optional[Path] = typer.Option(None, "--fix", metavar="OUT", help="Write a copy of VIDEO with its audio moved by the estimate, in sync (stream copy: pictures untouched). One VIDEO only; for a corpus see `avfeat audit --fix-dir`."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out or --fix file."),
+    plot: Optional[Path] = typer.Option(None, help="Save the score over lags to this PNG (one VIDEO only)."),
     device: str = typer.Option("auto", help="Where the backbones run: auto, cpu, cuda, cuda:1, ..."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Audio-visual offset of a video; positive = audio late (the sound comes after the picture)."""
-    from avfeat.index.store import load_heads
-    from avfeat.index.sync import plot_curve, sync_file
+    """Audio-visual offset of videos; positive = audio late (the sound comes after the picture)."""
+    import os
 
     from avfeat.common import check_number, prepare_output_file, resolve_device
+    from avfeat.errors import InputError
 
     check_number("--max-offset", max_offset)
+    videos = list(videos or [])
+    if cache is not None and videos:
+        raise InputError("give VIDEO arguments or --cache CACHE, not both")
+    if cache is None and not videos:
+        raise InputError("no video: give VIDEO arguments (files or folders) or --cache CACHE")
+    from avfeat.index.sync import list_videos
+
+    paths = list_videos(videos)  # folders expanded (and an empty one refused) before anything loads
+    # One VIDEO that names a file (not a folder) keeps the one-video output: a line, or one JSON object.
+    single = cache is None and len(videos) == 1 and paths == [videos[0]]
+    if not single and plot is not None:
+        raise InputError("--plot draws one video's curve; give a single VIDEO")
+    if not single and fix is not None:
+        raise InputError("--fix repairs one VIDEO; for a corpus, `avfeat audit CACHE --heads HEADS --fix-dir DIR` repairs every video it finds out of sync")
+    # Every output is checked before the models load: a refusal costs nothing.
+    for path, option in ((out, "--out"), (fix, "--fix"), (plot, "--plot")):
+        if path is not None:
+            prepare_output_file(path, option)
+    if out is not None:
+        from avfeat.index.sync import check_table_path
+
+        check_table_path(out)
+    if fix is not None:
+        if os.path.realpath(fix) == os.path.realpath(videos[0]):
+            raise InputError(f"--fix {fix} is the input video itself; write the repaired copy to another file")
+        if not videos[0].is_file():
+            raise InputError(f"video {videos[0]} does not exist")
+    for path, option in ((out, "--out"), (fix, "--fix")):
+        if path is not None and path.exists() and not overwrite:
+            raise InputError(f"{option} {path} exists; pass --overwrite to replace it")
+
+    from avfeat.index.store import load_heads
+    from avfeat.index.sync import direction, plot_curve, remux_shifted, sync_cache, sync_file, sync_files, write_table
+
     device = str(resolve_device(device))
-    if plot is not None:
-        prepare_output_file(plot, "--plot")
-    checkpoint = load_heads(heads)
-    result = sync_file(video, checkpoint, max_offset=max_offset, device=device)
-    if plot is not None:
-        plot_curve(result, plot, title=video.name)
-    if as_json:
-        typer.echo(json.dumps(result.to_dict()))
-    else:
-        late = "audio late" if result.offset > 0 else "audio early" if result.offset < 0 else "in sync"
-        typer.echo(f"offset {result.offset:+.3f} s ({late}), confidence {result.confidence:.2f}")
+    if single:
+        checkpoint = load_heads(heads)
+        result = sync_file(videos[0], checkpoint, max_offset=max_offset, device=device)
+        if plot is not None:
+            plot_curve(result, plot, title=videos[0].name)
+        if as_json:
+            typer.echo(json.dumps(result.to_dict()))
+        else:
+            typer.echo(f"offset {result.offset:+.3f} s ({direction(result.offset)}), confidence {result.confidence:.2f}")
+        if out is not None:
+            from avfeat.index.sync import SyncRow
+
+            write_table([SyncRow(str(videos[0]), result=result)], out)
+        if fix is not None:
+            remux_shifted(videos[0], fix, result.offset)
+            typer.echo(f"wrote {fix}: audio moved {abs(result.offset):.3f} s {'earlier' if result.offset >= 0 else 'later'}", err=as_json)
+        return
+
+    import contextlib
+
+    from tqdm import tqdm
+
+    with_id = cache is not None
+    with contextlib.ExitStack() as stack:
+        if cache is None:
+            checkpoint = load_heads(heads)
+            rows, total = sync_files(paths, checkpoint, max_offset=max_offset, device=device), len(paths)
+        else:
+            from avfeat.data.cache import Cache
+
+            store = stack.enter_context(Cache(cache))
+            checkpoint = load_heads(heads)
+            checkpoint.check_cache(store)  # tokens of other backbones would give meaningless offsets
+            total = len(store.records(status="ok"))
+            if not total:
+                raise InputError(f"the cache {cache} has no video with tokens")
+            rows = sync_cache(store, checkpoint, max_offset=max_offset)
+        if not as_json:
+            typer.echo(f"{'offset':>8}  {'confidence':>10}  {'direction':<11}  video")
+        done = []
+        # tqdm.write prints each line above the bar: results stream while it runs.
+        for row in tqdm(rows, total=total, unit="video", disable=quiet, dynamic_ncols=True):
+            done.append(row)
+            name = f"{row.video_id} ({row.video})" if with_id else row.video
+            if as_json:
+                line = json.dumps(row.to_dict(with_id))
+            elif row.error is not None:
+                line = f"{'-':>8}  {'-':>10}  {'failed':<11}  {name}: {row.error}"
+            else:
+                r = row.result
+                line = f"{r.offset:>+8.3f}  {r.confidence:>10.2f}  {direction(r.offset):<11}  {name}"
+            tqdm.write(line)
+    if out is not None:
+        write_table(done, out, with_id)
+    failed = [row for row in done if row.error is not None]
+    if failed:
+        typer.echo(f"avfeat: error: {len(failed)} of {len(done)} videos could not be synchronised (first: {failed[0].video}: {failed[0].error})", err=True)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

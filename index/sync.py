@@ -21,23 +21,33 @@ the peak, 0 when another lag scores as well.
 
 Only a band of ±2·max_offset of audio around each frame is ever compared with it, in chunks of
 frames, so a 10-minute video costs seconds and little memory.
+
+Many videos (``sync_files``, ``sync_cache``) share one load of the backbones and heads; a video
+that fails is a row with its error, not the end of the run. ``remux_shifted`` repairs a video by
+moving its audio packets in time (stream copy: no picture is decoded or encoded).
 """
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from avfeat.common import write_output_file
-from avfeat.errors import QueryError
+from avfeat.common import one_line, replace_durably, write_output_file
+from avfeat.errors import AvfeatError, InputError, QueryError
 from avfeat.index.vectors import project_audio, project_visual
 
 DEFAULT_MAX_OFFSET = 2.0
+TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")  # what ``--out`` writes, by the file's suffix
 # The band each frame is centred over, in multiples of max_offset (see sync_curve).
 CENTRE_REACH = 2
 
@@ -180,3 +190,175 @@ def plot_curve(result: SyncResult, path: str | os.PathLike, title: str = "") -> 
     figure.savefig(buffer, format=suffix if suffix in figure.canvas.get_supported_filetypes() else "png")
     plt.close(figure)
     write_output_file(path, buffer.getvalue())
+
+
+# ---- many videos ---------------------------------------------------------------------------
+
+
+def direction(offset: float) -> str:
+    """The words for an offset's sign, as the CLI prints them."""
+    return "audio late" if offset > 0 else "audio early" if offset < 0 else "in sync"
+
+
+@dataclass
+class SyncRow:
+    """One video's line of a many-video run: its estimate, or why there is none."""
+
+    video: str  # the path given (or listed), or the cached video's source path
+    video_id: str | None = None  # cache mode only
+    result: SyncResult | None = None
+    error: str | None = None
+
+    def to_dict(self, with_id: bool = False) -> dict:
+        """The JSON Lines object; ``error`` only on a failed row, ``video_id`` with ``with_id``."""
+        row = {"video": self.video}
+        if with_id:
+            row["video_id"] = self.video_id
+        row.update(self.result.to_dict() if self.result else {"offset": None, "confidence": None})
+        if self.error is not None:
+            row["error"] = self.error
+        return row
+
+
+def list_videos(arguments: Iterable[str | os.PathLike]) -> list[Path]:
+    """The files VIDEO arguments name: a folder (or a quoted glob) is expanded as `avfeat
+    extract` lists one (media files, recursively, sorted); anything else is kept as given, so a
+    missing file becomes a failed row rather than stopping the others. Duplicates are dropped.
+
+    Raises:
+        InputError: a folder or glob holds no media file.
+    """
+    from avfeat.extract.inputs import list_inputs
+
+    paths: dict[str, Path] = {}
+    for argument in arguments:
+        path = Path(argument)
+        pattern = not path.exists() and any(char in str(argument) for char in "*?[")
+        found = [Path(item.path) for item in list_inputs(str(argument))] if path.is_dir() or pattern else [path]
+        for item in found:
+            paths.setdefault(os.path.realpath(item), item)
+    return list(paths.values())
+
+
+def sync_files(paths: Iterable[str | os.PathLike], checkpoint, max_offset: float = DEFAULT_MAX_OFFSET,
+               device: str = "cpu") -> Iterator[SyncRow]:
+    """A row per video file, all embedded with one load of the heads' backbones."""
+    from avfeat.index.query import Backbones
+
+    backbones = Backbones(checkpoint.config["cache"], device=device)  # loaded on the first file, once
+    for path in paths:
+        try:
+            yield SyncRow(str(path), result=sync_file(path, checkpoint, max_offset, device, backbones=backbones))
+        except AvfeatError as error:  # no audio, unreadable, too short: that video's row, not the run's end
+            yield SyncRow(str(path), error=one_line(error))
+
+
+def sync_cache(cache, checkpoint, max_offset: float = DEFAULT_MAX_OFFSET) -> Iterator[SyncRow]:
+    """A row per video of ``cache`` with tokens, from its cached tokens (no decoding, no
+    backbones). The caller checks that the cache is the heads' (``checkpoint.check_cache``)."""
+    heads = checkpoint.heads.eval()
+    for record in cache.records(status="ok"):
+        try:
+            yield SyncRow(record.path, record.video_id, result=sync_cached(cache, record.video_id, heads, max_offset))
+        except AvfeatError as error:
+            yield SyncRow(record.path, record.video_id, error=one_line(error))
+
+
+def check_table_path(path: str | os.PathLike) -> None:
+    """Refuse an ``--out`` suffix that names no table format (before any work is done)."""
+    if Path(path).suffix.lower() not in TABLE_SUFFIXES:
+        raise InputError(f"--out {path}: the suffix picks the format; use one of {', '.join(TABLE_SUFFIXES)}")
+
+
+def write_table(rows: list[SyncRow], path: str | os.PathLike, with_id: bool = False) -> None:
+    """Write the rows as CSV, Parquet or JSON Lines (by ``path``'s suffix), atomically. Every
+    row has every column (offset, confidence and error empty where they do not apply), so the
+    file reads as one table."""
+    columns = ["video", *(["video_id"] if with_id else []), "offset", "confidence", "error"]
+    records = [{name: {"error": None, **row.to_dict(with_id)}[name] for name in columns} for row in rows]
+    suffix = Path(path).suffix.lower()
+    check_table_path(path)
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        types = {"offset": pa.float64(), "confidence": pa.float64()}
+        schema = pa.schema([(name, types.get(name, pa.string())) for name in columns])
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(records, schema=schema), buffer)
+        data = buffer.getvalue().to_pybytes()
+    elif suffix == ".csv":
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        data = text.getvalue().encode()
+    else:
+        data = "".join(json.dumps(record) + "\n" for record in records).encode()
+    write_output_file(path, data)
+
+
+# ---- repair --------------------------------------------------------------------------------
+
+
+def remux_shifted(source: str | os.PathLike, out: str | os.PathLike, offset: float) -> None:
+    """Write a copy of ``source`` to ``out`` whose audio is moved by ``-offset`` seconds, so that
+    a video whose audio is ``offset`` late (this module's sign) comes out in sync.
+
+    Both streams are copied packet by packet: the video packets are written untouched (no
+    picture is decoded or re-encoded), the audio packets keep their bytes and only their
+    timestamps move (rounded to the audio time base). Audio packets that would start before
+    the audio stream did (before 0, or before an AAC encoder's priming packet) are dropped;
+    other streams (subtitles, data, cover art) are left out. The container is chosen from
+    ``out``'s suffix. ``out`` is written through a temp file beside it and renamed: it is
+    replaced whole or left as it was. Callers decide whether an existing ``out`` may be
+    replaced; ``out`` naming ``source`` itself is always refused.
+
+    Raises:
+        InputError: ``out`` is ``source``, ``offset`` is not finite, or the copy cannot be
+            written (a container that cannot hold the codecs, a full disk...).
+        QueryError: ``source`` cannot be read or lacks an audio or a video stream.
+    """
+    import av
+
+    source, out = Path(source), Path(out)
+    if not math.isfinite(offset):
+        raise InputError(f"cannot shift the audio of {source} by {offset} s")
+    if os.path.realpath(source) == os.path.realpath(out):
+        raise InputError(f"{out} is the input video itself; write the repaired copy to another file")
+    try:
+        reader = av.open(str(source))
+    except (av.error.FFmpegError, OSError) as error:
+        raise QueryError(f"cannot read {source}: {one_line(error)}") from None
+    # The temp name keeps out's suffix: FFmpeg picks the container from it.
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    try:
+        with reader:
+            video, audio = reader.streams.best("video"), reader.streams.best("audio")
+            if video is None or audio is None:
+                raise QueryError(f"{source} has no {'video' if video is None else 'audio'} stream; there is nothing to put in sync")
+            shift = round(Fraction(offset).limit_denominator(10**9) / audio.time_base)  # in audio time-base units
+            try:
+                with av.open(str(tmp), mode="w") as writer:
+                    copies = {video: writer.add_stream_from_template(video), audio: writer.add_stream_from_template(audio)}
+                    first = None  # where the audio stream starts (0, or an AAC priming packet before it)
+                    for packet in reader.demux(video, audio):
+                        if packet.dts is None:  # the demuxer's empty flush packets
+                            continue
+                        if packet.stream is audio:
+                            start = packet.dts if packet.pts is None else packet.pts
+                            first = min(start, 0) if first is None else first
+                            if start - shift < first:
+                                continue
+                            packet.dts -= shift
+                            if packet.pts is not None:
+                                packet.pts -= shift
+                        packet.stream = copies[packet.stream]
+                        writer.mux(packet)
+            except (av.error.FFmpegError, ValueError) as error:
+                raise InputError(f"cannot write the repaired copy {out}: {one_line(error)}") from None
+        replace_durably(tmp, out)
+    except OSError as error:
+        raise InputError(f"cannot write the repaired copy {out}: {one_line(error)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
