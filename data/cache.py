@@ -75,6 +75,7 @@ def manifest_schema():
             ("width", pa.int32()),
             ("height", pa.int32()),
             ("source_sample_rate", pa.int32()),
+            ("audio_level", pa.float64()),  # dBFS, RMS of the decoded sound
             ("segment_start", pa.float64()),  # an input table's start and end (null: the whole file)
             ("segment_end", pa.float64()),
             ("shard_sha256", pa.string()),  # of the whole shard file, checked by `avfeat info --verify`

@@ -58,6 +58,7 @@ class VideoRecord:
     width: int = 0
     height: int = 0
     source_sample_rate: int = 0
+    audio_level: float | None = None  # dBFS: RMS of the decoded sound (the audit's silence flag); None in caches of before
     shard_sha256: str | None = None  # the shard file's hash and size when it was committed
     shard_bytes: int | None = None
     segment_start: float | None = None  # seconds: a segment of the file (an input table's start/end); None: the whole file

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 
 from avfeat.common import human_bytes, writer_lock
 from avfeat.data.cache import SUPERSEDED, CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
@@ -331,4 +332,18 @@ def with_media(record: VideoRecord, media: DecodedMedia, token_rate: float, fps:
         width=int(media.width),
         height=int(media.height),
         source_sample_rate=int(media.source_sample_rate),
+        audio_level=audio_level(media.audio),
     )
+
+
+# The quietest level recorded: digital silence (all zeros) reads as this, not as -inf.
+SILENCE_FLOOR_DB = -120.0
+
+
+def audio_level(waveform: np.ndarray) -> float:
+    """RMS of a waveform in dB relative to full scale. The tokens cannot tell: HuBERT's front
+    end normalises its input, so near-silence comes out of it looking like noise."""
+    if len(waveform) == 0:
+        return SILENCE_FLOOR_DB
+    rms = float(np.sqrt(np.mean(np.square(waveform, dtype=np.float64))))
+    return max(SILENCE_FLOOR_DB, 20.0 * np.log10(max(rms, 1e-12)))

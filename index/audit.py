@@ -1,19 +1,36 @@
 """The corpus audit: does each video's sound belong to its pictures, is it in sync, is it silent
 or static; the table that `train-head --exclude` / `--weight-by` and `--fix-dir` read.
 
+What is measured. The sync search (``index/sync.py``) scores every frame against the sound at
+every lag within ±max_offset, centred so that pictures that match every sound and sounds that
+match every picture do not count: what is left is whether *this* sound goes with *these*
+pictures at *this* moment. A video's ``correspondence`` is that curve at lag 0 less its median
+over the lags: how much better the sound fits the pictures as they are timed than shifted
+elsewhere. Another video's soundtrack, a foreign sound over the scene, silence and a shifted
+track all lower it; a still picture gives no evidence either way (and is flagged ``static``).
+
+Set against the other videos: each video's sound is also scored, the same way, against the
+pictures of ``CROSS_PAIRS`` other videos (the first ``CROSS_SECONDS`` of each). Those pairs are
+unrelated by construction; their scores are what ``p_match`` is calibrated against (see
+:class:`MatchCalibration`).
+
 The audit table (``audit.parquet``) has one row per video of the cache with tokens:
 
-- ``video_id``, ``path``;
-- ``correspondence``: the video's clip score (max-mean over its aligned windows) set against
-  the same audio with other videos' pictures and the same pictures with other videos' audio
-  (see :func:`correspondence_scores`); 0 is what an unrelated pair scores;
-- ``p_match``: the calibrated probability that the sound, as it is timed, belongs to these
-  pictures (see :class:`MatchCalibration`);
-- ``offset`` (seconds, positive = audio late), ``sync_confidence`` (the sync curve's peak
-  margin) and ``p_sync``: the calibrated probability that ``offset`` is within one
-  ``SYNC_STEP`` of the truth (see :class:`SyncCalibration`);
-- ``silent``, ``static``: flags from the tokens' spread over time, with the spreads;
-- ``worst_windows``: the windows whose sound matches their pictures least.
+- ``video_id``, ``path``, ``duration``;
+- ``correspondence`` and ``p_match``: the calibrated probability that the sound, as it is
+  timed, belongs to these pictures (a shifted track counts as not belonging: its ``offset``
+  says by how much);
+- ``p_belongs``: the calibrated probability that the sound belongs to these pictures at its
+  best lag (the curve's peak less its median, calibrated the same way): high for a shifted
+  track, low for another video's;
+- ``offset`` (seconds, positive = audio late), ``sync_confidence`` (the curve's peak margin)
+  and ``p_sync``: the probability that ``offset`` is within one ``SYNC_STEP`` of the truth,
+  ``p_belongs`` times the probability that the search finds the lag of a sound that has one
+  (see :class:`SyncCalibration`);
+- ``silent`` (the decoded sound's RMS, ``audio_level`` in the manifest, below
+  ``SILENT_DB``), ``static`` (the frames' tokens do not change), with ``audio_level`` and
+  ``visual_spread``;
+- ``worst_windows``: the heads' windows whose frames fit their sound least at lag 0.
 
 The table's schema metadata (``avfeat.audit``) records the cache's and the heads' fingerprints,
 so a table is only ever applied to the cache it describes.
@@ -35,40 +52,77 @@ AUDIT_META_KEY = b"avfeat.audit"
 AUDIT_VERSION = 1
 # One step of offset: an estimate within this of the truth counts as right (``p_sync``).
 SYNC_STEP = 0.2
-
-
-# Videos per group: each video's sound is set against the other videos' pictures of its
-# group (and its pictures against their sounds), so memory stays bounded at any corpus size.
-GROUP_SIZE = 16
-# Windows per video compared with the group's other videos (evenly spaced).
-SAMPLED_WINDOWS = 8
-# A track whose tokens spread less than this share of the cache's median spread is flagged
-# (silent audio, static pictures); tokens that do not vary at all are flagged in any cache.
-FLAT_SHARE, FLAT_FLOOR = 0.15, 1e-4
+# Each video's sound is set against the pictures of this many others of its group of
+# GROUP_SIZE (read together, so each video is read once), over their first CROSS_SECONDS.
+CROSS_PAIRS, GROUP_SIZE, CROSS_SECONDS = 4, 8, 120.0
+# Silent: the decoded sound's RMS below this (dBFS). Speech and music sit near -20 to -30;
+# a room with nobody in it near -50 to -60.
+SILENT_DB = -60.0
+# Static: frames whose tokens spread less than this share of the cache's median spread, or
+# not at all (a still picture).
+FLAT_SHARE, FLAT_FLOOR = 0.05, 1e-5
 # Synthetic shifts per calibration video (see SyncCalibration) and how many videos take part.
 SYNC_TRIALS, SYNC_TRIAL_VIDEOS = 3, 48
 
 
 @dataclass
-class VideoAudit:
+class Tokens:
+    """One video's cached tokens and timing, as the sync search takes them."""
+
+    audio: np.ndarray
+    audio_start: float
+    audio_rate: float
+    frames: np.ndarray
+    frame_times: np.ndarray
+    fps: float
+
+    @classmethod
+    def read(cls, cache, record) -> "Tokens":
+        return cls(cache.read_audio(record), record.audio_start, record.audio_rate, cache.read_frames(record), cache.frame_times(record), record.fps)
+
+    def excerpt(self, heads, seconds: float) -> "Tokens":
+        """The first ``seconds`` of the video, projected through the heads once."""
+        from avfeat.index.vectors import project_audio, project_visual
+
+        begin = self.frame_times[0] if len(self.frame_times) else 0.0
+        frames = self.frame_times < begin + seconds
+        audio = int(np.clip(np.ceil((begin + seconds - self.audio_start) * self.audio_rate), 0, len(self.audio)))
+        return Tokens(project_audio(heads, self.audio[:audio]), self.audio_start, self.audio_rate,
+                      project_visual(heads, self.frames[frames]), self.frame_times[frames], self.fps)
+
+
+@dataclass
+class Measure:
     """What the audit measures of one video before calibration."""
 
     record: object  # VideoRecord
-    window_starts: np.ndarray  # (W,) seconds
-    window_scores: np.ndarray  # (W,) max-mean of each aligned window
-    sampled_audio: "torch.Tensor"  # (M, T, D) projected tokens of the sampled windows
-    sampled_visual: "torch.Tensor"  # (M, F, 1 + P, D)
-    audio_spread: float
+    correspondence: float  # lag-0 score less the curve's median
+    peak: float  # the best lag's score less the curve's median
+    offset: float
+    sync_confidence: float
+    frame_times: np.ndarray  # (F,)
+    frame_scores: np.ndarray  # (F,) each frame's lag-0 score less the curve's median (NaN: cannot take lag 0)
     visual_spread: float
-    correspondence: float = float("nan")
-    baseline: float = float("nan")  # what unrelated pairs score against this video
-    offset: float = float("nan")
-    sync_confidence: float = 0.0
+
+
+def lag_zero(heads, sound: Tokens, pictures: Tokens, max_offset: float, projected: bool = False):
+    """(correspondence, peak, per-frame lag-0 scores, sync result) of a sound against pictures;
+    ``peak`` is the curve's best lag less its median: how well they fit when shifted right."""
+    from avfeat.index.sync import estimate, frame_scores, lag_curve
+
+    lags, scores, valid = frame_scores(heads, sound.audio, sound.audio_start, sound.audio_rate, pictures.frames, pictures.frame_times,
+                                       pictures.fps, max_offset, projected=projected)
+    curve = lag_curve(scores, valid)
+    zero = int(np.argmin(np.abs(lags)))
+    median = float(np.median(curve[np.isfinite(curve)]))
+    per_frame = np.where(valid[:, zero].numpy(), scores[:, zero].numpy() - median, np.nan)
+    correspondence = float(curve[zero] - median) if np.isfinite(curve[zero]) else float(np.nanmean(per_frame))
+    return correspondence, float(np.max(curve) - median), per_frame, estimate(lags, curve, pictures.fps)
 
 
 def spread(tokens: np.ndarray) -> float:
     """How much a track's tokens vary over time: the mean cosine distance of each token to the
-    track's mean token (0 for a constant track: digital silence, a still picture)."""
+    track's mean token (0 for a constant track: a still picture, digital silence)."""
     import torch
 
     x = torch.as_tensor(np.asarray(tokens), dtype=torch.float32).flatten(1)
@@ -79,73 +133,19 @@ def spread(tokens: np.ndarray) -> float:
     return float((1.0 - x @ mean).clamp(min=0).mean())
 
 
-def measure_video(record, audio_raw: np.ndarray, frames_raw: np.ndarray, frame_times: np.ndarray, heads, geometry: "WindowGeometry",
-                  hop: float, aggregation: str, batch: int = 32) -> VideoAudit | None:
-    """Every aligned window's clip score, the sampled windows' projected tokens and the spreads
-    of one video's cached tokens; None when it is shorter than one window."""
-    import torch
-
-    from avfeat.align.scores import paired_scores
-    from avfeat.align.windows import video_windows
-
-    windows = video_windows(record, frame_times, geometry, hop)
-    if not windows:
-        return None
-    device = next(heads.parameters()).device
-    scores = []
-    sampled = set(np.linspace(0, len(windows) - 1, min(SAMPLED_WINDOWS, len(windows))).round().astype(int).tolist())
-    kept_audio, kept_visual = [], []
-    for begin in range(0, len(windows), batch):
-        chunk = windows[begin : begin + batch]
-        audio = np.stack([audio_raw[w.audio : w.audio + geometry.audio_tokens] for w in chunk])
-        visual = np.stack([frames_raw[w.frame : w.frame + geometry.frames] for w in chunk])
-        with torch.no_grad():
-            a = heads.project_audio(torch.as_tensor(audio, dtype=torch.float32, device=device)).float()
-            v = heads.project_visual(torch.as_tensor(visual, dtype=torch.float32, device=device)).float()
-            scores.append(paired_scores(a, v, aggregation).cpu())
-        keep = [k - begin for k in range(begin, begin + len(chunk)) if k in sampled]
-        kept_audio.append(a[keep].cpu())
-        kept_visual.append(v[keep].cpu())
-    visual_cls = frames_raw[:, 0] if frames_raw.ndim == 3 else frames_raw
-    return VideoAudit(
-        record, np.array([w.start for w in windows]), torch.cat(scores).double().numpy(),
-        torch.cat(kept_audio), torch.cat(kept_visual), spread(audio_raw), spread(visual_cls),
-    )
-
-
-def group_scores(group: list[VideoAudit], aggregation: str) -> np.ndarray:
-    """(G, G) video scores within a group: entry (i, j) is the mean clip score of video i's
-    sampled audio windows against video j's sampled visual windows, window m with window m."""
-    import torch
-
-    from avfeat.align.scores import pairwise_scores
-
-    size = len(group)
-    total, count = np.zeros((size, size)), np.zeros((size, size))
-    for m in range(max(len(v.sampled_audio) for v in group)):
-        have = [k for k, v in enumerate(group) if m < len(v.sampled_audio)]
-        audio = torch.stack([group[k].sampled_audio[m] for k in have])
-        visual = torch.stack([group[k].sampled_visual[m] for k in have])
-        with torch.no_grad():
-            block = pairwise_scores(audio, visual, aggregation).double().numpy()
-        total[np.ix_(have, have)] += block
-        count[np.ix_(have, have)] += 1
-    return total / np.maximum(count, 1)
-
-
-def centre(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A group's (own correspondence, unrelated-pair scores, baselines) from its (G, G) scores,
-    centred both ways: each pair's score less its audio's median against the other pictures,
-    less its pictures' median against the other sounds, plus the median of all unrelated pairs.
-    A sound that matches every picture, or a picture that matches every sound, is held to what
-    it scores anyway: what is left is whether this sound and these pictures go together."""
-    size = len(scores)
-    others = ~np.eye(size, dtype=bool)
-    audio_median = np.array([np.median(scores[i, others[i]]) for i in range(size)])
-    visual_median = np.array([np.median(scores[others[:, j], j]) for j in range(size)])
-    baseline = audio_median[:, None] + visual_median[None, :] - np.median(scores[others])
-    centred = scores - baseline
-    return np.diag(centred).copy(), centred[others], np.diag(baseline).copy()
+def worst_windows(measure: Measure, seconds: float, hop: float, count: int) -> list[dict]:
+    """The ``count`` windows (the heads' length and hop) whose frames fit their sound least at
+    lag 0: where to look first in a doubtful video."""
+    times, scores = measure.frame_times, measure.frame_scores
+    if not len(times):
+        return []
+    starts = np.arange(times[0], max(times[0], times[-1] - seconds + 1e-9) + 1e-9, hop)
+    windows = []
+    for start in starts:
+        inside = (times >= start - 1e-9) & (times < start + seconds - 1e-9) & np.isfinite(scores)
+        if inside.any():
+            windows.append({"start": float(start), "end": float(start + seconds), "score": float(scores[inside].mean())})
+    return sorted(windows, key=lambda w: w["score"])[:count]
 
 
 @dataclass
@@ -270,16 +270,16 @@ class SyncCalibration:
 class AuditResult:
     rows: list[dict]
     meta: dict
-    skipped: list[str]  # videos shorter than one window (no row)
+    skipped: list[str]  # videos too short to compare sound and pictures (no row)
 
 
 def _groups(count: int, seed: int) -> list[np.ndarray]:
-    """Shuffled indices in near-equal groups of about GROUP_SIZE (never a lone video)."""
+    """Shuffled indices in near-equal groups of about GROUP_SIZE."""
     order = np.random.default_rng(seed).permutation(count)
     return [part for part in np.array_split(order, max(1, round(count / GROUP_SIZE))) if len(part)]
 
 
-def _flags(spreads: np.ndarray) -> np.ndarray:
+def static_flags(spreads: np.ndarray) -> np.ndarray:
     return spreads <= max(FLAT_FLOOR, FLAT_SHARE * float(np.median(spreads)))
 
 
@@ -287,85 +287,86 @@ def audit_cache(cache, checkpoint, max_offset: float = 2.0, worst: int = 3, seed
     """Audit every video of ``cache`` with tokens; see the module docstring for the columns.
 
     Args:
-        progress: optional callable wrapping an iterable of videos (a tqdm bar).
+        progress: optional callable taking the number of videos and returning a bar with
+            ``update(n)`` and ``close()`` (tqdm).
     """
-    from avfeat.align.windows import WindowGeometry
-    from avfeat.index.sync import sync_tokens
-
     checkpoint.check_cache(cache)
     heads = checkpoint.heads.eval()
-    geometry = WindowGeometry.for_cache(cache, checkpoint.window)
-    aggregation = checkpoint.aggregation
     records = cache.records(status="ok")
-    measured: list[VideoAudit] = []
+    if len(records) < 2:
+        raise InputError(f"the audit sets each video against the others: the cache needs at least 2 videos with tokens (it has {len(records)})")
+    measured: list[Measure] = []
     skipped: list[str] = []
-    null: list[np.ndarray] = []
-    todo = [g for g in _groups(len(records), seed)]
-    bar = progress(range(len(records))) if progress else None
-    for group in todo:
-        members = []
+    null: list[tuple[float, float]] = []  # (correspondence, peak) of unrelated pairs
+    bar = progress(len(records)) if progress else None
+    groups = _groups(len(records), seed)
+    for group in groups:
+        excerpts = {}
         for k in group:
             record = records[int(k)]
-            audio, frames, times = cache.read_audio(record), cache.read_frames(record), cache.frame_times(record)
-            video = measure_video(record, audio, frames, times, heads, geometry, checkpoint.hop, aggregation)
+            tokens = Tokens.read(cache, record)
+            try:
+                correspondence, peak, per_frame, result = lag_zero(heads, tokens, tokens, max_offset)
+            except QueryError:  # too short for any lag
+                skipped.append(record.video_id)
+            else:
+                measured.append(Measure(record, correspondence, peak, result.offset, result.confidence, tokens.frame_times, per_frame,
+                                        spread(tokens.frames[:, 0] if tokens.frames.ndim == 3 else tokens.frames)))
+                excerpts[int(k)] = tokens.excerpt(heads, CROSS_SECONDS)
             if bar is not None:
                 bar.update(1)
-            if video is None:
-                skipped.append(record.video_id)
-                continue
-            try:
-                result = sync_tokens(heads, audio, record.audio_start, record.audio_rate, frames, times, record.fps, max_offset)
-                video.offset, video.sync_confidence = result.offset, result.confidence
-            except QueryError:  # too short for any lag: no offset, no confidence
-                pass
-            members.append(video)
-        if len(members) >= 3:
-            own, cross, baseline = centre(group_scores(members, aggregation))
-            for video, value, base in zip(members, own, baseline):
-                video.correspondence, video.baseline = float(value), float(base)
-            null.append(cross)
-        for video in members:  # the sampled tokens were for this group only
-            video.sampled_audio = video.sampled_visual = None
-        measured.extend(members)
+        null.extend(_cross_pairs(heads, excerpts, max_offset))
     if bar is not None:
         bar.close()
-    # A group left with fewer than 3 measured videos (short ones skipped) has no impostors to
-    # centre on; its videos are scored against the cache's typical baseline instead.
-    ready = [v for v in measured if np.isfinite(v.correspondence)]
-    if len(ready) < 3:
-        raise InputError(f"the audit needs at least 3 videos of {checkpoint.window:g} s or longer with tokens; the cache has {len(ready)}")
-    typical = float(np.median([v.baseline for v in ready]))
-    for video in measured:
-        if not np.isfinite(video.correspondence):
-            video.baseline = typical
-            video.correspondence = float(video.window_scores.mean() - typical)
-    own = np.array([v.correspondence for v in measured])
-    match = MatchCalibration.fit(own, np.concatenate(null), seed=seed)
+    if len(null) < 2 or len(measured) < 2:
+        # One group of fewer than two measurable videos: nothing unrelated to calibrate against.
+        raise InputError(f"the audit needs at least 2 videos long enough to compare sound and pictures; the cache has {len(measured)}")
+    own = np.array([m.correspondence for m in measured])
+    match = MatchCalibration.fit(own, np.array([pair[0] for pair in null]), seed=seed)
     p_match = match.probability(own)
-    sync = fit_sync_calibration(cache, heads, [v.record for v, p in sorted(zip(measured, p_match), key=lambda vp: -vp[1])],
-                                max_offset, seed)
-    p_sync = sync.probability(np.array([v.sync_confidence for v in measured]))
-    audio_flat = _flags(np.array([v.audio_spread for v in measured]))
-    visual_flat = _flags(np.array([v.visual_spread for v in measured]))
+    peaks = np.array([m.peak for m in measured])
+    belong = MatchCalibration.fit(peaks, np.array([pair[1] for pair in null]), seed=seed)
+    p_belongs = belong.probability(peaks)
+    ranked = [m.record for _, m in sorted(zip(-p_match, measured), key=lambda pair: pair[0])]
+    sync = fit_sync_calibration(cache, heads, ranked, max_offset, seed)
+    # Right within a step needs a sound that has a right lag (belongs at some lag) and a search
+    # that finds it; the first is calibrated on the unrelated pairs, the second on our shifts.
+    p_sync = p_belongs * sync.probability(np.array([m.sync_confidence for m in measured]))
+    static = static_flags(np.array([m.visual_spread for m in measured]))
     rows = []
-    for k, video in enumerate(measured):
-        relative = video.window_scores - video.baseline
-        lowest = np.argsort(relative, kind="stable")[:worst]
+    for k, m in enumerate(measured):
+        level = m.record.audio_level
         rows.append({
-            "video_id": video.record.video_id, "path": video.record.path, "duration": float(video.record.duration),
-            "correspondence": video.correspondence, "p_match": float(p_match[k]),
-            "offset": float(video.offset), "sync_confidence": float(video.sync_confidence), "p_sync": float(p_sync[k]),
-            "silent": bool(audio_flat[k]), "static": bool(visual_flat[k]),
-            "audio_spread": video.audio_spread, "visual_spread": video.visual_spread,
-            "worst_windows": [{"start": float(video.window_starts[i]), "end": float(video.window_starts[i] + geometry.seconds),
-                               "score": float(relative[i])} for i in lowest],
+            "video_id": m.record.video_id, "path": m.record.path, "duration": float(m.record.duration),
+            "correspondence": m.correspondence, "p_match": float(p_match[k]), "p_belongs": float(p_belongs[k]),
+            "offset": float(m.offset), "sync_confidence": float(m.sync_confidence), "p_sync": float(p_sync[k]),
+            # Caches written before the level was recorded: unknown, not "not silent".
+            "silent": None if level is None else bool(level < SILENT_DB), "static": bool(static[k]),
+            "audio_level": level, "visual_spread": m.visual_spread,
+            "worst_windows": worst_windows(m, checkpoint.window, checkpoint.hop, worst),
         })
     meta = {
         "heads": {"path": str(Path(checkpoint.path).resolve()), "fingerprint": checkpoint.fingerprint},
-        "window": geometry.seconds, "hop": checkpoint.hop, "max_offset": max_offset, "seed": seed,
-        "match_calibration": match.describe(), "sync_calibration": sync.describe(), "skipped": skipped,
+        "window": checkpoint.window, "hop": checkpoint.hop, "max_offset": max_offset, "seed": seed,
+        "match_calibration": match.describe(), "belongs_calibration": belong.describe(), "sync_calibration": sync.describe(), "skipped": skipped,
     }
     return AuditResult(rows, meta, skipped)
+
+
+def _cross_pairs(heads, excerpts: dict[int, Tokens], max_offset: float) -> list[tuple[float, float]]:
+    """Correspondence of each excerpt's sound with the pictures of the next CROSS_PAIRS excerpts
+    of its group (cyclically): pairs unrelated by construction."""
+    keys = list(excerpts)
+    scores = []
+    for i, key in enumerate(keys):
+        for step in range(1, min(CROSS_PAIRS, len(keys) - 1) + 1):
+            try:
+                value, peak, _, _ = lag_zero(heads, excerpts[key], excerpts[keys[(i + step) % len(keys)]], max_offset, projected=True)
+            except QueryError:
+                continue
+            if np.isfinite(value) and np.isfinite(peak):
+                scores.append((value, peak))
+    return scores
 
 
 def fit_sync_calibration(cache, heads, ranked_records, max_offset: float, seed: int) -> SyncCalibration:
@@ -378,15 +379,18 @@ def fit_sync_calibration(cache, heads, ranked_records, max_offset: float, seed: 
     rng = np.random.default_rng([seed, 0x5C])
     confidence, correct = [], []
     for record in ranked_records[:SYNC_TRIAL_VIDEOS]:
-        audio, frames, times = cache.read_audio(record), cache.read_frames(record), cache.frame_times(record)
+        tokens = Tokens.read(cache, record)
         for lag in rng.uniform(-0.8 * max_offset, 0.8 * max_offset, SYNC_TRIALS):
             # Later audio timestamps by ``lag``: the sound of each frame is then heard ``lag`` late.
             try:
-                result = sync_tokens(heads, audio, record.audio_start + lag, record.audio_rate, frames, times, record.fps, max_offset)
+                result = sync_tokens(heads, tokens.audio, tokens.audio_start + lag, tokens.audio_rate, tokens.frames, tokens.frame_times,
+                                     tokens.fps, max_offset)
             except QueryError:
                 continue
             confidence.append(result.confidence)
             correct.append(abs(result.offset - lag) <= SYNC_STEP)
+    if not confidence:
+        raise InputError("no video of the cache is long enough for a synthetic shift; the sync confidence cannot be calibrated")
     return SyncCalibration.fit(np.array(confidence), np.array(correct))
 
 
@@ -449,9 +453,9 @@ def audit_schema():
     window = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("score", pa.float64())])
     return pa.schema([
         ("video_id", pa.string()), ("path", pa.string()), ("duration", pa.float64()),
-        ("correspondence", pa.float64()), ("p_match", pa.float64()),
+        ("correspondence", pa.float64()), ("p_match", pa.float64()), ("p_belongs", pa.float64()),
         ("offset", pa.float64()), ("sync_confidence", pa.float64()), ("p_sync", pa.float64()),
-        ("silent", pa.bool_()), ("static", pa.bool_()), ("audio_spread", pa.float64()), ("visual_spread", pa.float64()),
+        ("silent", pa.bool_()), ("static", pa.bool_()), ("audio_level", pa.float64()), ("visual_spread", pa.float64()),
         ("worst_windows", pa.list_(window)),
     ])
 
@@ -564,10 +568,10 @@ def write_report(path: str | Path, rows: list[dict], meta: dict, worst: int = 20
         spans = ", ".join(f"{w['start']:.1f}–{w['end']:.1f} s ({w['score']:+.3f})" for w in row["worst_windows"])
         lines.append(
             f"<tr><td>{image}</td><td><b>{escape(row['video_id'])}</b><br><small>{escape(row['path'])}</small></td>"
-            f"<td>{row['p_match']:.3f}</td><td>{row['correspondence']:+.4f}</td><td>{row['offset']:+.2f} s (p {row['p_sync']:.2f})</td>"
+            f"<td>{row['p_match']:.3f}</td><td>{row.get('p_belongs') or 0:.3f}</td><td>{row['correspondence']:+.4f}</td><td>{row['offset']:+.2f} s (p {row['p_sync']:.2f})</td>"
             f"<td>{flags}</td><td><small>{escape(spans)}</small></td></tr>"
         )
-    silent = sum(r["silent"] for r in rows)
+    silent = sum(bool(r["silent"]) for r in rows)
     static = sum(r["static"] for r in rows)
     shifted = sum(1 for r in rows if abs(r["offset"]) > SYNC_STEP / 2 and r["p_sync"] >= 0.5)
     page = f"""<!doctype html>
@@ -582,7 +586,7 @@ with p_sync ≥ 0.5; {silent} silent, {static} static.</p>
 <h2>What each cut keeps</h2>
 <table><tr><th>cut</th><th>videos</th><th>share</th><th>media hours</th><th>share of hours</th></tr>{cuts}</table>
 <h2>The {min(worst, len(rows))} least likely to match</h2>
-<table><tr><th></th><th>video</th><th>p_match</th><th>correspondence</th><th>offset</th><th>flags</th><th>worst windows</th></tr>{"".join(lines)}</table>
+<table><tr><th></th><th>video</th><th>p_match</th><th>p_belongs</th><th>correspondence</th><th>offset</th><th>flags</th><th>worst windows</th></tr>{"".join(lines)}</table>
 <p><small>Calibration: {escape(json.dumps(meta['match_calibration']))}; {escape(json.dumps(meta['sync_calibration']))}</small></p>
 </body></html>
 """
@@ -597,14 +601,14 @@ with p_sync ≥ 0.5; {silent} silent, {static} static.</p>
 def fix_plan(rows: list[dict], out_dir: Path, min_confidence: float) -> tuple[list[tuple[dict, Path]], list[str]]:
     """Which videos ``--fix-dir`` remuxes, where to, and why the others that are off are not.
 
-    A video is fixed when its offset is off by more than half a step, ``p_sync`` reaches
-    ``min_confidence`` and its sound belongs to its pictures (``p_match`` ≥ 0.5: shifting a
-    foreign soundtrack repairs nothing). Segments and remote files are left with a note: a
-    remux rewrites a whole local file."""
+    A video is fixed when its offset is off by more than half a step and ``p_sync`` reaches
+    ``min_confidence`` (``p_sync`` already holds whether the sound belongs to the pictures at
+    some lag: shifting a foreign soundtrack repairs nothing). Segments and remote files are
+    left with a note: a remux rewrites a whole local file."""
     plan, notes = [], []
     names: dict[str, str] = {}
     for row in rows:
-        if not (abs(row["offset"]) > SYNC_STEP / 2 and row["p_sync"] >= min_confidence and row["p_match"] >= 0.5):
+        if not (abs(row["offset"]) > SYNC_STEP / 2 and row["p_sync"] >= min_confidence):
             continue
         source = Path(row["path"])
         if "://" in row["path"] or "#" in row["path"] or not source.is_file():
@@ -667,8 +671,8 @@ def audit(
             if not quiet:
                 from tqdm import tqdm
 
-                def progress(items):
-                    return tqdm(total=len(items), desc="audit", unit="video", dynamic_ncols=True)
+                def progress(count):
+                    return tqdm(total=count, desc="audit", unit="video", dynamic_ncols=True)
 
             result = audit_cache(store, checkpoint, max_offset=max_offset, worst=windows, seed=seed, progress=progress)
             rows = result.rows
@@ -681,7 +685,7 @@ def audit(
         shifted = sum(abs(r["offset"]) > SYNC_STEP / 2 and r["p_sync"] >= 0.5 for r in rows)
         skipped = f"; {len(result.skipped)} shorter than one window not audited" if result.skipped else ""
         typer.echo(f"audited {len(rows)} videos: {mismatched} likely mismatched (p_match < 0.5), {shifted} out of sync (p_sync ≥ 0.5), "
-                   f"{sum(r['silent'] for r in rows)} silent, {sum(r['static'] for r in rows)} static{skipped}")
+                   f"{sum(bool(r['silent']) for r in rows)} silent, {sum(r['static'] for r in rows)} static{skipped}")
         typer.echo(f"wrote {out}" + (f" and {report}" if report is not None else ""))
     if fix_dir is not None:
         _fix(rows, fix_dir, min_confidence, overwrite, out)
@@ -699,7 +703,7 @@ def _fix(rows: list[dict], fix_dir: Path, min_confidence: float, overwrite: bool
         typer.echo(f"note: {note}", err=True)
     for row, target in plan:
         remux_shifted(row["path"], target, row["offset"])
-    typer.echo(f"fixed {len(plan)} videos into {fix_dir} (offset beyond {SYNC_STEP / 2:g} s, p_sync ≥ {min_confidence:g}, p_match ≥ 0.5) from {source}")
+    typer.echo(f"fixed {len(plan)} videos into {fix_dir} (offset beyond {SYNC_STEP / 2:g} s, p_sync ≥ {min_confidence:g}) from {source}")
 
 
 def register(app: typer.Typer) -> None:

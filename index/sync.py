@@ -63,13 +63,34 @@ class SyncResult:
         return {"offset": round(float(self.offset), 4), "confidence": round(float(self.confidence), 4)}
 
 
-@torch.no_grad()
 def sync_curve(
     heads, audio_tokens: np.ndarray, audio_start: float, audio_rate: float, visual_tokens: np.ndarray,
     frame_times: np.ndarray, fps: float, max_offset: float = DEFAULT_MAX_OFFSET, chunk: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(lags, curve) of raw backbone tokens, per the module docstring."""
-    audio = project_audio(heads, audio_tokens)
+    lags, scores, valid = frame_scores(heads, audio_tokens, audio_start, audio_rate, visual_tokens, frame_times, fps, max_offset, chunk)
+    return lags, lag_curve(scores, valid)
+
+
+def lag_curve(scores: torch.Tensor, valid: torch.Tensor) -> np.ndarray:
+    """The curve: at each lag, the mean of the centred scores of the frames that can take it."""
+    sums = (scores * valid).sum(dim=0)
+    counts = valid.sum(dim=0).double()
+    if counts.max() == 0:
+        raise QueryError("the video is too short to compare its audio and frames")
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("-inf"), dtype=torch.float64)).numpy()
+
+
+@torch.no_grad()
+def frame_scores(
+    heads, audio_tokens: np.ndarray, audio_start: float, audio_rate: float, visual_tokens: np.ndarray,
+    frame_times: np.ndarray, fps: float, max_offset: float = DEFAULT_MAX_OFFSET, chunk: int = 64, projected: bool = False,
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """(lags, scores (F, L), valid (F, L)): each frame's centred score at each lag, and whether
+    the frame can take that lag (its shifted span of audio lies inside the track). With
+    ``projected``, the tokens are the heads' outputs already (the audit pairs each video's
+    sound with several videos' pictures and projects each once)."""
+    audio = torch.as_tensor(audio_tokens) if projected else project_audio(heads, audio_tokens)
     total = len(audio)
     reach = int(round(max_offset * audio_rate))
     span = max(1, int(round(audio_rate / fps)))
@@ -84,7 +105,8 @@ def sync_curve(
         raise QueryError("the video is too short to compare its audio and frames")
     best = []
     for begin in range(0, len(visual_tokens), chunk):
-        patches = project_visual(heads, visual_tokens[begin : begin + chunk])[:, 1:]  # (c, P, D)
+        frames = visual_tokens[begin : begin + chunk]
+        patches = (torch.as_tensor(frames) if projected else project_visual(heads, frames))[:, 1:]  # (c, P, D)
         band = audio[(bases[begin : begin + chunk, None] + steps).clamp(0, total - 1)]  # (c, band, D)
         best.append(torch.einsum("cld,cpd->clp", band, patches).amax(dim=-1).double())  # best patch per token
     best = torch.cat(best)  # (F, band): small, F × (4·max_offset·rate + span)
@@ -107,12 +129,7 @@ def sync_curve(
     scores = (sums_in_band[:, span:] - sums_in_band[:, :-span]) / span  # (F, lags): mean of span tokens
     first = positions[:, : len(lags)]
     valid = (first >= 0) & (first + span <= total)
-    sums = (scores * valid).sum(dim=0)
-    counts = valid.sum(dim=0).double()
-    if counts.max() == 0:
-        raise QueryError("the video is too short to compare its audio and frames")
-    curve = torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("-inf"), dtype=torch.float64))
-    return lags, curve.numpy()
+    return lags, scores, valid
 
 
 def estimate(lags: np.ndarray, curve: np.ndarray, fps: float) -> SyncResult:

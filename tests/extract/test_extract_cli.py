@@ -56,6 +56,7 @@ def test_synthetic_videos_end_to_end(corpus, reference_cache):
         assert len(visual) == len(times) == 6  # 2 fps over 3 s
         np.testing.assert_allclose(times, np.arange(6) / 2, atol=0.021)
         assert np.isfinite(audio).all() and np.isfinite(visual).all()
+        assert -30 < row.audio_level < -10  # events at RMS 0.2 (-14 dBFS) between quiet noise
     assert len(cache.layout.shards()) == 3  # shard size 2
     assert cache.config["audio_model"] == "random:hubert-tiny"
 
@@ -258,3 +259,12 @@ def test_info_flags_a_deleted_and_a_truncated_shard(reference_cache, tmp_path):
     assert "shard-00001.h5: missing" in result.stdout and "shard-00002.h5: 1000 bytes" in result.stdout
     assert "2 of 3 shards are missing or truncated" in result.stderr and "--repair" in result.stderr
     assert json.loads(avfeat("info", out, "--json", check=1).stdout)["damaged"][0]["shard"] == "shard-00001.h5"
+
+
+def test_audio_level_is_the_rms_in_dbfs():
+    from avfeat.extract.job import SILENCE_FLOOR_DB, audio_level
+
+    assert audio_level(np.zeros(16000, np.float32)) == SILENCE_FLOOR_DB == audio_level(np.zeros(0, np.float32))
+    sine = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)
+    assert abs(audio_level(sine) - 20 * np.log10(np.sqrt(0.5))) < 0.01  # a full-scale sine: -3 dBFS
+    assert abs(audio_level(1e-4 * sine) - (audio_level(sine) - 80)) < 0.01
