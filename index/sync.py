@@ -44,7 +44,7 @@ import torch
 
 from avfeat.common import one_line, replace_durably, write_output_file
 from avfeat.errors import AvfeatError, InputError, QueryError
-from avfeat.index.vectors import project_audio, project_visual
+from avfeat.index.vectors import heads_device, project_audio, project_visual
 
 DEFAULT_MAX_OFFSET = 2.0
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")  # what ``--out`` writes, by the file's suffix
@@ -104,11 +104,13 @@ def frame_scores(
     if total == 0 or len(visual_tokens) == 0:
         raise QueryError("the video is too short to compare its audio and frames")
     best = []
+    device = heads_device(heads)  # the products run where the heads are (a GPU when present)
+    audio_there = audio.to(device)
     for begin in range(0, len(visual_tokens), chunk):
         frames = visual_tokens[begin : begin + chunk]
-        patches = (torch.as_tensor(frames) if projected else project_visual(heads, frames))[:, 1:]  # (c, P, D)
-        band = audio[(bases[begin : begin + chunk, None] + steps).clamp(0, total - 1)]  # (c, band, D)
-        best.append(torch.einsum("cld,cpd->clp", band, patches).amax(dim=-1).double())  # best patch per token
+        patches = (torch.as_tensor(frames) if projected else project_visual(heads, frames))[:, 1:].to(device)  # (c, P, D)
+        band = audio_there[(bases[begin : begin + chunk, None] + steps).clamp(0, total - 1).to(device)]  # (c, band, D)
+        best.append(torch.einsum("cld,cpd->clp", band, patches).amax(dim=-1).double().cpu())  # best patch per token
     best = torch.cat(best)  # (F, band): small, F × (4·max_offset·rate + span)
     positions = bases[:, None] + steps
     inside = (positions >= 0) & (positions < total)

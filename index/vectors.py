@@ -37,22 +37,30 @@ def other(modality: str) -> str:
     return VISUAL if modality == AUDIO else AUDIO
 
 
+def heads_device(heads) -> torch.device:
+    return next(heads.parameters()).device
+
+
 @torch.no_grad()
 def project_audio(heads, tokens: np.ndarray, chunk: int = 16384) -> torch.Tensor:
-    """(T, D_a) cached or fresh tokens → (T, dim) float32 unit vectors."""
+    """(T, D_a) cached or fresh tokens → (T, dim) float32 unit vectors, on the CPU (computed on
+    the heads' device)."""
     x = torch.as_tensor(np.asarray(tokens), dtype=torch.float32)
     if len(x) == 0:
         return torch.zeros(0, heads.config.dim)
-    return torch.cat([heads.project_audio(x[i : i + chunk]).float() for i in range(0, len(x), chunk)])
+    device = heads_device(heads)
+    return torch.cat([heads.project_audio(x[i : i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)])
 
 
 @torch.no_grad()
 def project_visual(heads, tokens: np.ndarray, chunk: int = 64) -> torch.Tensor:
-    """(F, 1 + P, D_v) tokens → (F, 1 + P, dim) float32 unit vectors."""
+    """(F, 1 + P, D_v) tokens → (F, 1 + P, dim) float32 unit vectors, on the CPU (computed on the
+    heads' device)."""
     x = torch.as_tensor(np.asarray(tokens), dtype=torch.float32)
     if len(x) == 0:
         return torch.zeros(0, 1, heads.config.dim)
-    return torch.cat([heads.project_visual(x[i : i + chunk]).float() for i in range(0, len(x), chunk)])
+    device = heads_device(heads)
+    return torch.cat([heads.project_visual(x[i : i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)])
 
 
 @torch.no_grad()
