@@ -232,6 +232,7 @@ def test_bad_audit_input_is_one_line(small_cache, tmp_path, tables, args, fragme
     assert not (tmp_path / "heads" / "config.json").exists()
 
 
+@pytest.mark.slow  # two training processes: 40 s on 2 cores
 def test_two_processes_train_like_one_with_weights_and_exclusion(small_cache, tmp_path):
     from .test_distributed import TRAIN as TRAIN_2, assert_same_run
 
