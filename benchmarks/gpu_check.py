@@ -50,9 +50,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("corpus", "backbones", "extract", "train", "index", "searcher", "scores", "faiss")
+STAGES = ("corpus", "backbones", "extract", "train", "index", "searcher", "audit", "scores", "faiss")
 # Stages that need another's output.
-NEEDS = {"extract": "corpus", "train": "extract", "index": "train", "searcher": "index"}
+NEEDS = {"extract": "corpus", "train": "extract", "index": "train", "searcher": "index", "audit": "train"}
 H100_BF16_DENSE_TFLOPS = 989.0
 MIN_STAGE_SECONDS = 15  # a stage is not started with less of the budget left
 
@@ -111,7 +111,7 @@ class Sizes:
     boxes: dict | None = None
 
     def __post_init__(self):
-        default = {"corpus": 120, "backbones": 120, "extract": 180, "train": 150, "index": 90, "searcher": 90, "scores": 120, "faiss": 150}
+        default = {"corpus": 120, "backbones": 120, "extract": 180, "train": 150, "index": 90, "searcher": 90, "audit": 90, "scores": 120, "faiss": 150}
         self.boxes = {**default, **(self.boxes or {})}
 
 
@@ -123,7 +123,7 @@ def small_sizes() -> Sizes:
         model_seconds=0.5, train_batch=4, train_steps=6, train_passes=3, window=1.0, dim=32, search_queries=3,
         scores_b=16, scores_t=50, scores_frames=2, scores_patches=16, scores_d=32, scores_repeats=2,
         faiss_n=5_000, faiss_dim=64, faiss_queries=200, faiss_single=20,
-        boxes={"corpus": 60, "backbones": 60, "extract": 90, "train": 90, "index": 60, "searcher": 60, "scores": 60, "faiss": 60},
+        boxes={"corpus": 60, "backbones": 60, "extract": 90, "train": 90, "index": 60, "searcher": 60, "audit": 60, "scores": 60, "faiss": 60},
     )
 
 
@@ -395,6 +395,21 @@ def stage_searcher(ctx: dict) -> dict:
     searcher.search_vectors(vectors, "visual", k=10)
     out["search_vectors_per_s"] = sig(len(vectors) / (time.perf_counter() - started))
     return out
+
+
+def stage_audit(ctx: dict) -> dict:
+    """`avfeat audit` of the extracted cache with the trained heads (projections and the sync
+    search's products on the device)."""
+    import pyarrow.parquet as pq
+
+    work = Path(ctx["work"])
+    started = time.perf_counter()
+    cli("audit", work / "cache", "--heads", work / "heads", "--out", work / "audit.parquet", "--device", ctx["device"], "--overwrite", "--quiet")
+    wall_s = time.perf_counter() - started
+    rows = pq.read_table(work / "audit.parquet").to_pylist()
+    hours = sum(r["duration"] for r in rows) / 3600
+    return {"device": ctx["device"], "videos": len(rows), "media_hours": round(hours, 4), "wall_s": round(wall_s, 2),
+            "seconds_per_media_hour": sig(wall_s / hours) if hours else None}
 
 
 def stage_scores(ctx: dict) -> dict:

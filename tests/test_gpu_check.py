@@ -24,6 +24,7 @@ STAGE_KEYS = {
     "train": {"windows_per_s", "peak_memory_gib", "peak_memory_source", "batch_size"},
     "index": {"wall_s", "faiss", "audio", "visual"},
     "searcher": {"audio_query_ms", "visual_query_ms", "search_vectors_per_s"},
+    "audit": {"videos", "wall_s", "seconds_per_media_hour"},
     "scores": {"geometry", "chunked_forward", "chunked_forward_backward", "naive_forward", "naive_forward_backward",
                "naive_over_chunked_forward", "naive_over_chunked_forward_backward"},
     "faiss": {"backend", "build_s", "queries_per_s_batched", "queries_per_s_single", "factory"},
