@@ -6,14 +6,16 @@ and frame times of one file can be compared directly even when the streams start
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 # Named failure statuses a decode can end with (recorded in the manifest).
 EMPTY_FILE = "empty_file"  # zero bytes
@@ -49,6 +51,14 @@ class DecodeSpec:
     Frames are scaled by libswscale straight to the model's input geometry: either so that the
     shorter side is ``shortest_edge`` pixels (aspect kept) or to exactly ``size`` (h, w); then
     centre-cropped to ``crop`` (h, w) when given.
+
+    ``mode`` chooses which frame serves each target time ``k / fps``:
+
+    - ``"exact"`` (default): the frame on screen at that time (the last frame with pts <= t_k);
+    - ``"keyframes"``: the last *keyframe* with pts <= t_k. Only keyframes are decoded (FFmpeg's
+      ``skip_frame=NONKEY``), which is several times cheaper, but a frame can be up to one GOP
+      (often 2-10 s) older than its target. ``frame_times`` still carry each frame's own
+      timestamp, so time-based reads stay correct; a cache must record the mode it used.
     """
 
     sample_rate: int = 16000
@@ -56,6 +66,45 @@ class DecodeSpec:
     shortest_edge: int | None = 256
     size: tuple[int, int] | None = None
     crop: tuple[int, int] | None = (224, 224)
+    mode: str = "exact"
+
+
+# DecodeSpec.mode values.
+EXACT = "exact"
+KEYFRAMES = "keyframes"
+DECODE_MODES = (EXACT, KEYFRAMES)
+
+
+@dataclass(frozen=True)
+class DecodeTuning:
+    """How ``decode`` spends CPU; none of these change its output (tests hold them to that).
+
+    Attributes:
+        skip_unused: in exact mode, let the video decoder skip a *non-reference* frame (FFmpeg
+            ``skip_frame=NONREF``, set per packet) when its timestamp proves that no sampling
+            target can fall on it: a later frame is already known and no target lies between
+            the two. Nothing references such a frame, so every other frame decodes to the same
+            pixels. The frames around each skip are checked as they come out; when a skipped
+            one could have served a target (timestamps out of order, a packet that decoded to
+            nothing) the file is decoded again without skipping. Only decoders that read
+            ``skip_frame`` per packet are asked (``_SKIP_CODECS``).
+        scaler_threads: libswscale threads per conversion (0: one per core, FFmpeg's default).
+            One is cheaper per core and gives the same pixels; workers already run in parallel.
+        reuse_scaler: keep one libswscale context per file instead of one per sampled frame.
+    """
+
+    skip_unused: bool = True
+    scaler_threads: int = 1
+    reuse_scaler: bool = True
+
+
+# The decode path before DecodeTuning existed (every frame decoded, one scaler per frame, scaler
+# threads picked by FFmpeg): the reference for tests and benchmarks/decode.py.
+REFERENCE_TUNING = DecodeTuning(skip_unused=False, scaler_threads=0, reuse_scaler=False)
+# Decoders that check AVCodecContext.skip_frame for each packet as it is decoded (FFmpeg's own
+# h264, hevc, mpeg-4 part 2, mpeg-1/2 and vp8); others (libdav1d reads it once at open) decode
+# everything in exact mode.
+_SKIP_CODECS = frozenset({"h264", "hevc", "mpeg4", "mpeg1video", "mpeg2video", "vp8"})
 
 
 @dataclass
@@ -80,6 +129,8 @@ AUDIO_GAP_FILL = 0.1
 THREADS_ENV = "AVFEAT_DECODE_THREADS"
 # Tolerance (seconds) when comparing frame timestamps with sampling targets.
 _EPS = 1e-6
+# Safety margin (seconds) of the skip rule: a frame this close to a target is always decoded.
+_SKIP_MARGIN = 1e-4
 
 
 def resize_geometry(height: int, width: int, spec: DecodeSpec) -> tuple[int, int]:
@@ -120,14 +171,20 @@ def center_crop(image: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
 
 
 def decode(path: str | os.PathLike, spec: DecodeSpec, *, threads: int | None = None,
-           start: float | None = None, end: float | None = None) -> DecodedMedia:
+           start: float | None = None, end: float | None = None,
+           tuning: DecodeTuning | None = None) -> DecodedMedia:
     """Decode a media file into mono audio at ``spec.sample_rate`` and frames sampled at ``spec.fps``.
 
     One demux pass reads the best audio and video streams. Frames are chosen by their own
     timestamps: for each target ``t_k = k / fps`` before the end of the video, the frame on
     screen at ``t_k`` (the last one with pts <= t_k, or the first frame for targets before it);
     a frame is taken once, so ``frame_times`` strictly increase. Only chosen frames are
-    converted, by libswscale, straight to the model geometry.
+    converted, by libswscale, straight to the model geometry. With ``spec.mode="keyframes"``
+    only keyframes are decoded and each target gets the last keyframe at or before it (its
+    own time in ``frame_times``).
+
+    In exact mode, non-reference frames that no target can fall on are not decoded at all
+    (see ``DecodeTuning``); the output is bit-identical to decoding every frame.
 
     Audio is resampled by libswresample to mono float32. Timestamp jumps larger than
     ``AUDIO_GAP_FILL`` seconds are filled with silence; smaller jitter and overlaps are simply
@@ -150,16 +207,27 @@ def decode(path: str | os.PathLike, spec: DecodeSpec, *, threads: int | None = N
         threads: video decoder threads; None reads ``AVFEAT_DECODE_THREADS`` (default 1),
             because decoding normally runs in several worker processes already.
         start, end: the segment to decode (None: the file's start / end).
+        tuning: CPU-saving switches that keep the output (default ``DecodeTuning()``);
+            ``REFERENCE_TUNING`` is the plain path, for tests and benchmarks.
 
     Raises:
         MediaError: with one of the named statuses when the file cannot be used.
     """
     _check_spec(spec)
+    tuning = tuning or DecodeTuning()
+    threads = _thread_count(threads)
+    try:
+        with _open_checked(os.fspath(path)) as container:
+            return _decode_container(container, spec, threads, start, end, tuning)
+    except _SkipMiss:  # rare (timestamps out of order, frames that decode to nothing): no skipping
+        pass
     with _open_checked(os.fspath(path)) as container:
-        return _decode_container(container, spec, _thread_count(threads), start, end)
+        return _decode_container(container, spec, threads, start, end, replace(tuning, skip_unused=False))
 
 
 def _check_spec(spec: DecodeSpec) -> None:
+    if spec.mode not in DECODE_MODES:
+        raise ValueError(f"DecodeSpec.mode must be one of {', '.join(DECODE_MODES)}, got {spec.mode!r}")
     if not spec.fps > 0 or not math.isfinite(spec.fps):
         raise ValueError(f"DecodeSpec.fps must be a positive number, got {spec.fps!r}")
     if int(spec.sample_rate) <= 0:
@@ -200,7 +268,8 @@ def _pick_stream(container, kind: str):
 _SEEK_MARGIN = 1.0
 
 
-def _decode_container(container, spec: DecodeSpec, threads: int, start: float | None = None, end: float | None = None) -> DecodedMedia:
+def _decode_container(container, spec: DecodeSpec, threads: int, start: float | None = None, end: float | None = None,
+                      tuning: DecodeTuning = REFERENCE_TUNING) -> DecodedMedia:
     astream = _pick_stream(container, "audio")
     vstream = _pick_stream(container, "video")
     if astream is None:
@@ -216,9 +285,18 @@ def _decode_container(container, spec: DecodeSpec, threads: int, start: float | 
     else:
         vstream.codec_context.thread_count = 1
 
+    vcontext = vstream.codec_context
+    keyframes = spec.mode == KEYFRAMES
+    if keyframes:
+        vcontext.skip_frame = "NONKEY"  # the decoder drops every other frame before decoding it
+    # Exact mode: per packet, let the decoder drop the frame when it is a non-reference frame
+    # that no target can fall on (see DecodeTuning.skip_unused).
+    skipper = tuning.skip_unused and not keyframes and vcontext.name in _SKIP_CODECS
+    skipping = False
+
     origin = _timeline_origin(container, astream, vstream)
     audio = _AudioCollector(int(spec.sample_rate), origin)
-    video = _FrameSampler(spec, origin, vstream.time_base, start, end)
+    video = _FrameSampler(spec, origin, vstream.time_base, start, end, tuning=tuning)
     a_index, v_index = astream.index, vstream.index
     if start:
         try:  # to the keyframe before; a file that cannot seek is decoded from its start
@@ -229,6 +307,13 @@ def _decode_container(container, spec: DecodeSpec, threads: int, start: float | 
     try:
         for packet in container.demux(astream, vstream):
             index = packet.stream_index
+            if index == v_index:
+                video.saw_packet(packet)
+                if skipper:
+                    unused = video.unused(packet)
+                    if unused != skipping:
+                        vcontext.skip_frame = "NONREF" if unused else "DEFAULT"
+                        skipping = unused
             for frame in packet.decode():
                 if index == a_index:
                     audio.add(frame)
@@ -361,11 +446,22 @@ class _AudioCollector:
         return np.ascontiguousarray(np.concatenate(self.chunks), dtype=np.float32)
 
 
-class _FrameSampler:
-    """Picks the frame on screen at each target time k / fps and converts only those."""
+class _SkipMiss(Exception):
+    """A skipped frame may have been needed: decode the file again without skipping."""
 
-    def __init__(self, spec: DecodeSpec, origin: Fraction, time_base, start: float | None = None, end: float | None = None):
+
+class _FrameSampler:
+    """Picks the frame on screen at each target time k / fps and converts only those.
+
+    In keyframe mode it sees only keyframes (others are skipped by the decoder, and any that a
+    decoder still returns are ignored here), and the video's end comes from the packets.
+    """
+
+    def __init__(self, spec: DecodeSpec, origin: Fraction, time_base, start: float | None = None, end: float | None = None,
+                 *, tuning: DecodeTuning = REFERENCE_TUNING):
         self.spec = spec
+        self.tuning = tuning
+        self.keyframes = spec.mode == KEYFRAMES
         self.fps = float(spec.fps)
         self.end = end
         self.done = False  # a segment's end has been passed
@@ -384,19 +480,114 @@ class _FrameSampler:
         self._gap: float | None = None  # the last interval between frames
         self._taken: float | None = None  # time of the last converted frame
         self._geometry: tuple[int, int] | None = None
+        self._scaler = None  # one libswscale context for the file (DecodeTuning.reuse_scaler)
+        self._scaler_threads = True  # False: this PyAV's reformat takes no ``threads``
+        self._seen: list[float] = []  # sorted video packet times above the last frame's (skip rule)
+        self._asked: list[float] = []  # sorted times of packets the decoder may have skipped
+        self._asked_any = False
+        self._skipped_last = False  # frames were skipped just before the last frame taken in
+        self._no_skip = False  # timestamps this stream has make the skip rule unsafe
+        self._packet_end: float | None = None  # end of the video from its packets (keyframe mode)
+        self._last_packet: float | None = None
+
+    def saw_packet(self, packet) -> None:
+        """Keyframe mode: follow the video's end from its packets, since most frames are skipped."""
+        if not self.keyframes or packet.pts is None:
+            return
+        time_base = packet.time_base or self.time_base
+        t = float(packet.pts * time_base - self.origin)
+        step = float(packet.duration * time_base) if packet.duration else None
+        if step is None and self._last_packet is not None and t > self._last_packet:
+            step = t - self._last_packet
+        self._last_packet = t
+        end = t + (step or 0.0)
+        self._packet_end = end if self._packet_end is None else max(self._packet_end, end)
+
+    def unused(self, packet) -> bool:
+        """True when this packet's frame can serve no target, so the decoder may skip it if
+        nothing references it.
+
+        A frame at ``p`` serves the targets in [p, next frame's time). Once a packet at
+        ``q > p`` has been seen, the next frame comes at or before ``q``, so no target in
+        [p, q) proves the frame unused whatever packets follow. B-frames arrive after the
+        frames around them, so ``q`` is usually the very next frame. Never before the first
+        frame is out (targets before it take the first frame), nor at or past a segment's
+        end, nor once a packet without a timestamp or a frame out of order has shown up.
+        """
+        if self._no_skip:
+            return False
+        if packet.pts is None:
+            if packet.size:  # (the demuxer's final empty packet only flushes the decoder)
+                self._no_skip = True  # frame times get guessed from their neighbours
+            return False
+        time_base = packet.time_base or self.time_base
+        if time_base is None:
+            return False
+        p = float(packet.pts * time_base - self.origin)
+        seen = self._seen
+        i = bisect.bisect_right(seen, p)
+        seen.insert(i, p)
+        if self._prev_time is None or p <= self._prev_time or i + 1 >= len(seen):
+            return False
+        if self.end is not None and p >= self.end - _SKIP_MARGIN:
+            return False
+        if len(seen) > 512:  # times at or below the last frame's can never be a later q
+            del seen[: bisect.bisect_right(seen, self._prev_time)]
+            i = bisect.bisect_right(seen, p) - 1
+        q = seen[i + 1]
+        if self._target_in(p, q):
+            return False
+        bisect.insort(self._asked, p)
+        self._asked_any = True
+        return True
+
+    def _target_in(self, low: float, high: float) -> bool:
+        """Whether a target k / fps may lie in [low, high), with the skip rule's margin."""
+        first = math.ceil((low - _SKIP_MARGIN) * self.fps)
+        return first / self.fps < high + _SKIP_MARGIN
+
+    def _check_skips(self, t: float | None) -> bool:
+        """Verify the skips before a frame at ``t`` (None: no timestamp) comes in.
+
+        The frames skipped between the previous frame and this one would have served the
+        targets in [the first of them, t), had they been decoded; when one may lie there, or
+        the frames stop coming in time order, raise ``_SkipMiss`` so that ``decode`` starts the
+        file again without skipping. (Frames the decoder did not skip come out at their own
+        time and are taken off the list.) Returns whether frames were skipped just before it.
+        """
+        if not self._asked_any:
+            return False
+        if t is None or (self._prev_time is not None and t <= self._prev_time):
+            raise _SkipMiss
+        n = bisect.bisect_right(self._asked, t)
+        gone = self._asked[:n]
+        del self._asked[:n]
+        if gone and gone[-1] == t:
+            gone.pop()  # a reference frame: decoded after all
+        if gone and self._target_in(gone[0], t):
+            raise _SkipMiss
+        return bool(gone)
 
     def add(self, frame) -> None:
+        if self.keyframes and not frame.key_frame:
+            return  # a decoder that ignores skip_frame
         self.count += 1
         if self.width is None:
             self.width, self.height = frame.width, frame.height
         time_base = frame.time_base or self.time_base
         if frame.pts is not None and time_base is not None:
             t = float(frame.pts * time_base - self.origin)
+            skipped = self._check_skips(t)
+        elif self._asked_any:
+            self._check_skips(None)  # raises: a time guessed from the previous frame may differ
         elif self._prev_time is not None:  # no timestamp: assume it follows the previous frame
             t = self._prev_time + (self._prev_duration or self._gap or 1.0 / self.fps)
+            skipped = False
         else:
             t = 0.0
+            skipped = False
         if self._prev_time is not None and t <= self._prev_time:
+            self._no_skip = True  # the skip rule assumes frames come out in time order
             return  # out of order or duplicate timestamp: never on screen in timeline order
         if self.end is not None and t >= self.end - _EPS:
             if not self.done:  # the frame on screen at the segment's last targets is served
@@ -407,16 +598,24 @@ class _FrameSampler:
         if self._prev_time is not None:
             self._gap = t - self._prev_time
         self._prev, self._prev_time = frame, t
+        self._skipped_last = skipped
         duration = getattr(frame, "duration", None)
         self._prev_duration = float(duration * time_base) if duration and time_base is not None else None
 
     def end_time(self) -> float:
-        """End of the video on the timeline: last frame time plus one frame duration."""
+        """End of the video on the timeline: last frame time plus one frame duration (in
+        keyframe mode: the last packet's, since the frames seen are only the keyframes)."""
         if self._prev_time is None:
             return 0.0
+        if self.keyframes and self._packet_end is not None:
+            return max(self._prev_time, self._packet_end)
         return self._prev_time + (self._prev_duration or self._gap or 0.0)
 
     def finish(self) -> None:
+        if self._asked or (self._skipped_last and self._prev_duration is None):
+            # Skipped frames after the last one decoded, or between the last two when the end
+            # comes from their interval: the end of the video may differ.
+            raise _SkipMiss
         if self._prev is not None and not self.done:
             limit = self.end_time() if self.end is None else min(self.end_time(), self.end)
             self._serve_before(limit, None)
@@ -443,13 +642,33 @@ class _FrameSampler:
             return
         if self._geometry is None:
             self._geometry = resize_geometry(frame.height, frame.width, self.spec)
-        h, w = self._geometry
-        image = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
+        image = self._convert(frame).to_ndarray()
         if self.spec.crop is not None:
             image = center_crop(image, self.spec.crop)
         self.arrays.append(np.ascontiguousarray(image))
         self.times.append(t)
         self._taken = t
+
+    def _convert(self, frame):
+        """libswscale: straight from the decoder's format and size to RGB at the model geometry."""
+        h, w = self._geometry
+        options = {"width": w, "height": h, "format": "rgb24", "interpolation": "BICUBIC"}
+        if self.tuning.scaler_threads and self._scaler_threads:
+            options["threads"] = int(self.tuning.scaler_threads)
+        if self.tuning.reuse_scaler:
+            if self._scaler is None:
+                self._scaler = VideoReformatter()
+            convert = lambda **kw: self._scaler.reformat(frame, **kw)  # noqa: E731
+        else:
+            convert = frame.reformat
+        try:
+            return convert(**options)
+        except TypeError:  # PyAV before ``threads``: FFmpeg's default
+            if "threads" not in options:
+                raise
+            self._scaler_threads = False
+            del options["threads"]
+            return convert(**options)
 
 
 @contextlib.contextmanager
