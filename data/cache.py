@@ -7,6 +7,11 @@ Layout of a cache directory::
                                     visual/times (sum F,), concatenated over the shard's videos
     manifest/part-NNNNN.parquet     one row per input video of that shard (ok or failed)
 
+Tokens are stored as float16 (the default) or, with ``extract --storage int8``, as int8 with one
+float32 scale per token vector beside them (``audio/scale`` (sum T_a,), ``visual/scale``
+(sum F, 1+P)): symmetric per-token quantization, dequantized by every read here, so readers get
+float tokens either way. The scales live in the shard with the tokens, never in code.
+
 A shard and its manifest part are one commit: the HDF5 file is written as ``*.tmp``, closed,
 verified and renamed, then the manifest part is written the same way. A shard without a
 manifest part does not exist (it is deleted when a writer opens the cache). When the same
@@ -42,6 +47,34 @@ _SHARD_RE = re.compile(r"shard-(\d{5,})\.h5$")
 _PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
 _CHUNK_BYTES = 512 * 1024  # HDF5 chunk target: a few windows per read, well under the 1 MiB chunk cache
 _METADATA_ROOM = 256 * 1024  # a shard's HDF5 metadata (headers, attributes) is a few KiB
+
+
+# cache.json keys added after caches already existed, and what a cache without them holds.
+CONFIG_DEFAULTS = {"storage": "float16", "pool_patches": 1}
+INT8_LEVELS = 127  # symmetric: q in [-127, 127], so -x quantizes to -q
+
+
+def quantize_int8(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token symmetric int8 quantization of ``tokens`` (..., D): for each token vector x,
+    scale = max|x| / 127 and q = round(x / scale), so |q * scale - x| <= scale / 2 per element.
+    A token of zeros gets scale 0 (and q 0). Returns (q int8 (..., D), scale float32 (...)).
+
+    Raises:
+        ValueError: the tokens hold NaN or inf (the writer records such a video as non_finite first).
+    """
+    x = np.asarray(tokens, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("cannot quantize non-finite tokens (NaN or inf)")
+    scale = (np.abs(x).max(axis=-1) / np.float32(INT8_LEVELS)).astype(np.float32) if x.shape[-1] else np.zeros(x.shape[:-1], np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1))[..., None]
+    q = np.clip(np.rint(x / safe), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
+    return q, scale
+
+
+def dequantize_int8(q: np.ndarray, scale: np.ndarray, dtype="float32") -> np.ndarray:
+    """The float tokens of :func:`quantize_int8`'s (q, scale), computed in float32, returned in ``dtype``."""
+    values = q.astype(np.float32) * np.asarray(scale, dtype=np.float32)[..., None]
+    return values if np.dtype(dtype) == np.float32 else values.astype(dtype)
 
 
 def shard_name(index: int) -> str:
@@ -212,10 +245,13 @@ def check_config(root: str | Path, config: dict, only_given_keys: bool = False) 
     if layout.root.exists() and not layout.root.is_dir():
         raise CacheError(f"output {layout.root} exists and is not a directory")
     if layout.config_path.exists():
-        stored = read_config(layout)
+        # A config without the later keys (a cache of before --storage) is float16, unpooled.
+        stored = {**CONFIG_DEFAULTS, **read_config(layout)}
         stored.pop("avfeat_version", None)
         if only_given_keys:
             stored = {k: v for k, v in stored.items() if k in config}
+        else:
+            config = {**CONFIG_DEFAULTS, **config}
         diff = _config_diff(stored, config)
         if diff:
             raise CacheError(
@@ -302,10 +338,13 @@ class ShardWriter:
     """
 
     def __init__(self, layout: CacheLayout, index: int, audio_dim: int, visual_tokens_per_frame: int, visual_dim: int,
-                 attrs: dict[str, Any], dtype: str = "float16"):
+                 attrs: dict[str, Any], dtype: str = "float16", storage: str = "float16"):
         import h5py
 
-        self.layout, self.index, self.attrs, self.dtype = layout, index, attrs, dtype
+        if storage not in ("float16", "int8"):
+            raise CacheError(f"unknown token storage {storage!r} (float16, int8)")
+        self.layout, self.index, self.attrs, self.dtype, self.storage = layout, index, attrs, dtype, storage
+        self.quantized = storage == "int8"
         if "compute_dtype" in attrs:
             check_compute_dtype(layout, attrs["compute_dtype"])
         self.records: list[VideoRecord] = []
@@ -314,9 +353,18 @@ class ShardWriter:
         self._file = h5py.File(self.tmp_path, "w")
         self._reserve_fd: int | None = os.open(self.tmp_path, os.O_WRONLY)
         self._reserved = 0
-        self._audio = self._dataset("audio/tokens", (audio_dim,))
-        self._visual = self._dataset("visual/tokens", (visual_tokens_per_frame, visual_dim))
+        stored = "int8" if self.quantized else dtype
+        self._audio = self._dataset("audio/tokens", (audio_dim,), stored)
+        self._visual = self._dataset("visual/tokens", (visual_tokens_per_frame, visual_dim), stored)
         self._times = self._file.create_dataset("visual/times", shape=(0,), maxshape=(None,), dtype="float64", chunks=(4096,))
+        # int8: one float32 scale per token, chunked by the tokens' rows so a window reads both alike.
+        self._audio_scale = self._visual_scale = None
+        if self.quantized:
+            self._audio_scale = self._file.create_dataset(
+                "audio/scale", shape=(0,), maxshape=(None,), dtype="float32", chunks=(self._audio.chunks[0],))
+            self._visual_scale = self._file.create_dataset(
+                "visual/scale", shape=(0, visual_tokens_per_frame), maxshape=(None, visual_tokens_per_frame), dtype="float32",
+                chunks=(self._visual.chunks[0], visual_tokens_per_frame))
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -331,11 +379,11 @@ class ShardWriter:
             self.abort()  # a commit that fails (a full disk) leaves no temp and no part behind
             raise
 
-    def _dataset(self, name: str, row_shape: tuple[int, ...]):
-        row_bytes = int(np.prod(row_shape)) * np.dtype(self.dtype).itemsize
+    def _dataset(self, name: str, row_shape: tuple[int, ...], dtype: str):
+        row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
         rows = max(1, _CHUNK_BYTES // row_bytes)
         return self._file.create_dataset(
-            name, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=self.dtype, chunks=(rows, *row_shape)
+            name, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=dtype, chunks=(rows, *row_shape)
         )
 
     def _reserve(self, dataset=None, rows: int = 0) -> None:
@@ -351,7 +399,9 @@ class ShardWriter:
             return
         # Every chunk the datasets will span is stored whole, plus room for metadata.
         target = _METADATA_ROOM
-        for each in (self._audio, self._visual, self._times):
+        for each in (self._audio, self._visual, self._times, self._audio_scale, self._visual_scale):
+            if each is None:
+                continue
             chunk_rows = each.chunks[0]
             count = -(-(each.shape[0] + (rows if each is dataset else 0)) // chunk_rows)
             target += count * (chunk_rows * int(np.prod(each.shape[1:])) * each.dtype.itemsize + 1024)
@@ -382,13 +432,19 @@ class ShardWriter:
         Tokens that are not finite (a backbone that overflowed, in float16 storage too) are
         never written: the video is recorded as ``non_finite`` instead, and the job goes on.
         """
+        stored = "float32" if self.quantized else self.dtype  # int8 is quantized from the float32 tokens
         with np.errstate(over="ignore"):  # an overflow is what the check below reports
-            audio = audio.astype(self.dtype, copy=False)
-            visual = visual.astype(self.dtype, copy=False)
+            audio = audio.astype(stored, copy=False)
+            visual = visual.astype(stored, copy=False)
         if not (np.isfinite(audio).all() and np.isfinite(visual).all()):
             where = "audio" if not np.isfinite(audio).all() else "visual"
-            self.add_failure(record, NON_FINITE, f"the {where} backbone gave non-finite tokens (NaN or inf, in {self.dtype})")
+            self.add_failure(record, NON_FINITE, f"the {where} backbone gave non-finite tokens (NaN or inf, in {stored})")
             return
+        if self.quantized:
+            audio, audio_scale = quantize_int8(audio)
+            visual, visual_scale = quantize_int8(visual)
+            self._append(self._audio_scale, audio_scale)
+            self._append(self._visual_scale, visual_scale)
         audio_offset = self._append(self._audio, audio)
         visual_offset = self._append(self._visual, visual)
         self._append(self._times, np.asarray(frame_times, dtype=np.float64))
@@ -409,8 +465,9 @@ class ShardWriter:
         for key, value in self.attrs.items():
             self._file.attrs[key] = value if not isinstance(value, (dict, list)) else json.dumps(value)
         self._file.attrs["avfeat_version"] = __version__
+        self._file.attrs["storage"] = self.storage  # also in attrs (from cache.json), and set here for writers given none
         self._reserve()
-        self._audio = self._visual = self._times = None
+        self._audio = self._visual = self._times = self._audio_scale = self._visual_scale = None
         self._file.flush()
         end = self._file.id.get_filesize()  # HDF5's end of file; beyond it lie reserved blocks
         self._file.close()
@@ -423,6 +480,8 @@ class ShardWriter:
                 raise CacheError(f"shard {self.tmp_path} failed verification (row counts differ from the manifest)")
             if visual_rows != check["visual/times"].shape[0]:
                 raise CacheError(f"shard {self.tmp_path} failed verification (frame times)")
+            if self.quantized and (check["audio/scale"].shape[0] != audio_rows or check["visual/scale"].shape[0] != visual_rows):
+                raise CacheError(f"shard {self.tmp_path} failed verification (int8 scales)")
         checksum = {"shard_sha256": file_sha256(self.tmp_path), "shard_bytes": self.tmp_path.stat().st_size}
         replace_durably(self.tmp_path, self.final_path)
 
@@ -443,7 +502,7 @@ class ShardWriter:
 
     def abort(self) -> None:
         # Drop the dataset handles first: HDF5 must not flush them later into a file that is gone.
-        self._audio = self._visual = self._times = None
+        self._audio = self._visual = self._times = self._audio_scale = self._visual_scale = None
         if self._file.id.valid:
             self._file.close()
         self._release_reservation()
@@ -557,19 +616,39 @@ class Cache:
 
     # ---- reads by index ----------------------------------------------------------------------
 
+    @property
+    def token_dtype(self) -> np.dtype:
+        """The float dtype reads return (cache.json's storage_dtype: float16 unless set), for
+        float16 and int8 storage alike."""
+        return np.dtype(self.config.get("storage_dtype", "float16"))
+
+    def _tokens(self, shard: int, modality: str, begin: int, stop: int) -> np.ndarray:
+        """Rows [begin, stop) of a shard's ``modality/tokens``, dequantized when the shard holds
+        int8 tokens with their ``modality/scale`` (the shard says, not the config)."""
+        handle = self._shard(shard)
+        tokens = handle[f"{modality}/tokens"][begin:stop]
+        if tokens.dtype != np.int8:
+            return tokens
+        try:
+            scale = handle[f"{modality}/scale"][begin:stop]
+        except KeyError:
+            raise CacheError(f"shard {handle.filename} holds int8 {modality} tokens without their {modality}/scale; re-extract it") from None
+        return dequantize_int8(tokens, scale, self.token_dtype)
+
     def read_audio(self, video: str | VideoRecord, first: int = 0, stop: int | None = None) -> np.ndarray:
-        """(stop - first, D_a) audio tokens by index within the video."""
+        """(stop - first, D_a) audio tokens by index within the video (float; int8 storage is dequantized)."""
         record = self._resolve(video)
         stop = record.audio_length if stop is None else stop
         begin = record.audio_offset
-        return self._shard(record.shard)["audio/tokens"][begin + first : begin + stop]
+        return self._tokens(record.shard, "audio", begin + first, begin + stop)
 
     def read_frames(self, video: str | VideoRecord, first: int = 0, stop: int | None = None) -> np.ndarray:
-        """(stop - first, 1 + P, D_v) visual tokens (CLS first) by frame index within the video."""
+        """(stop - first, 1 + P, D_v) visual tokens (CLS first) by frame index within the video
+        (float; int8 storage is dequantized)."""
         record = self._resolve(video)
         stop = record.visual_length if stop is None else stop
         begin = record.visual_offset
-        return self._shard(record.shard)["visual/tokens"][begin + first : begin + stop]
+        return self._tokens(record.shard, "visual", begin + first, begin + stop)
 
     def read_windows(self, windows, geometry) -> tuple[np.ndarray, np.ndarray]:
         """A batch of windows (``avfeat.align.windows.Window``) → audio (B, T, D_a) and visual

@@ -141,7 +141,9 @@ class BackboneSpec:
     audio_layer: int = -1
     visual_layer: int = -1
     fps: float = 1.0
-    storage_dtype: str = "float16"
+    storage_dtype: str = "float16"  # the float dtype readers get
+    storage: str = "float16"  # on disk: float16, or int8 with per-token float32 scales (dequantized on read)
+    pool_patches: int = 1  # 2: the patch grid was pooled 2x2 at extract time (visual_grid is the pooled one)
     sample_rate: int = 16000
     audio_token_rate: float = 50.0
     audio_dim: int = 0
@@ -176,5 +178,8 @@ class BackboneSpec:
         """
         diff = [f"{k}: {mine.split()[0]} {getattr(self, k)!r}, {theirs.split()[0]} {getattr(other, k)!r}"
                 for k in _MATCH if getattr(self, k) != getattr(other, k)]
+        # Tokens per frame (CLS + patches, pooled or not): files of older avfeat may lack it (0).
+        if self.visual_tokens and other.visual_tokens and self.visual_tokens != other.visual_tokens:
+            diff.append(f"visual_tokens: {mine.split()[0]} {self.visual_tokens!r}, {theirs.split()[0]} {other.visual_tokens!r} (--pool-patches)")
         if diff:
             raise BackboneMismatchError(f"{mine} and {theirs} come from different backbones ({'; '.join(diff)})")

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+
+class Storage(str, Enum):
+    """How shards hold tokens (README "Compact storage")."""
+
+    float16 = "float16"
+    int8 = "int8"
+
+
+class PoolPatches(str, Enum):
+    """DINOv2 patches averaged in blocks of this side (1: none)."""
+
+    one = "1"
+    two = "2"
 
 # Exit status of `avfeat extract` when the job finished but some inputs are recorded as failed.
 EXIT_SOME_FAILED = 3
@@ -20,6 +35,8 @@ def extract(
     audio_layer: Optional[int] = typer.Option(None, help="Hidden layer to cache (-1: final output, 0: embeddings) [default: -1, or the cache's]."),
     visual_layer: Optional[int] = typer.Option(None, help="Hidden layer to cache (-1: final output with its layer norm) [default: -1, or the cache's]."),
     fps: Optional[float] = typer.Option(None, help="Frames per second to sample, by timestamp [default: 1, or the cache's]."),
+    storage: Optional[Storage] = typer.Option(None, "--storage", help="Token storage: float16, or int8 with one float32 scale per token (about half the bytes; read back as float16) [default: float16, or the cache's]."),
+    pool_patches: Optional[PoolPatches] = typer.Option(None, "--pool-patches", help="2: average each 2x2 block of DINOv2 patches (CLS kept): 1 + P/4 tokens per frame; the grid side must be even [default: 1, or the cache's]."),
     batch_size: int = typer.Option(32, min=1, help="Frames per visual forward pass."),
     workers: int = typer.Option(2, min=0, help="Decoding processes (0: decode in this process)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
@@ -52,7 +69,7 @@ def extract(
     from dataclasses import asdict
 
     from avfeat.common import OutputMode, check_number, prepare_output, resolve_device, writer_lock
-    from avfeat.data.cache import CACHE_OWN, CONFIG_FILE, check_compute_dtype, check_config
+    from avfeat.data.cache import CACHE_OWN, CONFIG_DEFAULTS, CONFIG_FILE, check_compute_dtype, check_config
     from avfeat.errors import InputError
     from avfeat.extract.encoder import Encoder, resolve_dtype
     from avfeat.extract.inputs import from_layout, list_inputs
@@ -77,9 +94,11 @@ def extract(
         mode = prepare_output(out, marker=CONFIG_FILE, kind="cache", resume=resume, overwrite=overwrite, own=CACHE_OWN)
         if repair:
             _repair(out, mode)
-        given = {"audio_model": audio_model, "visual_model": visual_model, "audio_layer": audio_layer, "visual_layer": visual_layer, "fps": fps}
+        given = {"audio_model": audio_model, "visual_model": visual_model, "audio_layer": audio_layer, "visual_layer": visual_layer, "fps": fps,
+                 "storage": storage.value if storage else None, "pool_patches": int(pool_patches.value) if pool_patches else None}
         given = {key: value for key, value in given.items() if value is not None}
-        stored = json.loads((out / CONFIG_FILE).read_text()) if mode is OutputMode.RESUME else {}
+        # A cache of before --storage/--pool-patches is float16 and unpooled (CONFIG_DEFAULTS).
+        stored = {**CONFIG_DEFAULTS, **json.loads((out / CONFIG_FILE).read_text())} if mode is OutputMode.RESUME else {}
         config = ExtractConfig(**{**{k: v for k, v in stored.items() if k in ExtractConfig.__dataclass_fields__}, **given})
         options = RunOptions(
             batch_size=batch_size, workers=workers, device=device, dtype=dtype, shard_size=shard_size,
@@ -145,6 +164,8 @@ def info(
             "shards_committed": len(store.layout.parts()),
             "bytes": size,
             "bytes_per_media_hour": size / hours if hours else None,
+            "storage": store.config.get("storage", "float16"),  # caches of before --storage hold float16
+            "pool_patches": int(store.config.get("pool_patches", 1)),
             "audio_tokens": sum(r.audio_length for r in ok),
             "frames": sum(r.visual_length for r in ok),
             "failures": [{"video_id": r.video_id, "path": r.path, "status": r.status, "error": r.error} for r in records if not r.ok],
@@ -164,6 +185,7 @@ def info(
     typer.echo(f"cache      {cache}")
     typer.echo(f"audio      {config['audio_model']} layer {config['audio_layer']} ({config['audio_dim']} dims, {config['audio_token_rate']:g} tokens/s)")
     typer.echo(f"visual     {config['visual_model']} layer {config['visual_layer']} ({config['visual_dim']} dims, {config['visual_tokens']} tokens/frame, {config['fps']:g} fps)")
+    typer.echo(f"tokens     {_storage_line(report)}")
     typer.echo(f"videos     {report['videos']} ({counts})")
     typer.echo(f"media      {hours:.3f} h, {report['audio_tokens']} audio tokens, {report['frames']} frames")
     per_hour = f", {report['bytes_per_media_hour'] / 2**20:.1f} MB per media-hour" if hours else ""
@@ -175,6 +197,16 @@ def info(
     for damage in damaged:
         typer.echo(damage.line())
     _refuse_damaged(cache, damaged, report["shards_committed"])
+
+
+def _storage_line(report: dict) -> str:
+    """What `info` says of the token storage and the patch pooling."""
+    read_as = report["config"].get("storage_dtype", "float16")
+    text = "stored as float16" if report["storage"] == "float16" else f"stored as {report['storage']} with per-token float32 scales, read as {read_as}"
+    if report["pool_patches"] > 1:
+        grid = "x".join(str(side) for side in report["config"].get("visual_grid") or [])
+        text += f"; patches pooled {report['pool_patches']}x{report['pool_patches']} ({grid} grid)"
+    return text
 
 
 def _refuse_damaged(cache: Path, damaged: list, shards: int, what: str = "missing or truncated") -> None:

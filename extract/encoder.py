@@ -25,7 +25,13 @@ class ExtractConfig:
     audio_layer: int = -1
     visual_layer: int = -1
     fps: float = 1.0
-    storage_dtype: str = "float16"
+    storage_dtype: str = "float16"  # the float dtype readers get (and float16 storage writes)
+    storage: str = "float16"  # how shards hold tokens: float16, or int8 with per-token float32 scales
+    pool_patches: int = 1  # 2: each 2x2 block of patches averaged right after the backbone (CLS kept)
+
+
+STORAGES = ("float16", "int8")
+POOL_FACTORS = (1, 2)
 
 
 class Encoder:
@@ -41,6 +47,20 @@ class Encoder:
         self.audio = load_audio_backbone(config.audio_model, config.audio_layer, device=self.device, dtype=self.dtype)
         self.visual = load_visual_backbone(config.visual_model, config.visual_layer, device=self.device, dtype=self.dtype)
         self.spec = DecodeSpec(sample_rate=self.audio.sample_rate, fps=config.fps, **self.visual.decode_spec_geometry())
+        if config.storage not in STORAGES:
+            from avfeat.errors import InputError
+
+            raise InputError(f"unknown --storage {config.storage!r} ({', '.join(STORAGES)})")
+        self.set_pool(config.pool_patches)
+
+    def set_pool(self, factor: int) -> None:
+        """Pool patches ``factor``×``factor`` after the backbone from now on (``config.pool_patches``
+        and the cached grid follow). A grid that does not divide is one :class:`InputError` line."""
+        self.pool = check_pool(self.visual, factor)
+        self.config.pool_patches = self.pool
+        self.grid = tuple(self.visual.grid) if self.visual.grid else None
+        if self.grid and self.pool > 1:
+            self.grid = (self.grid[0] // self.pool, self.grid[1] // self.pool)
 
     @classmethod
     def describe(cls, config: ExtractConfig) -> "Encoder":
@@ -64,8 +84,8 @@ class Encoder:
             audio_token_rate=self.audio.token_rate,
             audio_dim=self.audio.dim,
             visual_dim=self.visual.dim,
-            visual_tokens=1 + self.visual.num_patches,
-            visual_grid=tuple(self.visual.grid),
+            visual_tokens=self.visual_tokens,
+            visual_grid=self.grid,
             frame_geometry={k: list(v) if isinstance(v, tuple) else v for k, v in self.visual.decode_spec_geometry().items()},
         ).to_dict()
 
@@ -74,14 +94,19 @@ class Encoder:
         this encoder; a distributed run passes its workers' device and dtype)."""
         return {**self.cache_config(), "random_models": self.is_random, "compute_device": device or self.device, "compute_dtype": dtype or self.dtype}
 
+    @property
+    def visual_tokens(self) -> int:
+        """Tokens per frame as cached: CLS + the (pooled) patches."""
+        return 1 + self.grid[0] * self.grid[1]
+
     def writer_dims(self) -> dict[str, Any]:
         """The tensor shapes and storage type a :class:`~avfeat.data.cache.ShardWriter` needs."""
-        return dict(audio_dim=self.audio.dim, visual_tokens_per_frame=1 + self.visual.num_patches,
-                    visual_dim=self.visual.dim, dtype=self.config.storage_dtype)
+        return dict(audio_dim=self.audio.dim, visual_tokens_per_frame=self.visual_tokens,
+                    visual_dim=self.visual.dim, dtype=self.config.storage_dtype, storage=self.config.storage)
 
     def encode(self, medias: list[DecodedMedia]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Both backbones over a group of decoded videos: (audio (T, D_a), visual (F, 1 + P, D_v)) each."""
-        visual = encode_visual_group(self.visual, medias, self.batch_size)
+        visual = encode_visual_group(self.visual, medias, self.batch_size, pool=self.pool)
         audio = encode_audio_group(self.audio, medias, self.batch_size)
         return list(zip(audio, visual))
 
@@ -105,7 +130,7 @@ class Encoder:
         """An image file as one frame through the visual backbone: (1, 1 + P, D_v). Raises MediaError."""
         from avfeat.extract.media import load_image
 
-        return self.visual.encode(load_image(path, self.spec)[None], batch_size=1)
+        return pool_patch_tokens(self.visual.encode(load_image(path, self.spec)[None], batch_size=1), self.visual.grid, self.pool)
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -120,9 +145,47 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
 
 
-def encode_visual_group(backbone, medias: list[DecodedMedia], batch_size: int) -> list[np.ndarray]:
-    """Each video's (F, 1 + P, D_v) tokens, its frames batched with the group's."""
+def check_pool(backbone, factor: int) -> int:
+    """``factor`` when the backbone's patch grid can be pooled by it; one line otherwise."""
+    from avfeat.errors import InputError
+
+    factor = int(factor)
+    if factor not in POOL_FACTORS:
+        raise InputError(f"--pool-patches {factor} is not supported (choose {' or '.join(map(str, POOL_FACTORS))})")
+    if factor == 1:
+        return factor
+    grid = backbone.grid
+    if not grid:
+        raise InputError(f"--pool-patches {factor} needs a fixed patch grid, and {backbone.spec!r} has none (no crop or fixed size)")
+    if grid[0] % factor or grid[1] % factor:
+        raise InputError(f"--pool-patches {factor} needs a patch grid whose sides divide by {factor}; {backbone.spec!r} gives {grid[0]}x{grid[1]}")
+    return factor
+
+
+def pool_patch_tokens(tokens: np.ndarray, grid, factor: int) -> np.ndarray:
+    """(N, 1 + P, D) → (N, 1 + P / factor², D): each factor×factor block of the row-major
+    ``grid`` of patches averaged (in float32), the CLS token kept first. Done right after the
+    backbone, so caches, Ray stages and queries hold the same pooled tokens."""
+    if factor == 1:
+        return tokens
+    from avfeat.errors import InputError
+
+    gh, gw = int(grid[0]), int(grid[1])
+    if gh % factor or gw % factor:
+        raise InputError(f"--pool-patches {factor} needs a patch grid whose sides divide by {factor}; this one is {gh}x{gw}")
+    n, count, dim = tokens.shape
+    if count != 1 + gh * gw:
+        raise ValueError(f"{count} tokens per frame do not make CLS + a {gh}x{gw} patch grid")
+    patches = np.asarray(tokens[:, 1:], dtype=np.float32).reshape(n, gh // factor, factor, gw // factor, factor, dim)
+    pooled = patches.mean(axis=(2, 4), dtype=np.float32).reshape(n, -1, dim)
+    return np.concatenate([np.asarray(tokens[:, :1], dtype=np.float32), pooled], axis=1)
+
+
+def encode_visual_group(backbone, medias: list[DecodedMedia], batch_size: int, pool: int = 1) -> list[np.ndarray]:
+    """Each video's (F, 1 + P, D_v) tokens, its frames batched with the group's (patches pooled
+    ``pool``×``pool`` when asked, see :func:`pool_patch_tokens`)."""
     visual = backbone.encode(np.concatenate([media.frames for media in medias]), batch_size=batch_size)
+    visual = pool_patch_tokens(visual, backbone.grid, pool)
     bounds = np.cumsum([0] + [len(media.frames) for media in medias])
     return [visual[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
 

@@ -20,6 +20,7 @@ on storage every node can reach, and avfeat must be installed on every node.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from pathlib import Path
@@ -134,7 +135,8 @@ class BackboneStage:
             self.encode = encoder.encode_audio_group
         else:
             self.backbone = models.load_visual_backbone(config.visual_model, config.visual_layer, device=self.device, dtype=self.dtype)
-            self.encode = encoder.encode_visual_group
+            pool = encoder.check_pool(self.backbone, config.pool_patches)  # --pool-patches, as the local Encoder does
+            self.encode = functools.partial(encoder.encode_visual_group, pool=pool)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         from avfeat.extract.job import encode_groups

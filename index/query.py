@@ -126,9 +126,14 @@ class Backbones:
         c = self.cache_config
         config = ExtractConfig(
             audio_model=c["audio_model"], visual_model=c["visual_model"], audio_layer=c["audio_layer"],
-            visual_layer=c["visual_layer"], fps=c["fps"],
+            visual_layer=c["visual_layer"], fps=c["fps"], pool_patches=int(c.get("pool_patches") or 1),
         )
-        return Encoder(config, device=self.device)
+        encoder = Encoder(config, device=self.device)
+        # A checkpoint's copy of the cache config may lack pool_patches: its patch grid tells.
+        cached, native = c.get("visual_grid"), encoder.visual.grid
+        if "pool_patches" not in c and cached and native and tuple(cached) != tuple(native) and cached[0]:
+            encoder.set_pool(native[0] // int(cached[0]))
+        return encoder
 
     def encode(self, path: str | Path) -> QueryTokens:
         """Tokens of a video, audio or image file. Raises QueryError when it cannot be read."""
