@@ -352,7 +352,7 @@ class Trainer:
 
     def checkpoint_config(self) -> dict:
         c = self.cache.config
-        keys = ("audio_model", "visual_model", "audio_layer", "visual_layer", "fps", "audio_token_rate", "audio_dim", "visual_dim", "visual_tokens", "visual_grid", "frame_geometry")
+        keys = ("audio_model", "visual_model", "audio_layer", "visual_layer", "fps", "audio_token_rate", "audio_dim", "visual_dim", "visual_tokens", "visual_grid", "frame_geometry", "storage", "pool_patches")
         return {
             "heads": self.heads.config.to_dict(),
             "window": self.config.window,

@@ -50,7 +50,7 @@ _METADATA_ROOM = 256 * 1024  # a shard's HDF5 metadata (headers, attributes) is 
 
 
 # cache.json keys added after caches already existed, and what a cache without them holds.
-CONFIG_DEFAULTS = {"storage": "float16", "pool_patches": 1}
+CONFIG_DEFAULTS = {"storage": "float16", "pool_patches": 1, "decode_mode": "exact"}
 INT8_LEVELS = 127  # symmetric: q in [-127, 127], so -x quantizes to -q
 
 

@@ -144,6 +144,7 @@ class BackboneSpec:
     storage_dtype: str = "float16"  # the float dtype readers get
     storage: str = "float16"  # on disk: float16, or int8 with per-token float32 scales (dequantized on read)
     pool_patches: int = 1  # 2: the patch grid was pooled 2x2 at extract time (visual_grid is the pooled one)
+    decode_mode: str = "exact"  # keyframes: each 1/fps step took the last keyframe at or before it (frame times are the true ones)
     sample_rate: int = 16000
     audio_token_rate: float = 50.0
     audio_dim: int = 0

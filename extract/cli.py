@@ -17,6 +17,13 @@ class Storage(str, Enum):
     int8 = "int8"
 
 
+class DecodeMode(str, Enum):
+    """Which frame serves each 1/fps step (extract/media.py)."""
+
+    exact = "exact"
+    keyframes = "keyframes"
+
+
 class PoolPatches(str, Enum):
     """DINOv2 patches averaged in blocks of this side (1: none)."""
 
@@ -36,6 +43,12 @@ def extract(
     visual_layer: Optional[int] = typer.Option(None, help="Hidden layer to cache (-1: final output with its layer norm) [default: -1, or the cache's]."),
     fps: Optional[float] = typer.Option(None, help="Frames per second to sample, by timestamp [default: 1, or the cache's]."),
     storage: Optional[Storage] = typer.Option(None, "--storage", help="Token storage: float16, or int8 with one float32 scale per token (about half the bytes; read back as float16) [default: float16, or the cache's]."),
+    decode_mode: Optional[DecodeMode] = typer.Option(
+        None, "--decode-mode",
+        help="exact: the frame on screen at each 1/fps step; keyframes: decode only keyframes, each step takes the last keyframe at or before it "
+        "(several times cheaper on long-GOP video, but a frame can be one GOP, often 2-10 s, older than its step; each frame keeps its true time) "
+        "[default: exact, or the cache's].",
+    ),
     pool_patches: Optional[PoolPatches] = typer.Option(None, "--pool-patches", help="2: average each 2x2 block of DINOv2 patches (CLS kept): 1 + P/4 tokens per frame; the grid side must be even [default: 1, or the cache's]."),
     batch_size: int = typer.Option(32, min=1, help="Frames per visual forward pass."),
     workers: int = typer.Option(2, min=0, help="Decoding processes (0: decode in this process)."),
@@ -95,7 +108,8 @@ def extract(
         if repair:
             _repair(out, mode)
         given = {"audio_model": audio_model, "visual_model": visual_model, "audio_layer": audio_layer, "visual_layer": visual_layer, "fps": fps,
-                 "storage": storage.value if storage else None, "pool_patches": int(pool_patches.value) if pool_patches else None}
+                 "storage": storage.value if storage else None, "pool_patches": int(pool_patches.value) if pool_patches else None,
+                 "decode_mode": decode_mode.value if decode_mode else None}
         given = {key: value for key, value in given.items() if value is not None}
         # A cache of before --storage/--pool-patches is float16 and unpooled (CONFIG_DEFAULTS).
         stored = {**CONFIG_DEFAULTS, **json.loads((out / CONFIG_FILE).read_text())} if mode is OutputMode.RESUME else {}

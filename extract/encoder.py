@@ -28,6 +28,7 @@ class ExtractConfig:
     storage_dtype: str = "float16"  # the float dtype readers get (and float16 storage writes)
     storage: str = "float16"  # how shards hold tokens: float16, or int8 with per-token float32 scales
     pool_patches: int = 1  # 2: each 2x2 block of patches averaged right after the backbone (CLS kept)
+    decode_mode: str = "exact"  # keyframes: each 1/fps step takes the last keyframe at or before it (extract/media.py)
 
 
 STORAGES = ("float16", "int8")
@@ -46,7 +47,7 @@ class Encoder:
         self.dtype = resolve_dtype(dtype, self.device)
         self.audio = load_audio_backbone(config.audio_model, config.audio_layer, device=self.device, dtype=self.dtype)
         self.visual = load_visual_backbone(config.visual_model, config.visual_layer, device=self.device, dtype=self.dtype)
-        self.spec = DecodeSpec(sample_rate=self.audio.sample_rate, fps=config.fps, **self.visual.decode_spec_geometry())
+        self.spec = DecodeSpec(sample_rate=self.audio.sample_rate, fps=config.fps, mode=config.decode_mode, **self.visual.decode_spec_geometry())
         if config.storage not in STORAGES:
             from avfeat.errors import InputError
 

@@ -4,6 +4,7 @@ keyframe mode returns keyframes with their own times."""
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -164,3 +165,25 @@ def test_bad_mode_is_a_one_line_error(clip, mode):
 def test_default_mode_is_exact():
     assert DecodeSpec().mode == media.EXACT
     assert media.DECODE_MODES == ("exact", "keyframes")
+
+
+def test_extract_decode_mode_keyframes_is_recorded_and_a_cache_never_mixes_modes(clip, tmp_path):
+    import json
+
+    from avfeat.data.cache import Cache
+    from avfeat.testing import TINY_MODELS, run_avfeat
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "clip.mp4").write_bytes(Path(clip).read_bytes())
+    out = tmp_path / "cache"
+    run_avfeat("extract", folder, "--out", out, *TINY_MODELS, "--fps", 2, "--decode-mode", "keyframes", "--workers", 1, "--quiet", check=0)
+    assert json.loads((out / "cache.json").read_text())["decode_mode"] == "keyframes"
+    with Cache(out) as cache:
+        times = cache.frame_times(cache.records(status="ok")[0])
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        keyframes = [float(p.pts * p.time_base) for p in container.demux(stream) if p.is_keyframe and p.pts is not None]
+    assert len(times) and np.all(np.isin(np.round(times, 3), np.round(keyframes, 3)))  # every frame is a keyframe, at its own time
+    refused = run_avfeat("extract", folder, "--out", out, *TINY_MODELS, "--fps", 2, "--decode-mode", "exact", "--resume", "--quiet")
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1 and "decode_mode" in refused.stderr
