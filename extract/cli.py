@@ -53,7 +53,11 @@ def extract(
     batch_size: int = typer.Option(32, min=1, help="Frames per visual forward pass."),
     workers: int = typer.Option(2, min=0, help="Decoding processes (0: decode in this process)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
-    dtype: str = typer.Option("auto", help="Compute dtype: auto (bfloat16 on GPUs and on CPUs with native bfloat16, else float32), float32, float16, bfloat16."),
+    dtype: str = typer.Option(
+        "auto",
+        help="Compute dtype: auto (bfloat16 on GPUs and on CPUs with native bfloat16; on other x86 CPUs with AVX2, int8; else float32), "
+        "float32, float16, bfloat16, int8 (CPU only: the backbones' linear layers dynamically quantized; token cosine to float32 > 0.998).",
+    ),
     shard_size: int = typer.Option(64, min=1, help="Videos per shard (the unit of commit and resume)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Process at most this many new videos."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the videos recorded as failed."),
@@ -82,15 +86,15 @@ def extract(
     from dataclasses import asdict
 
     from avfeat.common import OutputMode, check_number, prepare_output, resolve_device, writer_lock
-    from avfeat.data.cache import CACHE_OWN, CONFIG_DEFAULTS, CONFIG_FILE, check_compute_dtype, check_config
+    from avfeat.data.cache import CACHE_OWN, CONFIG_DEFAULTS, CONFIG_FILE, check_compute_dtype, check_config, compute_dtype
     from avfeat.errors import InputError
     from avfeat.extract.encoder import Encoder, resolve_dtype
     from avfeat.extract.inputs import from_layout, list_inputs
     from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
 
-    if dtype not in ("auto", "float32", "float16", "bfloat16"):
-        raise InputError(f"unknown --dtype {dtype!r} (auto, float32, float16, bfloat16)")
-    resolve_device(device)
+    if dtype not in ("auto", "float32", "float16", "bfloat16", "int8"):
+        raise InputError(f"unknown --dtype {dtype!r} (auto, float32, float16, bfloat16, int8)")
+    resolve_dtype(dtype, str(resolve_device(device)))  # --dtype int8 on a GPU is refused here, before anything is written
     check_number("--fps", fps, minimum=0.01, inclusive=True, maximum=1000.0)
     check_number("--timeout", timeout)
     if layout is not None:
@@ -114,11 +118,13 @@ def extract(
         # A cache of before --storage/--pool-patches is float16 and unpooled (CONFIG_DEFAULTS).
         stored = {**CONFIG_DEFAULTS, **json.loads((out / CONFIG_FILE).read_text())} if mode is OutputMode.RESUME else {}
         config = ExtractConfig(**{**{k: v for k, v in stored.items() if k in ExtractConfig.__dataclass_fields__}, **given})
+        layout = check_config(out, asdict(config), only_given_keys=True)  # before minutes of model loading
+        if dtype == "auto" and mode is OutputMode.RESUME:
+            dtype = compute_dtype(layout) or dtype  # auto keeps what computed the cache's tokens (auto's choice may have changed since)
         options = RunOptions(
             batch_size=batch_size, workers=workers, device=device, dtype=dtype, shard_size=shard_size,
             limit=limit, retry_failed=retry_failed, refresh=refresh, timeout=timeout, quiet=quiet,
         )
-        layout = check_config(out, asdict(config), only_given_keys=True)  # before minutes of model loading
         if ray is None:  # a Ray run's workers pick their dtype; each shard is checked as it is written
             check_compute_dtype(layout, resolve_dtype(dtype, str(resolve_device(device))))
         if ray is not None:

@@ -135,15 +135,43 @@ class Encoder:
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto``: bfloat16 on GPUs and on CPUs with native bfloat16 matmul (AVX512-BF16/AMX),
-    where it is ~2.5x faster than float32 and tokens keep cosine > 0.9999; float32 elsewhere."""
+    """The compute dtype a run uses. ``auto``: bfloat16 on GPUs and on CPUs with native
+    bfloat16 matmul (AVX512-BF16/AMX), where it is 1.3-2.5x faster than float32 and tokens keep
+    cosine > 0.9999; int8 (dynamically quantized linears) on other x86 CPUs with AVX2, where it
+    is 1.5-1.8x faster than float32 on frames and 1.1-1.3x on audio, with token cosine > 0.998
+    (benchmarks/cpu_inference.py, README "CPU without bfloat16");
+    float32 elsewhere (other CPUs: not measured).
+
+    Raises:
+        InputError: int8 asked for on a GPU (its kernels are CPU kernels), as one line.
+    """
+    if dtype == "int8" and device.split(":")[0] not in ("cpu", "meta"):
+        from avfeat.errors import InputError
+
+        raise InputError(f"--dtype int8 runs on the CPU only, not on {device}: use --device cpu, or --dtype bfloat16 on a GPU")
     if dtype != "auto":
         return dtype
     if device.startswith("cuda"):
         return "bfloat16"
     import torch
 
-    return "bfloat16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bfloat16"
+    return "int8" if device.startswith("cpu") and cpu_int8_wins() else "float32"
+
+
+def cpu_int8_wins() -> bool:
+    """True where the measured int8 win holds: an x86 torch with its fbgemm int8 engine on a CPU
+    whose kernels are at least AVX2 (ATen's dispatch level, which ATEN_CPU_CAPABILITY can lower)."""
+    import torch
+
+    return bool(_quantized_engines() & {"x86", "fbgemm"}) and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def _quantized_engines() -> set[str]:
+    import torch
+
+    return set(torch.backends.quantized.supported_engines)
 
 
 def check_pool(backbone, factor: int) -> int:

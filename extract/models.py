@@ -37,7 +37,7 @@ RANDOM_PREFIX = "random:"
 # says that its weights are random (``is_random`` stays true after a save/load round trip).
 _RANDOM_MARKER = "avfeat_random_spec"
 
-_DTYPES = ("float32", "float16", "bfloat16")
+_DTYPES = ("float32", "float16", "bfloat16", "int8")
 
 _IMAGENET_MEAN = [0.485, 0.456, 0.406]
 _IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -242,7 +242,39 @@ def _torch_dtype(dtype: str):
 
     if dtype not in _DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
-    return getattr(torch, dtype)
+    return torch.float32 if dtype == "int8" else getattr(torch, dtype)  # int8: loaded in float32, then quantized
+
+
+def _check_int8_device(dtype: str, dev) -> None:
+    if dtype == "int8" and dev.type not in ("cpu", "meta"):
+        raise ModelError(f"dtype int8 runs on the CPU only, not on {dev} (use --device cpu, or bfloat16 on a GPU)")
+
+
+def quantize_int8(model, device) -> Any:
+    """``model`` with every ``nn.Linear`` replaced by a dynamically quantized int8 linear
+    (weights int8 per output channel, activations quantized per batch at run time, accumulation
+    in int32; convolutions, norms and attention stay float32). CPU only: the int8 kernels are
+    fbgemm/oneDNN CPU kernels.
+
+    Why: on CPUs without native bfloat16 the backbones' float32 matmuls are the whole cost of
+    extraction, and the linears hold most of those FLOPs (benchmarks/cpu_inference.py).
+
+    ``torch.ao.quantization.quantize_dynamic`` is the eager int8 dynamic-linear path torch 2.13
+    ships; it warns that it is deprecated in favour of torchao's ``quantize_`` (a separate
+    package, whose CPU int8 path needs ``torch.compile`` to be fast), so the warning is silenced
+    here and this one function is the place to switch.
+    """
+    import warnings
+
+    import torch
+
+    _check_int8_device("int8", torch.device(device))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        per_channel = torch.ao.quantization.per_channel_dynamic_qconfig
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel}, dtype=torch.qint8, inplace=True)
 
 
 def _torch_device(device: str):
@@ -556,7 +588,8 @@ def load_audio_backbone(
             ``hidden_states[k]`` (0 = the transformer's input embeddings). Layers after ``k`` are
             dropped, so they cost nothing.
         device: torch device string ("cpu", "cuda", "cuda:1").
-        dtype: "float32", "float16" or "bfloat16" (reduced precision is meant for GPUs).
+        dtype: "float32", "float16", "bfloat16" (reduced precision is meant for GPUs), or "int8"
+            (CPU only: float32 with its linears dynamically quantized, see :func:`quantize_int8`).
         window_seconds: core length of each window of output tokens for long audio.
         context_seconds: extra audio on each side of a window.
 
@@ -565,10 +598,13 @@ def load_audio_backbone(
     """
     torch_dtype = _torch_dtype(dtype)
     dev = _torch_device(device)
+    _check_int8_device(dtype, dev)  # before minutes of loading
     model, processor, is_random = _load(spec, "audio", torch_dtype, weights=dev.type != "meta")
     num_layers = int(model.config.num_hidden_layers)
     _check_layer(layer, num_layers, spec)
     _truncate_layers(model.encoder, "layers", layer, num_layers)
+    if dtype == "int8" and dev.type != "meta":
+        model = quantize_int8(model.to(device=dev, dtype=torch_dtype), dev)
     model.to(device=dev, dtype=torch_dtype)
     model.requires_grad_(False)
     return AudioBackbone(
@@ -752,17 +788,20 @@ def load_visual_backbone(
         layer: -1 for ``last_hidden_state`` (after DINOv2's final layer norm), ``k >= 0`` for
             ``hidden_states[k]`` (0 = patch embeddings + position). Later layers are dropped.
         device: torch device string.
-        dtype: "float32", "float16" or "bfloat16".
+        dtype: "float32", "float16", "bfloat16" or "int8" (CPU only, see :func:`quantize_int8`).
 
     Raises:
         ModelError: unknown spec, unreachable hub, wrong model family, bad layer/dtype/device.
     """
     torch_dtype = _torch_dtype(dtype)
     dev = _torch_device(device)
+    _check_int8_device(dtype, dev)  # before minutes of loading
     model, processor, is_random = _load(spec, "visual", torch_dtype, weights=dev.type != "meta")
     num_layers = int(model.config.num_hidden_layers)
     _check_layer(layer, num_layers, spec)
     _truncate_layers(model.encoder, "layer", layer, num_layers)
+    if dtype == "int8" and dev.type != "meta":
+        model = quantize_int8(model.to(device=dev, dtype=torch_dtype), dev)
     model.to(device=dev, dtype=torch_dtype)
     model.requires_grad_(False)
     return VisualBackbone(spec, model, processor, layer=layer, device=dev, dtype=dtype, is_random=is_random)
