@@ -18,7 +18,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/avfeat demo --out $(DEMO) --overwrite
 
-# `make test`: everything but the `slow` end-to-end runs (at most 12 minutes on 2 CPU cores);
+# `make test`: everything but the `slow` end-to-end runs (about 20 minutes on 2 CPU cores);
 # `make test-slow`: only those (acceptance levels, Ray, the demo). CI runs both.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
