@@ -42,6 +42,16 @@ class DemoConfig:
     val_fraction: float = 0.2
     sync_offset: float = 0.6  # injected into the separate sync example video (audio late)
 
+    def train_config(self):
+        """The heads' training recipe (benchmarks/storage.py trains on it too)."""
+        from avfeat.align.train import TrainConfig
+
+        return TrainConfig(
+            window=self.window, head=self.head, dim=self.dim, batch_size=self.batch_size, lr=self.lr,
+            epochs=self.epochs, passes_per_epoch=self.passes_per_epoch, temporal_negatives=self.temporal_negatives,
+            min_shift=self.min_shift, val_fraction=self.val_fraction, seed=self.seed,
+        )
+
 
 class _Stages:
     """Numbered stage headers and their timings, for the console and the report."""
@@ -93,7 +103,7 @@ def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite
     from avfeat.align.checkpoint import load_checkpoint
     from avfeat.align.plots import attention_map
     from avfeat.align.train import RunOptions as TrainOptions
-    from avfeat.align.train import TrainConfig, train
+    from avfeat.align.train import train
     from avfeat.data.cache import Cache
     from avfeat.data.synth import cut_clip, make_corpus
     from avfeat.evaluation import evaluate, format_report
@@ -125,12 +135,7 @@ def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite
         log(line)
 
     stages.next("train projection heads (max-mean InfoNCE with temporal negatives)")
-    train_config = TrainConfig(
-        window=config.window, head=config.head, dim=config.dim, batch_size=config.batch_size, lr=config.lr,
-        epochs=config.epochs, passes_per_epoch=config.passes_per_epoch, temporal_negatives=config.temporal_negatives,
-        min_shift=config.min_shift, val_fraction=config.val_fraction, seed=config.seed,
-    )
-    train(out / "cache", out / "heads", train_config, TrainOptions(device=device, quiet=quiet), log=log)
+    train(out / "cache", out / "heads", config.train_config(), TrainOptions(device=device, quiet=quiet), log=log)
     checkpoint = load_checkpoint(out / "heads")
     cache = Cache(out / "cache")
 

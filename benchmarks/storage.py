@@ -12,11 +12,19 @@ random backbones (float16, int8, pool 2, int8 + pool 2) and for each it reports:
   float16 tokens pooled the same way);
 - read throughput through ``Cache.read_windows`` (shuffled batches of 32 windows of 1.5 s, page
   cache warm): windows/s and MB/s of float tokens delivered;
-- with ``--recall``: class R@1 of max-mean heads trained on each (the align acceptance recipe,
-  one seed, so differences of a few queries are noise).
+- with ``--trade-off``: what heads trained on each storage are worth, on the demo's recipe
+  (``avfeat.demo.DemoConfig``: 200 synthetic videos of 6 s, 8 classes, 5 fps, temporal negatives;
+  the align acceptance corpus at 2 fps is too coarse to measure sync) per seed, where a seed
+  moves the corpus and the training. Its visual backbone is ``random:dinov2-tiny-224`` by
+  default: tiny widths on DINOv2-small's 16 x 16 patch grid, so pooling makes the defaults' 8 x 8. Each storage's cache is extracted from the
+  seed's corpus, heads are trained on it, and `avfeat eval` measures them on their held-out
+  videos: class R@1 both ways, sync within one 0.2 s step (21 shifts per video) and the pointing
+  game. Printed per storage: the mean over seeds, each seed's value, and the mean difference
+  from float16 in points with its spread over seeds.
 
     python benchmarks/storage.py
-    python benchmarks/storage.py --videos 60 --recall
+    python benchmarks/storage.py --trade-off --seeds 0 1 2 --jobs 2     # ~20 min on 2 cores
+    python benchmarks/storage.py --trade-off --visual-model random:dinov2-tiny   # the demo's 8x8 grid
 """
 
 from __future__ import annotations
@@ -105,13 +113,85 @@ def read_speed(path: Path, seconds: float = 1.5, batch: int = 32, passes: int = 
     return count / elapsed, delivered / elapsed / 1e6
 
 
+FIGURES = {  # column: (section of `avfeat eval`'s report, key)
+    "R@1 a2v": ("class_a2v", "R@1"),
+    "R@1 v2a": ("class_v2a", "R@1"),
+    "sync ±1": ("sync", "acc_within_1"),
+    "pointing": ("localization", "pointing_game"),
+}
+
+
+def trade_off_job(work: Path, seed: int, name: str, visual_model: str) -> dict[str, float]:
+    """Extract the seed's corpus with one storage, train the demo's heads on it, evaluate them → figures."""
+    from avfeat.align.train import RunOptions, train
+    from avfeat.demo import DemoConfig
+    from avfeat.evaluation import evaluate
+    from avfeat.testing import run_avfeat, torch_threads
+
+    recipe = DemoConfig(seed=seed, visual_model=visual_model)
+    corpus, out, heads = work / "corpus", work / name.replace(" + ", "-").replace(" ", ""), work / f"heads-{name.replace(' + ', '-').replace(' ', '')}"
+    if not (out / "cache.json").is_file():
+        run_avfeat("extract", corpus, "--out", out, "--audio-model", recipe.audio_model, "--visual-model", recipe.visual_model,
+                   "--fps", recipe.fps, "--quiet", "--workers", 1, *CONFIGS[name], check=0, threads=1)
+    with torch_threads(1):
+        if not (heads / "heads.safetensors").is_file():
+            train(out, heads, recipe.train_config(), RunOptions(quiet=True, device="cpu"), log=lambda _: None)
+        report = evaluate(heads, out, corpus / "ground_truth.parquet")
+    sections = {**report["retrieval"], "sync": report["sync"], "localization": report.get("localization", {})}
+    return {column: float(sections[section][key]) for column, (section, key) in FIGURES.items()}
+
+
+def print_trade_off(work: Path, seeds: list[int], jobs: int, visual_model: str) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from avfeat.data.synth import make_corpus
+    from avfeat.demo import DemoConfig
+
+    recipe = DemoConfig(visual_model=visual_model)
+    for seed in seeds:
+        if not (work / f"seed{seed}" / "corpus" / "ground_truth.parquet").is_file():
+            make_corpus(work / f"seed{seed}" / "corpus", videos=recipe.videos, seconds=recipe.seconds, classes=recipe.classes, seed=seed)
+    print(f"the demo's recipe per seed {seeds}: {recipe.videos} videos of {recipe.seconds:g} s, {recipe.classes} classes, "
+          f"{recipe.audio_model} + {recipe.visual_model} at {recipe.fps:g} fps; heads: {recipe.head} {recipe.dim}-d, "
+          f"{recipe.window:g} s windows, batch {recipe.batch_size}, {recipe.epochs} epochs of {recipe.passes_per_epoch} passes, "
+          "temporal negatives; trained and evaluated on each storage")
+    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, {jobs} job(s) at once, one thread each\n", flush=True)
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {(name, seed): pool.submit(trade_off_job, work / f"seed{seed}", seed, name, visual_model) for seed in seeds for name in CONFIGS}
+        figures = {key: future.result() for key, future in futures.items()}
+    header = f"{'storage':<14} " + " ".join(f"{column:>28}" for column in FIGURES)
+    print(header)
+    print("-" * len(header))
+    for name in CONFIGS:
+        cells = []
+        for column in FIGURES:
+            values = [figures[name, seed][column] for seed in seeds]
+            cells.append(f"{np.mean(values):.3f} ({' '.join(f'{v:.3f}' for v in values)})")
+        print(f"{name:<14} " + " ".join(f"{cell:>28}" for cell in cells))
+    print("\ndifference from float16 in points (mean over seeds, min to max of the per-seed differences):")
+    for name in list(CONFIGS)[1:]:
+        cells = []
+        for column in FIGURES:
+            deltas = [100 * (figures[name, seed][column] - figures["float16", seed][column]) for seed in seeds]
+            cells.append(f"{np.mean(deltas):+.1f} ({min(deltas):+.1f} to {max(deltas):+.1f})")
+        print(f"{name:<14} " + " ".join(f"{cell:>28}" for cell in cells))
+    print(f"\n{len(figures)} jobs in {time.perf_counter() - started:.0f} s. R@1: class recall of the held-out windows ({recipe.val_fraction:.0%} of the videos);")
+    print("sync ±1: `avfeat eval`'s estimate within one 0.2 s step of each of 21 shifts of every held-out video; pointing: its pointing game")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--classes", type=int, default=5)
     parser.add_argument("--fps", type=float, default=2.0)
-    parser.add_argument("--recall", action="store_true", help="also train heads on each cache (align recipe, seed 0) and print class R@1")
+    parser.add_argument("--trade-off", action="store_true", help="train and evaluate heads on each storage (align acceptance recipe) instead")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --trade-off")
+    parser.add_argument("--visual-model", default="random:dinov2-tiny-224",
+                        help="--trade-off's visual backbone [default: tiny widths on the defaults' 16x16 patch grid, which pooling halves]")
+    parser.add_argument("--jobs", type=int, default=1, help="--trade-off runs this many (seed, storage) jobs at once, one thread each")
     parser.add_argument("--work", type=Path, default=None, help="folder to keep the corpus and caches in [default: a temp folder]")
     args = parser.parse_args()
 
@@ -120,6 +200,9 @@ def main() -> None:
     from avfeat.testing import TINY_MODELS, run_avfeat
 
     work = args.work or Path(tempfile.mkdtemp(prefix="avfeat-storage-"))
+    if args.trade_off:
+        print_trade_off(work, args.seeds, args.jobs, args.visual_model)
+        return
     corpus = work / "corpus"
     if not corpus.is_dir():
         make_corpus(corpus, videos=args.videos, seconds=args.seconds, classes=args.classes, seed=0, size=112)
@@ -141,8 +224,8 @@ def main() -> None:
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}; reads: 1.5 s windows, batches of 32, warm page cache\n")
     header = (f"{'storage':<14} {'files MB/h':>10} {'payload MB/h':>12} {'defaults MB/h':>13} {'x smaller':>9} "
               f"{'cos audio mean/min':>19} {'cos visual mean/min':>19} {'windows/s':>9} {'MB/s':>5}")
-    print(header + ("   R@1 a2v / v2a" if args.recall else ""))
-    print("-" * len(header) + ("-" * 17 if args.recall else ""))
+    print(header)
+    print("-" * len(header))
     base = bytes_per_hour(**DEFAULT_GEOMETRY)
     for name, out in caches.items():
         cache = Cache(out)
@@ -153,18 +236,10 @@ def main() -> None:
         windows_s, mb_s = read_speed(out)
         line = (f"{name:<14} {files / hours / 1e6:>10.1f} {payload(out) / hours / 1e6:>12.1f} {defaults / 1e6:>13.0f} {base / defaults:>9.2f} "
                 f"{a_mean:>11.6f}/{a_min:.5f} {v_mean:>11.6f}/{v_min:.5f} {windows_s:>9.0f} {mb_s:>5.1f}")
-        if args.recall:
-            from avfeat.testing import align_class_recall, train_align_heads
-
-            heads = train_align_heads(out, work / f"heads-{out.name}")
-            a2v, v2a, count = align_class_recall(corpus, out, heads)
-            line += f"   {a2v:.3f} / {v2a:.3f} ({count} windows)"
         print(line, flush=True)
     print("\nMB = 10^6 bytes. files: the shard files (HDF5 chunk padding included); payload: the token, scale and time arrays alone;")
     print(f"defaults: computed for 768-d audio at 50 Hz + 257 x 384 visual at 1 fps (float16: {base / 1e9:.3f} GB per media-hour); x smaller: against that float16")
     print("cos: per-token cosine with the float16 cache's tokens (pooled alike); MB/s: float tokens delivered by Cache.read_windows")
-    if args.recall:
-        print("R@1: class recall of held-out windows, max-mean heads, align acceptance recipe, seed 0 only")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,14 @@ RANDOM_ARCHS: dict[str, RandomArch] = {
         processor={"shortest_edge": 128, "crop": 112},
         note="32 dims, 2 layers, 2 heads, 112 crop, 8x8 patches (tests)",
     ),
+    # The defaults' patch grid at tiny widths: benchmarks of what a grid change (patch pooling)
+    # costs need DINOv2-small's 16x16 patches, not the 8x8 of dinov2-tiny.
+    "dinov2-tiny-224": RandomArch(
+        family="visual",
+        config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 224},
+        processor={"shortest_edge": 256, "crop": 224},
+        note="32 dims, 2 layers, 2 heads, 224 crop, 16x16 patches (benchmarks)",
+    ),
 }
 
 

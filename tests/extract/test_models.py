@@ -259,6 +259,14 @@ def test_visual_matches_reference_processor():
     assert _cos(wrong.numpy(), ref).mean() < 0.99
 
 
+def test_tiny_visual_on_the_defaults_patch_grid():
+    v = load_visual_backbone("random:dinov2-tiny-224")
+    assert v.decode_spec_geometry() == {"shortest_edge": 256, "size": None, "crop": (224, 224)}
+    assert v.grid == (16, 16) and v.num_patches == 256 and v.dim == 32
+    frames = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    assert v.encode(frames).shape == (2, 257, 32)
+
+
 def test_visual_encode_shapes_and_batching(tiny_visual):
     v = tiny_visual
     assert v.decode_spec_geometry() == {"shortest_edge": 128, "size": None, "crop": (112, 112)}
