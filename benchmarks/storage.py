@@ -16,15 +16,15 @@ random backbones (float16, int8, pool 2, int8 + pool 2) and for each it reports:
   (``avfeat.demo.DemoConfig``: 200 synthetic videos of 6 s, 8 classes, 5 fps, temporal negatives;
   the align acceptance corpus at 2 fps is too coarse to measure sync) per seed, where a seed
   moves the corpus and the training. Its visual backbone is ``random:dinov2-tiny-224`` by
-  default: tiny widths on DINOv2-small's 16 x 16 patch grid, so pooling makes the defaults' 8 x 8. Each storage's cache is extracted from the
-  seed's corpus, heads are trained on it, and `avfeat eval` measures them on their held-out
-  videos: class R@1 both ways, sync within one 0.2 s step (21 shifts per video) and the pointing
+  default: tiny widths on DINOv2-small's 16 x 16 patch grid, so pooling makes the defaults'
+  8 x 8. Each storage's cache is extracted from the seed's corpus, heads are trained on it, and
+  `avfeat eval` measures them on their held-out videos: class R@1 both ways, sync within one 0.2 s step (21 shifts per video) and the pointing
   game. Printed per storage: the mean over seeds, each seed's value, and the mean difference
   from float16 in points with its spread over seeds.
 
     python benchmarks/storage.py
-    python benchmarks/storage.py --trade-off --seeds 0 1 2 --jobs 2     # ~20 min on 2 cores
-    python benchmarks/storage.py --trade-off --visual-model random:dinov2-tiny   # the demo's 8x8 grid
+    python benchmarks/storage.py --trade-off --seeds 0 1 2 --jobs 2     # ~1 h on 2 cores
+    python benchmarks/storage.py --trade-off --jobs 2 --visual-model random:dinov2-tiny   # the demo's 8x8 grid, ~15 min
 """
 
 from __future__ import annotations
