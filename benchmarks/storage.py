@@ -18,9 +18,10 @@ random backbones (float16, int8, pool 2, int8 + pool 2) and for each it reports:
   moves the corpus and the training. Its visual backbone is ``random:dinov2-tiny-224`` by
   default: tiny widths on DINOv2-small's 16 x 16 patch grid, so pooling makes the defaults'
   8 x 8. Each storage's cache is extracted from the seed's corpus, heads are trained on it, and
-  `avfeat eval` measures them on their held-out videos: class R@1 both ways, sync within one 0.2 s step (21 shifts per video) and the pointing
-  game. Printed per storage: the mean over seeds, each seed's value, and the mean difference
-  from float16 in points with its spread over seeds.
+  `avfeat eval` measures them on their held-out videos: class R@1 both ways, sync within one
+  0.2 s step (21 shifts per video) and the pointing game. Printed per storage: the mean over
+  seeds, each seed's value, and the mean difference from float16 in points with its spread
+  over seeds.
 
     python benchmarks/storage.py
     python benchmarks/storage.py --trade-off --seeds 0 1 2 --jobs 2     # ~1 h on 2 cores
@@ -45,6 +46,11 @@ CONFIGS = {  # name: extract flags
     "pool 2": ["--pool-patches", "2"],
     "int8 + pool 2": ["--storage", "int8", "--pool-patches", "2"],
 }
+
+def folder_name(config: str) -> str:
+    """A storage's folder under --work: "int8 + pool 2" → "int8-pool2"."""
+    return config.replace(" + ", "-").replace(" ", "")
+
 
 # The defaults' geometry: HuBERT-base and DINOv2-small (224 crop, 16 x 16 patches of 14 px).
 DEFAULT_GEOMETRY = dict(audio_rate=50.0, audio_dim=768, fps=1.0, patches=256, visual_dim=384)
@@ -129,7 +135,7 @@ def trade_off_job(work: Path, seed: int, name: str, visual_model: str) -> dict[s
     from avfeat.testing import run_avfeat, torch_threads
 
     recipe = DemoConfig(seed=seed, visual_model=visual_model)
-    corpus, out, heads = work / "corpus", work / name.replace(" + ", "-").replace(" ", ""), work / f"heads-{name.replace(' + ', '-').replace(' ', '')}"
+    corpus, out, heads = work / "corpus", work / folder_name(name), work / f"heads-{folder_name(name)}"
     if not (out / "cache.json").is_file():
         run_avfeat("extract", corpus, "--out", out, "--audio-model", recipe.audio_model, "--visual-model", recipe.visual_model,
                    "--fps", recipe.fps, "--quiet", "--workers", 1, *CONFIGS[name], check=0, threads=1)
@@ -187,7 +193,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--classes", type=int, default=5)
     parser.add_argument("--fps", type=float, default=2.0)
-    parser.add_argument("--trade-off", action="store_true", help="train and evaluate heads on each storage (align acceptance recipe) instead")
+    parser.add_argument("--trade-off", action="store_true", help="train and evaluate heads on each storage (the demo's recipe) instead")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --trade-off")
     parser.add_argument("--visual-model", default="random:dinov2-tiny-224",
                         help="--trade-off's visual backbone [default: tiny widths on the defaults' 16x16 patch grid, which pooling halves]")
@@ -208,7 +214,7 @@ def main() -> None:
         make_corpus(corpus, videos=args.videos, seconds=args.seconds, classes=args.classes, seed=0, size=112)
     caches, seconds_taken = {}, {}
     for name, flags in CONFIGS.items():
-        out = work / name.replace(" + ", "-").replace(" ", "")
+        out = work / folder_name(name)
         started = time.perf_counter()
         if not (out / "cache.json").is_file():
             run_avfeat("extract", corpus, "--out", out, *TINY_MODELS, "--fps", args.fps, "--quiet", "--workers", 1,
