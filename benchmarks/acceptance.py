@@ -13,22 +13,48 @@ whole result as one JSON line. Asserts nothing; the tests assert the levels
 
     python benchmarks/acceptance.py                  # seeds 0-4, both recipes (CPU: ~5 min a seed)
     python benchmarks/acceptance.py --seeds 0 1 --only index
+    python benchmarks/acceptance.py --smoke          # one seed, both recipes at toy sizes: does it run?
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from _bench import machine, parse, parser, timed
 from avfeat import testing as recipes
+
+
+def with_values(args, values: dict) -> list:
+    """A command line with the value after each flag of ``values`` replaced."""
+    args = list(args)
+    for flag, value in values.items():
+        args[args.index(flag) + 1] = value
+    return args
+
+
+def shrink_recipes() -> None:
+    """--smoke: both recipes at toy sizes (their figures mean nothing). The sizes live in
+    ``avfeat.testing``, shared with the tests, so they are changed in this process only: its
+    constants rebound, one training pass, and every corpus `avfeat synth` writes cut to 6 videos
+    (the index recipe names its corpora's sizes in the call)."""
+    recipes.ALIGN_CORPUS = {**recipes.ALIGN_CORPUS, "videos": 10, "classes": 2}
+    recipes.ALIGN_RECIPE = {**recipes.ALIGN_RECIPE, "epochs": 1, "passes_per_epoch": 1, "batch_size": 4}
+    recipes.INDEX_RECIPE = with_values(recipes.INDEX_RECIPE, {"--epochs": 1, "--passes-per-epoch": 1, "--batch-size": 4})
+    recipes.SYNC_SECONDS = 4  # the offset corpus's files (the locate clips need 4 s files too)
+    run_avfeat = recipes.run_avfeat
+
+    def small_run_avfeat(command, *args, **kwargs):
+        if command == "synth":
+            args = with_values(args, {"--videos": 6})
+        return run_avfeat(command, *args, **kwargs)
+
+    recipes.run_avfeat = small_run_avfeat
 
 
 def run_align(work: Path, seed: int) -> dict[str, float]:
@@ -57,17 +83,19 @@ def run_index(work: Path, seed: int) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--only", choices=["align", "index"], help="run one recipe only")
-    parser.add_argument("--work", type=Path, help="keep the corpora, caches and heads here (default: a temporary folder)")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    options.add_argument("--only", choices=["align", "index"], help="run one recipe only")
+    options.add_argument("--work", type=Path, help="keep the corpora, caches and heads here (default: a temporary folder)")
+    args = parse(options, smoke=dict(seeds=[0]))
+    if args.smoke:
+        shrink_recipes()
 
     recipes_to_run = {"align": run_align, "index": run_index}
     if args.only:
         recipes_to_run = {args.only: recipes_to_run[args.only]}
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads available, runs use 1"
-    print(f"# {machine}; torch {torch.__version__}; seeds {args.seeds}", flush=True)
+    where = f"{machine()}, {torch.get_num_threads()} torch threads available, runs use 1"
+    print(f"# {where}; torch {torch.__version__}; seeds {args.seeds}", flush=True)
 
     per_seed: dict[int, dict[str, float]] = {}
     seconds: dict[str, list[float]] = {name: [] for name in recipes_to_run}
@@ -76,9 +104,9 @@ def main() -> int:
         for seed in args.seeds:
             per_seed[seed] = {}
             for name, run in recipes_to_run.items():
-                started = time.perf_counter()
-                per_seed[seed].update(run(base / f"seed{seed}", seed))
-                seconds[name].append(time.perf_counter() - started)
+                took, found = timed(lambda: run(base / f"seed{seed}", seed))
+                per_seed[seed].update(found)
+                seconds[name].append(took)
                 figures = ", ".join(f"{k} {v:.3f}" for k, v in per_seed[seed].items() if k.startswith(name))
                 print(f"seed {seed} {name} ({seconds[name][-1]:.0f} s): {figures}", flush=True)
 
@@ -103,7 +131,7 @@ def main() -> int:
     below = [m for m, row in summary.items() if row["level"] is not None and row["min"] < row["level"]]
     print(f"\nminimum below its level: {', '.join(below) if below else 'none'}")
     print(json.dumps({
-        "machine": machine,
+        "machine": where,
         "seeds": args.seeds,
         "seconds_per_seed": {name: statistics.median(values) for name, values in seconds.items()},
         "figures": summary,

@@ -19,6 +19,7 @@ with the tiny random backbones; heads are trained on it as a user would (defects
     python benchmarks/audit.py                  # 160 videos of 8 s, 30% defects, ~10 min on 2 cores
     python benchmarks/audit.py --seeds 3        # R@1 over 3 training seeds
     python benchmarks/audit.py --timing         # only the audit's cost at the defaults' geometry
+    python benchmarks/audit.py --smoke          # both parts at toy sizes and tiny models: does it run?
 
 ``--timing`` extracts 20 synthetic videos of 30 s with `random:hubert-base` + `random:dinov2-small`
 (the real models' sizes) at 1 fps, trains heads of the default width for a few steps and times
@@ -27,18 +28,18 @@ with the tiny random backbones; heads are trained on it as a user would (defects
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from _bench import machine, median_time, parse, parser, timed, work_folder
+
 RECIPE = ["--window", 1.5, "--head", "mlp", "--dim", 64, "--batch-size", 32, "--passes-per-epoch", 10, "--epochs", 6,
           "--lr", 1e-2, "--temporal-negatives", "--min-shift", 0.4, "--val-fraction", 0.1]
+SMOKE_RECIPE = ["--window", 1.5, "--head", "mlp", "--dim", 16, "--batch-size", 8, "--passes-per-epoch", 5, "--epochs", 1, "--lr", 1e-2,
+                "--temporal-negatives", "--min-shift", 0.4, "--val-fraction", 0.1]
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -86,24 +87,25 @@ def class_r1(cache_path: Path, corpus: Path, heads: Path, per_video: int = 4) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=160)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--classes", type=int, default=6)
-    parser.add_argument("--corrupt", type=float, default=0.3)
-    parser.add_argument("--held-out", type=int, default=40, help="clean videos of the same classes for R@1")
-    parser.add_argument("--seeds", type=int, default=1, help="training seeds for the R@1 comparison")
-    parser.add_argument("--work", type=Path, default=None, help="keep corpora, caches and heads here")
-    parser.add_argument("--timing", action="store_true", help="only time the audit at the defaults' geometry")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--videos", type=int, default=160)
+    options.add_argument("--seconds", type=float, default=8.0)
+    options.add_argument("--classes", type=int, default=6)
+    options.add_argument("--corrupt", type=float, default=0.3)
+    options.add_argument("--held-out", type=int, default=40, help="clean videos of the same classes for R@1")
+    options.add_argument("--seeds", type=int, default=1, help="training seeds for the R@1 comparison")
+    options.add_argument("--work", type=Path, default=None, help="keep corpora, caches and heads here")
+    options.add_argument("--timing", action="store_true", help="only time the audit at the defaults' geometry")
+    # --smoke: half the videos corrupted, so that defects of several kinds turn up among 8.
+    args = parse(options, smoke=dict(videos=8, seconds=3.0, classes=2, corrupt=0.5, held_out=4))
     if args.timing:
-        return timing(args.work or Path(tempfile.mkdtemp(prefix="avfeat-audit-timing-")))
+        return timing(work_folder(args.work, "avfeat-audit-timing-", keep=not args.smoke), args.smoke)
 
     import pyarrow.parquet as pq
 
     from avfeat.testing import TINY_MODELS, run_avfeat
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="avfeat-audit-"))
+    work = work_folder(args.work, "avfeat-audit-", keep=not args.smoke)  # printed at the end, for reuse
     common = ["--classes", args.classes, "--size", 96, "--seconds", args.seconds, "--quiet"]
     corpora = {"corrupt": ["--corrupt", args.corrupt], "clean": [], "held": []}
     for name, extra in corpora.items():
@@ -116,14 +118,12 @@ def main() -> None:
     def train(name: str, cache: str, seed: int, *extra) -> Path:
         out = work / f"heads-{name}-{seed}"
         if not (out / "heads.safetensors").is_file():
-            run_avfeat("train-head", work / cache, "--out", out, *RECIPE, "--seed", seed, "--workers", 0, "--quiet", *extra, check=0)
+            run_avfeat("train-head", work / cache, "--out", out, *(SMOKE_RECIPE if args.smoke else RECIPE), "--seed", seed, "--workers", 0, "--quiet", *extra, check=0)
         return out
 
     heads = train("plain", "corrupt-cache", 0)
     audit = work / "audit.parquet"
-    started = time.perf_counter()
-    run_avfeat("audit", work / "corrupt-cache", "--heads", heads, "--out", audit, "--overwrite", "--quiet", check=0)
-    audit_seconds = time.perf_counter() - started
+    audit_seconds, _ = timed(lambda: run_avfeat("audit", work / "corrupt-cache", "--heads", heads, "--out", audit, "--overwrite", "--quiet", check=0))
 
     truth = {row["path"]: row for row in pq.read_table(work / "corrupt" / "ground_truth.parquet").to_pylist()}
     rows = pq.read_table(audit).to_pylist()
@@ -143,7 +143,7 @@ def main() -> None:
     silent = np.array([bool(r["silent"]) for r in rows])
     types = sorted(t for t in set(defect) if t)
     figures = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "videos": len(rows), "media_hours": round(media_hours, 3), "defects": {t: int((defect == t).sum()) for t in types},
         "auc_correspondence": {t: round(roc_auc(score[clean], score[defect == t]), 4) for t in types},
         "auc_correspondence_all_defects": round(roc_auc(score[clean], score[~clean]), 4),
@@ -164,7 +164,8 @@ def main() -> None:
     for seed in range(args.seeds):
         variants = {
             "corrupted, plain": train("plain", "corrupt-cache", seed),
-            "corrupted, --exclude": train("exclude", "corrupt-cache", seed, "--exclude", audit),
+            # --smoke's barely trained heads score every video low: exclude none, so that some remain.
+            "corrupted, --exclude": train("exclude", "corrupt-cache", seed, "--exclude", audit, *(["--min-correspondence", 0] if args.smoke else [])),
             "corrupted, --weight-by": train("weight", "corrupt-cache", seed, "--weight-by", audit),
             "clean corpus": train("clean", "clean-cache", seed),
         }
@@ -176,31 +177,35 @@ def main() -> None:
     for name, values in recall.items():
         mean = float(np.mean(values))
         print(f"  {name:<24} {mean:.3f}  ({mean / clean_r1:.1%} of clean)  per seed {', '.join(f'{v:.3f}' for v in values)}")
-    print(f"\nwork folder: {work}")
+    if args.smoke:  # the --timing part too: both parts of the script run
+        print()
+        timing(work / "timing", smoke=True)
+    else:
+        print(f"\nwork folder: {work}")
 
 
-def timing(work: Path) -> None:
-    """The audit's seconds per media-hour with HuBERT-base and DINOv2-small token sizes at 1 fps."""
+def timing(work: Path, smoke: bool = False) -> None:
+    """The audit's seconds per media-hour with HuBERT-base and DINOv2-small token sizes at 1 fps
+    (``smoke``: 4 videos of 3 s, the tiny models, one run)."""
     import pyarrow.parquet as pq
 
-    from avfeat.testing import run_avfeat
+    from avfeat.testing import TINY_MODELS, run_avfeat
 
     models = ["--audio-model", "random:hubert-base", "--visual-model", "random:dinov2-small"]
+    videos, seconds, size, repeats, geometry = 20, 30, 224, 3, "HuBERT-base 768 x 50 Hz, DINOv2-small 257 x 384 at 1 fps, heads dim 256"
+    if smoke:
+        models, videos, seconds, size, repeats, geometry = TINY_MODELS, 4, 3, 64, 1, "the tiny random models (--smoke)"
     if not (work / "cache" / "cache.json").is_file():
-        run_avfeat("synth", work / "corpus", "--videos", 20, "--seconds", 30, "--size", 224, "--quiet", check=0)
+        run_avfeat("synth", work / "corpus", "--videos", videos, "--seconds", seconds, "--size", size, "--quiet", check=0)
         run_avfeat("extract", work / "corpus", "--out", work / "cache", *models, "--fps", 1, "--workers", 1, "--quiet", check=0)
     if not (work / "heads" / "heads.safetensors").is_file():
-        run_avfeat("train-head", work / "cache", "--out", work / "heads", "--steps", 10, "--batch-size", 8, "--workers", 0, "--quiet", check=0)
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        run_avfeat("audit", work / "cache", "--heads", work / "heads", "--out", work / "audit.parquet", "--overwrite", "--quiet", check=0)
-        times.append(time.perf_counter() - started)
+        run_avfeat("train-head", work / "cache", "--out", work / "heads", "--steps", 2 if smoke else 10, "--batch-size", 8, "--workers", 0, "--quiet", check=0)
+    median, _ = median_time(
+        lambda: run_avfeat("audit", work / "cache", "--heads", work / "heads", "--out", work / "audit.parquet", "--overwrite", "--quiet", check=0), repeats
+    )
     hours = sum(r["duration"] for r in pq.read_table(work / "audit.parquet").to_pylist()) / 3600
-    median = float(np.median(times))
-    print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "videos": 20, "media_hours": round(hours, 4),
-                      "geometry": "HuBERT-base 768 x 50 Hz, DINOv2-small 257 x 384 at 1 fps, heads dim 256",
-                      "audit_seconds_median_of_3": round(median, 2), "seconds_per_media_hour": round(median / hours, 1)}, indent=2))
+    print(json.dumps({"machine": machine(), "videos": videos, "media_hours": round(hours, 4), "geometry": geometry,
+                      f"audit_seconds_median_of_{repeats}": round(median, 2), "seconds_per_media_hour": round(median / hours, 1)}, indent=2))
 
 
 if __name__ == "__main__":

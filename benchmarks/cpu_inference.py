@@ -10,6 +10,7 @@ machine's load drifts over all of them alike.
     python benchmarks/cpu_inference.py                      # random:hubert-base + random:dinov2-small
     python benchmarks/cpu_inference.py --isa avx2           # the same with torch's kernels held to AVX2
     python benchmarks/cpu_inference.py --json
+    python benchmarks/cpu_inference.py --smoke              # tiny models, 2 frames, 1 s of audio: does it run?
 
 ``--isa avx2`` re-runs this script with ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2,
 FBGEMM_ENABLE_INSTRUCTIONS=AVX2 and ONEDNN_MAX_CPU_ISA=AVX2: an emulation of an AVX2-only CPU
@@ -19,16 +20,16 @@ port counts differ), so it shows the ratio int8/float32 to expect there, not the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
+
+from _bench import parse, parser, timed
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -73,18 +74,17 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--audio-model", default="random:hubert-base")
-    parser.add_argument("--visual-model", default="random:dinov2-small")
-    parser.add_argument("--paths", default="float32,bfloat16,int8", help="comma-separated; bfloat16 is skipped where the CPU lacks it natively")
-    parser.add_argument("--frames", type=int, default=16, help="frames per repeat")
-    parser.add_argument("--audio-seconds", type=float, default=10.0, help="audio per repeat")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--isa", choices=("native", "avx2"), default="native", help="avx2: emulate an AVX2-only CPU (see the module docstring)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    options = parser(__doc__, repeats=3)
+    options.add_argument("--audio-model", default="random:hubert-base")
+    options.add_argument("--visual-model", default="random:dinov2-small")
+    options.add_argument("--paths", default="float32,bfloat16,int8", help="comma-separated; bfloat16 is skipped where the CPU lacks it natively")
+    options.add_argument("--frames", type=int, default=16, help="frames per repeat")
+    options.add_argument("--audio-seconds", type=float, default=10.0, help="audio per repeat")
+    options.add_argument("--batch-size", type=int, default=16)
+    options.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    options.add_argument("--isa", choices=("native", "avx2"), default="native", help="avx2: emulate an AVX2-only CPU (see the module docstring)")
+    options.add_argument("--json", action="store_true")
+    args = parse(options, smoke=dict(audio_model="random:hubert-tiny", visual_model="random:dinov2-tiny", frames=2, audio_seconds=1.0, batch_size=2))
 
     if args.isa == "avx2" and os.environ.get("AVFEAT_BENCH_ISA") != "avx2":
         env = {**os.environ, **AVX2_ENV, "AVFEAT_BENCH_ISA": "avx2"}
@@ -124,11 +124,9 @@ def main() -> None:
 
     def run(path):
         audio, visual = backbones[path]
-        started = time.perf_counter()
-        v = visual.encode(frames, batch_size=args.batch_size)
-        mid = time.perf_counter()
-        (a,) = audio.encode([wave], batch_size=max(1, args.batch_size // 4))
-        return mid - started, time.perf_counter() - mid, a, v
+        tv, v = timed(lambda: visual.encode(frames, batch_size=args.batch_size))
+        ta, (a,) = timed(lambda: audio.encode([wave], batch_size=max(1, args.batch_size // 4)))
+        return tv, ta, a, v
 
     tokens, times = {}, {path: ([], []) for path in paths}
     for path in paths:  # warm-up (first calls pack weights and pick kernels), also the tokens compared

@@ -24,11 +24,11 @@ at 720p and 1080p, plus a 1080p one with x264's default 250-frame (10 s) GOP.
 
     python benchmarks/decode.py                      # ~4 min on 2 cores (synthetic files cached in --work)
     python benchmarks/decode.py --seconds 20 --repeats 1   # quicker
+    python benchmarks/decode.py --smoke              # 2 s clips at 1/10 the sizes, a made-up "real" clip: does it run?
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -39,6 +39,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from _bench import parse, parser, timed, work_folder
+
+# The synthetic clips: (height, width, keyframe interval in frames at 25 fps); --smoke's at a tenth the size.
+SYNTHETIC = ((720, 1280, 25), (1080, 1920, 25), (1080, 1920, 250))
+SMOKE_SYNTHETIC = ((72, 128, 25), (108, 192, 25), (108, 192, 250))
 
 
 class PanningFrames:
@@ -96,24 +102,26 @@ def _write_long_gop(path: Path, frames: PanningFrames, fps: int, audio: np.ndarr
         container.mux(astream.encode())
 
 
-def synthetic_clips(work: Path, seconds: float) -> list[tuple[Path, str]]:
+def synthetic_clips(work: Path, seconds: float, sizes=SYNTHETIC) -> list[tuple[Path, str]]:
     """(path, group label) of the synthetic clips, written once into ``work``."""
     from avfeat.data.synth import write_media
 
+    def write(path: Path, height: int, width: int, gop: int) -> None:
+        frames, audio = PanningFrames(seconds, (height, width), 25), _tone(seconds)
+        tmp = path.with_suffix(".tmp.mp4")
+        if gop == 25:
+            write_media(tmp, frames, 25, audio, 16000)
+        else:
+            _write_long_gop(tmp, frames, 25, audio, 16000, gop)
+        tmp.rename(path)
+
     work.mkdir(parents=True, exist_ok=True)
     made = []
-    for height, width, gop in ((720, 1280, 25), (1080, 1920, 25), (1080, 1920, 250)):
+    for height, width, gop in sizes:
         path = work / f"synth_{height}p_gop{gop}_{seconds:g}s.mp4"
         if not path.exists():
-            started = time.perf_counter()
-            frames, audio = PanningFrames(seconds, (height, width), 25), _tone(seconds)
-            tmp = path.with_suffix(".tmp.mp4")
-            if gop == 25:
-                write_media(tmp, frames, 25, audio, 16000)
-            else:
-                _write_long_gop(tmp, frames, 25, audio, 16000, gop)
-            tmp.rename(path)
-            print(f"wrote {path.name} in {time.perf_counter() - started:.0f} s", flush=True)
+            took, _ = timed(lambda: write(path, height, width, gop))
+            print(f"wrote {path.name} in {took:.0f} s", flush=True)
         made.append((path, f"synth h264 {width}x{height} gop {gop / 25:g}s"))
     return made
 
@@ -225,27 +233,32 @@ def breakdown(path: Path, spec, repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--media", type=Path, default=None, help="folder of real clips [default: the tests' ../shared/media]")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of the synthetic clips")
-    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second, as extract --fps")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (the least CPU time counts)")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "avfeat-decode-bench", help="where the synthetic clips are written (and reused)")
-    parser.add_argument("--no-synthetic", action="store_true")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
-    args = parser.parse_args()
+    options = parser(__doc__, repeats=3, repeats_help="runs per measurement (the least CPU time counts)")
+    options.add_argument("--media", type=Path, default=None, help="folder of real clips [default: the tests' ../shared/media]")
+    options.add_argument("--seconds", type=float, default=60.0, help="length of the synthetic clips")
+    options.add_argument("--fps", type=float, default=1.0, help="frames sampled per second, as extract --fps")
+    options.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "avfeat-decode-bench", help="where the synthetic clips are written (and reused)")
+    options.add_argument("--no-synthetic", action="store_true")
+    options.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    # --smoke writes into a temporary folder: its small clips must not land in the reused --work.
+    args = parse(options, smoke=dict(seconds=2.0, work=None, json=True))
 
     from avfeat.extract import media
     from avfeat.extract.media import REFERENCE_TUNING, DecodeSpec, DecodeTuning, decode
-    from avfeat.testing import MEDIA_SUFFIXES, test_media_dir
+    from avfeat.testing import MEDIA_SUFFIXES, make_clip, test_media_dir
 
     os.environ.pop(media.THREADS_ENV, None)
+    work = work_folder(args.work, "avfeat-decode-")
     folder = args.media or test_media_dir()
+    if args.smoke and args.media is None:  # no real clips needed: one small clip stands in for them
+        folder = work / "media"
+        folder.mkdir()
+        make_clip(folder / "clip.mp4", seconds=args.seconds, size=(96, 128))
     clips: list[tuple[Path, str | None]] = []
     if folder is not None:
         clips += [(p, None) for p in sorted(folder.iterdir()) if p.suffix.lower() in MEDIA_SUFFIXES]
     if not args.no_synthetic:
-        clips += synthetic_clips(args.work, args.seconds)
+        clips += synthetic_clips(work, args.seconds, SMOKE_SYNTHETIC if args.smoke else SYNTHETIC)
 
     exact, keyframes = DecodeSpec(fps=args.fps), DecodeSpec(fps=args.fps, mode="keyframes")
     paths = {

@@ -6,28 +6,16 @@ process run, each repeated ``--repeats`` times; medians are reported.
     python benchmarks/extract.py                       # synthetic corpus, real-size random models
     python benchmarks/extract.py --media ../shared/media --device cuda --dtype bfloat16
     python benchmarks/extract.py --ray                 # also the Ray Data pipeline (avfeat[ray])
+    python benchmarks/extract.py --smoke               # 2 tiny videos, tiny models: does it run?
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-
-def _median_time(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+from _bench import machine, median_time, parse, parser, print_figures, work_folder
 
 
 def decode_all(paths, spec, workers):
@@ -89,22 +77,23 @@ def naive_loop(paths, audio_spec, visual_spec, fps, device):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--media", type=Path, help="folder of videos (default: a synthetic corpus)")
-    parser.add_argument("--videos", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--audio-model", default="random:hubert-base")
-    parser.add_argument("--visual-model", default="random:dinov2-small")
-    parser.add_argument("--fps", type=float, default=1.0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--shard-size", type=int, default=64)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip-naive", action="store_true")
-    parser.add_argument("--ray", action="store_true", help="also time the job as a Ray Data pipeline on a local Ray")
-    args = parser.parse_args()
+    options = parser(__doc__, repeats=3)
+    options.add_argument("--media", type=Path, help="folder of videos (default: a synthetic corpus)")
+    options.add_argument("--videos", type=int, default=8)
+    options.add_argument("--seconds", type=float, default=10.0)
+    options.add_argument("--size", type=int, default=224, help="frame size of the synthetic videos (pixels)")
+    options.add_argument("--audio-model", default="random:hubert-base")
+    options.add_argument("--visual-model", default="random:dinov2-small")
+    options.add_argument("--fps", type=float, default=1.0)
+    options.add_argument("--workers", type=int, default=2)
+    options.add_argument("--batch-size", type=int, default=32)
+    options.add_argument("--shard-size", type=int, default=64)
+    options.add_argument("--device", default="auto")
+    options.add_argument("--dtype", default="auto")
+    options.add_argument("--skip-naive", action="store_true")
+    options.add_argument("--ray", action="store_true", help="also time the job as a Ray Data pipeline on a local Ray")
+    args = parse(options, smoke=dict(videos=2, seconds=2.0, size=64, audio_model="random:hubert-tiny", visual_model="random:dinov2-tiny",
+                                     workers=1, batch_size=8))
 
     import torch
 
@@ -112,9 +101,9 @@ def main() -> None:
     from avfeat.extract.inputs import list_inputs
     from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
 
-    work = Path(tempfile.mkdtemp(prefix="avfeat-bench-"))
+    work = work_folder(None, "avfeat-bench-")
     if not args.media:
-        make_corpus(work / "videos", videos=args.videos, seconds=args.seconds, classes=4, seed=0)
+        make_corpus(work / "videos", videos=args.videos, seconds=args.seconds, classes=4, seed=0, size=args.size)
     inputs = list_inputs(str(args.media or work / "videos"))
     paths = [item.path for item in inputs]
     config = ExtractConfig(audio_model=args.audio_model, visual_model=args.visual_model, fps=args.fps)
@@ -122,37 +111,35 @@ def main() -> None:
         batch_size=args.batch_size, workers=args.workers, device=args.device, dtype=args.dtype, shard_size=args.shard_size, quiet=True
     )
     extractor = Extractor(config, options)
+    device, dtype = extractor.encoder.device, extractor.encoder.dtype  # the encoder resolved "auto"
 
-    decode_s, decoded = _median_time(lambda: decode_all(paths, extractor.encoder.spec, args.workers), args.repeats)
+    decode_s, decoded = median_time(lambda: decode_all(paths, extractor.encoder.spec, args.workers), args.repeats)
     media_seconds = sum(m.duration for m in decoded)
     frames = sum(len(m.frames) for m in decoded)
     model_s = {}
     for modality in ("audio", "visual"):
         model_only(extractor, decoded, modality)  # warm-up (allocations, lazy kernels)
-        model_s[modality], _ = _median_time(lambda: model_only(extractor, decoded, modality), args.repeats)
+        model_s[modality], _ = median_time(lambda: model_only(extractor, decoded, modality), args.repeats)
 
     runs = iter(range(1000))
-    e2e_s, _ = _median_time(lambda: extractor.run(inputs, work / f"cache-{next(runs)}"), args.repeats)
+    e2e_s, _ = median_time(lambda: extractor.run(inputs, work / f"cache-{next(runs)}"), args.repeats)
 
     ray_s = None
     if args.ray:
         import ray
 
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        ray_s, _ = _median_time(lambda: ray_run(extractor, inputs, work / f"cache-{next(runs)}"), args.repeats)
+        ray_s, _ = median_time(lambda: ray_run(extractor, inputs, work / f"cache-{next(runs)}"), args.repeats)
         ray.shutdown()
 
     naive_s = None
     if not args.skip_naive and args.audio_model.startswith("random:") and args.visual_model.startswith("random:"):
-        naive_s, _ = _median_time(
-            lambda: naive_loop(paths, args.audio_model, args.visual_model, args.fps, extractor.device), args.repeats
-        )
+        naive_s, _ = median_time(lambda: naive_loop(paths, args.audio_model, args.visual_model, args.fps, device), args.repeats)
 
     figures = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
-        + (f", {torch.cuda.get_device_name()}" if extractor.device.startswith("cuda") else ""),
-        "device": extractor.device,
-        "dtype": extractor.dtype,
+        "machine": f"{machine()}, {torch.get_num_threads()} torch threads" + (f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""),
+        "device": device,
+        "dtype": dtype,
         "videos": len(paths),
         "media_seconds": round(media_seconds, 1),
         "frames": frames,
@@ -176,10 +163,7 @@ def main() -> None:
     if naive_s is not None:
         figures["naive_s"] = round(naive_s, 3)
         figures["naive_over_ours"] = round(naive_s / e2e_s, 2)
-    width = max(map(len, figures))
-    for key, value in figures.items():
-        print(f"{key:<{width}}  {value}")
-    print(json.dumps(figures))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

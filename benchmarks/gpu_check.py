@@ -2,7 +2,7 @@
 
     make gpu-check                                   # = python3 benchmarks/gpu_check.py
     python benchmarks/gpu_check.py --peak-tflops 989 --out gpu-check.json
-    python benchmarks/gpu_check.py --device cpu --small   # smoke test on a CPU (~1.5-2 min)
+    python benchmarks/gpu_check.py --smoke                # smoke test on a CPU (~1.5-2 min): --device cpu --small
 
 Stages (each in its own child process with its own time box, all within ``--budget`` seconds;
 a stage that fails or runs out of time is recorded in the JSON under its name as
@@ -48,6 +48,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from _bench import parse, parser
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("corpus", "backbones", "extract", "train", "index", "searcher", "audit", "scores", "faiss")
@@ -603,22 +605,22 @@ print(json.dumps(info))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:1, or cpu (with --small, a smoke test)")
-    parser.add_argument("--dtype", default="bfloat16", help="extraction and backbone compute dtype")
-    parser.add_argument("--small", action="store_true", help="tiny random models, a few short videos (CPU smoke test)")
-    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
-                        help="peak dense bf16 TFLOP/s the FLOP rates are divided by (default 989: H100/H200 SXM)")
-    parser.add_argument("--budget", type=float, default=465.0, help="seconds for the stages (default 465: under 8 min in all)")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed afterwards)")
-    parser.add_argument("--keep", action="store_true", help="keep the working folder (corpus, cache, heads, index, logs)")
-    parser.add_argument("--out", type=Path, help="also write the JSON to this file")
-    parser.add_argument("--shim", action="store_true", help="import avfeat through the symlink folder even when it is installed")
-    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # child mode
-    parser.add_argument("--context", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    options = parser(__doc__)
+    options.add_argument("--device", default="cuda", help="cuda (default), cuda:1, or cpu (with --small, a smoke test)")
+    options.add_argument("--dtype", default="bfloat16", help="extraction and backbone compute dtype")
+    options.add_argument("--small", action="store_true", help="tiny random models, a few short videos (CPU smoke test)")
+    options.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
+                         help="peak dense bf16 TFLOP/s the FLOP rates are divided by (default 989: H100/H200 SXM)")
+    options.add_argument("--budget", type=float, default=465.0, help="seconds for the stages (default 465: under 8 min in all)")
+    options.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    options.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed afterwards)")
+    options.add_argument("--keep", action="store_true", help="keep the working folder (corpus, cache, heads, index, logs)")
+    options.add_argument("--out", type=Path, help="also write the JSON to this file")
+    options.add_argument("--shim", action="store_true", help="import avfeat through the symlink folder even when it is installed")
+    options.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)  # child mode
+    options.add_argument("--context", type=Path, help=argparse.SUPPRESS)
+    options.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parse(options, smoke=dict(device="cpu", small=True), argv=argv)  # --smoke: exactly --device cpu --small
     if args.stage:
         return run_stage_child(args.stage, args.context, args.result)
 
@@ -635,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report["environment"] = environment(args.device)
         if args.device.startswith("cuda") and "gpu" not in report["environment"]:
-            report["error"] = f"--device {args.device}: torch sees no CUDA GPU (use --device cpu --small for a smoke test)"
+            report["error"] = f"--device {args.device}: torch sees no CUDA GPU (use --smoke, i.e. --device cpu --small, for a smoke test)"
             print(json.dumps(report, indent=2))
             return 1
         env, report["environment"]["avfeat_import"] = importable_env(work, force_shim=args.shim)

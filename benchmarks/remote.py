@@ -10,19 +10,17 @@ second. Both servers run on this machine, so the figures measure avfeat's remote
 
     python benchmarks/remote.py                      # 8 clips of 10 s, 224 px, 1 fps: about 70 s
     python benchmarks/remote.py --clips 16 --fps 2
+    python benchmarks/remote.py --smoke              # 2 clips of 1 s, 64 px: does it run?
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing
 import os
-import platform
 import statistics
-import tempfile
-import time
 from pathlib import Path
+
+from _bench import interleaved, machine, parse, parser, print_figures, work_folder
 
 BUCKET = "avfeat-bench"
 
@@ -40,14 +38,13 @@ def serve(root: str, conn) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--size", type=int, default=224, help="frame size of the synthetic videos (pixels)")
-    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second, as extract --fps")
-    parser.add_argument("--grain", type=int, default=12, help="film grain added to the frames (0-255): real videos' bitrates, not a flat picture's")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    options = parser(__doc__, repeats=5)
+    options.add_argument("--clips", type=int, default=8)
+    options.add_argument("--seconds", type=float, default=10.0)
+    options.add_argument("--size", type=int, default=224, help="frame size of the synthetic videos (pixels)")
+    options.add_argument("--fps", type=float, default=1.0, help="frames sampled per second, as extract --fps")
+    options.add_argument("--grain", type=int, default=12, help="film grain added to the frames (0-255): real videos' bitrates, not a flat picture's")
+    args = parse(options, smoke=dict(clips=2, seconds=1.0, size=64))
 
     import numpy as np
 
@@ -55,7 +52,7 @@ def main() -> None:
     from avfeat.extract.media import DecodeSpec, decode
     from avfeat.testing import S3_TEST_ENV, clip_audio, clip_frames, make_shard
 
-    root = Path(tempfile.mkdtemp(prefix="avfeat-remote-"))
+    root = work_folder(None, "avfeat-remote-")
     names = [f"clip{i:03d}.mp4" for i in range(args.clips)]
     (root / "clips").mkdir()
     rng = np.random.default_rng(0)
@@ -81,7 +78,7 @@ def main() -> None:
         "s3 tar members": [f"s3://{BUCKET}/shard.tar#{n}" for n in names],
     }
     figures = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "clips": args.clips,
         "clip_seconds": args.seconds,
         "clip_bytes": (root / "clips" / names[0]).stat().st_size,
@@ -90,13 +87,7 @@ def main() -> None:
     try:
         for paths in sources.values():  # warm up: imports, filesystems, connections
             decode(paths[0], spec)
-        times = {kind: [] for kind in sources}
-        for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits every kind
-            for kind, paths in sources.items():
-                started = time.perf_counter()
-                for path in paths:
-                    decode(path, spec)
-                times[kind].append(time.perf_counter() - started)
+        times = interleaved({kind: lambda paths=paths: [decode(path, spec) for path in paths] for kind, paths in sources.items()}, args.repeats)
         local = statistics.median(times["local files"])
         for kind, taken in times.items():
             figures[f"{kind}: media-s/s"] = round(media_seconds / statistics.median(taken), 1)
@@ -104,7 +95,7 @@ def main() -> None:
     finally:
         parent.send("done")
         server.join(30)
-    print(json.dumps(figures, indent=2))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

@@ -17,19 +17,20 @@ faiss-gpu is used for the indexes when it sees a GPU.
     python benchmarks/search.py                 # ~5 min on 2 CPU cores
     python benchmarks/search.py --n 200000      # quicker
     python benchmarks/search.py --only shards   # section 3 alone, ~1 min
+    python benchmarks/search.py --smoke         # every section at toy sizes: does it run?
 """
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from _bench import parse, parser, timed
 
 
 def unit(n: int, dim: int, seed: int) -> np.ndarray:
@@ -47,14 +48,9 @@ def measure(index, queries: np.ndarray, truth: np.ndarray, single: int) -> dict:
 def query_rates(index, queries: np.ndarray, single: int):
     """Queries/s batched and one at a time (the first ``single`` queries), and the batched
     search's (scores, ids) for the top 10."""
-    started = time.perf_counter()
-    scores, ids = index.search(queries, 10)
-    batched = len(queries) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    for q in queries[:single]:
-        index.search(q[None], 10)
-    one = single / (time.perf_counter() - started)
-    return batched, one, scores, ids
+    seconds, (scores, ids) = timed(lambda: index.search(queries, 10))
+    one, _ = timed(lambda: [index.search(q[None], 10) for q in queries[:single]])
+    return len(queries) / seconds, single / one, scores, ids
 
 
 def run_autofaiss(vectors: np.ndarray, budget: int):
@@ -62,12 +58,11 @@ def run_autofaiss(vectors: np.ndarray, budget: int):
         from autofaiss import build_index
     except ImportError as error:
         return None, f"not available ({type(error).__name__}: {error})"
-    started = time.perf_counter()
-    index, _ = build_index(
+    seconds, (index, _) = timed(lambda: build_index(
         embeddings=vectors, save_on_disk=False, metric_type="ip", max_index_memory_usage=f"{budget // 2**20}MB",
         current_memory_available=f"{max(budget, 2**30) // 2**20}MB", min_nearest_neighbors_to_retrieve=10, verbose=30,
-    )
-    return index, time.perf_counter() - started
+    ))
+    return index, seconds
 
 
 def bench_index(n: int, dim: int, queries: int, budget: int | None, single: int) -> None:
@@ -79,9 +74,7 @@ def bench_index(n: int, dim: int, queries: int, budget: int | None, single: int)
     vectors, q = unit(n, dim, 0), unit(queries, dim, 1)
     exact = faiss.IndexFlatIP(dim)
     exact.add(vectors)
-    started = time.perf_counter()
-    _, truth = exact.search(q, 10)
-    exact_seconds = time.perf_counter() - started
+    exact_seconds, (_, truth) = timed(lambda: exact.search(q, 10))
     built = build_faiss(vectors, queries=unit(1000, dim, 2), memory_budget=budget)
     ours = measure(built.index, q, truth, single)
     print(f"\n== {n:,} random unit vectors, dim {dim}, {queries} queries, memory budget {budget / 2**30:.1f} GiB, GPUs {faiss.get_num_gpus()} ==")
@@ -124,9 +117,7 @@ def bench_sync(minutes: float, fps: float) -> None:
         heads = AVHeads(HeadConfig(audio_dim=768, visual_dim=384, dim=256)).eval()
         cache = Cache(root)
         torch.set_num_threads(torch.get_num_threads())
-        started = time.perf_counter()
-        result = sync_cached(cache, "long", heads, max_offset=2.0)
-        elapsed = time.perf_counter() - started
+        elapsed, result = timed(lambda: sync_cached(cache, "long", heads, max_offset=2.0))
         cache.close()
     print(f"\n== sync on cached tokens: {minutes:g}-minute video, {fps:g} fps, ±2 s in 20 ms steps ({len(result.lags)} lags) ==")
     print(f"{elapsed:.2f} s (reading the cache, projecting, scoring)")
@@ -157,9 +148,7 @@ def open_and_search(folder: str, mmap: bool, queries: np.ndarray, single: int) -
     from avfeat.index.store import IndexFolder
 
     base = resident_mib()
-    started = time.perf_counter()
-    index = IndexFolder(folder, mmap=mmap).faiss_index("audio")
-    load = time.perf_counter() - started
+    load, index = timed(lambda: IndexFolder(folder, mmap=mmap).faiss_index("audio"))
     loaded = resident_mib()
     batched, one, scores, ids = query_rates(index, queries, single)
     searched = resident_mib()
@@ -227,20 +216,22 @@ def bench_shards(n: int, dim: int, shards: int, queries: int, single: int) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=1_000_000, help="vectors in the large run")
-    parser.add_argument("--small-n", type=int, default=2_400, help="vectors in the corpus-sized run (the demo corpus: 24 videos x 6 s, windows every 0.2 s)")
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--single", type=int, default=200, help="queries timed one at a time")
-    parser.add_argument("--memory-budget", default=None, help="e.g. 4GB (default: half the machine's memory)")
-    parser.add_argument("--sync-minutes", type=float, default=10.0)
-    parser.add_argument("--sync-fps", type=float, default=1.0)
-    parser.add_argument("--shards", type=int, default=4, help="shards in section 3")
-    parser.add_argument("--shard-n", type=int, default=400_000, help="vectors in section 3")
-    parser.add_argument("--shard-dim", type=int, default=128)
-    parser.add_argument("--only", choices=["index", "sync", "shards"], help="run one section")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--n", type=int, default=1_000_000, help="vectors in the large run")
+    options.add_argument("--small-n", type=int, default=2_400, help="vectors in the corpus-sized run (the demo corpus: 24 videos x 6 s, windows every 0.2 s)")
+    options.add_argument("--dim", type=int, default=256)
+    options.add_argument("--queries", type=int, default=1000)
+    options.add_argument("--single", type=int, default=200, help="queries timed one at a time")
+    options.add_argument("--memory-budget", default=None, help="e.g. 4GB (default: half the machine's memory)")
+    options.add_argument("--sync-minutes", type=float, default=10.0)
+    options.add_argument("--sync-fps", type=float, default=1.0)
+    options.add_argument("--shards", type=int, default=4, help="shards in section 3")
+    options.add_argument("--shard-n", type=int, default=400_000, help="vectors in section 3")
+    options.add_argument("--shard-dim", type=int, default=128)
+    options.add_argument("--only", choices=["index", "sync", "shards"], help="run one section")
+    # --smoke: the large run just over the size where the automatic choice leaves exact search.
+    args = parse(options, smoke=dict(n=100_000, small_n=500, dim=16, queries=100, single=10, sync_minutes=0.1,
+                                     shards=2, shard_n=20_000, shard_dim=16))
     from avfeat.common import parse_size
 
     budget = parse_size(args.memory_budget) if args.memory_budget else None

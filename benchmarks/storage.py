@@ -26,19 +26,19 @@ random backbones (float16, int8, pool 2, int8 + pool 2) and for each it reports:
     python benchmarks/storage.py
     python benchmarks/storage.py --trade-off --seeds 0 1 2 --jobs 2     # ~1 h on 2 cores
     python benchmarks/storage.py --trade-off --jobs 2 --visual-model random:dinov2-tiny   # the demo's 8x8 grid, ~15 min
+    python benchmarks/storage.py --smoke                # both parts at toy sizes: does it run?
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import random
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from _bench import parse, parser, timed, work_folder
 
 CONFIGS = {  # name: extract flags
     "float16": [],
@@ -108,15 +108,17 @@ def read_speed(path: Path, seconds: float = 1.5, batch: int = 32, passes: int = 
         batches = [order[i : i + batch] for i in range(0, len(order), batch)]
         for chunk in batches:  # warm: the page cache holds the shards, handles are open
             cache.read_windows(chunk, geometry)
-        count = delivered = 0
-        started = time.perf_counter()
-        for _ in range(passes):
-            for chunk in batches:
-                audio, visual = cache.read_windows(chunk, geometry)
-                count += len(chunk)
-                delivered += audio.nbytes + visual.nbytes
-        elapsed = time.perf_counter() - started
-    return count / elapsed, delivered / elapsed / 1e6
+
+        def read_all() -> int:
+            delivered = 0
+            for _ in range(passes):
+                for chunk in batches:
+                    audio, visual = cache.read_windows(chunk, geometry)
+                    delivered += audio.nbytes + visual.nbytes
+            return delivered
+
+        elapsed, delivered = timed(read_all)
+    return passes * len(order) / elapsed, delivered / elapsed / 1e6
 
 
 FIGURES = {  # column: (section of `avfeat eval`'s report, key)
@@ -127,14 +129,18 @@ FIGURES = {  # column: (section of `avfeat eval`'s report, key)
 }
 
 
-def trade_off_job(work: Path, seed: int, name: str, visual_model: str) -> dict[str, float]:
+# --smoke --trade-off: the demo's recipe at toy sizes (10 videos, 2 held out; one pass an epoch).
+SMOKE_RECIPE = dict(videos=10, seconds=4.0, classes=2, epochs=1, passes_per_epoch=1, batch_size=4)
+
+
+def trade_off_job(work: Path, seed: int, name: str, recipe_changes: dict) -> dict[str, float]:
     """Extract the seed's corpus with one storage, train the demo's heads on it, evaluate them → figures."""
     from avfeat.align.train import RunOptions, train
     from avfeat.demo import DemoConfig
     from avfeat.evaluation import evaluate
     from avfeat.testing import run_avfeat, torch_threads
 
-    recipe = DemoConfig(seed=seed, visual_model=visual_model)
+    recipe = DemoConfig(seed=seed, **recipe_changes)
     corpus, out, heads = work / "corpus", work / folder_name(name), work / f"heads-{folder_name(name)}"
     if not (out / "cache.json").is_file():
         run_avfeat("extract", corpus, "--out", out, "--audio-model", recipe.audio_model, "--visual-model", recipe.visual_model,
@@ -147,14 +153,15 @@ def trade_off_job(work: Path, seed: int, name: str, visual_model: str) -> dict[s
     return {column: float(sections[section][key]) for column, (section, key) in FIGURES.items()}
 
 
-def print_trade_off(work: Path, seeds: list[int], jobs: int, visual_model: str) -> None:
+def print_trade_off(work: Path, seeds: list[int], jobs: int, recipe_changes: dict) -> None:
+    """``recipe_changes``: DemoConfig fields that differ from the demo's (the visual backbone, --smoke's sizes)."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     from avfeat.data.synth import make_corpus
     from avfeat.demo import DemoConfig
 
-    recipe = DemoConfig(visual_model=visual_model)
+    recipe = DemoConfig(**recipe_changes)
     for seed in seeds:
         if not (work / f"seed{seed}" / "corpus" / "ground_truth.parquet").is_file():
             make_corpus(work / f"seed{seed}" / "corpus", videos=recipe.videos, seconds=recipe.seconds, classes=recipe.classes, seed=seed)
@@ -163,10 +170,13 @@ def print_trade_off(work: Path, seeds: list[int], jobs: int, visual_model: str) 
           f"{recipe.window:g} s windows, batch {recipe.batch_size}, {recipe.epochs} epochs of {recipe.passes_per_epoch} passes, "
           "temporal negatives; trained and evaluated on each storage")
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, {jobs} job(s) at once, one thread each\n", flush=True)
-    started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = {(name, seed): pool.submit(trade_off_job, work / f"seed{seed}", seed, name, visual_model) for seed in seeds for name in CONFIGS}
-        figures = {key: future.result() for key, future in futures.items()}
+
+    def run_jobs() -> dict:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {(name, seed): pool.submit(trade_off_job, work / f"seed{seed}", seed, name, recipe_changes) for seed in seeds for name in CONFIGS}
+            return {key: future.result() for key, future in futures.items()}
+
+    seconds, figures = timed(run_jobs)
     header = f"{'storage':<14} " + " ".join(f"{column:>28}" for column in FIGURES)
     print(header)
     print("-" * len(header))
@@ -183,43 +193,50 @@ def print_trade_off(work: Path, seeds: list[int], jobs: int, visual_model: str) 
             deltas = [100 * (figures[name, seed][column] - figures["float16", seed][column]) for seed in seeds]
             cells.append(f"{np.mean(deltas):+.1f} ({min(deltas):+.1f} to {max(deltas):+.1f})")
         print(f"{name:<14} " + " ".join(f"{cell:>28}" for cell in cells))
-    print(f"\n{len(figures)} jobs in {time.perf_counter() - started:.0f} s. R@1: class recall of the held-out windows ({recipe.val_fraction:.0%} of the videos);")
+    print(f"\n{len(figures)} jobs in {seconds:.0f} s. R@1: class recall of the held-out windows ({recipe.val_fraction:.0%} of the videos);")
     print("sync ±1: `avfeat eval`'s estimate within one 0.2 s step of each of 21 shifts of every held-out video; pointing: its pointing game")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=40)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--classes", type=int, default=5)
-    parser.add_argument("--fps", type=float, default=2.0)
-    parser.add_argument("--trade-off", action="store_true", help="train and evaluate heads on each storage (the demo's recipe) instead")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --trade-off")
-    parser.add_argument("--visual-model", default="random:dinov2-tiny-224",
-                        help="--trade-off's visual backbone [default: tiny widths on the defaults' 16x16 patch grid, which pooling halves]")
-    parser.add_argument("--jobs", type=int, default=1, help="--trade-off runs this many (seed, storage) jobs at once, one thread each")
-    parser.add_argument("--work", type=Path, default=None, help="folder to keep the corpus and caches in [default: a temp folder]")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--videos", type=int, default=40)
+    options.add_argument("--seconds", type=float, default=4.0)
+    options.add_argument("--classes", type=int, default=5)
+    options.add_argument("--fps", type=float, default=2.0)
+    options.add_argument("--trade-off", action="store_true", help="train and evaluate heads on each storage (the demo's recipe) instead")
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --trade-off")
+    options.add_argument("--visual-model", default="random:dinov2-tiny-224",
+                         help="--trade-off's visual backbone [default: tiny widths on the defaults' 16x16 patch grid, which pooling halves]")
+    options.add_argument("--jobs", type=int, default=1, help="--trade-off runs this many (seed, storage) jobs at once, one thread each")
+    options.add_argument("--work", type=Path, default=None, help="folder to keep the corpus and caches in [default: a temp folder]")
+    args = parse(options, smoke=dict(videos=2, seconds=2.0, classes=2, seeds=[0]))
 
+    work = work_folder(args.work, "avfeat-storage-")
+    recipe_changes = {"visual_model": args.visual_model, **(SMOKE_RECIPE if args.smoke else {})}
+    if args.trade_off:
+        print_trade_off(work, args.seeds, args.jobs, recipe_changes)
+        return
+    print_storage_table(work, args)
+    if args.smoke:  # the trade-off too: both parts of the script run
+        print()
+        print_trade_off(work / "trade-off", args.seeds, args.jobs, recipe_changes)
+
+
+def print_storage_table(work: Path, args) -> None:
+    """Bytes, fidelity and read speed of each storage on one corpus (the script's default part)."""
     from avfeat.data.cache import Cache
     from avfeat.data.synth import make_corpus
     from avfeat.testing import TINY_MODELS, run_avfeat
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="avfeat-storage-"))
-    if args.trade_off:
-        print_trade_off(work, args.seeds, args.jobs, args.visual_model)
-        return
     corpus = work / "corpus"
     if not corpus.is_dir():
         make_corpus(corpus, videos=args.videos, seconds=args.seconds, classes=args.classes, seed=0, size=112)
-    caches, seconds_taken = {}, {}
+    caches = {}
     for name, flags in CONFIGS.items():
         out = work / folder_name(name)
-        started = time.perf_counter()
         if not (out / "cache.json").is_file():
             run_avfeat("extract", corpus, "--out", out, *TINY_MODELS, "--fps", args.fps, "--quiet", "--workers", 1,
                        "--shard-size", 1000, *flags, check=0, threads=1)
-        seconds_taken[name] = time.perf_counter() - started
         caches[name] = out
 
     reference = Cache(caches["float16"])

@@ -13,19 +13,19 @@ dataset, next to the bytes of the tokens one step actually needs.
 
     python benchmarks/stream.py                     # 120 videos x 4 s at 5 fps, CPU
     python benchmarks/stream.py --h5py              # and the per-window h5py reader it replaced
+    python benchmarks/stream.py --smoke             # 6 videos of 2 s, both readers: does it run?
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from _bench import machine, parse, parser, timed
 
 
 def rchar() -> int:
@@ -53,11 +53,14 @@ def epoch_rate(trainer) -> float:
                            trainer.config.min_shift, trainer.generator)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
-    started = time.perf_counter()
-    for audio, visual, shifted in trainer.epoch_batches(plan):
-        trainer.train_step(audio, visual, shifted)
-    float(trainer.heads.logit_scale.detach().float().cpu())  # wait for the device
-    return len(plan) / (time.perf_counter() - started)
+
+    def epoch() -> None:
+        for audio, visual, shifted in trainer.epoch_batches(plan):
+            trainer.train_step(audio, visual, shifted)
+        float(trainer.heads.logit_scale.detach().float().cpu())  # wait for the device
+
+    seconds, _ = timed(epoch)
+    return len(plan) / seconds
 
 
 def bytes_per_step(trainer) -> dict:
@@ -70,11 +73,17 @@ def bytes_per_step(trainer) -> dict:
     ids = data.plan_ids(plan, trainer.config.temporal_negatives)
     dataset = data.StreamBatches(trainer.cache_path, trainer.table, ids)
     dataset[0]  # open the shards outside the count
-    before, needed, started = rchar(), 0, time.perf_counter()
-    for s in range(len(dataset)):
-        audio, visual = dataset[s]
-        needed += audio.nbytes + visual.nbytes
-    seconds = time.perf_counter() - started
+
+    def read_epoch() -> int:
+        """Build every batch (one at a time: an epoch's batches need not fit in memory) → their bytes."""
+        needed = 0
+        for s in range(len(dataset)):
+            audio, visual = dataset[s]
+            needed += audio.nbytes + visual.nbytes
+        return needed
+
+    before = rchar()
+    seconds, needed = timed(read_epoch)
     return {"read_per_step": (rchar() - before) / len(dataset), "needed_per_step": needed / len(dataset), "reader_batches_per_s": len(dataset) / seconds}
 
 
@@ -110,26 +119,27 @@ def measure(trainers: dict, args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, help="an existing cache (default: build a synthetic one)")
-    parser.add_argument("--videos", type=int, default=120)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--fps", type=float, default=5.0)
-    parser.add_argument("--window", type=float, default=1.5)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--passes", type=int, default=10, help="passes per epoch (an epoch is passes x steps per pass)")
-    parser.add_argument("--temporal-negatives", action="store_true")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--h5py", action="store_true", help="also stream with the per-window h5py reader (the reader before direct reads)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    args = parser.parse_args()
+    options = parser(__doc__, repeats=3, repeats_help="interleaved epochs of each (the best counts; one more warms up)")
+    options.add_argument("--cache", type=Path, help="an existing cache (default: build a synthetic one)")
+    options.add_argument("--videos", type=int, default=120)
+    options.add_argument("--seconds", type=float, default=4.0)
+    options.add_argument("--fps", type=float, default=5.0)
+    options.add_argument("--window", type=float, default=1.5)
+    options.add_argument("--dim", type=int, default=64)
+    options.add_argument("--batch-size", type=int, default=32)
+    options.add_argument("--passes", type=int, default=10, help="passes per epoch (an epoch is passes x steps per pass)")
+    options.add_argument("--temporal-negatives", action="store_true")
+    options.add_argument("--workers", type=int, default=2)
+    options.add_argument("--h5py", action="store_true", help="also stream with the per-window h5py reader (the reader before direct reads)")
+    options.add_argument("--device", default="cpu")
+    options.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    # --smoke streams with both readers and temporal negatives: every read path, at toy sizes.
+    args = parse(options, smoke=dict(videos=6, seconds=2.0, fps=2.0, window=1.0, dim=16, batch_size=4, passes=1, workers=1,
+                                     h5py=True, temporal_negatives=True))
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+    print(f"# {machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"device {args.device}, {args.workers} workers")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -138,9 +148,8 @@ def main() -> None:
         else:
             from avfeat.testing import build_cache
 
-            started = time.perf_counter()
-            _, cache = build_cache(tmp, videos=args.videos, seconds=args.seconds, classes=10, fps=args.fps)
-            print(f"# built the cache: {args.videos} videos x {args.seconds:g} s at {args.fps:g} fps in {time.perf_counter() - started:.0f} s")
+            seconds, (_, cache) = timed(lambda: build_cache(tmp, videos=args.videos, seconds=args.seconds, classes=10, fps=args.fps))
+            print(f"# built the cache: {args.videos} videos x {args.seconds:g} s at {args.fps:g} fps in {seconds:.0f} s")
         trainers = {"memory": make_trainer(cache, tmp / "memory", args, None), "stream": make_trainer(cache, tmp / "stream", args, 0)}
         if args.h5py:
             trainers["h5py"] = make_trainer(cache, tmp / "h5py", args, 0)

@@ -9,32 +9,20 @@
 
     python benchmarks/train.py                         # CPU, a small synthetic cache
     python benchmarks/train.py --device cuda --batch-size 512 --videos 600
+    python benchmarks/train.py --smoke                 # 4 videos of 2 s, a few steps: does it run?
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-
-def build_cache(folder: Path, videos: int, seconds: float, fps: float) -> Path:
-    from avfeat.data.synth import make_corpus
-
-    make_corpus(folder / "corpus", videos=videos, seconds=seconds, classes=10, seed=0, size=112)
-    subprocess.run(
-        [sys.executable, "-m", "avfeat", "extract", str(folder / "corpus"), "--out", str(folder / "cache"),
-         "--audio-model", "random:hubert-tiny", "--visual-model", "random:dinov2-tiny", "--fps", str(fps), "--quiet"],
-        check=True, capture_output=True,
-    )
-    return folder / "cache"
+from _bench import interleaved, machine, parse, parser, timed
 
 
 def sync(device: torch.device) -> None:
@@ -55,31 +43,23 @@ def data_overhead(cache: Path, out: Path, args) -> dict:
     def plan(steps: int) -> data.Plan:
         return data.epoch_plan(trainer.table, trainer.train_videos, trainer.batch_size, passes, 1.0, trainer.generator, steps)
 
-    def trainer_loop(steps: int) -> float:
+    # Each loop ends waiting for the device, so the next one's clock starts on an idle device.
+    def trainer_loop(steps: int) -> None:
         """What `Trainer.run` does per epoch: sample the plan, gather, step."""
-        sync(device)
-        started = time.perf_counter()
         for audio, visual, shifted in trainer.epoch_batches(plan(steps)):
             trainer.train_step(audio, visual, shifted)
         sync(device)
-        return steps / (time.perf_counter() - started)
 
     audio, visual = trainer.source.gather(plan(1).windows[0])
 
-    def bare_loop(steps: int) -> float:
-        sync(device)
-        started = time.perf_counter()
+    def bare_loop(steps: int) -> None:
         for _ in range(steps):
             trainer.train_step(audio, visual, None)
         sync(device)
-        return steps / (time.perf_counter() - started)
 
     trainer_loop(args.warmup), bare_loop(args.warmup)
-    results = {"trainer": [], "bare": []}
-    for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
-        results["trainer"].append(trainer_loop(args.steps))
-        results["bare"].append(bare_loop(args.steps))
-    trainer_rate, bare_rate = max(results["trainer"]), max(results["bare"])
+    times = interleaved({"trainer": lambda: trainer_loop(args.steps), "bare": lambda: bare_loop(args.steps)}, args.repeats)
+    trainer_rate, bare_rate = args.steps / min(times["trainer"]), args.steps / min(times["bare"])
     return {
         "batch_size": trainer.batch_size, "in_memory": trainer.in_memory, "data_mb": trainer.data_bytes / 2**20,
         "trainer_steps_per_s": trainer_rate, "bare_steps_per_s": bare_rate,
@@ -138,10 +118,8 @@ def run_scores(variant: str, b: int, t: int, n: int, d: int, device_name: str, r
     times = []
     for _ in range(repeats):
         sync(device)
-        started = time.perf_counter()
-        fn(audio, visual).sum().backward()
-        sync(device)
-        times.append(time.perf_counter() - started)
+        seconds, _ = timed(lambda: (fn(audio, visual).sum().backward(), sync(device)))
+        times.append(seconds)
     peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else sampler.stop()
     return {"seconds": min(times), "peak_bytes": peak}
 
@@ -164,29 +142,33 @@ def scores_comparison(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, help="an existing cache (default: build a synthetic one)")
-    parser.add_argument("--videos", type=int, default=80)
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--fps", type=float, default=2.0)
-    parser.add_argument("--window", type=float, default=2.0)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    args = parser.parse_args()
+    options = parser(__doc__, repeats=3, repeats_help="interleaved runs of each loop (the best counts)")
+    options.add_argument("--cache", type=Path, help="an existing cache (default: build a synthetic one)")
+    options.add_argument("--videos", type=int, default=80)
+    options.add_argument("--seconds", type=float, default=4.0)
+    options.add_argument("--fps", type=float, default=2.0)
+    options.add_argument("--window", type=float, default=2.0)
+    options.add_argument("--dim", type=int, default=64)
+    options.add_argument("--batch-size", type=int, default=32)
+    options.add_argument("--steps", type=int, default=20)
+    options.add_argument("--warmup", type=int, default=3)
+    options.add_argument("--device", default="cpu")
+    options.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    args = parse(options, smoke=dict(videos=4, seconds=2.0, window=1.0, dim=16, batch_size=4, steps=2, warmup=1))
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
+    print(f"# {machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
     if args.device.startswith("cuda"):
         print(f"# GPU: {torch.cuda.get_device_name(0)}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cache = args.cache or build_cache(tmp, args.videos, args.seconds, args.fps)
+        if args.cache:
+            cache = args.cache
+        else:
+            from avfeat.testing import build_cache
+
+            _, cache = build_cache(tmp, videos=args.videos, seconds=args.seconds, classes=10, fps=args.fps, size=112)
         overhead = data_overhead(cache, tmp / "heads", args)
         print(f"step loop: {overhead['trainer_steps_per_s']:.2f} steps/s ({overhead['windows_per_s']:.0f} windows/s) at B={overhead['batch_size']}, "
               f"bare loss+backward {overhead['bare_steps_per_s']:.2f} steps/s -> data overhead ratio {overhead['overhead_ratio']:.3f} "
