@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.avfeat-installed
 DEMO ?= demo
 
-.PHONY: setup demo test test-slow bench clean gpu-check
+.PHONY: setup demo test test-slow test-isa bench clean gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,19 @@ demo: $(STAMP)
 # `make test`: everything but the `slow` end-to-end runs (about 20 minutes on 2 CPU cores);
 # `make test-slow`: only those (acceptance levels, Ray, the demo). CI runs both.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The quality levels (`acceptance` tests) again with torch's, oneDNN's, MKL's and FBGEMM's kernels
+# held to AVX2 (an AVX2-only CPU, as met on AMX and AVX512 machines) and to no vector extension
+# beyond SSE4 (ATen's portable kernels): a level must not depend on the CPU a run lands on.
+ISA_AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2
+ISA_SSE := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2
+test-isa: $(STAMP)
+	$(ISA_AVX2) $(BIN)/python -m pytest -q -m acceptance $(PYTEST_ARGS)
+	$(ISA_SSE) $(BIN)/python -m pytest -q -m acceptance $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract.py

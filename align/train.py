@@ -39,6 +39,7 @@ from avfeat.align.evaluate import window_scores
 from avfeat.align.metrics import both_directions
 from avfeat.align.scores import paired_scores, pairwise_scores
 from avfeat.common import check_number, prepare_output, resolve_device, write_atomic, writer_lock
+from avfeat.data.cache import compute_dtype
 from avfeat.errors import CheckpointError, InputError, TrainingDiverged
 
 
@@ -352,7 +353,10 @@ class Trainer:
 
     def checkpoint_config(self) -> dict:
         c = self.cache.config
-        keys = ("audio_model", "visual_model", "audio_layer", "visual_layer", "fps", "audio_token_rate", "audio_dim", "visual_dim", "visual_tokens", "visual_grid", "frame_geometry", "storage", "pool_patches")
+        keys = ("audio_model", "visual_model", "audio_layer", "visual_layer", "fps", "audio_token_rate", "audio_dim", "visual_dim", "visual_tokens", "visual_grid", "frame_geometry", "storage", "pool_patches", "decode_mode")
+        # How the tokens were made travels with the heads: queries (search, sync) decode and compute the same way.
+        c = {**c, "compute_dtype": compute_dtype(self.cache.layout)}
+        keys += ("compute_dtype",)
         return {
             "heads": self.heads.config.to_dict(),
             "window": self.config.window,

@@ -50,12 +50,16 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 1."""
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors become one line on stderr and exit code 1.
+
+    ``argv`` (default ``sys.argv[1:]``) lets tests run a command in-process; it ends, as on the
+    command line, with ``SystemExit``.
+    """
     from avfeat.extract.cli import expand_ray_flag
 
     try:
-        app(args=expand_ray_flag(sys.argv[1:]), prog_name="avfeat")
+        app(args=expand_ray_flag(sys.argv[1:] if argv is None else list(argv)), prog_name="avfeat")
     except AvfeatError as error:
         typer.echo(f"avfeat: error: {error}", err=True)
         sys.exit(1)

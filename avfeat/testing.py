@@ -242,8 +242,11 @@ class SlowStart:
         return dispatch(task)
 
 
-# The tiny random backbones every end-to-end test extracts with.
-TINY_MODELS = ["--audio-model", "random:hubert-tiny", "--visual-model", "random:dinov2-tiny"]
+# The tiny random backbones every end-to-end test extracts with, computed in float32: `--dtype
+# auto` picks bfloat16, int8 or float32 from the CPU it finds, and tests must give the same
+# tokens (and so the same quality levels) on every CPU. A test of the other paths names its
+# --dtype after these (the last value wins).
+TINY_MODELS = ["--audio-model", "random:hubert-tiny", "--visual-model", "random:dinov2-tiny", "--dtype", "float32"]
 
 
 def assert_same_cache(path, expected_path, ignore: tuple[str, ...] = ()) -> None:
@@ -272,11 +275,48 @@ def assert_same_cache(path, expected_path, ignore: tuple[str, ...] = ()) -> None
 
 
 def run_avfeat(*args, check: int | None = None, timeout: float = 1200, threads: int | None = None):
-    """Run ``python -m avfeat ARGS`` as a user would; with ``check``, assert the exit status
-    (showing stderr on failure).
+    """Run ``avfeat ARGS`` in this process, as a user would from a shell: captured stdout and
+    stderr, the exit status (1 with the traceback on stderr for an uncaught exception, as Python
+    would give); with ``check``, assert the exit status (showing stderr on failure).
 
-    ``threads`` caps torch's intra-op threads (OMP_NUM_THREADS) in the child: small kernels run
-    faster and far more steadily so on a shared few-core machine.
+    In-process runs skip the 3-5 s of importing torch, transformers and FAISS again per command;
+    where the process itself is the subject (signals, kill -9, locks between processes), use
+    ``run_avfeat_process``. ``threads`` caps torch's intra-op threads for the command: small
+    kernels run faster and far more steadily so on a shared few-core machine. ``timeout`` is
+    honoured by ``run_avfeat_process`` only.
+    """
+    import io
+    import subprocess
+    import sys
+    import traceback
+
+    from avfeat.cli import main
+
+    argv = [str(arg) for arg in args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), torch_threads(threads):
+        try:
+            main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+        except Exception:  # what the interpreter does with an uncaught exception
+            traceback.print_exc()
+            code = 1
+    if isinstance(code, str):  # sys.exit("message"): printed, status 1
+        stderr.write(code + "\n")
+        code = 1
+    result = subprocess.CompletedProcess(["avfeat", *argv], code or 0, stdout.getvalue(), stderr.getvalue())
+    if check is not None:
+        assert result.returncode == check, result.stderr[-3000:]
+    return result
+
+
+def run_avfeat_process(*args, check: int | None = None, timeout: float = 1200, threads: int | None = None):
+    """Run ``python -m avfeat ARGS`` in a child process; as ``run_avfeat`` otherwise.
+
+    For tests whose subject is the process: its exit on a signal, a lock held between
+    processes, a kill, the interpreter's own output. ``threads`` sets OMP_NUM_THREADS there.
     """
     import subprocess
     import sys
@@ -296,12 +336,15 @@ def run_avfeat(*args, check: int | None = None, timeout: float = 1200, threads: 
 
 
 @contextlib.contextmanager
-def torch_threads(count: int):
-    """Run the block with ``count`` torch intra-op threads (restored after).
+def torch_threads(count: int | None):
+    """Run the block with ``count`` torch intra-op threads (restored after; None: unchanged).
 
     The acceptance runs use one: their small kernels run faster so, far more steadily when other
     jobs share a 2-core machine, and the float sums keep one order on every machine.
     """
+    if count is None:
+        yield
+        return
     import torch
 
     previous = torch.get_num_threads()

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from avfeat.common import check_number
+from avfeat.data.cache import compute_dtype
 from avfeat.errors import InputError, SearchIndexError
 
 EXACT_LIMIT = 100_000
@@ -399,6 +400,7 @@ def _build_index(cache, checkpoint, out, window, hop, factory, memory_budget, qu
             "fingerprint": cache.fingerprint(),
             "videos_fingerprint": videos_fingerprint(r for r in records if r.video_id in indexed),
             **cache.spec.to_dict(),
+            "compute_dtype": compute_dtype(cache.layout),  # queries compute their tokens the same way
         },
         "heads": {"path": str(Path(checkpoint.path).resolve()), "fingerprint": checkpoint.fingerprint, "trained_on_cache": checkpoint.cache_fingerprint},
         "videos": len(indexed),

@@ -112,6 +112,15 @@ def cached_query(cache, text: str) -> QueryTokens | None:
     )
 
 
+def query_dtype(cache_dtype: str | None, device: str) -> str:
+    """Compute a query's tokens as the cache's were (the heads learnt those), where the device
+    can: int8 kernels are CPU kernels, so a GPU query of an int8 cache uses the GPU's own choice.
+    Heads older than the record (no ``compute_dtype``) get ``auto``."""
+    if not cache_dtype or (cache_dtype == "int8" and not str(device).startswith("cpu")):
+        return "auto"
+    return cache_dtype
+
+
 class Backbones:
     """The cache's backbones, loaded on first use, to embed query files."""
 
@@ -127,8 +136,9 @@ class Backbones:
         config = ExtractConfig(
             audio_model=c["audio_model"], visual_model=c["visual_model"], audio_layer=c["audio_layer"],
             visual_layer=c["visual_layer"], fps=c["fps"], pool_patches=int(c.get("pool_patches") or 1),
+            decode_mode=c.get("decode_mode") or "exact",
         )
-        encoder = Encoder(config, device=self.device)
+        encoder = Encoder(config, device=self.device, dtype=query_dtype(c.get("compute_dtype"), self.device))
         # A checkpoint's copy of the cache config may lack pool_patches: its patch grid tells.
         cached, native = c.get("visual_grid"), encoder.visual.grid
         if "pool_patches" not in c and cached and native and tuple(cached) != tuple(native) and cached[0]:

@@ -75,6 +75,8 @@ def test_a_short_run_lowers_the_loss_and_writes_a_loadable_checkpoint(small_cach
     config = json.loads((tmp_path / "heads" / "config.json").read_text())
     assert set(config) >= {"heads", "window", "hop", "cache", "training", "split", "avfeat_version"}
     assert config["cache"]["audio_model"] == "random:hubert-tiny" and len(config["split"]["val_videos"]) == 2
+    # how the tokens were made, for queries to make theirs the same way (index/query.py Backbones)
+    assert config["cache"]["decode_mode"] == "exact" and config["cache"]["compute_dtype"] == "float32"
     cache = Cache(small_cache)
     vid = cache.records(status="ok")[0].video_id
     projected = checkpoint.heads.project_audio(torch.from_numpy(cache.audio_tokens(vid)).float())

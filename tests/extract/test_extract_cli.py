@@ -208,7 +208,7 @@ def test_mixing_compute_dtypes_in_one_cache_is_refused(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and len(Cache(tmp_path / "cache").records()) == 1
     extract(tmp_path / "in", tmp_path / "cache", "--resume", "--dtype", "float32", "--workers", 0, check=0)
     make_clip(tmp_path / "in" / "c.mp4", seconds=1.0)
-    extract(tmp_path / "in", tmp_path / "cache", "--resume", "--workers", 0, check=0)  # --dtype auto keeps the cache's float32
+    extract(tmp_path / "in", tmp_path / "cache", "--resume", "--dtype", "auto", "--workers", 0, check=0)  # auto keeps the cache's float32
     assert len(Cache(tmp_path / "cache").records()) == 3
 
 

@@ -11,7 +11,7 @@ from avfeat.extract.cli import expand_ray_flag
 from avfeat.extract.ray_job import plan_placement
 from avfeat.testing import TINY_MODELS as TINY
 from avfeat.testing import assert_same_cache
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing import run_avfeat_process as avfeat  # Ray starts its own processes: the command runs in its own
 
 needs_ray = pytest.mark.skipif(
     subprocess.run([sys.executable, "-c", "import ray.data"], capture_output=True).returncode != 0,

@@ -130,3 +130,18 @@ def test_one_hit_per_video_and_an_excluded_video(index, cache):
     hits = json.loads(avfeat("search", index, query, "-k", 4, "--per-video", "--exclude-video", own, "--json", check=0).stdout)
     assert len(hits) == 4 and len({hit["video_id"] for hit in hits}) == 4 and own not in {hit["video_id"] for hit in hits}
     assert [hit["rank"] for hit in hits] == [1, 2, 3, 4]
+
+
+def test_queries_compute_their_tokens_as_the_cache_did(index, heads):
+    """A query file is embedded in the cache's compute dtype and decode mode (which the index and
+    the heads record), not in what `--dtype auto` would pick on this CPU."""
+    from avfeat.index.query import Backbones, query_dtype
+
+    meta = json.loads((index / "meta.json").read_text())
+    config = json.loads((heads / "config.json").read_text())
+    for recorded in (meta["cache"], config["cache"]):
+        assert recorded["compute_dtype"] == "float32" and recorded["decode_mode"] == "exact"
+    encoder = Backbones({**meta["cache"], "decode_mode": "keyframes"}, device="cpu").encoder
+    assert encoder.dtype == "float32" and encoder.spec.mode == "keyframes"
+    assert query_dtype("bfloat16", "cpu") == "bfloat16" and query_dtype("int8", "cpu") == "int8"
+    assert query_dtype("int8", "cuda:0") == "auto" and query_dtype(None, "cpu") == "auto"
