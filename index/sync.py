@@ -12,8 +12,14 @@ averaged: each frame's mean over a band of ±2·max_offset of audio around it, a
 token's mean over the frames whose band holds it, are subtracted (the grand mean added back),
 so frames that match everything well, and sounds that match every picture, do not tilt the
 curve; what is left is the interaction of picture and sound that alignment is about. The curve
-is the mean, over the frames that can take each lag, of their centred scores. The offset is
-the curve's argmax, refined by a parabola through it and its two neighbours.
+is the sum, over the frames that can take each lag, of their centred scores, divided by the
+most frames any lag has: a frame whose shifted audio falls outside the track counts as no
+evidence (0, what a centred score is worth when nothing aligns) instead of leaving the lag to
+fewer frames. A mean over fewer frames is noisier, so with it the lags that only part of the
+frames can take (a track shorter than its pictures, as a remuxed copy is) won on noise: with
+the synthetic events of one class recurring every second or so, copies put back in sync by
+``remux_shifted`` came out one event period away. The offset is the curve's argmax, refined
+by a parabola through it and its two neighbours.
 
 Confidence: ``(peak − runner-up) / (peak − median)``, clipped to [0, 1], where the runner-up
 is the best score more than one frame interval from the peak: 1 when nothing else comes near
@@ -73,12 +79,13 @@ def sync_curve(
 
 
 def lag_curve(scores: torch.Tensor, valid: torch.Tensor) -> np.ndarray:
-    """The curve: at each lag, the mean of the centred scores of the frames that can take it."""
+    """The curve: at each lag, the centred scores of the frames that can take it, summed and
+    divided by the most frames any lag has (see the module docstring)."""
     sums = (scores * valid).sum(dim=0)
     counts = valid.sum(dim=0).double()
     if counts.max() == 0:
         raise QueryError("the video is too short to compare its audio and frames")
-    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.tensor(float("-inf"), dtype=torch.float64)).numpy()
+    return torch.where(counts > 0, sums / counts.max(), torch.tensor(float("-inf"), dtype=torch.float64)).numpy()
 
 
 @torch.no_grad()

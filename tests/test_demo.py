@@ -35,6 +35,7 @@ def test_demo_writes_every_stage_and_a_report_with_pictures(demo):
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance
 def test_eval_on_the_demo_meets_the_acceptance_levels(demo):
     report = json.loads(avfeat("eval", demo / "cache", "--heads", demo / "heads", "--labels", demo / "synth" / "ground_truth.parquet", "--json", check=0).stdout)
     retrieval = report["retrieval"]

@@ -168,6 +168,7 @@ def test_folds_never_split_a_video():
     assert set(video_folds(groups[:4], None, folds=5, seed=0)) == {0, 1}  # fewer videos than folds: one per fold
 
 
+@pytest.mark.acceptance
 def test_eval_reports_knn_and_probe_above_chance(setup):
     result = avfeat("eval", setup.cache, "--heads", setup.heads, "--labels", setup.corpus / "ground_truth.parquet", "--json", "--quiet", check=0)
     report = json.loads(result.stdout)

@@ -9,6 +9,8 @@ more both ways on seeds 0-4. About 40 s with the corpus on one CPU thread, so no
 
 import json
 
+import pytest
+
 from avfeat.align import data
 from avfeat.testing import align_class_recall, build_cache
 
@@ -17,6 +19,7 @@ from .conftest import avfeat
 DEFAULTS_CORPUS = dict(videos=80, seconds=4.0, classes=8, fps=2, size=224)  # `avfeat synth` defaults: 224 px
 
 
+@pytest.mark.acceptance
 def test_train_head_with_no_options_reaches_class_r1_of_0_9(tmp_path):
     corpus, cache = build_cache(tmp_path, **DEFAULTS_CORPUS, seed=0, threads=1)
     heads = tmp_path / "heads"

@@ -61,6 +61,7 @@ def test_memory_and_streamed_batches_are_identical(small_cache):
     np.testing.assert_array_equal(memory[0][1][0].numpy(), cache.visual_tokens(vid)[table.frame[w] : table.frame[w] + geometry.frames])
 
 
+@pytest.mark.acceptance
 def test_a_short_run_lowers_the_loss_and_writes_a_loadable_checkpoint(small_cache, tmp_path):
     result = run(small_cache, tmp_path / "heads", epochs=6)
     losses = [r["train_loss"] for r in result.history]

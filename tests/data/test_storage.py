@@ -25,6 +25,7 @@ from avfeat.extract.encoder import pool_patch_tokens
 from avfeat.testing import TINY_MODELS as TINY
 from avfeat.testing import assert_same_cache
 from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing import run_avfeat_process
 
 THREADS = 1  # the caches of one corpus are compared token by token: one float-sum order
 
@@ -291,7 +292,9 @@ def test_ray_int8_pooled_cache_equals_local(corpus, tmp_path):
         pytest.skip("Ray is not installed")
     flags = ("--shard-size", 3, "--storage", "int8", "--pool-patches", 2)
     extract(corpus, tmp_path / "local", *flags, check=0)
-    result = extract(corpus, tmp_path / "ray", *flags, "--ray", check=0)
+    # Ray starts its own processes: this command runs in its own process too.
+    result = run_avfeat_process("extract", corpus, "--out", tmp_path / "ray", *TINY, "--fps", 2, "--quiet", "--workers", 1, *flags, "--ray",
+                                check=0, threads=THREADS)
     assert "Traceback" not in result.stderr
     assert_same_cache(tmp_path / "ray", tmp_path / "local")
     assert Cache(tmp_path / "ray").config["visual_tokens"] == 17

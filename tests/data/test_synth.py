@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from fractions import Fraction
 
 import av
@@ -17,6 +15,7 @@ from avfeat.data.synth import (
     COLOURS, DEFECTS, MAX_CLASSES, PITCHES, _defect_plan, class_info, make_corpus, shape_mask,
 )
 from avfeat.errors import InputError
+from avfeat.testing import run_avfeat
 
 VIDEOS, SECONDS, CLASSES, SEED, OFFSET, SIZE = 6, 4.0, 6, 3, 0.25, 96
 COLUMNS = {
@@ -206,8 +205,7 @@ def test_out_not_a_writable_folder(tmp_path, target):
 
 
 def _run_cli(args):
-    command = [sys.executable, "-c", "from avfeat.cli import main; main()", "synth", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return run_avfeat("synth", *args)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,8 +21,13 @@ from avfeat.testing import assert_same_cache, make_bad_inputs, make_clip
 from avfeat.testing import run_avfeat as avfeat
 
 
+# One torch thread for every extraction here, in this process and in the killed child processes
+# alike: the caches are compared bit for bit, and the float sums' order follows the thread count.
+THREADS = 1
+
+
 def extract(src, out, *extra, check=None):
-    return avfeat("extract", src, "--out", out, *TINY, "--fps", 2, "--quiet", *extra, check=check)
+    return avfeat("extract", src, "--out", out, *TINY, "--fps", 2, "--quiet", *extra, check=check, threads=THREADS)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +106,8 @@ def test_kill_at_random_moments_then_resume_gives_identical_cache(corpus, refere
     for target in range(3):
         # Kill once the cache holds `target` committed shards, after a random delay that lands
         # mid-decode, mid-forward or mid-commit.
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                   env={**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)})
         delay = rng.uniform(0.0, 0.6)
         while process.poll() is None and _parts(out) < target:
             time.sleep(0.02)

@@ -221,6 +221,7 @@ def test_vote_bins_offsets_and_suppresses_neighbours():
     assert [c.video_id for c in best[1:]] in (["a", "b"], ["b", "a"])
 
 
+@pytest.mark.acceptance
 def test_locate_clip_cut_from_an_indexed_video(index, cache, tmp_path):
     import av
 

@@ -64,6 +64,7 @@ def test_a_missing_query_fails_fast_before_anything_loads(index, corpus, tmp_pat
     assert "missing.mp4" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.acceptance
 def test_locate_scores_k_distinct_placements_and_no_negative_times(index, cache, tmp_path):
     store = Cache(cache)
     row = store.records(status="ok")[3]
@@ -80,6 +81,7 @@ def test_locate_scores_k_distinct_placements_and_no_negative_times(index, cache,
     assert len({c["video_id"] for c in exact}) == 6
 
 
+@pytest.mark.acceptance
 def test_unrelated_sounds_and_clips_are_not_found(index, tmp_path):
     rate = 16000
     t = np.arange(2 * rate) / rate
