@@ -18,8 +18,8 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/avfeat demo --out $(DEMO) --overwrite
 
-# `make test`: everything but the `slow` end-to-end runs (about 20 minutes on 2 CPU cores);
-# `make test-slow`: only those (acceptance levels, Ray, the demo). CI runs both.
+# `make test`: everything but the `slow` end-to-end runs (about 5 minutes on 2 CPU cores);
+# `make test-slow`: only those (acceptance levels, Ray, the demo, benchmark smoke runs). CI runs both.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
@@ -32,8 +32,8 @@ test-slow: $(STAMP)
 ISA_AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FBGEMM_ENABLE_INSTRUCTIONS=AVX2
 ISA_SSE := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2
 test-isa: $(STAMP)
-	$(ISA_AVX2) $(BIN)/python -m pytest -q -m acceptance $(PYTEST_ARGS)
-	$(ISA_SSE) $(BIN)/python -m pytest -q -m acceptance $(PYTEST_ARGS)
+	$(ISA_AVX2) $(BIN)/python -m pytest -q -m "acceptance and not slow" $(PYTEST_ARGS)
+	$(ISA_SSE) $(BIN)/python -m pytest -q -m "acceptance and not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract.py

@@ -295,14 +295,18 @@ def run_avfeat(*args, check: int | None = None, timeout: float = 1200, threads: 
     argv = [str(arg) for arg in args]
     stdout, stderr = io.StringIO(), io.StringIO()
     code: int | str | None = 0
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), torch_threads(threads):
-        try:
-            main(argv)
-        except SystemExit as exit_:
-            code = exit_.code
-        except Exception:  # what the interpreter does with an uncaught exception
-            traceback.print_exc()
-            code = 1
+    saved_argv, sys.argv = sys.argv, ["avfeat", *argv]  # what the command line would hold (--nproc relaunches it)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), torch_threads(threads):
+            try:
+                main(argv)
+            except SystemExit as exit_:
+                code = exit_.code
+            except Exception:  # what the interpreter does with an uncaught exception
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = saved_argv
     if isinstance(code, str):  # sys.exit("message"): printed, status 1
         stderr.write(code + "\n")
         code = 1

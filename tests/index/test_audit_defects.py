@@ -25,7 +25,7 @@ def audited(tmp_path_factory):
     # 64 videos, half of them defective: 8 of each kind against 32 clean ones. With 4 of each
     # (32 videos), the calibrations' fits on so few videos moved with the seed and the CPU's
     # kernels: over seeds 0-3 the swaps' median p_belongs spanned 0.02-0.59 and the shifted
-    # tracks' 0.50-0.99; with 8 of each, 0.00-0.16 and 0.83-1.00 (tests/README.md, "Levels").
+    # tracks' 0.50-0.99; with 8 of each, 0.00-0.16 and 0.83-1.00 on the same seeds.
     avfeat("synth", root / "corpus", "--videos", 64, "--seconds", 6, "--classes", 4, "--size", 64, "--corrupt", 0.5, "--quiet", check=0)
     avfeat("extract", root / "corpus", "--out", root / "cache", *TINY_MODELS, "--fps", 5, "--workers", 1, "--quiet", check=0)
     avfeat("train-head", root / "cache", "--out", root / "heads", "--window", 1.5, "--dim", 64, "--batch-size", 16, "--steps", 150,
