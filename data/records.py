@@ -31,6 +31,11 @@ def nearest_index(seconds: float, rate: float) -> int:
     return int(math.floor(seconds * rate + 0.5 + _EPS))
 
 
+def nearest_indices(seconds: np.ndarray, rate: float) -> np.ndarray:
+    """:func:`nearest_index` of each of many times (int64)."""
+    return np.floor(np.asarray(seconds, dtype=np.float64) * rate + 0.5 + _EPS).astype(np.int64)
+
+
 def token_count(seconds: float, rate: float) -> int:
     """Tokens (or frames) a span of ``seconds`` holds at ``rate`` per second; at least one."""
     return max(1, nearest_index(seconds, rate))

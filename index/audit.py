@@ -46,6 +46,7 @@ from typing import Optional
 import numpy as np
 import typer
 
+from avfeat.data.records import nearest_index
 from avfeat.errors import InputError, QueryError
 
 AUDIT_META_KEY = b"avfeat.audit"
@@ -86,7 +87,7 @@ class Tokens:
 
         begin = self.frame_times[0] if len(self.frame_times) else 0.0
         frames = self.frame_times < begin + seconds
-        audio = int(np.clip(np.ceil((begin + seconds - self.audio_start) * self.audio_rate), 0, len(self.audio)))
+        audio = min(max(0, nearest_index(begin + seconds - self.audio_start, self.audio_rate)), len(self.audio))
         return Tokens(project_audio(heads, self.audio[:audio]), self.audio_start, self.audio_rate,
                       project_visual(heads, self.frames[frames]), self.frame_times[frames], self.fps)
 

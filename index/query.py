@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from avfeat.align.scores import pooled_audio, pooled_visual
 from avfeat.align.windows import Window, WindowGeometry
 from avfeat.common import parse_time
+from avfeat.data.records import nearest_index
 from avfeat.errors import CacheError, InputError, QueryError
 from avfeat.index.vectors import (
     AUDIO,
@@ -62,7 +63,7 @@ class QueryTokens:
         length = 0 if self.audio is None else len(self.audio)
         times = self.frame_times
         if times is None:
-            count = int(np.floor(length / self.audio_rate * fps + 1e-6))
+            count = nearest_index(length / self.audio_rate, fps)
             times = self.audio_start + np.arange(count) / fps
         return Timeline(self.name, self.audio_start, self.audio_rate, length, np.asarray(times, dtype=np.float64))
 

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from avfeat.common import one_line, replace_durably, write_output_file
+from avfeat.data.records import nearest_index, nearest_indices, token_count
 from avfeat.errors import AvfeatError, InputError, QueryError
 from avfeat.index.vectors import heads_device, project_audio, project_visual
 
@@ -99,15 +100,15 @@ def frame_scores(
     sound with several videos' pictures and projects each once)."""
     audio = torch.as_tensor(audio_tokens) if projected else project_audio(heads, audio_tokens)
     total = len(audio)
-    reach = int(round(max_offset * audio_rate))
-    span = max(1, int(round(audio_rate / fps)))
+    reach = nearest_index(max_offset, audio_rate)
+    span = token_count(1.0 / fps, audio_rate)
     lags = np.arange(-reach, reach + 1) / audio_rate
     # The band of token positions around each frame; a frame stands for the instant it was
     # sampled, so its span of audio is centred on it. The band reaches ``CENTRE_REACH`` times
     # further than the lags, for the centring (see the module docstring).
     wide = reach * CENTRE_REACH
     steps = torch.arange(-wide, wide + span) - span // 2
-    bases = torch.as_tensor(np.round((np.asarray(frame_times) - audio_start) * audio_rate).astype(np.int64))
+    bases = torch.as_tensor(nearest_indices(np.asarray(frame_times) - audio_start, audio_rate))
     if total == 0 or len(visual_tokens) == 0:
         raise QueryError("the video is too short to compare its audio and frames")
     best = []

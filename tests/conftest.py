@@ -25,3 +25,20 @@ def bad_inputs(tmp_path_factory) -> dict[str, str]:
     Keyed by case, not status, because two cases (truncated MP4, text file) are ``unreadable``.
     """
     return make_bad_input_cases(tmp_path_factory.mktemp("bad_inputs"))
+
+
+# `make test-slow` runs on two pytest-xdist workers, one module at a time each (--dist loadscope,
+# so a module's fixtures are built once). The longest modules go first, so that no worker is
+# left running one of them alone at the end.
+LONGEST_FIRST = (
+    "tests/test_demo.py",
+    "tests/align/test_acceptance.py",
+    "tests/index/test_acceptance.py",
+    "tests/benchmarks/test_benchmarks.py",
+    "tests/extract/test_ray.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest keep their order

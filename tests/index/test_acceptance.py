@@ -13,7 +13,9 @@ corpora from `avfeat synth`, none of them trained on:
   (what `avfeat sync` runs, with its default --max-offset 2) must recover them within one frame
   interval (0.2 s at --fps 5);
 - 20 clips of 2 s cut (decoded and re-encoded) from indexed videos at random times: ``locate``
-  (what `avfeat search --locate` runs) must name the source video and start within 0.2 s.
+  (what `avfeat search --locate` runs) must name the source video and start within 0.2 s;
+- 6 more offset videos: those whose offset sync recovers are repaired (`sync --fix`), and the
+  repaired copies then sync to 0.
 """
 
 import json
@@ -25,7 +27,10 @@ import pytest
 
 from avfeat.testing import ACCEPTANCE_LEVELS as LEVELS
 from avfeat.testing import (
+    INDEX_CLASSES,
     INDEX_RERANK,
+    SYNC_SECONDS,
+    SYNC_TOLERANCE,
     build_index_acceptance,
     corpus_classes,
     held_out_class_r1,
@@ -33,6 +38,7 @@ from avfeat.testing import (
     locate_accuracy,
     sync_accuracy,
 )
+from avfeat.index.sync import remux_shifted
 from avfeat.testing import run_avfeat as avfeat
 
 pytestmark = [pytest.mark.slow, pytest.mark.acceptance]
@@ -84,3 +90,26 @@ def test_locate_finds_source_and_time(setup, tmp_path):
     share, clips = locate_accuracy(searcher, tmp_path)
     print(f"locate: {share:.3f} over {clips} clips")
     assert clips == 20 and share >= LEVELS["index locate"]
+
+
+def test_fixed_videos_come_out_in_sync(setup, tmp_path):
+    """6 more videos with offsets in [-1, 1] s: each one whose offset the heads recover is
+    repaired (the CLI's `sync --fix` for the first, ``remux_shifted`` for the rest), and the
+    repaired copy then measures 0 within SYNC_TOLERANCE."""
+    root, _ = setup
+    heads = root / "heads"
+    avfeat("synth", tmp_path / "offsets", "--videos", 6, "--seconds", SYNC_SECONDS, "--seed", 2, "--offset", 1.0,
+           "--classes", INDEX_CLASSES, "--size", 96, "--quiet", check=0)
+    truth = {row["path"]: row["offset"] for row in pq.read_table(tmp_path / "offsets" / "ground_truth.parquet").to_pylist()}
+    rows = [json.loads(line) for line in avfeat("sync", tmp_path / "offsets", "--heads", heads, "--json", "--quiet", check=0, threads=1).stdout.splitlines()]
+    estimates = {row["video"].rsplit("/", 1)[-1]: row["offset"] for row in rows}
+    recovered = [name for name in truth if abs(estimates[name] - truth[name]) <= SYNC_TOLERANCE and abs(truth[name]) > 0.3]
+    assert len(recovered) >= 3, (truth, estimates)
+    fixed = tmp_path / "fixed"
+    avfeat("sync", tmp_path / "offsets" / recovered[0], "--heads", heads, "--fix", fixed / recovered[0], check=0, threads=1)
+    for name in recovered[1:]:
+        remux_shifted(tmp_path / "offsets" / name, fixed / name, estimates[name])
+    after = [json.loads(line) for line in avfeat("sync", fixed, "--heads", heads, "--json", "--quiet", check=0, threads=1).stdout.splitlines()]
+    print(f"truth {truth}\nestimates {estimates}\nafter the fix {[row['offset'] for row in after]}")
+    assert len(after) == len(recovered)
+    assert all(abs(row["offset"]) <= SYNC_TOLERANCE for row in after), (estimates, after)

@@ -4,7 +4,8 @@ a video by remuxing its audio (`--fix`, ``remux_shifted``).
 The heads, cache and corpus are the index tests' session fixtures (tests/index/conftest.py).
 Those heads are trained for a few steps only, so the fast tests check the plumbing (rows,
 formats, refusals, what the remux does to the packets); the round trip that needs heads which
-really sync (estimate, fix, estimate again ≈ 0) trains the acceptance recipe and is ``slow``.
+really sync (estimate, fix, estimate again ≈ 0) uses the index acceptance heads
+(tests/index/test_acceptance.py).
 """
 
 from __future__ import annotations
@@ -166,34 +167,3 @@ def test_a_cache_of_other_backbones_is_refused(heads, cache, tmp_path):
     (other / "cache.json").write_text(json.dumps(config))
     assert "different backbones" in one_line_error(avfeat("sync", "--cache", other, "--heads", heads, "--out", tmp_path / "t.csv"))
     assert not (tmp_path / "t.csv").exists()
-
-
-# ---- the round trip, with heads that sync --------------------------------------------------
-
-
-@pytest.mark.slow
-def test_fixed_videos_come_out_in_sync(tmp_path):
-    """Heads of the index acceptance recipe; its offset corpus (offsets in [-1, 1] s). Each
-    video whose offset the heads recover is repaired, and the repaired copy then measures 0."""
-    from avfeat.testing import INDEX_CLASSES, INDEX_RECIPE, SYNC_SECONDS, SYNC_TOLERANCE, TINY_MODELS
-
-    common = ["--classes", INDEX_CLASSES, "--size", 96, "--quiet"]
-    avfeat("synth", tmp_path / "train", "--videos", 96, "--seconds", 4, "--seed", 0, *common, check=0)
-    avfeat("synth", tmp_path / "offsets", "--videos", 6, "--seconds", SYNC_SECONDS, "--seed", 2, "--offset", 1.0, *common, check=0)
-    avfeat("extract", tmp_path / "train", "--out", tmp_path / "cache", *TINY_MODELS, "--fps", 5, "--workers", 1, "--quiet", check=0, threads=1)
-    heads = tmp_path / "heads"
-    avfeat("train-head", tmp_path / "cache", "--out", heads, *INDEX_RECIPE, "--seed", 0, "--workers", 0, "--quiet", check=0, threads=1)
-
-    truth = {row["path"]: row["offset"] for row in pq.read_table(tmp_path / "offsets" / "ground_truth.parquet").to_pylist()}
-    rows = [json.loads(line) for line in avfeat("sync", tmp_path / "offsets", "--heads", heads, "--json", "--quiet", check=0, threads=1).stdout.splitlines()]
-    estimates = {row["video"].rsplit("/", 1)[-1]: row["offset"] for row in rows}
-    recovered = [name for name in truth if abs(estimates[name] - truth[name]) <= SYNC_TOLERANCE and abs(truth[name]) > 0.3]
-    assert len(recovered) >= 3, (truth, estimates)
-    fixed = tmp_path / "fixed"
-    avfeat("sync", tmp_path / "offsets" / recovered[0], "--heads", heads, "--fix", fixed / recovered[0], check=0, threads=1)  # the CLI's --fix
-    for name in recovered[1:]:
-        remux_shifted(tmp_path / "offsets" / name, fixed / name, estimates[name])
-    after = [json.loads(line) for line in avfeat("sync", fixed, "--heads", heads, "--json", "--quiet", check=0, threads=1).stdout.splitlines()]
-    print(f"truth {truth}\nestimates {estimates}\nafter the fix {[row['offset'] for row in after]}")
-    assert len(after) == len(recovered)
-    assert all(abs(row["offset"]) <= SYNC_TOLERANCE for row in after), (estimates, after)
