@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from avfeat.extract.media import decode_audio
 from avfeat.testing import TINY_MODELS
 from avfeat.testing import run_avfeat as avfeat
 
@@ -81,12 +82,29 @@ def test_shifted_tracks_are_found_and_fixed_back_into_sync(audited):
     made = {path.stem: path for path in fixed.iterdir()}
     by_id = {row["video_id"]: row for row in rows}
     assert made and all(by_id[name]["p_sync"] >= 0.5 for name in made)
+    # Each copy's sound is its original's from the estimated offset on: the remux moves packets,
+    # it does not re-encode or drift. Of ±80 samples, the best lines up within a millisecond (16
+    # samples, a twentieth of an audio token; a delayed track lands 12 samples late).
+    for name, path in made.items():
+        original, original_start = decode_audio(by_id[name]["path"], 16000)
+        copy, copy_start = decode_audio(path, 16000)
+        first = round((copy_start - original_start + by_id[name]["offset"]) * 16000)  # original's sample at the copy's first
+        middle = copy[1600:-1600]  # the codec's priming and the cut ends aside
+        lines_up = [float(np.dot(middle, original[first + 1600 + lag : first + 1600 + lag + len(middle)])) for lag in range(-80, 81)]
+        assert abs(int(np.argmax(lines_up)) - 80) <= 16 and max(lines_up) > 0.99 * float(np.dot(middle, middle)), name
+    # The copies of right estimates sync back to 0. Not every one: the copy's sound is the same
+    # but its backbone tokens are not (the tiny random HuBERT mixes the whole track into each
+    # token: the copy's tokens have a cosine of about 0.45 with the original's at the same
+    # instants), and with events of one class recurring every ~1.1 s a lag one period away can
+    # win. Over 16 corpora 9 of 112 copies came out more than a step off, so two-thirds is the level.
     synced = avfeat("sync", *made.values(), "--heads", root / "heads", "--json", "--quiet", check=0)
+    after = []
     for line in synced.stdout.splitlines():
         entry = json.loads(line)
         row = by_id[os.path.splitext(os.path.basename(entry["video"]))[0]]
         if abs(row["offset"] - row["truth"]["offset"]) <= SHIFT_TOLERANCE:  # the estimate was right: the copy is in sync
-            assert abs(entry["offset"]) <= SHIFT_TOLERANCE, (row["video_id"], row["offset"], entry)
+            after.append(abs(entry["offset"]))
+    assert len(after) >= 2 and np.mean(np.array(after) <= SHIFT_TOLERANCE) >= 2 / 3, after
 
 
 def test_training_can_leave_out_the_videos_the_audit_doubts(audited):
