@@ -147,3 +147,27 @@ def test_queries_compute_their_tokens_as_the_cache_did(index, heads):
     assert encoder.dtype == "float32" and encoder.spec.mode == "keyframes"
     assert query_dtype("bfloat16", "cpu") == "bfloat16" and query_dtype("int8", "cpu") == "int8"
     assert query_dtype("int8", "cuda:0") == "auto" and query_dtype(None, "cpu") == "auto"
+
+
+def test_a_keyframes_cache_is_queried_with_keyframes(corpus, tmp_path):
+    """An index over a `--decode-mode keyframes` cache embeds a query file as that cache did:
+    the indexed video, given as a query, gets its cached frames and their tokens back (exact
+    decoding gives other frames)."""
+    from avfeat.index.query import Backbones
+    from avfeat.index.search import Searcher
+
+    from .conftest import TINY, train_heads
+
+    cache = tmp_path / "cache"
+    avfeat("extract", corpus, "--out", cache, *TINY, "--fps", 5, "--decode-mode", "keyframes", "--quiet", "--workers", 1, check=0)
+    heads = train_heads(cache, tmp_path / "heads", steps=2)
+    avfeat("index", cache, "--heads", heads, "--out", tmp_path / "index", "--quiet", check=0)
+    searcher = Searcher(tmp_path / "index")
+    assert searcher.meta["cache"]["decode_mode"] == "keyframes" and searcher.checkpoint.config["cache"]["decode_mode"] == "keyframes"
+    record = Cache(cache).records(status="ok")[0]
+    cached = Cache(cache).read_frames(record).astype(np.float32)
+    query = searcher.tokens(record.path)
+    np.testing.assert_array_equal(query.frame_times, Cache(cache).frame_times(record))
+    np.testing.assert_allclose(query.visual, cached, atol=1e-2)  # the cache stores float16
+    exact = Backbones({**searcher.meta["cache"], "decode_mode": "exact"}, device="cpu").encode(record.path)
+    assert exact.visual.shape != cached.shape or np.abs(exact.visual - cached).max() > 0.1  # 15 frames against 7 keyframes here
