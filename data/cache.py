@@ -52,6 +52,7 @@ _METADATA_ROOM = 256 * 1024  # a shard's HDF5 metadata (headers, attributes) is 
 # cache.json keys added after caches already existed, and what a cache without them holds.
 CONFIG_DEFAULTS = {"storage": "float16", "pool_patches": 1, "decode_mode": "exact"}
 INT8_LEVELS = 127  # symmetric: q in [-127, 127], so -x quantizes to -q
+STORAGES = ("float16", "int8")  # how shards hold tokens: the one list the CLI, the encoder and the writer take
 
 
 def quantize_int8(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -341,8 +342,8 @@ class ShardWriter:
                  attrs: dict[str, Any], dtype: str = "float16", storage: str = "float16"):
         import h5py
 
-        if storage not in ("float16", "int8"):
-            raise CacheError(f"unknown token storage {storage!r} (float16, int8)")
+        if storage not in STORAGES:
+            raise CacheError(f"unknown token storage {storage!r} ({', '.join(STORAGES)})")
         self.layout, self.index, self.attrs, self.dtype, self.storage = layout, index, attrs, dtype, storage
         self.quantized = storage == "int8"
         if "compute_dtype" in attrs:

@@ -9,12 +9,11 @@ from typing import Optional
 
 import typer
 
+from avfeat.data.cache import STORAGES
 
-class Storage(str, Enum):
-    """How shards hold tokens (README "Compact storage")."""
 
-    float16 = "float16"
-    int8 = "int8"
+# How shards hold tokens (README "Compact storage"): the choices are the cache's own list.
+Storage = Enum("Storage", {name: name for name in STORAGES}, type=str)
 
 
 class DecodeMode(str, Enum):

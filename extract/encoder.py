@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from avfeat.data.cache import STORAGES
 from avfeat.extract.media import DecodedMedia, DecodeSpec, decode
 
 
@@ -31,7 +32,6 @@ class ExtractConfig:
     decode_mode: str = "exact"  # keyframes: each 1/fps step takes the last keyframe at or before it (extract/media.py)
 
 
-STORAGES = ("float16", "int8")
 POOL_FACTORS = (1, 2)
 
 
