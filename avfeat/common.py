@@ -221,6 +221,14 @@ def write_output_file(path: str | os.PathLike, data: bytes) -> None:
 # ---- error text ----------------------------------------------------------------------------
 
 
+def did_you_mean(name: str, known, otherwise: str) -> str:
+    """The hint an unknown id's error ends with: the closest known ids, or where to list them."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(close)}?" if close else f"; {otherwise}"
+
+
 def one_line(error: BaseException | str, limit: int = 300) -> str:
     """The first line of an error's message (or its type's name), whitespace collapsed, cut
     at ``limit`` characters: what a one-line CLI error may quote of a library's exception."""

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from avfeat import __version__
-from avfeat.common import fsync_dir, has_entries, one_line, pid_alive, replace_durably, temp_path, temp_pid, write_atomic
+from avfeat.common import did_you_mean, fsync_dir, has_entries, one_line, pid_alive, replace_durably, temp_path, temp_pid, write_atomic
 from avfeat.data.records import OK, VideoRecord
 from avfeat.errors import CacheError, disk_full
 
@@ -575,10 +575,7 @@ class Cache:
         try:
             return self._records[video_id]
         except KeyError:
-            import difflib
-
-            close = difflib.get_close_matches(video_id, list(self._records), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; `avfeat info CACHE --videos` lists the ids"
+            hint = did_you_mean(video_id, self._records, "`avfeat info CACHE --videos` lists the ids")
             raise CacheError(f"video id {video_id!r} is not in the cache {self.layout.root}{hint}") from None
 
     def ok_record(self, video_id: str) -> VideoRecord:

@@ -27,7 +27,6 @@ the service starts, so this module (the command and the ``search_remote`` client
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations, and
 # names imported inside ``create_app`` only resolve when annotations are evaluated in place.
-import difflib
 import ipaddress
 import json
 import math
@@ -48,6 +47,7 @@ from typing import Any, List, Optional
 
 import typer
 
+from avfeat.common import did_you_mean
 from avfeat.errors import AvfeatError, CacheError, CheckpointError, InputError, QueryError, SearchIndexError
 
 DEFAULT_MAX_UPLOAD = "200MB"
@@ -240,9 +240,7 @@ class Service:
         try:
             return self.videos[video_id]
         except KeyError:
-            close = difflib.get_close_matches(video_id, list(self.videos), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; GET /api/videos lists the ids"
-            raise UnknownVideo(f"video id {video_id!r} is not in the index{hint}") from None
+            raise UnknownVideo(f"video id {video_id!r} is not in the index{did_you_mean(video_id, self.videos, 'GET /api/videos lists the ids')}") from None
 
     def media_file(self, video_id: str) -> Path:
         """The local file of an indexed video (looked up by id, never taken from a request)."""
