@@ -41,6 +41,7 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
 OWN_FILES = (HEADS_FILE, CONFIG_FILE, STATE_FILE, METRICS_FILE, CURVES_FILE)
+CONFIG_MARKS = ("heads", "cache")  # keys every checkpoint's config.json holds: how a folder is known for avfeat's heads
 
 
 def fingerprint_bytes(data: bytes) -> str:

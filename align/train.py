@@ -251,7 +251,8 @@ class Trainer:
         own = [*ckpt.OWN_FILES, ckpt.TENSORBOARD_DIR]
         if ckpt.has_embedded_config(self.out / ckpt.HEADS_FILE):
             own.remove(ckpt.HEADS_FILE)
-        prepare_output(self.out, marker=ckpt.CONFIG_FILE, kind="heads checkpoint", overwrite=self.options.overwrite, own=own)
+        prepare_output(self.out, marker=ckpt.CONFIG_FILE, kind="heads checkpoint", overwrite=self.options.overwrite, own=own,
+                       marker_keys=ckpt.CONFIG_MARKS)
 
     def _resume_config(self) -> TrainConfig:
         stored = ckpt.read_config(self.out)

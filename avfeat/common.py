@@ -261,6 +261,7 @@ def prepare_output(
     can_resume: bool = True,
     own: Iterable[str] = (),
     create: bool = True,
+    marker_keys: Iterable[str] = (),
 ) -> OutputMode:
     """The one rule for an existing output folder, shared by every command.
 
@@ -270,7 +271,9 @@ def prepare_output(
     output of this ``kind`` (recognised by its ``marker`` file): nothing else is ever touched.
     ``--overwrite`` deletes only the names listed in ``own`` (files or folders); the caller
     writes the new output afterwards. With ``create=False`` a missing folder is left for the
-    caller to make (one that writes a temp folder and renames it into place).
+    caller to make (one that writes a temp folder and renames it into place). With
+    ``marker_keys`` the marker must be a JSON object holding those keys: a ``config.json`` or
+    ``meta.json`` of another tool (a model folder, an experiment) is not taken for avfeat's.
 
     Raises:
         InputError: the folder cannot be used; the message says which flag would help.
@@ -287,6 +290,8 @@ def prepare_output(
     if out.is_dir() and has_entries(out):  # the writer's own lock files do not count
         if not (out / marker).is_file():
             raise InputError(f"output {out} is a non-empty folder that is not an avfeat {kind} (no {marker}); choose another --out")
+        if marker_keys and not _marker_holds(out / marker, marker_keys):
+            raise InputError(f"output {out} is not an avfeat {kind} (its {marker} was not written by avfeat, or is damaged); choose another --out")
         if resume:
             return OutputMode.RESUME
         if not overwrite:
@@ -305,6 +310,15 @@ def prepare_output(
         except OSError as error:
             raise InputError(f"cannot create {out}: {one_line(error)}") from None
     return OutputMode.NEW
+
+
+def _marker_holds(path: Path, keys: Iterable[str]) -> bool:
+    """Whether the marker file is a JSON object holding every one of ``keys``."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(values, dict) and all(key in values for key in keys)
 
 
 # ---- one writer at a time ------------------------------------------------------------------

@@ -40,6 +40,7 @@ CONFIG_FILE = "cache.json"
 SHARD_DIR = "shards"
 MANIFEST_DIR = "manifest"
 CACHE_OWN = (CONFIG_FILE, SHARD_DIR, MANIFEST_DIR)  # what --overwrite may remove
+CONFIG_MARKS = ("audio_model", "visual_model", "fps")  # keys every cache.json holds: how a folder is known for a cache
 NON_FINITE = "non_finite"  # status of a video whose tokens held NaN or inf
 SUPERSEDED = "superseded"  # a record retired because its file changed (`extract --refresh`); readers never see it
 

@@ -85,7 +85,7 @@ def extract(
     from dataclasses import asdict
 
     from avfeat.common import OutputMode, check_number, prepare_output, resolve_device, writer_lock
-    from avfeat.data.cache import CACHE_OWN, CONFIG_DEFAULTS, CONFIG_FILE, check_compute_dtype, check_config, compute_dtype
+    from avfeat.data.cache import CACHE_OWN, CONFIG_DEFAULTS, CONFIG_FILE, CONFIG_MARKS, check_compute_dtype, check_config, compute_dtype
     from avfeat.errors import InputError
     from avfeat.extract.encoder import Encoder, resolve_dtype
     from avfeat.extract.inputs import from_layout, list_inputs
@@ -107,7 +107,7 @@ def extract(
     # One writer at a time: the lock is taken before --overwrite removes anything and held until
     # the last shard is committed (Extractor.run takes it too, for callers other than this command).
     with writer_lock(out, "cache"):
-        mode = prepare_output(out, marker=CONFIG_FILE, kind="cache", resume=resume, overwrite=overwrite, own=CACHE_OWN)
+        mode = prepare_output(out, marker=CONFIG_FILE, kind="cache", resume=resume, overwrite=overwrite, own=CACHE_OWN, marker_keys=CONFIG_MARKS)
         if repair:
             _repair(out, mode)
         given = {"audio_model": audio_model, "visual_model": visual_model, "audio_layer": audio_layer, "visual_layer": visual_layer, "fps": fps,

@@ -50,6 +50,7 @@ from avfeat.common import fsync_dir, has_entries, one_line, pid_alive, temp_pid,
 from avfeat.errors import IndexMismatchError, SearchIndexError
 
 META_FILE = "meta.json"
+META_MARKS = ("modalities", "heads")  # keys every index's meta.json holds: how a folder is known for an index
 MARKER_FILE = ".avfeat-index"  # marks a folder as avfeat's own before its first meta.json exists
 FORMAT = 1  # one FAISS file per modality, fixed names
 SHARDED_FORMAT = 2  # one FAISS file per shard, listed in meta.json
