@@ -204,6 +204,11 @@ def export(
         raise InputError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     check_number("--hop", hop)
     out = Path(out)
+    if out.suffix.lower() != ".parquet":
+        raise InputError(f"--out {out} must name a .parquet file (the export is a Parquet table)")
+    for source, what in ((Path(cache_path), "cache"), (Path(heads), "heads")):
+        if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+            raise InputError(f"--out {out} lies inside the {what} {source}, which the export reads; choose a path outside it")
     files = output_files(out, fmt)
     # The output rule is checked before the (long) embedding.
     for path in files.values():

@@ -120,3 +120,18 @@ def test_bad_options_are_refused(setup, tmp_path):
     with pytest.raises(InputError, match="is a folder"):
         export(setup.cache, setup.heads, tmp_path / "folder.parquet")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.parquet"]
+
+
+def test_an_export_never_writes_into_what_it_reads_nor_under_another_format(setup, tmp_path):
+    """`--out cache/manifest/part-00000.parquet --overwrite` would replace a manifest part of the
+    cache being read; `x.csv` or `video.mp4` would get Parquet bytes under a misleading name."""
+    cache_files = {p: p.read_bytes() for p in sorted(setup.cache.rglob("*")) if p.is_file()}
+    part = sorted((setup.cache / "manifest").iterdir())[0]
+    for out in (part, setup.cache / "cache.json", setup.cache / "vectors.parquet", setup.heads / "v.parquet"):
+        result = avfeat("export", setup.cache, "--heads", setup.heads, "--out", out, "--overwrite")
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert {p: p.read_bytes() for p in sorted(setup.cache.rglob("*")) if p.is_file()} == cache_files
+    for name in ("x.csv", "video.mp4", "vectors"):
+        result = avfeat("export", setup.cache, "--heads", setup.heads, "--out", tmp_path / name)
+        assert result.returncode == 1 and "must name a .parquet file" in result.stderr
+    assert not list(tmp_path.iterdir())
