@@ -10,6 +10,7 @@ import bisect
 import contextlib
 import math
 import os
+import stat
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
@@ -684,9 +685,12 @@ def _open_checked(path: str):
 
     if sources.is_plain_local(path):
         try:
-            size = os.path.getsize(path)
+            status = os.stat(path)
         except OSError as exc:
             raise MediaError(UNREADABLE, f"cannot read file: {_one_line(exc)}") from None
+        if not stat.S_ISREG(status.st_mode):  # a FIFO would block the open until some writer came
+            raise MediaError(UNREADABLE, "not a regular file (a FIFO, socket or device)")
+        size = status.st_size
         if size == 0:
             raise MediaError(EMPTY_FILE, "file is empty (0 bytes)")
         try:

@@ -34,6 +34,7 @@ from collections import OrderedDict
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 from typing import NamedTuple
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -297,12 +298,20 @@ def open_bytes(path: str | os.PathLike, readahead: bool = True):
         return Slice(_open_whole(member[0], readahead, block), found.offset, found.size, os.fspath(path))
     if is_remote(path):
         return _open_whole(path, readahead)
+    return open_local(path)
+
+
+def open_local(path: str | os.PathLike):
+    """A local regular file, opened for reading. A FIFO, socket or device is refused with an
+    OSError: opening a FIFO would wait for a writer forever."""
+    if not S_ISREG(os.stat(path).st_mode):
+        raise OSError(f"{os.fspath(path)} is not a regular file (a FIFO, socket or device)")
     return open(path, "rb")
 
 
 def _open_whole(path: str | os.PathLike, readahead: bool, block_size: int = BLOCK_SIZE):
     if not is_remote(path):
-        return open(path, "rb")
+        return open_local(path)
     fs, key = filesystem(os.fspath(path))
     with _remote_errors(f"cannot read {path}"):
         handle = fs.open(key, "rb", block_size=block_size, cache_type="readahead" if readahead else "none")

@@ -130,3 +130,17 @@ def test_a_moved_dataset_keeps_its_ids_and_a_changed_file_needs_refresh(tmp_path
     plan = assign_ids([item], recorded, refresh=True)
     new = plan.ids[0][1]
     assert new != vid and plan.superseded == {new: vid} and new in plan.again
+
+
+def test_a_fifo_in_a_list_is_a_failed_video_not_a_hang(tmp_path):
+    """Opening a FIFO waits for a writer forever; its id and its decode refuse it instead."""
+    from avfeat.data.synth import make_corpus
+    from avfeat.testing import TINY_MODELS, run_avfeat_process
+
+    make_corpus(tmp_path / "v", videos=2, seconds=2.0, classes=2, seed=0, size=64)
+    os.mkfifo(tmp_path / "pipe.mp4")
+    listing = tmp_path / "list.txt"
+    listing.write_text("v/video_00000.mp4\nv/video_00001.mp4\npipe.mp4\n")
+    result = run_avfeat_process("extract", listing, "--out", tmp_path / "cache", *TINY_MODELS, "--fps", 2, "--quiet", "--workers", 1, timeout=180)
+    assert result.returncode == 3, result.stderr  # some videos failed
+    assert "2 ok, failed: unreadable 1" in result.stdout
