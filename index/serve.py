@@ -43,7 +43,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterable, List, Optional
 
 import typer
 
@@ -414,12 +414,16 @@ def _validation_message(error) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def create_app(service: Service, max_upload: int | str = DEFAULT_MAX_UPLOAD, token: str | None = None):
+def create_app(service: Service, max_upload: int | str = DEFAULT_MAX_UPLOAD, token: str | None = None, hosts: Iterable[str] | None = None):
     """The ASGI app around a loaded ``Service``.
 
     ``max_upload``: the largest request body accepted (bytes, or a size such as ``200MB``).
     ``token``: when set, every request but ``/health`` and the page's static assets must carry
     it (``Authorization: Bearer TOKEN``, the cookie that ``/?token=TOKEN`` sets, or ``?token=``).
+    ``hosts``: the names a request's Host header may give (None: any). A loopback server
+    answers only to loopback names, so a web page cannot reach it by pointing a name of its own
+    at 127.0.0.1 (DNS rebinding). Whatever ``hosts``, a request whose Origin header names
+    another site than its Host is refused: a page elsewhere cannot post to the service.
     """
     from typing import Literal
 
@@ -434,6 +438,7 @@ def create_app(service: Service, max_upload: int | str = DEFAULT_MAX_UPLOAD, tok
     from avfeat.common import parse_size
 
     limit = parse_size(max_upload)
+    allowed = None if hosts is None else {name.lower().strip("[]") for name in hosts}
     metrics = Metrics()
     app = FastAPI(
         title="avfeat",
@@ -521,7 +526,13 @@ def create_app(service: Service, max_upload: int | str = DEFAULT_MAX_UPLOAD, tok
                 return message
 
             try:
-                if path != "/health" and not path.startswith("/static/") and not authorised(scope, headers, scope.get("query_string", b"").decode("latin-1")):
+                host = headers.get("host", "")
+                origin = headers.get("origin")
+                if hosts is not None and _host_name(host) not in allowed:
+                    await refuse(421, f"this server does not answer to the host {host!r} (serve --allow-host adds a name)", "MisdirectedRequest")
+                elif origin is not None and urllib.parse.urlsplit(origin).netloc != host:
+                    await refuse(403, f"requests from another site ({origin}) are refused", "CrossSiteRequest")
+                elif path != "/health" and not path.startswith("/static/") and not authorised(scope, headers, scope.get("query_string", b"").decode("latin-1")):
                     await refuse(401, "this server needs its token: Authorization: Bearer TOKEN, or open /?token=TOKEN once", "Unauthorized")
                 elif headers.get("content-length", "").isdigit() and int(headers["content-length"]) > limit:
                     await refuse(413, f"the request body ({headers['content-length']} bytes) is larger than the server's limit of {limit} bytes (--max-upload)", "UploadTooLarge")
@@ -714,6 +725,25 @@ def _is_local_file(path: str) -> bool:
 # ---- the command ---------------------------------------------------------------------------------
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header (``name``, ``name:port``, ``[v6]:port``), lower case."""
+    try:
+        return (urllib.parse.urlsplit("//" + header).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+def served_hosts(host: str, extra: Iterable[str] = ()) -> list[str] | None:
+    """The Host names a server listening on ``host`` answers to: on loopback, the loopback names
+    (and ``extra``); elsewhere any (None), unless ``extra`` names them."""
+    if _loopback(host):
+        return [*LOOPBACK_NAMES, host, *extra]
+    return [host, *extra] if extra else None
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -732,6 +762,7 @@ def serve(
     device: str = typer.Option("auto", help="Where the backbones embed uploads: auto, cpu, cuda, cuda:1, ..."),
     max_upload: str = typer.Option(DEFAULT_MAX_UPLOAD, help="Largest request body accepted (e.g. 200MB, 1GB); larger ones get 413."),
     token: Optional[str] = typer.Option(None, envvar="AVFEAT_SERVE_TOKEN", help="Require this token on every request but /health (header, cookie or ?token=); needed to listen beyond loopback."),
+    allow_host: List[str] = typer.Option([], "--allow-host", help="Another name the server answers to in the Host header (repeatable); on loopback only localhost, 127.0.0.1 and ::1 are answered."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No access log."),
 ) -> None:
     """A warm search service: JSON API, metrics and a web page at / (needs the serve extra)."""
@@ -748,7 +779,7 @@ def serve(
     service = Service(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)))
     if service.cache_problem:
         typer.echo(f"note: {service.cache_problem}; VIDEO_ID queries, rerank, locate and attention maps are off", err=True)
-    app = create_app(service, max_upload=limit, token=token)
+    app = create_app(service, max_upload=limit, token=token, hosts=served_hosts(host, allow_host))
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     typer.echo(f"avfeat serve: {index_dir} ({len(service.videos)} videos) on http://{shown}:{port}/ (API schema: /openapi.json)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)

@@ -329,3 +329,29 @@ def test_module_loads_without_fastapi_for_the_cli():
 
     code = "import sys; import avfeat.index.serve; assert 'fastapi' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_a_loopback_server_answers_only_to_loopback_names_and_its_own_pages(service):
+    """DNS rebinding: a page at evil.example.com whose name now points at 127.0.0.1 sends
+    `Host: evil.example.com`; a cross-site form or fetch sends its own Origin."""
+    from starlette.testclient import TestClient
+
+    from avfeat.index.serve import create_app, served_hosts
+
+    hosts = served_hosts("127.0.0.1")
+    local = TestClient(create_app(service, hosts=hosts), base_url="http://127.0.0.1:8000")
+    assert local.get("/api/videos").status_code == 200
+    for name in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
+        assert local.get("/api/videos", headers={"Host": name}).status_code == 200, name
+    for name in ("evil.example.com", "evil.example.com:8000", "127.0.0.1.evil.example.com:8000", ""):
+        assert_one_error(local.get("/api/videos", headers={"Host": name}), 421)
+        assert_one_error(local.get("/health", headers={"Host": name}), 421)
+    video = next(iter(service.videos))
+    body = {"video_id": video, "start": 0.0, "end": 1.0}
+    assert local.post("/api/search", json=body, headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200
+    for origin in ("http://evil.example.com", "null", "http://127.0.0.1:9999"):
+        assert_one_error(local.post("/api/search", json=body, headers={"Origin": origin}), 403)
+    # --allow-host adds a name; a server beyond loopback (it needs --token) answers to any name
+    extra = TestClient(create_app(service, hosts=served_hosts("127.0.0.1", ["av.lab"])), base_url="http://av.lab:8000")
+    assert extra.get("/api/videos").status_code == 200
+    assert served_hosts("0.0.0.0") is None and served_hosts("10.0.0.5", ["av.lab"]) == ["10.0.0.5", "av.lab"]
