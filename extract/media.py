@@ -762,13 +762,15 @@ def load_image(path: str | os.PathLike, spec: DecodeSpec) -> np.ndarray:
     image and a video frame of the same picture give the same tokens.
 
     Raises:
-        MediaError: ``unreadable`` when the file is missing or not an image.
+        MediaError: ``unreadable`` when the file is missing, not an image, or too large to decode.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))
+    except Image.DecompressionBombError:  # the header claims more pixels than PIL will decode (a bomb)
+        raise MediaError(UNREADABLE, f"image too large to decode (over {2 * Image.MAX_IMAGE_PIXELS} pixels)") from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise MediaError(UNREADABLE, f"not a readable image: {_one_line(exc)}") from None
     return to_model_geometry(rgb, spec)

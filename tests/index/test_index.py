@@ -312,3 +312,22 @@ def test_a_damaged_meta_json_is_one_line(index, tmp_path, edit, message):
     result = avfeat("search", copy, "x@0-1")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_an_image_bomb_is_a_one_line_error(index, tmp_path):
+    """A PNG whose header claims 20000 x 20000 pixels (400M: PIL refuses past about 179M)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("RGB", (1, 1)).save(tmp_path / "bomb.png")
+    data = bytearray((tmp_path / "bomb.png").read_bytes())
+    ihdr = data[12:29]  # "IHDR" + width, height, depth, colour, compression, filter, interlace
+    ihdr[4:12] = struct.pack(">II", 20000, 20000)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    result = avfeat("search", index, tmp_path / "bomb.png")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "image too large" in result.stderr

@@ -355,3 +355,17 @@ def test_a_loopback_server_answers_only_to_loopback_names_and_its_own_pages(serv
     extra = TestClient(create_app(service, hosts=served_hosts("127.0.0.1", ["av.lab"])), base_url="http://av.lab:8000")
     assert extra.get("/api/videos").status_code == 200
     assert served_hosts("0.0.0.0") is None and served_hosts("10.0.0.5", ["av.lab"]) == ["10.0.0.5", "av.lab"]
+
+
+def test_an_image_bomb_upload_is_a_400(client, tmp_path):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("RGB", (1, 1)).save(tmp_path / "bomb.png")
+    data = bytearray((tmp_path / "bomb.png").read_bytes())
+    data[16:24] = struct.pack(">II", 20000, 20000)  # IHDR's width and height: 400M pixels
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    assert "image too large" in assert_one_error(client.post("/api/search", files=upload(tmp_path / "bomb.png")), 400)
