@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from avfeat.align.heads import AVHeads, HeadConfig
-from avfeat.common import one_line, write_atomic
-from avfeat.errors import CheckpointError
+from avfeat.core.io import write_atomic
+from avfeat.core.values import one_line
+from avfeat.core.errors import CheckpointError
 
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "config.json"

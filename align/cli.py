@@ -65,8 +65,9 @@ def train_head(
 
     from avfeat.align import distributed
     from avfeat.align.train import RunOptions, TrainConfig, train
-    from avfeat.common import parse_size, resolve_device
-    from avfeat.errors import InputError
+    from avfeat.core.devices import resolve_device
+    from avfeat.core.values import parse_size
+    from avfeat.core.errors import InputError
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite exclude each other")
@@ -120,7 +121,9 @@ def attention_map(
     """Where the sound is: a heat map of audio-patch similarity over the frame nearest --time."""
     from avfeat.align.checkpoint import load_checkpoint
     from avfeat.align.plots import attention_map as draw
-    from avfeat.common import parse_time, prepare_output_file, resolve_device
+    from avfeat.core.devices import resolve_device
+    from avfeat.core.io import prepare_output_file
+    from avfeat.core.values import parse_time
     from avfeat.data.cache import Cache
 
     seconds = parse_time(time)

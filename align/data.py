@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from avfeat.align.windows import Window, WindowGeometry, video_windows
-from avfeat.errors import CacheError, InputError
+from avfeat.core.errors import CacheError, InputError
 
 DEFAULT_MEMORY_FRACTION = 0.5  # of available RAM (or free GPU memory) that in-memory training may use
 

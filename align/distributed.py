@@ -32,7 +32,7 @@ import torch.distributed as dist
 # (never freed) for the life of the process.
 from torch.distributed.nn.functional import all_gather
 
-from avfeat.errors import AvfeatError, InputError
+from avfeat.core.errors import AvfeatError, InputError
 
 # Collectives wait this long: the other ranks wait while rank 0 validates and saves, which on a
 # large validation set can outlast NCCL's default 10 minutes.

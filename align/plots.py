@@ -22,7 +22,7 @@ def _pyplot():
 
 def plot_curves(history: list[dict], path: str | Path) -> None:
     """Loss (train, validation) and validation R@1/5/10 both ways against the epoch."""
-    from avfeat.common import write_atomic
+    from avfeat.core.io import write_atomic
 
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
@@ -75,8 +75,8 @@ def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path
     from torch.nn import functional as F
 
     from avfeat.align.scores import token_map
-    from avfeat.common import write_output_file
-    from avfeat.errors import InputError
+    from avfeat.core.io import write_output_file
+    from avfeat.core.errors import InputError
 
     checkpoint.check_cache(cache)
     record = cache.ok_record(video_id)

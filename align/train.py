@@ -38,9 +38,13 @@ from avfeat.align.loss import LossWeights, contrastive_loss, info_nce
 from avfeat.align.evaluate import window_scores
 from avfeat.align.metrics import both_directions
 from avfeat.align.scores import paired_scores, pairwise_scores
-from avfeat.common import check_number, prepare_output, resolve_device, write_atomic, writer_lock
+from avfeat.core.devices import resolve_device
+from avfeat.core.io import write_atomic
+from avfeat.core.lock import writer_lock
+from avfeat.core.outputs import prepare_output
+from avfeat.core.values import check_number
 from avfeat.data.cache import compute_dtype
-from avfeat.errors import CheckpointError, InputError, TrainingDiverged
+from avfeat.core.errors import CheckpointError, InputError, TrainingDiverged
 
 
 CURVES_EVERY = 30.0  # seconds: curves.png is redrawn at most this often, and after the last epoch

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from avfeat import __version__
-from avfeat.errors import AvfeatError, disk_full
+from avfeat.core.errors import AvfeatError, disk_full
 
 app = typer.Typer(
     name="avfeat",

@@ -78,9 +78,10 @@ class _Stages:
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:
-    """The shared output rule (``avfeat.common.prepare_output``): a non-empty folder is replaced
+    """The shared output rule (``avfeat.core.outputs.prepare_output``): a non-empty folder is replaced
     only with ``overwrite`` and only when a demo made it, and then only the demo's own files go."""
-    from avfeat.common import prepare_output, write_atomic
+    from avfeat.core.io import write_atomic
+    from avfeat.core.outputs import prepare_output
 
     prepare_output(out, marker=DEMO_MARKER, kind="demo", overwrite=overwrite, can_resume=False, own=(*STAGE_DIRS, "report.md", DEMO_MARKER))
     write_atomic(out / DEMO_MARKER, "written by `avfeat demo`; `avfeat demo --overwrite` replaces this folder's demo files\n")
@@ -91,7 +92,7 @@ def run_demo(out: Path, config: DemoConfig, quiet: bool = False, device: str = "
 
     The demo folder's writer lock is held throughout, from before ``--overwrite`` removes the
     previous demo's files (each stage's folder takes its own lock too)."""
-    from avfeat.common import writer_lock
+    from avfeat.core.lock import writer_lock
 
     with writer_lock(out, "demo"):
         return _run_demo(out, config, quiet, device, overwrite)

@@ -94,8 +94,8 @@ def _one_label(value: Any) -> str:
 def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> tuple[list[str], list[dict]]:
     """(columns, rows) of a CSV, Parquet or JSONL file; anything wrong is one line. A CSV's
     ``text_columns`` are read as text, not inferred: the id ``007`` must not become the number 7."""
-    from avfeat.common import one_line
-    from avfeat.errors import InputError
+    from avfeat.core.values import one_line
+    from avfeat.core.errors import InputError
 
     kind = TABLE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
@@ -131,7 +131,7 @@ def read_table(path: Path, text_columns: tuple[str, ...] = ()) -> tuple[list[str
 
 
 def _label_column(columns: list[str], wanted: str | None, where: str) -> str:
-    from avfeat.errors import InputError
+    from avfeat.core.errors import InputError
 
     if wanted is not None:
         if wanted not in columns:
@@ -160,7 +160,7 @@ def load_labels(cache, path: str | Path | None, column: str | None = None) -> La
         InputError: an unreadable file, a missing column, two rows for one video, or no row that
             names a cached video (one line each).
     """
-    from avfeat.errors import InputError
+    from avfeat.core.errors import InputError
 
     if path is None and column is None:
         return None
@@ -495,11 +495,12 @@ def evaluate(
     is reported under ``"classification"`` and the labels' coverage under ``"labels"``."""
     from tqdm import tqdm
 
-    from avfeat.common import check_number, resolve_device
+    from avfeat.core.devices import resolve_device
+    from avfeat.core.values import check_number
 
     from avfeat.align.checkpoint import load_checkpoint
     from avfeat.align.data import open_cache
-    from avfeat.errors import IndexMismatchError, InputError
+    from avfeat.core.errors import IndexMismatchError, InputError
 
     if knn_vote not in KNN_VOTES:
         raise InputError(f"--knn-vote must be one of {', '.join(KNN_VOTES)} (got {knn_vote!r})")

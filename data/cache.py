@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 
 from avfeat import __version__
-from avfeat.common import did_you_mean, fsync_dir, has_entries, one_line, pid_alive, replace_durably, temp_path, temp_pid, write_atomic
+from avfeat.core.io import fsync_dir, replace_durably, temp_path, temp_pid, write_atomic
+from avfeat.core.lock import has_entries, pid_alive
+from avfeat.core.values import did_you_mean, one_line
 from avfeat.data.records import OK, VideoRecord
-from avfeat.errors import CacheError, disk_full
+from avfeat.core.errors import CacheError, disk_full
 
 CONFIG_FILE = "cache.json"
 SHARD_DIR = "shards"
@@ -270,7 +272,7 @@ def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
 
     Stray temp files and shards without a manifest part (an interrupted commit) are removed,
     so the cache afterwards holds exactly the committed shards. The caller holds the cache's
-    writer lock (``avfeat.common.writer_lock``), as ``Extractor.run`` does.
+    writer lock (``avfeat.core.lock.writer_lock``), as ``Extractor.run`` does.
     """
     layout = check_config(root, config)
     try:

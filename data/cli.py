@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from avfeat.errors import InputError
+from avfeat.core.errors import InputError
 
 
 def _check_out_dir(out: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from avfeat.errors import BackboneMismatchError
+from avfeat.core.errors import BackboneMismatchError
 
 OK = "ok"
 

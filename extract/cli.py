@@ -84,9 +84,12 @@ def extract(
 
     from dataclasses import asdict
 
-    from avfeat.common import OutputMode, check_number, prepare_output, resolve_device, writer_lock
+    from avfeat.core.devices import resolve_device
+    from avfeat.core.lock import writer_lock
+    from avfeat.core.outputs import OutputMode, prepare_output
+    from avfeat.core.values import check_number
     from avfeat.data.cache import CACHE_OWN, CONFIG_DEFAULTS, CONFIG_FILE, CONFIG_MARKS, check_compute_dtype, check_config, compute_dtype
-    from avfeat.errors import InputError
+    from avfeat.core.errors import InputError
     from avfeat.extract.encoder import Encoder, resolve_dtype
     from avfeat.extract.inputs import from_layout, list_inputs
     from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
@@ -229,7 +232,7 @@ def _storage_line(report: dict) -> str:
 
 
 def _refuse_damaged(cache: Path, damaged: list, shards: int, what: str = "missing or truncated") -> None:
-    from avfeat.errors import CacheError
+    from avfeat.core.errors import CacheError
 
     if damaged:
         raise CacheError(f"{len(damaged)} of {shards} shards are {what}; `avfeat extract INPUT --out {cache} --resume --repair` extracts their videos again")
@@ -237,9 +240,9 @@ def _refuse_damaged(cache: Path, damaged: list, shards: int, what: str = "missin
 
 def _repair(out: Path, mode) -> None:
     """Drop the damaged shards (and their manifest parts) before a resumed run re-extracts them."""
-    from avfeat.common import OutputMode
+    from avfeat.core.outputs import OutputMode
     from avfeat.data.cache import Cache, remove_damaged
-    from avfeat.errors import InputError
+    from avfeat.core.errors import InputError
 
     if mode is not OutputMode.RESUME:
         raise InputError("--repair works on an existing cache: pass it with --resume")

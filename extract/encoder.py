@@ -39,7 +39,7 @@ class Encoder:
     """Both backbones loaded once on one device, with the decode settings they imply."""
 
     def __init__(self, config: ExtractConfig, device: str = "auto", dtype: str = "auto", batch_size: int = 32):
-        from avfeat.common import resolve_device
+        from avfeat.core.devices import resolve_device
         from avfeat.extract.models import load_audio_backbone, load_visual_backbone
 
         self.config, self.batch_size = config, batch_size
@@ -49,7 +49,7 @@ class Encoder:
         self.visual = load_visual_backbone(config.visual_model, config.visual_layer, device=self.device, dtype=self.dtype)
         self.spec = DecodeSpec(sample_rate=self.audio.sample_rate, fps=config.fps, mode=config.decode_mode, **self.visual.decode_spec_geometry())
         if config.storage not in STORAGES:
-            from avfeat.errors import InputError
+            from avfeat.core.errors import InputError
 
             raise InputError(f"unknown --storage {config.storage!r} ({', '.join(STORAGES)})")
         self.set_pool(config.pool_patches)
@@ -146,7 +146,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
         InputError: int8 asked for on a GPU (its kernels are CPU kernels), as one line.
     """
     if dtype == "int8" and device.split(":")[0] not in ("cpu", "meta"):
-        from avfeat.errors import InputError
+        from avfeat.core.errors import InputError
 
         raise InputError(f"--dtype int8 runs on the CPU only, not on {device}: use --device cpu, or --dtype bfloat16 on a GPU")
     if dtype != "auto":
@@ -176,7 +176,7 @@ def _quantized_engines() -> set[str]:
 
 def check_pool(backbone, factor: int) -> int:
     """``factor`` when the backbone's patch grid can be pooled by it; one line otherwise."""
-    from avfeat.errors import InputError
+    from avfeat.core.errors import InputError
 
     factor = int(factor)
     if factor not in POOL_FACTORS:
@@ -197,7 +197,7 @@ def pool_patch_tokens(tokens: np.ndarray, grid, factor: int) -> np.ndarray:
     backbone, so caches, Ray stages and queries hold the same pooled tokens."""
     if factor == 1:
         return tokens
-    from avfeat.errors import InputError
+    from avfeat.core.errors import InputError
 
     gh, gw = int(grid[0]), int(grid[1])
     if gh % factor or gw % factor:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from avfeat.errors import InputError
+from avfeat.core.errors import InputError
 from avfeat.extract import sources
 from avfeat.extract.media import MISSING, UNREADABLE  # MISSING: the status of a listed file that does not exist
 from avfeat.extract.sources import Stat

@@ -19,7 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from avfeat.common import human_bytes, writer_lock
+from avfeat.core.lock import writer_lock
+from avfeat.core.values import human_bytes
 from avfeat.data.cache import SUPERSEDED, CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
 from avfeat.data.records import OK, VideoRecord
 from avfeat.extract.encoder import Encoder, ExtractConfig, encode_audio_group, encode_visual_group, resolve_dtype  # noqa: F401 (re-exported)
@@ -161,7 +162,7 @@ class Extractor:
         media_seconds)`` is called as videos are written. With ``ray_address`` (``"local"``
         for a Ray started here) the work runs as a Ray Data pipeline (extract/ray_job.py) and
         writes the same shards and manifest parts. The cache's writer lock is held throughout
-        (``avfeat.common.writer_lock``): a second writer is refused before it touches anything.
+        (``avfeat.core.lock.writer_lock``): a second writer is refused before it touches anything.
         """
         with writer_lock(out, "cache"):
             return self._run(inputs, out, progress, on_plan, ray_address)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from avfeat.errors import ModelError
+from avfeat.core.errors import ModelError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -31,7 +31,7 @@ import numpy as np
 
 from avfeat.data.cache import CacheLayout
 from avfeat.data.records import VideoRecord
-from avfeat.errors import AvfeatError, InputError
+from avfeat.core.errors import AvfeatError, InputError
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError
 
 INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'avfeat[ray]' (or pip install 'ray[data]')"
@@ -124,7 +124,7 @@ class BackboneStage:
     the local job's groups."""
 
     def __init__(self, config, options, modality: str):
-        from avfeat.common import resolve_device
+        from avfeat.core.devices import resolve_device
         from avfeat.extract import encoder, models
 
         self.modality, self.batch_size = modality, options.batch_size

@@ -38,7 +38,7 @@ from stat import S_ISREG
 from typing import NamedTuple
 from urllib.parse import unquote, urljoin, urlsplit
 
-from avfeat.errors import InputError
+from avfeat.core.errors import InputError
 from avfeat.extract.media import ACCESS_DENIED, MISSING, REMOTE_TIMEOUT, UNREADABLE
 
 # Seconds one network request may wait (to connect, and between bytes of an answer) before it

@@ -47,7 +47,7 @@ import numpy as np
 import typer
 
 from avfeat.data.records import nearest_index
-from avfeat.errors import InputError, QueryError
+from avfeat.core.errors import InputError, QueryError
 
 AUDIT_META_KEY = b"avfeat.audit"
 AUDIT_VERSION = 1
@@ -469,7 +469,7 @@ def write_audit(path: str | Path, rows: list[dict], cache, meta: dict | None = N
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from avfeat.common import write_atomic
+    from avfeat.core.io import write_atomic
 
     schema = audit_schema()
     record = {"version": AUDIT_VERSION, "cache": {"path": str(Path(cache.layout.root).resolve()), "fingerprint": cache.fingerprint()}, **(meta or {})}
@@ -542,7 +542,7 @@ def write_report(path: str | Path, rows: list[dict], meta: dict, worst: int = 20
     from the cache (ids, paths) is escaped."""
     from html import escape
 
-    from avfeat.common import write_output_file
+    from avfeat.core.io import write_output_file
 
     score = np.array([r["correspondence"] for r in rows])
     p_match = np.array([r["p_match"] for r in rows])
@@ -643,7 +643,9 @@ def audit(
 
     With --fix-dir and an existing --out table of this cache and these heads, the table is used as it is (no new audit).
     """
-    from avfeat.common import check_number, prepare_output_file, resolve_device
+    from avfeat.core.devices import resolve_device
+    from avfeat.core.io import prepare_output_file
+    from avfeat.core.values import check_number
     from avfeat.data.cache import Cache
     from avfeat.index.store import load_heads
 

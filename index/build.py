@@ -41,9 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from avfeat.common import check_number
+from avfeat.core.values import check_number
 from avfeat.data.cache import compute_dtype
-from avfeat.errors import InputError, SearchIndexError
+from avfeat.core.errors import InputError, SearchIndexError
 
 EXACT_LIMIT = 100_000
 ADD_BATCH = 1 << 18
@@ -348,14 +348,14 @@ def build_index(
     One writer at a time: the lock sits beside the folder (``OUT.avfeat-lock``), where earlier
     versions (which swapped the whole folder by renames) put it too, so writers of either
     exclude each other."""
-    from avfeat.common import writer_lock
+    from avfeat.core.lock import writer_lock
 
     with writer_lock(out, "index", beside=True):
         return _build_index(cache, checkpoint, out, window, hop, factory, memory_budget, quiet, shards, overwrite)
 
 
 def _build_index(cache, checkpoint, out, window, hop, factory, memory_budget, quiet, shards, overwrite) -> dict[str, Any]:
-    from avfeat.common import prepare_output
+    from avfeat.core.outputs import prepare_output
     from avfeat.index.store import META_FILE, META_MARKS, is_unfinished
 
     # A folder whose first write crashed before its meta.json holds no index to protect, only
@@ -432,7 +432,7 @@ def update_index(cache, checkpoint, out: str | os.PathLike, quiet: bool = True) 
     modality (the other files are kept as they are) and the tables, committed atomically by
     ``write_index``. The same writer lock as ``build_index``.
     """
-    from avfeat.common import writer_lock
+    from avfeat.core.lock import writer_lock
 
     with writer_lock(out, "index", beside=True):
         return _update_index(cache, checkpoint, Path(out), quiet)
@@ -441,7 +441,7 @@ def update_index(cache, checkpoint, out: str | os.PathLike, quiet: bool = True) 
 def _update_index(cache, checkpoint, out: Path, quiet: bool) -> Update:
     from avfeat.align.windows import WindowGeometry
     from avfeat.data.records import BackboneSpec
-    from avfeat.errors import IndexMismatchError
+    from avfeat.core.errors import IndexMismatchError
     from avfeat.index.store import META_FILE, IndexFolder
     from avfeat.index.vectors import AUDIO, VISUAL
 
@@ -508,7 +508,7 @@ def append_to_index(folder, vectors: dict[str, np.ndarray], table, meta: dict[st
     """
     import pyarrow as pa
 
-    from avfeat.common import one_line
+    from avfeat.core.values import one_line
     from avfeat.index.store import write_index
 
     meta = json.loads(json.dumps(meta))

@@ -24,8 +24,8 @@ def index(
 ) -> None:
     """Project every window of the cache through the heads and write per-modality FAISS indexes."""
     from avfeat.data.cache import Cache
-    from avfeat.common import check_number, parse_size
-    from avfeat.errors import InputError
+    from avfeat.core.values import check_number, parse_size
+    from avfeat.core.errors import InputError
     from avfeat.index.build import build_index, update_index
     from avfeat.index.store import load_heads
 
@@ -96,7 +96,7 @@ def _print_candidates(candidates, threshold: float, as_json: bool) -> None:
 def read_query_list(path: Path) -> list[str]:
     """The queries of a ``--queries`` file: one a line, blank lines and ``#`` comment lines
     skipped; a relative file path is taken from the list's folder (``VIDEO_ID@START-END`` as is)."""
-    from avfeat.errors import InputError
+    from avfeat.core.errors import InputError
 
     try:
         lines = path.read_text().splitlines()
@@ -118,7 +118,7 @@ def read_query_list(path: Path) -> list[str]:
 def _check_query(query: str) -> None:
     """A query must be a file or look like VIDEO_ID@START-END; checked before anything heavy is
     imported, so a typo fails at once (an id's video is checked once the cache is open)."""
-    from avfeat.errors import QueryError
+    from avfeat.core.errors import QueryError
 
     if Path(query).is_file():
         return
@@ -166,7 +166,7 @@ def search(
     ),
 ) -> None:
     """Cross-modal search: which videos sound like this, which sounds fit this picture."""
-    from avfeat.errors import InputError
+    from avfeat.core.errors import InputError
 
     if side not in (None, "audio", "visual"):
         raise InputError(f"--from must be audio or visual (got {side!r})")
@@ -179,8 +179,9 @@ def search(
         _check_query(text)
     batch = len(texts) > 1 or queries is not None  # one block per query; a single QUERY prints as it always did
 
-    from avfeat.common import prepare_output_file, resolve_device
-    from avfeat.errors import QueryError
+    from avfeat.core.devices import resolve_device
+    from avfeat.core.io import prepare_output_file
+    from avfeat.core.errors import QueryError
     from avfeat.index.search import Searcher, parse_where
 
     conditions = parse_where(where)
@@ -253,8 +254,10 @@ def sync(
     """Audio-visual offset of videos; positive = audio late (the sound comes after the picture)."""
     import os
 
-    from avfeat.common import check_number, prepare_output_file, resolve_device
-    from avfeat.errors import InputError
+    from avfeat.core.devices import resolve_device
+    from avfeat.core.io import prepare_output_file
+    from avfeat.core.values import check_number
+    from avfeat.core.errors import InputError
 
     check_number("--max-offset", max_offset)
     videos = list(videos or [])

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from avfeat.errors import InputError
+from avfeat.core.errors import InputError
 
 LEVELS = ("video", "window")
 FORMATS = ("parquet", "npy")
@@ -160,7 +160,8 @@ def write_export(files: dict[str, Path], table, vectors: dict[str, np.ndarray], 
     export leaves no half-written file under a final name."""
     import pyarrow.parquet as pq
 
-    from avfeat.common import one_line, replace_durably, temp_path
+    from avfeat.core.io import replace_durably, temp_path
+    from avfeat.core.values import one_line
 
     temps: dict[str, Path] = {}
     try:
@@ -195,7 +196,8 @@ def export(
     """Write the export (see the module docstring); returns a summary: files, rows, dim, videos,
     and the ok videos left out for being shorter than one window."""
     from avfeat.align.data import open_cache
-    from avfeat.common import check_number, prepare_output_file
+    from avfeat.core.io import prepare_output_file
+    from avfeat.core.values import check_number
     from avfeat.index.store import load_heads
 
     if level not in LEVELS:

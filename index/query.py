@@ -21,9 +21,9 @@ from torch.nn import functional as F
 
 from avfeat.align.scores import pooled_audio, pooled_visual
 from avfeat.align.windows import Window, WindowGeometry
-from avfeat.common import parse_time
+from avfeat.core.values import parse_time
 from avfeat.data.records import nearest_index
-from avfeat.errors import CacheError, InputError, QueryError
+from avfeat.core.errors import CacheError, InputError, QueryError
 from avfeat.index.vectors import (
     AUDIO,
     VISUAL,

@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from avfeat.align.windows import WindowGeometry
-from avfeat.errors import CacheError, InputError, QueryError, SearchIndexError
+from avfeat.core.errors import CacheError, InputError, QueryError, SearchIndexError
 from avfeat.index.locate import Candidate, clip_seconds, refine, vote
 from avfeat.index.query import Backbones, QueryTokens, cached_query, mean_vector, window_vectors
 from avfeat.index.store import TABLE_COLUMNS, IndexFolder, load_heads

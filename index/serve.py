@@ -47,8 +47,8 @@ from typing import Any, Iterable, List, Optional
 
 import typer
 
-from avfeat.common import did_you_mean
-from avfeat.errors import AvfeatError, CacheError, CheckpointError, InputError, QueryError, SearchIndexError
+from avfeat.core.values import did_you_mean
+from avfeat.core.errors import AvfeatError, CacheError, CheckpointError, InputError, QueryError, SearchIndexError
 
 DEFAULT_MAX_UPLOAD = "200MB"
 MAX_K = 1000
@@ -257,7 +257,7 @@ class Service:
 
     def id_query(self, video_id: str, start, end) -> str:
         """``VIDEO_ID@START-END`` text for ``Searcher``; a missing start or end is the video's."""
-        from avfeat.common import parse_time
+        from avfeat.core.values import parse_time
 
         info = self.video(video_id)
         self.cached()
@@ -435,7 +435,7 @@ def create_app(service: Service, max_upload: int | str = DEFAULT_MAX_UPLOAD, tok
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from avfeat.common import parse_size
+    from avfeat.core.values import parse_size
 
     limit = parse_size(max_upload)
     allowed = None if hosts is None else {name.lower().strip("[]") for name in hosts}
@@ -766,7 +766,8 @@ def serve(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No access log."),
 ) -> None:
     """A warm search service: JSON API, metrics and a web page at / (needs the serve extra)."""
-    from avfeat.common import parse_size, resolve_device
+    from avfeat.core.devices import resolve_device
+    from avfeat.core.values import parse_size
 
     try:
         import fastapi  # noqa: F401

@@ -16,7 +16,7 @@ collection larger than one GPU's memory is spread over several.
 
 from __future__ import annotations
 
-from avfeat.errors import InputError
+from avfeat.core.errors import InputError
 
 
 def check_count(count: int) -> None:

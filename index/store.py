@@ -46,8 +46,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from avfeat.common import fsync_dir, has_entries, one_line, pid_alive, temp_pid, write_atomic
-from avfeat.errors import IndexMismatchError, SearchIndexError
+from avfeat.core.io import fsync_dir, temp_pid, write_atomic
+from avfeat.core.lock import has_entries, pid_alive
+from avfeat.core.values import one_line
+from avfeat.core.errors import IndexMismatchError, SearchIndexError
 
 META_FILE = "meta.json"
 META_MARKS = ("modalities", "heads")  # keys every index's meta.json holds: how a folder is known for an index

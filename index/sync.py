@@ -48,9 +48,10 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from avfeat.common import one_line, replace_durably, write_output_file
+from avfeat.core.io import replace_durably, write_output_file
+from avfeat.core.values import one_line
 from avfeat.data.records import nearest_index, nearest_indices, token_count
-from avfeat.errors import AvfeatError, InputError, QueryError
+from avfeat.core.errors import AvfeatError, InputError, QueryError
 from avfeat.index.vectors import heads_device, project_audio, project_visual
 
 DEFAULT_MAX_OFFSET = 2.0

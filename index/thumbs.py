@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 
-from avfeat.common import write_output_file
+from avfeat.core.io import write_output_file
 from avfeat.extract.media import frame_at
 
 TILE = (160, 120)  # width, height of a tile's picture

@@ -5,8 +5,11 @@ import os
 
 import pytest
 
-from avfeat.common import OutputMode, one_line, parse_size, parse_time, prepare_output, resolve_device, write_atomic
-from avfeat.errors import InputError
+from avfeat.core.devices import resolve_device
+from avfeat.core.io import write_atomic
+from avfeat.core.outputs import OutputMode, prepare_output
+from avfeat.core.values import one_line, parse_size, parse_time
+from avfeat.core.errors import InputError
 
 
 @pytest.mark.parametrize("text, value", [("8GB", 8 * 2**30), ("512m", 512 * 2**20), ("1.5g", int(1.5 * 2**30)), ("2GiB", 2 * 2**30),

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from avfeat.errors import InputError
+from avfeat.core.errors import InputError
 from avfeat.evaluation import classification, format_report, load_labels, parse_labels, video_folds
 from avfeat.testing import run_avfeat as avfeat
 from tests.labelled_cache import labelled_setup

@@ -1,4 +1,4 @@
-"""One writer at a time: ``avfeat.common.writer_lock`` itself, and two concurrent runs of
+"""One writer at a time: ``avfeat.core.lock.writer_lock`` itself, and two concurrent runs of
 `extract`, `train-head` and `index` into one output, of which one is refused with the line that
 names the holder while the other finishes a complete output.
 
@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from avfeat.common import LOCK_NAME, _process_stat, prepare_output, writer_lock
+from avfeat.core.lock import LOCK_NAME, _process_stat, writer_lock
+from avfeat.core.outputs import prepare_output
 from avfeat.data.cache import open_for_writing
 from avfeat.data.synth import make_corpus
-from avfeat.errors import InputError
+from avfeat.core.errors import InputError
 from avfeat.testing import TINY_MODELS as TINY
 from avfeat.testing import assert_same_cache
 from avfeat.testing import run_avfeat as avfeat
@@ -43,7 +44,7 @@ if sys.argv[2:] == ["noflock"]:
     def flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
     fcntl.flock = flock
-from avfeat.common import writer_lock
+from avfeat.core.lock import writer_lock
 lock = writer_lock(sys.argv[1], "cache").acquire()
 print("held", flush=True)
 sys.stdin.read()

@@ -72,7 +72,7 @@ def test_streamed_batches_through_workers_equal_memory(small_cache, workers):
 def test_a_truncated_shard_is_a_cache_error(two_shard_cache, tmp_path):
     import shutil
 
-    from avfeat.errors import CacheError
+    from avfeat.core.errors import CacheError
 
     copy = tmp_path / "cache"
     shutil.copytree(two_shard_cache, copy)

@@ -13,7 +13,7 @@ from avfeat.align.checkpoint import load_checkpoint
 from avfeat.align.plots import attention_map
 from avfeat.align.train import RunOptions, TrainConfig, train
 from avfeat.data.cache import Cache
-from avfeat.errors import CheckpointError
+from avfeat.core.errors import CheckpointError
 
 CONFIG = dict(window=1.0, dim=16, batch_size=3, passes_per_epoch=2, epochs=4, lr=1e-2, val_fraction=0.25, val_windows=3)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from avfeat.data.cache import Cache, CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
-from avfeat.errors import CacheError
+from avfeat.core.errors import CacheError
 
 CONFIG = {"audio_model": "random:hubert-tiny", "fps": 2.0}
 

@@ -9,7 +9,7 @@ from avfeat.align.data import MemoryWindows, WindowTable
 from avfeat.align.windows import WindowGeometry, cache_windows
 from avfeat.data.cache import Cache, ShardWriter, new_record, open_for_writing
 from avfeat.data.records import BackboneSpec, VideoRecord, nearest_index
-from avfeat.errors import BackboneMismatchError
+from avfeat.core.errors import BackboneMismatchError
 from avfeat.index.query import cached_query
 
 AUDIO_START = 0.013  # not a multiple of the 20 ms token period
@@ -65,7 +65,7 @@ def test_every_stage_cuts_the_same_tokens(cache):
 def test_query_times_accept_minutes_and_refuse_past_the_end(cache):
     query = cached_query(cache, "v@0:01-0:02.5")
     np.testing.assert_array_equal(query.audio[:, 0], np.arange(expected_first_token(1.0), expected_first_token(1.0) + 75))
-    from avfeat.errors import QueryError
+    from avfeat.core.errors import QueryError
 
     with pytest.raises(QueryError, match="ends after the video"):
         cached_query(cache, "v@7-9")

@@ -20,7 +20,7 @@ import pytest
 from avfeat.data.cache import Cache, ShardWriter, dequantize_int8, new_record, open_for_writing, quantize_int8
 from avfeat.data.records import BackboneSpec
 from avfeat.data.synth import make_corpus
-from avfeat.errors import BackboneMismatchError, InputError
+from avfeat.core.errors import BackboneMismatchError, InputError
 from avfeat.extract.encoder import pool_patch_tokens
 from avfeat.testing import TINY_MODELS as TINY
 from avfeat.testing import assert_same_cache

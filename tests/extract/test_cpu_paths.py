@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from avfeat.data.cache import Cache
-from avfeat.errors import AvfeatError
+from avfeat.core.errors import AvfeatError
 from avfeat.extract import encoder as encoder_module
 from avfeat.extract.encoder import resolve_dtype
 from avfeat.extract.models import load_audio_backbone, load_visual_backbone

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from avfeat.errors import InputError
+from avfeat.core.errors import InputError
 from avfeat.data.records import VideoRecord
 from avfeat.extract import inputs
 from avfeat.extract.inputs import MediaInput, assign_ids, list_inputs, video_id

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from avfeat.errors import ModelError  # noqa: E402
+from avfeat.core.errors import ModelError
 from avfeat.extract.media import DecodeSpec  # noqa: E402
 from avfeat.extract.models import (  # noqa: E402
     RANDOM_ARCHS,

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from avfeat.errors import InputError, SearchIndexError
+from avfeat.core.errors import InputError, SearchIndexError
 from avfeat.index.build import build_index
 from avfeat.index.store import MARKER_FILE, META_FILE, IndexFolder, is_unfinished, write_index
 

@@ -8,9 +8,9 @@ import faiss
 import numpy as np
 import pytest
 
-from avfeat.common import prepare_output_file
+from avfeat.core.io import prepare_output_file
 from avfeat.data.cache import Cache
-from avfeat.errors import InputError, SearchIndexError
+from avfeat.core.errors import InputError, SearchIndexError
 from avfeat.index import Searcher
 from avfeat.testing import run_avfeat as avfeat
 
@@ -71,7 +71,7 @@ def test_sync_plot_creates_missing_folders(heads, corpus, tmp_path):
 
 def test_an_unwritable_output_folder_is_one_line(tmp_path, monkeypatch):
     # As root every folder is writable, so the permission test asks os.access.
-    monkeypatch.setattr("avfeat.common.os.access", lambda path, mode: False)
+    monkeypatch.setattr("avfeat.core.io.os.access", lambda path, mode: False)
     with pytest.raises(InputError, match="permission denied"):
         prepare_output_file(tmp_path / "hits.png", "--thumbs")
 

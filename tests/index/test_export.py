@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from avfeat.errors import InputError
+from avfeat.core.errors import InputError
 from avfeat.index.export import export, video_vectors
 from avfeat.testing import run_avfeat as avfeat
 from tests.labelled_cache import labelled_setup

@@ -13,9 +13,9 @@ from avfeat.align.scores import pairwise_scores, pooled_audio, pooled_visual
 from avfeat.align.windows import WindowGeometry, video_windows
 from avfeat.data.cache import Cache
 from avfeat.data.synth import write_media
-from avfeat.errors import InputError, SearchIndexError
+from avfeat.core.errors import InputError, SearchIndexError
 from avfeat.index import Searcher
-from avfeat.common import parse_size
+from avfeat.core.values import parse_size
 from avfeat.index.build import build_faiss, choose_factory
 from avfeat.index.locate import vote
 from avfeat.index.search import Hit

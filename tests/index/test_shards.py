@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from avfeat.data.cache import Cache
-from avfeat.errors import InputError
+from avfeat.core.errors import InputError
 from avfeat.index import Searcher
 from avfeat.index.shards import shard_ranges
 from avfeat.index.store import IndexFolder

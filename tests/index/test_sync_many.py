@@ -17,7 +17,7 @@ import av
 import pyarrow.parquet as pq
 import pytest
 
-from avfeat.errors import InputError, QueryError
+from avfeat.core.errors import InputError, QueryError
 from avfeat.extract.media import decode_audio
 from avfeat.index.sync import remux_shifted
 from avfeat.testing import make_bad_inputs, make_clip

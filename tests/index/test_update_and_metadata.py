@@ -15,7 +15,7 @@ from avfeat.align.windows import WindowGeometry, video_windows
 from avfeat.data.cache import Cache
 from avfeat.data.records import VideoRecord
 from avfeat.data.synth import make_corpus
-from avfeat.errors import IndexMismatchError, InputError
+from avfeat.core.errors import IndexMismatchError, InputError
 from avfeat.index import Searcher
 from avfeat.index.build import append_to_index, build_faiss, update_index
 from avfeat.index.search import parse_where

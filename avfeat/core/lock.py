@@ -1,141 +1,29 @@
-"""Small helpers every stage shares: devices, sizes, durable writes, one-line error text, the
-rule for an existing output folder and its one-writer-at-a-time lock.
-
-Each idea has one home here so that every command behaves the same way: a bad ``--device`` is
-the same one-line error everywhere, ``--memory-limit`` and ``--memory-budget`` read sizes with
-one syntax, and every file avfeat replaces is written with one guarantee.
-"""
+"""One writer at a time for an output folder: an advisory lock that names its holder and is taken
+over only from a dead process, also where flock(2) or hard links are not offered (NFS, Lustre)."""
 
 from __future__ import annotations
 
 import errno
 import json
-import math
 import os
-import re
 import socket
 import sys
 import threading
 import time
-from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
 
-from avfeat.errors import InputError
+from avfeat.core.errors import InputError
+from avfeat.core.io import temp_path
+from avfeat.core.values import one_line
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+# ---- one writer at a time ------------------------------------------------------------------
 
-
-# ---- devices -------------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> "torch.device":
-    """``auto`` → the first CUDA GPU when there is one, else the CPU; any other name is checked.
-
-    Raises:
-        InputError: the name is not a device, or names a CUDA device this machine lacks.
-    """
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {name}: no CUDA GPU is available (use --device cpu or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"--device {name}: there are only {torch.cuda.device_count()} GPUs")
-    elif device.type not in ("cpu", "mps"):
-        raise InputError(f"--device {name}: avfeat runs on cpu or cuda")
-    return device
-
-
-# ---- sizes ---------------------------------------------------------------------------------
-
-_SIZE_RE = re.compile(r"^\s*(?P<number>[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(?P<unit>[kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-
-
-def parse_size(text: str | int) -> int:
-    """``"8GB"``, ``"512M"``, ``"1.5g"``, ``"2GiB"``, ``"1e9"``, ``"0"`` → bytes.
-
-    Units are binary multiples (K = 1024) and case-insensitive; a plain number is bytes.
-
-    Raises:
-        InputError: not a finite, non-negative size.
-    """
-    match = _SIZE_RE.match(str(text))
-    value = float(match["number"]) * _SIZE_UNITS[match["unit"].lower()] if match else math.nan
-    if not math.isfinite(value) or value < 0:
-        raise InputError(f"cannot read the size {text!r} (examples: 8GB, 512MB, 1.5G, 1e9, 0)")
-    return int(value)
-
-
-def human_bytes(count: float) -> str:
-    """``1536`` → ``"1.5 KB"`` (binary multiples)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(count) < 1024:
-            return f"{int(count)} B" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TB"
-
-
-# ---- numbers -------------------------------------------------------------------------------
-
-
-def check_number(name: str, value: float | None, *, minimum: float = 0.0, inclusive: bool = False, maximum: float | None = None) -> None:
-    """Refuse NaN, infinities and values out of range with one line naming the option: NaN
-    compares false with everything, so a plain ``value <= 0`` check lets it through.
-
-    Raises:
-        InputError: ``value`` is not finite, not above ``minimum`` (or equal, with
-            ``inclusive``), or above ``maximum``.
-    """
-    if value is None:
-        return
-    low_ok = value >= minimum if inclusive else value > minimum
-    if not (math.isfinite(value) and low_ok and (maximum is None or value <= maximum)):
-        bound = f"at least {minimum:g}" if inclusive else f"greater than {minimum:g}"
-        upper = f" and at most {maximum:g}" if maximum is not None else ""
-        raise InputError(f"{name} must be a finite number {bound}{upper} (got {value})")
-
-
-# ---- times ---------------------------------------------------------------------------------
-
-_TIME_RE = re.compile(r"^(?:(?:(?P<h>\d+):)?(?P<m>\d+):)?(?P<s>\d+(?:\.\d*)?|\.\d+)$")
-
-
-def parse_time(text: str | float) -> float:
-    """``"90"``, ``"1:30"``, ``"1:02:03.5"`` → seconds (finite, non-negative).
-
-    Raises:
-        InputError: not a time of that form.
-    """
-    match = _TIME_RE.match(str(text).strip())
-    # Below the leading field, minutes and seconds stay under 60 ("1:75" is a typo, not 2:15).
-    minutes_ok = match is not None and (match["h"] is None or int(match["m"]) < 60)
-    seconds_ok = match is not None and (match["m"] is None or float(match["s"]) < 60)
-    if not (minutes_ok and seconds_ok):
-        raise InputError(f"cannot read the time {text!r} (seconds, m:ss or h:mm:ss, e.g. 75.5, 1:15.5, 0:01:15)")
-    return int(match["h"] or 0) * 3600 + int(match["m"] or 0) * 60 + float(match["s"])
-
-
-# ---- durable writes ------------------------------------------------------------------------
-
-
-def temp_path(path: Path) -> Path:
-    """A temp name beside ``path``, unique to this process (two writers never share one)."""
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
-
-
-def temp_pid(path: str | os.PathLike) -> int | None:
-    """The pid in a :func:`temp_path` name (``NAME.<pid>.tmp``); None for another name."""
-    parts = Path(path).name.split(".")
-    return int(parts[-2]) if len(parts) >= 3 and parts[-1] == "tmp" and parts[-2].isdigit() else None
+LOCK_NAME = ".avfeat-lock"  # in the folder written (``OUT/.avfeat-lock``), or beside it (``OUT.avfeat-lock``)
+_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}  # flock(2) is not offered here
+_NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}  # hard links are not offered here
+_RETRIES, _PAUSE = 40, 0.05  # how long a holder's record may be in transition (2 s) before it is reported as found
+_held: dict[str, "WriterLock"] = {}  # lock path → this process's lock there (taken again by a nested job: counted)
+_held_guard = threading.Lock()
 
 
 def pid_alive(pid: int) -> bool:
@@ -150,185 +38,6 @@ def pid_alive(pid: int) -> bool:
         pass  # it exists, under another user
     stat = _process_stat(pid)
     return stat is None or stat[0] not in ("Z", "X")  # a zombie has exited: its files (and flocks) are closed
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def replace_durably(tmp: Path, final: Path) -> None:
-    """Make the finished file ``tmp`` the file ``final``: fsync it, rename it over ``final``,
-    fsync the folder. A crash at any instant leaves the old file or the new one, never neither."""
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` with :func:`replace_durably`'s guarantee."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-        replace_durably(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-# ---- output files (--thumbs, --plot, attention-map --out) ----------------------------------
-
-
-def prepare_output_file(path: str | os.PathLike, option: str) -> Path:
-    """Make an output file's place ready before the work that fills it: missing parent folders
-    are created (as ``--out`` folders are); a path that is a folder, or under a file, or in a
-    folder avfeat may not write, is one line naming ``option`` and the path."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{option} {path} is a folder; give a file name such as {path / 'out.png'}")
-    # The nearest existing ancestor must be a folder: "notes.txt/map.png" cannot be made.
-    ancestor = path.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise InputError(f"cannot write {option} {path}: {ancestor} is a file, not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot write {option} {path}: cannot create {path.parent}: {one_line(error)}") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {option} {path}: permission denied in {path.parent}")
-    return path
-
-
-def write_output_file(path: str | os.PathLike, data: bytes) -> None:
-    """:func:`write_atomic` for a user-named output file: its parent folders are created, and
-    an OS error (a folder in the way, permission, a full disk) is one line naming the path."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data)
-    except OSError as error:
-        raise InputError(f"cannot write {path}: {one_line(error)}") from None
-
-
-# ---- error text ----------------------------------------------------------------------------
-
-
-def did_you_mean(name: str, known, otherwise: str) -> str:
-    """The hint an unknown id's error ends with: the closest known ids, or where to list them."""
-    import difflib
-
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(close)}?" if close else f"; {otherwise}"
-
-
-def one_line(error: BaseException | str, limit: int = 300) -> str:
-    """The first line of an error's message (or its type's name), whitespace collapsed, cut
-    at ``limit`` characters: what a one-line CLI error may quote of a library's exception."""
-    if isinstance(error, BaseException):
-        text = str(getattr(error, "strerror", None) or error).strip() or type(error).__name__
-    else:
-        text = str(error).strip()
-    line = " ".join((text.splitlines() or [""])[0].split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-# ---- output folders ------------------------------------------------------------------------
-
-
-class OutputMode(str, Enum):
-    """What a command does with its ``--out`` folder (see :func:`prepare_output`)."""
-
-    NEW = "new"  # absent or empty: created
-    RESUME = "resume"  # avfeat's own output of the same kind, continued
-    OVERWRITE = "overwrite"  # avfeat's own output of the same kind, its own files replaced
-
-
-def prepare_output(
-    out: str | os.PathLike,
-    *,
-    marker: str,
-    kind: str,
-    resume: bool = False,
-    overwrite: bool = False,
-    can_resume: bool = True,
-    own: Iterable[str] = (),
-    create: bool = True,
-    marker_keys: Iterable[str] = (),
-) -> OutputMode:
-    """The one rule for an existing output folder, shared by every command.
-
-    A missing or empty folder is created (also with ``--resume``: a job rerun until it is done
-    can pass it from the start). An existing one is refused unless ``--resume`` or
-    ``--overwrite`` is given, and either is accepted only when the folder holds avfeat's own
-    output of this ``kind`` (recognised by its ``marker`` file): nothing else is ever touched.
-    ``--overwrite`` deletes only the names listed in ``own`` (files or folders); the caller
-    writes the new output afterwards. With ``create=False`` a missing folder is left for the
-    caller to make (one that writes a temp folder and renames it into place). With
-    ``marker_keys`` the marker must be a JSON object holding those keys: a ``config.json`` or
-    ``meta.json`` of another tool (a model folder, an experiment) is not taken for avfeat's.
-
-    Raises:
-        InputError: the folder cannot be used; the message says which flag would help.
-    """
-    import shutil
-
-    out = Path(out)
-    if resume and overwrite:
-        raise InputError("--resume and --overwrite exclude each other")
-    if resume and not can_resume:
-        raise InputError(f"this command cannot resume a {kind}; pass --overwrite to replace {out}")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} exists and is not a folder")
-    if out.is_dir() and has_entries(out):  # the writer's own lock files do not count
-        if not (out / marker).is_file():
-            raise InputError(f"output {out} is a non-empty folder that is not an avfeat {kind} (no {marker}); choose another --out")
-        if marker_keys and not _marker_holds(out / marker, marker_keys):
-            raise InputError(f"output {out} is not an avfeat {kind} (its {marker} was not written by avfeat, or is damaged); choose another --out")
-        if resume:
-            return OutputMode.RESUME
-        if not overwrite:
-            hint = "--resume to continue it or --overwrite to replace it" if can_resume else "--overwrite to replace it"
-            raise InputError(f"output {out} already holds an avfeat {kind}; pass {hint}")
-        for name in own:
-            target = out / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-        return OutputMode.OVERWRITE
-    if create:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise InputError(f"cannot create {out}: {one_line(error)}") from None
-    return OutputMode.NEW
-
-
-def _marker_holds(path: Path, keys: Iterable[str]) -> bool:
-    """Whether the marker file is a JSON object holding every one of ``keys``."""
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(values, dict) and all(key in values for key in keys)
-
-
-# ---- one writer at a time ------------------------------------------------------------------
-
-LOCK_NAME = ".avfeat-lock"  # in the folder written (``OUT/.avfeat-lock``), or beside it (``OUT.avfeat-lock``)
-_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}  # flock(2) is not offered here
-_NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}  # hard links are not offered here
-_RETRIES, _PAUSE = 40, 0.05  # how long a holder's record may be in transition (2 s) before it is reported as found
-_held: dict[str, "WriterLock"] = {}  # lock path → this process's lock there (taken again by a nested job: counted)
-_held_guard = threading.Lock()
 
 
 def has_entries(folder: str | os.PathLike) -> bool:

@@ -1,0 +1,89 @@
+"""Durable writes: unique temp names, fsync, rename; a crash leaves the old file or the new one.
+Also the checks before a user-named output file is written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from avfeat.core.errors import InputError
+from avfeat.core.values import one_line
+
+# ---- durable writes ------------------------------------------------------------------------
+
+
+def temp_path(path: Path) -> Path:
+    """A temp name beside ``path``, unique to this process (two writers never share one)."""
+    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+
+
+def temp_pid(path: str | os.PathLike) -> int | None:
+    """The pid in a :func:`temp_path` name (``NAME.<pid>.tmp``); None for another name."""
+    parts = Path(path).name.split(".")
+    return int(parts[-2]) if len(parts) >= 3 and parts[-1] == "tmp" and parts[-2].isdigit() else None
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(tmp: Path, final: Path) -> None:
+    """Make the finished file ``tmp`` the file ``final``: fsync it, rename it over ``final``,
+    fsync the folder. A crash at any instant leaves the old file or the new one, never neither."""
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` with :func:`replace_durably`'s guarantee."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        replace_durably(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ---- output files (--thumbs, --plot, attention-map --out) ----------------------------------
+
+
+def prepare_output_file(path: str | os.PathLike, option: str) -> Path:
+    """Make an output file's place ready before the work that fills it: missing parent folders
+    are created (as ``--out`` folders are); a path that is a folder, or under a file, or in a
+    folder avfeat may not write, is one line naming ``option`` and the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name such as {path / 'out.png'}")
+    # The nearest existing ancestor must be a folder: "notes.txt/map.png" cannot be made.
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"cannot write {option} {path}: {ancestor} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot write {option} {path}: cannot create {path.parent}: {one_line(error)}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {option} {path}: permission denied in {path.parent}")
+    return path
+
+
+def write_output_file(path: str | os.PathLike, data: bytes) -> None:
+    """:func:`write_atomic` for a user-named output file: its parent folders are created, and
+    an OS error (a folder in the way, permission, a full disk) is one line naming the path."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {one_line(error)}") from None
