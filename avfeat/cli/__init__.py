@@ -1,7 +1,9 @@
-"""The `avfeat` command: gathers each stage's commands into one typer app.
+"""The `avfeat` command: the only package that speaks typer.
 
-Stage commands live with their stage (`extract/cli.py`, `data/cli.py`, ...); this module only
-assembles them. Heavy libraries are imported inside commands so `avfeat --help` stays instant.
+One module per command group (`extract`, `train`, `index`, ...): a command parses its options,
+calls one library function and prints what it returns. This module assembles them and turns a
+user's error into one line. Heavy libraries are imported inside commands so `avfeat --help`
+stays instant.
 """
 
 from __future__ import annotations
@@ -36,14 +38,10 @@ def _root(
 
 
 def _register() -> None:
-    from avfeat import demo, evaluation
-    from avfeat.align import cli as align_cli
-    from avfeat.data import cli as data_cli
-    from avfeat.extract import cli as extract_cli
-    from avfeat.index import cli as index_cli
-    from avfeat.index import audit, export, serve
+    from avfeat.cli import audit, data, demo, eval, export, extract, index, serve, train
 
-    for module in (demo, data_cli, extract_cli, align_cli, index_cli, audit, export, serve, evaluation):
+    # The order of `avfeat --help`.
+    for module in (demo, data, extract, train, index, audit, export, serve, eval):
         module.register(app)
 
 
@@ -56,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ``argv`` (default ``sys.argv[1:]``) lets tests run a command in-process; it ends, as on the
     command line, with ``SystemExit``.
     """
-    from avfeat.extract.cli import expand_ray_flag
+    from avfeat.cli.extract import expand_ray_flag
 
     try:
         app(args=expand_ray_flag(sys.argv[1:] if argv is None else list(argv)), prog_name="avfeat")

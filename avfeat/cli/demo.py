@@ -1,0 +1,7 @@
+"""STUB: to be replaced by the `demo` command group."""
+
+from avfeat import demo as old
+
+
+def register(app):
+    old.register(app)
