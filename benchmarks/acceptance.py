@@ -1,6 +1,6 @@
 """The acceptance recipes over several seeds: how far above its level each figure sits.
 
-Runs the two acceptance recipes of the test suite (``avfeat.testing``: the same constants and
+Runs the two acceptance recipes of the test suite (``avfeat.testing.recipes``: the same constants and
 helpers the tests use) once per seed, where a seed moves both the synthetic corpora and the
 training, and prints per figure its level, minimum, median and maximum as a table, then the
 whole result as one JSON line. Asserts nothing; the tests assert the levels
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from _bench import machine, parse, parser, timed
-from avfeat import testing as recipes
+from avfeat.testing import recipes
 
 
 def with_values(args, values: dict) -> list:
@@ -40,7 +40,7 @@ def with_values(args, values: dict) -> list:
 
 def shrink_recipes() -> None:
     """--smoke: both recipes at toy sizes (their figures mean nothing). The sizes live in
-    ``avfeat.testing``, shared with the tests, so they are changed in this process only: its
+    ``avfeat.testing.recipes``, shared with the tests, so they are changed in this process only: its
     constants rebound, one training pass, and every corpus `avfeat synth` writes cut to 6 videos
     (the index recipe names its corpora's sizes in the call)."""
     recipes.ALIGN_CORPUS = {**recipes.ALIGN_CORPUS, "videos": 10, "classes": 2}

@@ -103,7 +103,7 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
-    from avfeat.testing import TINY_MODELS, run_avfeat
+    from avfeat.testing.runner import TINY_MODELS, run_avfeat
 
     work = work_folder(args.work, "avfeat-audit-", keep=not args.smoke)  # printed at the end, for reuse
     common = ["--classes", args.classes, "--size", 96, "--seconds", args.seconds, "--quiet"]
@@ -189,7 +189,7 @@ def timing(work: Path, smoke: bool = False) -> None:
     (``smoke``: 4 videos of 3 s, the tiny models, one run)."""
     import pyarrow.parquet as pq
 
-    from avfeat.testing import TINY_MODELS, run_avfeat
+    from avfeat.testing.runner import TINY_MODELS, run_avfeat
 
     models = ["--audio-model", "random:hubert-base", "--visual-model", "random:dinov2-small"]
     videos, seconds, size, repeats, geometry = 20, 30, 224, 3, "HuBERT-base 768 x 50 Hz, DINOv2-small 257 x 384 at 1 fps, heads dim 256"

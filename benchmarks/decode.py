@@ -245,7 +245,7 @@ def main() -> None:
 
     from avfeat.extract import media
     from avfeat.extract.media import REFERENCE_TUNING, DecodeSpec, DecodeTuning, decode
-    from avfeat.testing import MEDIA_SUFFIXES, make_clip, test_media_dir
+    from avfeat.testing.media import MEDIA_SUFFIXES, make_clip, test_media_dir
 
     os.environ.pop(media.THREADS_ENV, None)
     work = work_folder(args.work, "avfeat-decode-")

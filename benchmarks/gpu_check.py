@@ -177,7 +177,7 @@ def cli(*args) -> str:
     import io
 
     from avfeat.cli import app
-    from avfeat.errors import AvfeatError
+    from avfeat.core.errors import AvfeatError
 
     out = io.StringIO()
     try:

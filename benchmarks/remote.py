@@ -27,7 +27,7 @@ BUCKET = "avfeat-bench"
 
 def serve(root: str, conn) -> None:
     """In a child process: serve ``root`` over HTTP and S3, send both URLs, wait for the end."""
-    from avfeat.testing import S3_TEST_ENV, serve_http, serve_s3, upload_s3
+    from avfeat.testing.servers import S3_TEST_ENV, serve_http, serve_s3, upload_s3
 
     os.environ.update(S3_TEST_ENV)
     files = {str(p.relative_to(root)): p for p in Path(root).rglob("*") if p.is_file()}
@@ -50,7 +50,8 @@ def main() -> None:
 
     from avfeat.data.synth import write_media
     from avfeat.extract.media import DecodeSpec, decode
-    from avfeat.testing import S3_TEST_ENV, clip_audio, clip_frames, make_shard
+    from avfeat.testing.media import clip_audio, clip_frames
+    from avfeat.testing.servers import S3_TEST_ENV, make_shard
 
     root = work_folder(None, "avfeat-remote-")
     names = [f"clip{i:03d}.mp4" for i in range(args.clips)]

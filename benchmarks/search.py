@@ -232,7 +232,7 @@ def main() -> None:
     # --smoke: the large run just over the size where the automatic choice leaves exact search.
     args = parse(options, smoke=dict(n=100_000, small_n=500, dim=16, queries=100, single=10, sync_minutes=0.1,
                                      shards=2, shard_n=20_000, shard_dim=16))
-    from avfeat.common import parse_size
+    from avfeat.core.values import parse_size
 
     budget = parse_size(args.memory_budget) if args.memory_budget else None
     if args.only in (None, "index"):

@@ -29,7 +29,7 @@ def main() -> None:
     args = parse(options, smoke=dict(minutes=0.2, segment=1.0, size=64))
 
     from avfeat.extract.media import DecodeSpec, decode
-    from avfeat.testing import make_clip
+    from avfeat.testing.media import make_clip
 
     path = work_folder(None, "avfeat-segments-") / "long.mp4"
     seconds = args.minutes * 60

@@ -138,7 +138,7 @@ def trade_off_job(work: Path, seed: int, name: str, recipe_changes: dict) -> dic
     from avfeat.align.train import RunOptions, train
     from avfeat.demo import DemoConfig
     from avfeat.evaluation import evaluate
-    from avfeat.testing import run_avfeat, torch_threads
+    from avfeat.testing.runner import run_avfeat, torch_threads
 
     recipe = DemoConfig(seed=seed, **recipe_changes)
     corpus, out, heads = work / "corpus", work / folder_name(name), work / f"heads-{folder_name(name)}"
@@ -226,7 +226,7 @@ def print_storage_table(work: Path, args) -> None:
     """Bytes, fidelity and read speed of each storage on one corpus (the script's default part)."""
     from avfeat.data.cache import Cache
     from avfeat.data.synth import make_corpus
-    from avfeat.testing import TINY_MODELS, run_avfeat
+    from avfeat.testing.runner import TINY_MODELS, run_avfeat
 
     corpus = work / "corpus"
     if not corpus.is_dir():

@@ -146,7 +146,7 @@ def main() -> None:
         if args.cache:
             cache = args.cache
         else:
-            from avfeat.testing import build_cache
+            from avfeat.testing.recipes import build_cache
 
             seconds, (_, cache) = timed(lambda: build_cache(tmp, videos=args.videos, seconds=args.seconds, classes=10, fps=args.fps))
             print(f"# built the cache: {args.videos} videos x {args.seconds:g} s at {args.fps:g} fps in {seconds:.0f} s")

@@ -166,7 +166,7 @@ def main() -> None:
         if args.cache:
             cache = args.cache
         else:
-            from avfeat.testing import build_cache
+            from avfeat.testing.recipes import build_cache
 
             _, cache = build_cache(tmp, videos=args.videos, seconds=args.seconds, classes=10, fps=args.fps, size=112)
         overhead = data_overhead(cache, tmp / "heads", args)

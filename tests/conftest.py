@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from avfeat.testing import TEST_MEDIA_ENV, make_bad_input_cases, test_media_dir
+from avfeat.testing.media import TEST_MEDIA_ENV, make_bad_input_cases, test_media_dir
 
 
 @pytest.fixture(scope="session")

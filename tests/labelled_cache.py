@@ -17,8 +17,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from avfeat.data.synth import make_corpus
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.runner import run_avfeat as avfeat
 
 _built: dict[str, SimpleNamespace] = {}
 

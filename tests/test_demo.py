@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 # The demo's minutes count against each test's pytest-timeout; on a busy machine they can pass

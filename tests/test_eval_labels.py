@@ -14,7 +14,7 @@ import pytest
 
 from avfeat.core.errors import InputError
 from avfeat.evaluation import classification, format_report, load_labels, parse_labels, video_folds
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import run_avfeat as avfeat
 from tests.labelled_cache import labelled_setup
 
 

@@ -28,9 +28,9 @@ from avfeat.core.outputs import prepare_output
 from avfeat.data.cache import open_for_writing
 from avfeat.data.synth import make_corpus
 from avfeat.core.errors import InputError
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import assert_same_cache
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.runner import assert_same_cache
+from avfeat.testing.runner import run_avfeat as avfeat
 
 HOST = socket.gethostname()
 NO_HDF5_LOCKS = {**os.environ, "HDF5_USE_FILE_LOCKING": "FALSE"}  # as on NFS and Lustre

@@ -2,7 +2,7 @@
 
 import pytest
 
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,8 +8,8 @@ import pytest
 
 from avfeat.data.cache import Cache
 from avfeat.data.synth import make_corpus
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.runner import run_avfeat as avfeat
 
 pytestmark = pytest.mark.slow
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from avfeat.testing import TINY_MODELS as TINY  # noqa: F401 - imported by the align tests
-from avfeat.testing import build_cache
-from avfeat.testing import run_avfeat as avfeat  # noqa: F401 - imported by the align tests
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.recipes import build_cache
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 @pytest.fixture(scope="session")

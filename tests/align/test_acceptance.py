@@ -2,7 +2,7 @@
 
 10 synthetic classes (chance 0.1). Class-level R@1: the top-1 window among all held-out
 windows belongs to a video of the query's class. The recipe and the levels live in
-``avfeat.testing`` (``ALIGN_*``, ``ACCEPTANCE_LEVELS``), shared with benchmarks/acceptance.py,
+``avfeat.testing.recipes`` (``ALIGN_*``, ``ACCEPTANCE_LEVELS``), shared with benchmarks/acceptance.py,
 which runs it over 5 seeds: every level sits below the 5-seed minimum (README, "Acceptance").
 Takes two to four minutes on a 2-core CPU: `make test-slow`.
 """
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from avfeat.testing import ACCEPTANCE_LEVELS as LEVELS
-from avfeat.testing import align_acceptance_cache, align_class_recall, train_align_heads
+from avfeat.testing.recipes import ACCEPTANCE_LEVELS as LEVELS
+from avfeat.testing.recipes import align_acceptance_cache, align_class_recall, train_align_heads
 
 pytestmark = [pytest.mark.slow, pytest.mark.acceptance]
 

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from avfeat.align import data
-from avfeat.testing import align_class_recall, build_cache
+from avfeat.testing.recipes import align_class_recall, build_cache
 
 from .conftest import avfeat
 
@@ -62,7 +62,7 @@ def test_the_schedule_fills_in_only_what_is_unset():
 
 def test_an_automatic_schedule_is_stored_resolved_and_resumed(small_cache, tmp_path):
     from avfeat.align.train import RunOptions, TrainConfig, train
-    from avfeat.testing import torch_threads
+    from avfeat.testing.runner import torch_threads
 
     config = TrainConfig(window=1.0, dim=16, val_fraction=0.25)  # batch size, passes and epochs left to the schedule
     with torch_threads(1):

@@ -15,7 +15,7 @@ from avfeat.align import distributed
 from avfeat.align.heads import AVHeads, HeadConfig
 from avfeat.align.train import RunOptions, TrainConfig, train, window_loss
 
-from avfeat.testing import run_avfeat_process as avfeat  # --nproc starts processes: the command runs in its own
+from avfeat.testing.runner import run_avfeat_process as avfeat
 from .test_align_cli import one_line_error
 
 # 6 training videos (8, a quarter held out): global batches of 4, one step per epoch, so every

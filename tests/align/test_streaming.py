@@ -7,7 +7,7 @@ import torch
 from avfeat.align import data
 from avfeat.align.train import RunOptions, TrainConfig, train
 from avfeat.data.cache import Cache
-from avfeat.testing import TINY_MODELS, run_avfeat
+from avfeat.testing.runner import TINY_MODELS, run_avfeat
 
 
 @pytest.fixture(scope="module")

@@ -105,7 +105,7 @@ def test_non_finite_tokens_are_recorded_not_written(tmp_path):
     ("config", "cannot read"), ("config_list", "not an avfeat cache config"), ("part", "manifest part"),
 ])
 def test_damaged_state_is_one_line_naming_the_file(tmp_path, damage, message):
-    from avfeat.testing import run_avfeat
+    from avfeat.testing.runner import run_avfeat
 
     layout = _write_shard(tmp_path, 0, [("a", 2, 10)])
     if damage == "config":

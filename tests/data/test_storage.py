@@ -22,10 +22,10 @@ from avfeat.data.records import BackboneSpec
 from avfeat.data.synth import make_corpus
 from avfeat.core.errors import BackboneMismatchError, InputError
 from avfeat.extract.encoder import pool_patch_tokens
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import assert_same_cache
-from avfeat.testing import run_avfeat as avfeat
-from avfeat.testing import run_avfeat_process
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.runner import assert_same_cache
+from avfeat.testing.runner import run_avfeat as avfeat
+from avfeat.testing.runner import run_avfeat_process
 
 THREADS = 1  # the caches of one corpus are compared token by token: one float-sum order
 

@@ -15,7 +15,7 @@ from avfeat.data.synth import (
     COLOURS, DEFECTS, MAX_CLASSES, PITCHES, _defect_plan, class_info, make_corpus, shape_mask,
 )
 from avfeat.core.errors import InputError
-from avfeat.testing import run_avfeat
+from avfeat.testing.runner import run_avfeat
 
 VIDEOS, SECONDS, CLASSES, SEED, OFFSET, SIZE = 6, 4.0, 6, 3, 0.25, 96
 COLUMNS = {

@@ -12,9 +12,9 @@ from avfeat.core.errors import AvfeatError
 from avfeat.extract import encoder as encoder_module
 from avfeat.extract.encoder import resolve_dtype
 from avfeat.extract.models import load_audio_backbone, load_visual_backbone
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import make_clip
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.media import make_clip
+from avfeat.testing.runner import run_avfeat as avfeat
 
 # The tiny random models' level (their tokens measured at min cosine > 0.999 against float32);
 # the real-size random models measure mean > 0.999, min > 0.998 (benchmarks/cpu_inference.py).

@@ -12,7 +12,7 @@ import pytest
 
 from avfeat.extract import media
 from avfeat.extract.media import REFERENCE_TUNING, DecodeSpec, DecodeTuning, decode
-from avfeat.testing import MEDIA_SUFFIXES, frame_level, make_clip, test_media_dir
+from avfeat.testing.media import MEDIA_SUFFIXES, frame_level, make_clip, test_media_dir
 
 _folder = test_media_dir()
 CLIPS = sorted(p.name for p in _folder.iterdir() if p.suffix.lower() in MEDIA_SUFFIXES) if _folder else []
@@ -171,7 +171,7 @@ def test_extract_decode_mode_keyframes_is_recorded_and_a_cache_never_mixes_modes
     import json
 
     from avfeat.data.cache import Cache
-    from avfeat.testing import TINY_MODELS, run_avfeat
+    from avfeat.testing.runner import TINY_MODELS, run_avfeat
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -16,9 +16,10 @@ import pytest
 
 from avfeat.data.cache import Cache
 from avfeat.data.synth import make_corpus
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import assert_same_cache, make_bad_inputs, make_clip
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.media import make_bad_inputs, make_clip
+from avfeat.testing.runner import assert_same_cache
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 # One torch thread for every extraction here, in this process and in the killed child processes

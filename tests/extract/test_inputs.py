@@ -135,7 +135,7 @@ def test_a_moved_dataset_keeps_its_ids_and_a_changed_file_needs_refresh(tmp_path
 def test_a_fifo_in_a_list_is_a_failed_video_not_a_hang(tmp_path):
     """Opening a FIFO waits for a writer forever; its id and its decode refuse it instead."""
     from avfeat.data.synth import make_corpus
-    from avfeat.testing import TINY_MODELS, run_avfeat_process
+    from avfeat.testing.runner import TINY_MODELS, run_avfeat_process
 
     make_corpus(tmp_path / "v", videos=2, seconds=2.0, classes=2, seed=0, size=64)
     os.mkfifo(tmp_path / "pipe.mp4")

@@ -10,14 +10,7 @@ import pytest
 
 from avfeat.extract import media
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError, center_crop, decode, resize_geometry
-from avfeat.testing import (
-    BAD_INPUT_STATUS,
-    MEDIA_SUFFIXES,
-    frame_level,
-    make_bad_inputs,
-    make_clip,
-    test_media_dir,
-)
+from avfeat.testing.media import BAD_INPUT_STATUS, MEDIA_SUFFIXES, frame_level, make_bad_inputs, make_clip, test_media_dir
 
 SPEC = DecodeSpec(fps=2, shortest_edge=256, crop=(224, 224))
 _folder = test_media_dir()

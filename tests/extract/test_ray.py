@@ -9,9 +9,9 @@ from avfeat.data.cache import Cache
 from avfeat.data.synth import make_corpus
 from avfeat.extract.cli import expand_ray_flag
 from avfeat.extract.ray_job import plan_placement
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import assert_same_cache
-from avfeat.testing import run_avfeat_process as avfeat  # Ray starts its own processes: the command runs in its own
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.runner import assert_same_cache
+from avfeat.testing.runner import run_avfeat_process as avfeat
 
 needs_ray = pytest.mark.skipif(
     subprocess.run([sys.executable, "-c", "import ray.data"], capture_output=True).returncode != 0,

@@ -11,17 +11,9 @@ import pytest
 from avfeat.data.cache import Cache
 from avfeat.extract import sources
 from avfeat.extract.inputs import expand_braces, list_inputs
-from avfeat.testing import (
-    S3_TEST_ENV,
-    TINY_MODELS,
-    assert_same_cache,
-    make_clip,
-    make_shard,
-    run_avfeat,
-    serve_http,
-    serve_s3,
-    upload_s3,
-)
+from avfeat.testing.media import make_clip
+from avfeat.testing.runner import TINY_MODELS, assert_same_cache, run_avfeat
+from avfeat.testing.servers import S3_TEST_ENV, make_shard, serve_http, serve_s3, upload_s3
 
 CLIPS = {"a.mp4": 1.5, "b.mp4": 2.0, "c.mkv": 1.0}  # name: seconds (distinct bytes, two containers)
 # The shards: KEY → (clip, its JSON as video2dataset writes it: fields named like manifest

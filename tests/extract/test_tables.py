@@ -7,9 +7,9 @@ import pytest
 
 from avfeat.data.cache import Cache
 from avfeat.extract.media import DecodeSpec, decode
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import make_clip
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.media import make_clip
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 def extract(src, out, *extra, check=None):

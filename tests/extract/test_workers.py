@@ -14,7 +14,8 @@ import pytest
 from avfeat.extract.media import CRASHED, DECODE_ERROR, TIMEOUT, DecodeSpec, MediaError, decode
 from avfeat.extract.workers import DecodePool
 from avfeat.extract import workers
-from avfeat.testing import BAD_INPUT_STATUS, SlowStart, big_array, dispatch, echo
+from avfeat.testing.media import BAD_INPUT_STATUS
+from avfeat.testing.workers import SlowStart, big_array, dispatch, echo
 
 pytestmark = pytest.mark.timeout(60)
 

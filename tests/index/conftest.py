@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from avfeat.data.synth import make_corpus
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 `avfeat train-head`; one corpus, cache, heads and index shared by the module (about two to
 three minutes on a 2-core CPU, most of it training: `make test-slow`).
 
-The recipe, the checks and their levels live in ``avfeat.testing`` (``build_index_acceptance``,
+The recipe, the checks and their levels live in ``avfeat.testing.recipes`` (``build_index_acceptance``,
 ``INDEX_RECIPE``, ``ACCEPTANCE_LEVELS``), shared with benchmarks/acceptance.py, which runs them
 over 5 seeds: every level sits below the 5-seed minimum (README, "Acceptance"). Three held-out
 corpora from `avfeat synth`, none of them trained on:
@@ -25,21 +25,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from avfeat.testing import ACCEPTANCE_LEVELS as LEVELS
-from avfeat.testing import (
-    INDEX_CLASSES,
-    INDEX_RERANK,
-    SYNC_SECONDS,
-    SYNC_TOLERANCE,
-    build_index_acceptance,
-    corpus_classes,
-    held_out_class_r1,
-    held_out_tokens,
-    locate_accuracy,
-    sync_accuracy,
-)
+from avfeat.testing.recipes import ACCEPTANCE_LEVELS as LEVELS
+from avfeat.testing.recipes import INDEX_CLASSES, INDEX_RERANK, SYNC_SECONDS, SYNC_TOLERANCE, build_index_acceptance, corpus_classes, held_out_class_r1, held_out_tokens, locate_accuracy, sync_accuracy
 from avfeat.index.sync import remux_shifted
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import run_avfeat as avfeat
 
 pytestmark = [pytest.mark.slow, pytest.mark.acceptance]
 

@@ -9,7 +9,7 @@ import pytest
 
 from avfeat.data.cache import Cache
 from avfeat.index.audit import read_audit, write_audit, write_report
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 def one_line_error(result, *words):

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from avfeat.extract.media import decode_audio
-from avfeat.testing import TINY_MODELS
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import TINY_MODELS
+from avfeat.testing.runner import run_avfeat as avfeat
 
 SHIFT_TOLERANCE = 0.2  # one step
 

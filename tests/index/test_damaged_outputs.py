@@ -12,7 +12,7 @@ from avfeat.core.io import prepare_output_file
 from avfeat.data.cache import Cache
 from avfeat.core.errors import InputError, SearchIndexError
 from avfeat.index import Searcher
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 def _one_line_error(result, *parts):

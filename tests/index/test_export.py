@@ -12,7 +12,7 @@ import pytest
 
 from avfeat.core.errors import InputError
 from avfeat.index.export import export, video_vectors
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import run_avfeat as avfeat
 from tests.labelled_cache import labelled_setup
 
 

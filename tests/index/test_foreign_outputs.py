@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import run_avfeat as avfeat
 
 from .conftest import TINY
 

@@ -23,7 +23,7 @@ from avfeat.index.sync import sync_cached, sync_tokens
 from avfeat.index.thumbs import contact_sheet
 from avfeat.index.vectors import audio_window_vectors, frame_summaries, project_audio, project_visual, visual_window_vectors
 from tests.index.conftest import train_heads
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 # ---- automatic FAISS choice -------------------------------------------------------------------

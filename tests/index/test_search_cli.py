@@ -13,8 +13,8 @@ from avfeat.data.cache import Cache
 from avfeat.data.synth import cut_clip, make_video, write_media
 from avfeat.index.search import Hit
 from avfeat.index.thumbs import contact_sheet
-from avfeat.testing import clip_frames, frame_level
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.media import clip_frames, frame_level
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 def _video_ids(cache):

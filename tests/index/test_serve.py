@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import corpus_classes
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.recipes import corpus_classes
+from avfeat.testing.runner import run_avfeat as avfeat
 
 fastapi = pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn) is not installed")
 

@@ -16,7 +16,7 @@ from avfeat.core.errors import InputError
 from avfeat.index import Searcher
 from avfeat.index.shards import shard_ranges
 from avfeat.index.store import IndexFolder
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import run_avfeat as avfeat
 
 IVF = "IVF8,Flat"
 

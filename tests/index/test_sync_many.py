@@ -20,8 +20,8 @@ import pytest
 from avfeat.core.errors import InputError, QueryError
 from avfeat.extract.media import decode_audio
 from avfeat.index.sync import remux_shifted
-from avfeat.testing import make_bad_inputs, make_clip
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.media import make_bad_inputs, make_clip
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 def packets(path, kind):

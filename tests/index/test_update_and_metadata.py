@@ -20,8 +20,8 @@ from avfeat.index import Searcher
 from avfeat.index.build import append_to_index, build_faiss, update_index
 from avfeat.index.search import parse_where
 from avfeat.index.store import IndexFolder, write_index
-from avfeat.testing import TINY_MODELS as TINY
-from avfeat.testing import run_avfeat as avfeat
+from avfeat.testing.runner import TINY_MODELS as TINY
+from avfeat.testing.runner import run_avfeat as avfeat
 
 
 def meta_of(index):

@@ -1,0 +1,194 @@
+"""Remote inputs for tests and benchmarks: a local HTTP server with Range requests, a local S3,
+WebDataset shards. Everything binds to 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+
+
+
+class LocalHTTP:
+    """A running ``serve_http``: its base URL (no trailing slash) and every request it got, as
+    ``(method, path, Range header or None)``."""
+
+    def __init__(self, url: str = ""):
+        self.url = url
+        self.requests: list[tuple[str, str, str | None]] = []
+
+
+@contextlib.contextmanager
+def serve_http(root, forbidden=(), stalled=(), stall: float = 60.0):
+    """Serve the files under ``root`` on 127.0.0.1 over HTTP/1.1 with Range requests (206 and
+    Content-Range, as object stores and CDNs answer; Python's http.server has no Range).
+
+    Paths (``/clips/a.mp4``) in ``forbidden`` answer 403; GETs of paths in ``stalled`` wait
+    ``stall`` seconds before answering (HEAD answers at once), standing in for a server that
+    stops sending. A folder answers an HTML page of links, as an index page does. Yields a
+    :class:`LocalHTTP`; the server stops when the block ends.
+    """
+    import http.server
+    import threading
+    from email.utils import formatdate
+    from urllib.parse import quote, unquote, urlsplit
+
+    root = Path(root).resolve()
+    stop = threading.Event()
+    state = LocalHTTP("")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as clients expect of a file server
+
+        def log_message(self, *args):  # quiet
+            pass
+
+        def do_HEAD(self):
+            self._serve(body=False)
+
+        def do_GET(self):
+            self._serve(body=True)
+
+        def _empty(self, code: int, **headers) -> None:
+            self.send_response(code)
+            for key, value in {"Content-Length": "0", **headers}.items():
+                self.send_header(key, value)
+            self.end_headers()
+
+        def _serve(self, body: bool) -> None:
+            path = unquote(urlsplit(self.path).path)
+            state.requests.append((self.command, path, self.headers.get("Range")))
+            try:
+                if path in forbidden:
+                    return self._empty(403)
+                if body and path in stalled:
+                    stop.wait(stall)
+                local = (root / path.lstrip("/")).resolve()
+                if local != root and root not in local.parents:
+                    return self._empty(404)
+                if local.is_dir():
+                    return self._listing(local, path, body)
+                if not local.is_file():
+                    return self._empty(404)
+                self._file(local, body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a timeout test)
+
+        def _listing(self, folder: Path, path: str, body: bool) -> None:
+            links = "".join(f'<a href="{quote(p.name)}{"/" if p.is_dir() else ""}">{p.name}</a>\n' for p in sorted(folder.iterdir()))
+            data = f"<html><body>\n{links}</body></html>\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
+        def _file(self, local: Path, body: bool) -> None:
+            size = local.stat().st_size
+            start, end, code = 0, size - 1, 200
+            ranged = self.headers.get("Range")
+            if ranged:
+                first, _, last = ranged.removeprefix("bytes=").partition("-")
+                try:
+                    if first:
+                        start, end = int(first), min(size - 1, int(last)) if last else size - 1
+                    else:  # bytes=-N: the last N bytes
+                        start, end = max(0, size - int(last)), size - 1
+                except ValueError:
+                    return self._empty(400)
+                if start >= size or start > end:
+                    return self._empty(416, **{"Content-Range": f"bytes */{size}"})
+                code = 206
+            self.send_response(code)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Last-Modified", formatdate(local.stat().st_mtime, usegmt=True))
+            if code == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.end_headers()
+            if not body:
+                return
+            with open(local, "rb") as handle:
+                handle.seek(start)
+                left = end - start + 1
+                while left > 0:
+                    chunk = handle.read(min(left, 256 * 1024))
+                    if not chunk:
+                        break
+                    self.wfile.write(chunk)
+                    left -= len(chunk)
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True  # a stalled answer never holds up the end of the test
+
+        def handle_error(self, request, client_address):  # a client that hung up: not news
+            pass
+
+    server = Server(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, name="avfeat-test-http", daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# Credentials for the local S3 of ``serve_s3`` (moto accepts any).
+S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def serve_s3():
+    """A local S3-compatible server (moto's ThreadedMotoServer) on 127.0.0.1; yields its endpoint
+    URL. Point boto3 and s3fs at it with ``AWS_ENDPOINT_URL`` and ``S3_TEST_ENV``."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def upload_s3(endpoint: str, bucket: str, files: dict) -> None:
+    """Create ``bucket`` on the S3 at ``endpoint`` and put ``{key: local path}`` into it."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in S3_TEST_ENV.items() if k != "AWS_DEFAULT_REGION"},
+                          region_name=S3_TEST_ENV["AWS_DEFAULT_REGION"])
+    client.create_bucket(Bucket=bucket)
+    for key, path in files.items():
+        client.upload_file(str(path), bucket, key)
+
+
+def make_shard(path, samples: dict) -> str:
+    """Write a WebDataset shard as video2dataset does: per ``{key: (media file, metadata or
+    None)}`` the members ``KEY.<media extension>`` and ``KEY.json``; returns its path."""
+    import io
+    import json
+    import tarfile
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for key, (media, metadata) in samples.items():
+            if metadata is not None:
+                data = json.dumps(metadata).encode()
+                info = tarfile.TarInfo(f"{key}.json")
+                info.size, info.mtime = len(data), 1_700_000_000
+                tar.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo(f"{key}{Path(media).suffix}")
+            info.size, info.mtime = os.path.getsize(media), 1_700_000_000  # fixed: the bytes do not depend on when
+            with open(media, "rb") as handle:
+                tar.addfile(info, handle)
+    return os.fspath(path)
