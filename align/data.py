@@ -441,32 +441,26 @@ class StreamBatches(torch.utils.data.Dataset):
         if any(f is None for f in files):  # a damaged shard: the cache's reads say what is wrong
             windows = [Window(table.video_ids[table.video[w]], int(table.frame[w]), int(table.audio[w]), 0.0, 0.0) for w in window_ids]
             return self._cache.read_windows(windows, geometry)
-        from avfeat.data.cache import dequantize_int8
+        from avfeat.data.codecs import codec_of
 
         k, out = len(window_ids), []
         for modality, length, first, base in (("audio", geometry.audio_tokens, table.audio, "audio_offset"),
                                               ("visual", geometry.frames, table.frame, "visual_offset")):
-            name, scale_name = f"{modality}/tokens", f"{modality}/scale"
-            shape = files[0].dataset(name).shape[1:]
-            rows = np.empty((k, length, *shape), dtype=self._dtype)
+            name = f"{modality}/tokens"
+            rows = np.empty((k, length, *files[0].dataset(name).shape[1:]), dtype=self._dtype)
             starts = [getattr(r, base) + int(first[w]) for r, w in zip(records, window_ids)]
-            quantized = [i for i in range(k) if files[i].dataset(name).dtype == np.int8]
-            q = np.empty((k, length, *shape), dtype=np.int8) if quantized else None
-            scale = np.empty((k, length, *shape[:-1]), dtype=np.float32) if quantized else None
             for i in sorted(range(k), key=lambda i: (records[i].shard, starts[i])):  # in file order
                 stored = files[i].dataset(name).dtype
-                if stored == np.int8:
-                    if files[i].dataset(scale_name) is None:
-                        raise CacheError(f"shard {files[i].h5.filename} holds int8 {modality} tokens without their {modality}/scale; re-extract it")
-                    files[i].read_into(name, starts[i], q[i])
-                    files[i].read_into(scale_name, starts[i], scale[i])
-                elif stored == rows.dtype:
+                codec = codec_of(stored)
+                if codec.floats and stored == rows.dtype:  # the bytes are the rows: read them in place
                     files[i].read_into(name, starts[i], rows[i])
-                else:  # stored in another float type: the cache converts
-                    read = self._cache.read_audio if modality == "audio" else self._cache.read_frames
-                    rows[i] = read(records[i], starts[i] - getattr(records[i], base), starts[i] - getattr(records[i], base) + length)
-            if quantized:  # elementwise, so dequantizing the batch equals dequantizing each window
-                rows[quantized] = dequantize_int8(q[quantized], scale[quantized], self._dtype)
+                    continue
+                parts = {}
+                for part in codec.parts:  # each part's rows, then the codec's decoding (elementwise)
+                    dataset = codec.dataset(files[i].dataset, modality, part.name, files[i].h5.filename)
+                    parts[part.name] = np.empty((length, *dataset.shape[1:]), dtype=dataset.dtype)
+                    files[i].read_into(f"{modality}/{part.name}", starts[i], parts[part.name])
+                rows[i] = codec.decode(parts, self._dtype)
             out.append(rows)
         return out[0], out[1]
 
