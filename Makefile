@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.avfeat-installed
 DEMO ?= demo
 
-.PHONY: setup demo test test-slow test-isa bench clean gpu-check
+.PHONY: setup demo test test-slow test-isa lint bench clean gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ ISA_SSE := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTR
 test-isa: $(STAMP)
 	$(ISA_AVX2) $(BIN)/python -m pytest -q -m "acceptance and not slow" $(PYTEST_ARGS)
 	$(ISA_SSE) $(BIN)/python -m pytest -q -m "acceptance and not slow" $(PYTEST_ARGS)
+
+# The import layers of docs/architecture.md (.importlinter). The stages live beside avfeat/ on
+# disk and pyproject.toml's package-dir maps them into it, so the check reads a copy laid out
+# as installed.
+LAYERS := build/layers
+lint: $(STAMP)
+	rm -rf $(LAYERS) && mkdir -p $(LAYERS) && cp -r avfeat $(LAYERS)/
+	for stage in extract data align index; do cp -r $$stage $(LAYERS)/avfeat/; done
+	cd $(LAYERS) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/.importlinter
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract.py
