@@ -39,12 +39,11 @@ so a table is only ever applied to the cache it describes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable
 
 import numpy as np
-import typer
 
 from avfeat.data.records import nearest_index
 from avfeat.core.errors import InputError, QueryError
@@ -595,7 +594,7 @@ with p_sync ≥ 0.5; {silent} silent, {static} static.</p>
 
 
 # --------------------------------------------------------------------------------------------
-# Repair and the command
+# Repair
 # --------------------------------------------------------------------------------------------
 
 
@@ -624,24 +623,56 @@ def fix_plan(rows: list[dict], out_dir: Path, min_confidence: float) -> tuple[li
     return plan, notes
 
 
-def audit(
-    cache: Path = typer.Argument(..., help="A cache folder written by `avfeat extract`."),
-    heads: Path = typer.Option(..., "--heads", help="Heads checkpoint trained on this cache's backbones (`avfeat train-head`)."),
-    out: Path = typer.Option(Path("audit.parquet"), "--out", "-o", help="The audit table to write (Parquet, one row per video)."),
-    report: Optional[Path] = typer.Option(None, "--report", help="The HTML report (default: OUT with .html); 'none' writes none."),
-    worst: int = typer.Option(20, "--worst", min=0, help="Videos shown in the report, least likely to match first."),
-    windows: int = typer.Option(3, "--windows", min=1, help="Worst-matching windows listed per video."),
-    max_offset: float = typer.Option(2.0, "--max-offset", help="Largest offset searched, seconds either way."),
-    fix_dir: Optional[Path] = typer.Option(None, "--fix-dir", help="Write a copy of each out-of-sync video with its audio shifted back into this folder (remuxed, pictures untouched)."),
-    min_confidence: float = typer.Option(0.9, "--min-confidence", help="With --fix-dir: fix only offsets whose p_sync reaches this."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the grouping and of the synthetic shifts that calibrate p_sync."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out table (and report), and files in --fix-dir."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-) -> None:
-    """Score every video of a cache: does its sound belong to its pictures, is it in sync, is it silent or static.
+@dataclass
+class AuditRun:
+    """What `avfeat audit` did: the table's rows (audited now or reused), where they went, and
+    the repair."""
 
-    With --fix-dir and an existing --out table of this cache and these heads, the table is used as it is (no new audit).
+    out: Path
+    report: Path | None  # the HTML report written (None: none)
+    rows: list[dict]
+    reused: bool = False  # an existing table of this cache and these heads, used as it is (--fix-dir)
+    skipped: list[str] = field(default_factory=list)  # videos shorter than one window: no row
+    notes: list[str] = field(default_factory=list)  # out-of-sync videos left unfixed, and why
+    fixed: int | None = None  # videos remuxed into the fix folder (None: no fix asked for)
+
+    def counts(self) -> dict[str, int]:
+        """Videos likely mismatched, out of sync (both at p ≥ 0.5), silent and static."""
+        rows = self.rows
+        return {
+            "mismatched": sum(r["p_match"] < 0.5 for r in rows),
+            "shifted": sum(abs(r["offset"]) > SYNC_STEP / 2 and r["p_sync"] >= 0.5 for r in rows),
+            "silent": sum(bool(r["silent"]) for r in rows),
+            "static": sum(r["static"] for r in rows),
+        }
+
+
+def run_audit(
+    cache: str | Path,
+    heads: str | Path,
+    out: Path,
+    report: Path | None = None,
+    worst: int = 20,
+    windows: int = 3,
+    max_offset: float = 2.0,
+    fix_dir: Path | None = None,
+    min_confidence: float = 0.9,
+    seed: int = 0,
+    overwrite: bool = False,
+    device: str = "auto",
+    progress=None,
+    on_audited: Callable[[AuditRun], None] | None = None,
+) -> AuditRun:
+    """Audit ``cache`` with ``heads`` into the table ``out`` and the HTML ``report`` (None: OUT
+    with .html; a path named ``none``: no report), then, with ``fix_dir``, remux the videos out
+    of sync by more than half a step at ``p_sync`` ≥ ``min_confidence`` into it.
+
+    With ``fix_dir``, an existing ``out`` table of this cache and these heads is used as it is
+    (no new audit, nothing written but the fixes); any other existing table needs ``overwrite``.
+
+    Args:
+        progress: as for :func:`audit_cache`.
+        on_audited: called with the run once a new table (and report) is written, before any fix.
     """
     from avfeat.core.devices import resolve_device
     from avfeat.core.io import prepare_output_file
@@ -651,50 +682,49 @@ def audit(
 
     check_number("--max-offset", max_offset)
     check_number("--min-confidence", min_confidence, inclusive=True, maximum=1.0)
-    report = None if report is not None and str(report) == "none" else (report or out.with_suffix(".html"))
-    reuse = False
+    out = Path(out)
+    report = None if report is not None and str(report) == "none" else Path(report or out.with_suffix(".html"))
     prepare_output_file(out, "--out")
     if report is not None:
         prepare_output_file(report, "--report")
     checkpoint = load_heads(heads, device=str(resolve_device(device)))
     with Cache(cache) as store:
         checkpoint.check_cache(store)
-        if out.exists() and not overwrite:
-            table = read_audit(out, store) if fix_dir is not None else None
-            if table is None or table.meta.get("heads", {}).get("fingerprint") != checkpoint.fingerprint:
-                raise InputError(f"--out {out} exists; add --overwrite to replace it" + (" (it is not this cache's and these heads' audit, so --fix-dir cannot reuse it)" if fix_dir is not None else ""))
-            reuse = True
-        if fix_dir is not None:
-            if fix_dir.exists() and not fix_dir.is_dir():
-                raise InputError(f"--fix-dir {fix_dir} is a file, not a folder")
-        if reuse:
-            rows, meta = table.rows, table.meta
+        table = _reusable_table(out, store, checkpoint, fix_dir, overwrite)
+        if fix_dir is not None and fix_dir.exists() and not fix_dir.is_dir():
+            raise InputError(f"--fix-dir {fix_dir} is a file, not a folder")
+        if table is not None:
+            run = AuditRun(out, report, table.rows, reused=True)
         else:
-            progress = None
-            if not quiet:
-                from tqdm import tqdm
-
-                def progress(count):
-                    return tqdm(total=count, desc="audit", unit="video", dynamic_ncols=True)
-
             result = audit_cache(store, checkpoint, max_offset=max_offset, worst=windows, seed=seed, progress=progress)
-            rows = result.rows
-            write_audit(out, rows, store, result.meta)
+            write_audit(out, result.rows, store, result.meta)
             meta = read_audit(out).meta
-    if not reuse:
+            run = AuditRun(out, report, result.rows, skipped=result.skipped)
+    if not run.reused:
         if report is not None:
-            write_report(report, rows, meta, worst)
-        mismatched = sum(r["p_match"] < 0.5 for r in rows)
-        shifted = sum(abs(r["offset"]) > SYNC_STEP / 2 and r["p_sync"] >= 0.5 for r in rows)
-        skipped = f"; {len(result.skipped)} shorter than one window not audited" if result.skipped else ""
-        typer.echo(f"audited {len(rows)} videos: {mismatched} likely mismatched (p_match < 0.5), {shifted} out of sync (p_sync ≥ 0.5), "
-                   f"{sum(bool(r['silent']) for r in rows)} silent, {sum(r['static'] for r in rows)} static{skipped}")
-        typer.echo(f"wrote {out}" + (f" and {report}" if report is not None else ""))
+            write_report(report, run.rows, meta, worst)
+        if on_audited is not None:
+            on_audited(run)
     if fix_dir is not None:
-        _fix(rows, fix_dir, min_confidence, overwrite, out)
+        run.fixed, run.notes = fix_videos(run.rows, fix_dir, min_confidence, overwrite)
+    return run
 
 
-def _fix(rows: list[dict], fix_dir: Path, min_confidence: float, overwrite: bool, source: Path) -> None:
+def _reusable_table(out: Path, cache, checkpoint, fix_dir: Path | None, overwrite: bool) -> AuditTable | None:
+    """The existing ``out`` table that a fix uses as it is, or None when a new audit replaces
+    (or creates) it; an existing table is replaced only with ``overwrite``."""
+    if not out.exists() or overwrite:
+        return None
+    table = read_audit(out, cache) if fix_dir is not None else None
+    if table is None or table.meta.get("heads", {}).get("fingerprint") != checkpoint.fingerprint:
+        raise InputError(f"--out {out} exists; add --overwrite to replace it" + (" (it is not this cache's and these heads' audit, so --fix-dir cannot reuse it)" if fix_dir is not None else ""))
+    return table
+
+
+def fix_videos(rows: list[dict], fix_dir: Path, min_confidence: float, overwrite: bool) -> tuple[int, list[str]]:
+    """Remux each video that :func:`fix_plan` picks into ``fix_dir`` with its audio shifted back;
+    (how many, the notes on those left unfixed). Files already there are replaced only with
+    ``overwrite``."""
     from avfeat.index.sync import remux_shifted
 
     plan, notes = fix_plan(rows, fix_dir, min_confidence)
@@ -702,12 +732,6 @@ def _fix(rows: list[dict], fix_dir: Path, min_confidence: float, overwrite: bool
     if existing and not overwrite:
         raise InputError(f"--fix-dir {fix_dir} already holds {len(existing)} of the {len(plan)} files to write (e.g. {existing[0].name}); add --overwrite or choose another folder")
     fix_dir.mkdir(parents=True, exist_ok=True)
-    for note in notes:
-        typer.echo(f"note: {note}", err=True)
     for row, target in plan:
         remux_shifted(row["path"], target, row["offset"])
-    typer.echo(f"fixed {len(plan)} videos into {fix_dir} (offset beyond {SYNC_STEP / 2:g} s, p_sync ≥ {min_confidence:g}) from {source}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(audit)
+    return len(plan), notes
