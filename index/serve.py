@@ -22,7 +22,7 @@ one line (the traceback goes to the server log only). Model work runs one reques
 few cores one query at a time is as fast in total.
 
 FastAPI and uvicorn are an optional extra (``pip install 'avfeat[serve]'``), imported only when
-the service starts, so this module (the command and the ``search_remote`` client) loads without them.
+the service starts, so this module (the server and the ``search_remote`` client) loads without them.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations, and
@@ -43,9 +43,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, List, Optional
-
-import typer
+from typing import Any, Callable, Iterable, List, Optional
 
 from avfeat.core.values import did_you_mean
 from avfeat.core.errors import AvfeatError, CacheError, CheckpointError, InputError, QueryError, SearchIndexError
@@ -753,22 +751,30 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def serve(
-    index_dir: Path = typer.Argument(..., metavar="INDEX", help="An index folder written by `avfeat index`."),
-    cache: Optional[Path] = typer.Option(None, help="Cache folder (default: the one the index records; another cache is refused)."),
-    heads: Optional[Path] = typer.Option(None, help="Heads checkpoint (default: the one the index was built with; others are refused)."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on; another than loopback needs --token."),
-    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
-    device: str = typer.Option("auto", help="Where the backbones embed uploads: auto, cpu, cuda, cuda:1, ..."),
-    max_upload: str = typer.Option(DEFAULT_MAX_UPLOAD, help="Largest request body accepted (e.g. 200MB, 1GB); larger ones get 413."),
-    token: Optional[str] = typer.Option(None, envvar="AVFEAT_SERVE_TOKEN", help="Require this token on every request but /health (header, cookie or ?token=); needed to listen beyond loopback."),
-    allow_host: List[str] = typer.Option([], "--allow-host", help="Another name the server answers to in the Host header (repeatable); on loopback only localhost, 127.0.0.1 and ::1 are answered."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No access log."),
+def run_server(
+    index_dir: Path,
+    cache: Optional[Path] = None,
+    heads: Optional[Path] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    max_upload: str = DEFAULT_MAX_UPLOAD,
+    token: Optional[str] = None,
+    allow_host: Iterable[str] = (),
+    quiet: bool = False,
+    say: Optional[Callable[[str], None]] = None,
 ) -> None:
-    """A warm search service: JSON API, metrics and a web page at / (needs the serve extra)."""
+    """`avfeat serve`: load the service for ``index_dir`` and answer on ``host:port`` until
+    stopped. ``say`` gets the lines for the console (a note on what is off, where it listens)
+    before the server starts; ``quiet`` drops the access log.
+
+    Raises:
+        InputError: FastAPI or uvicorn is missing, or ``host`` is beyond loopback without ``token``.
+    """
     from avfeat.core.devices import resolve_device
     from avfeat.core.values import parse_size
 
+    say = say or (lambda line: None)
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -779,15 +785,11 @@ def serve(
     limit = parse_size(max_upload)
     service = Service(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)))
     if service.cache_problem:
-        typer.echo(f"note: {service.cache_problem}; VIDEO_ID queries, rerank, locate and attention maps are off", err=True)
+        say(f"note: {service.cache_problem}; VIDEO_ID queries, rerank, locate and attention maps are off")
     app = create_app(service, max_upload=limit, token=token, hosts=served_hosts(host, allow_host))
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
-    typer.echo(f"avfeat serve: {index_dir} ({len(service.videos)} videos) on http://{shown}:{port}/ (API schema: /openapi.json)", err=True)
+    say(f"avfeat serve: {index_dir} ({len(service.videos)} videos) on http://{shown}:{port}/ (API schema: /openapi.json)")
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(serve)
 
 
 # ---- client ---------------------------------------------------------------------------------------

@@ -323,12 +323,20 @@ def test_python_client_against_a_running_server(service, setup):
 
 
 def test_module_loads_without_fastapi_for_the_cli():
-    # `avfeat --help` and the client import avfeat.index.serve; FastAPI is only imported when serving.
+    # The client imports avfeat.index.serve; FastAPI is only imported when serving.
     import subprocess
     import sys
 
     code = "import sys; import avfeat.index.serve; assert 'fastapi' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_the_command_and_the_service_agree_on_the_upload_limit():
+    # avfeat.cli.serve spells the default out so that `avfeat --help` does not import the service.
+    from avfeat.cli.serve import DEFAULT_MAX_UPLOAD as shown
+    from avfeat.index.serve import DEFAULT_MAX_UPLOAD
+
+    assert shown == DEFAULT_MAX_UPLOAD
 
 
 def test_a_loopback_server_answers_only_to_loopback_names_and_its_own_pages(service):
