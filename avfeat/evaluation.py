@@ -24,10 +24,9 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
-import typer
 
 SYNC_GRID = np.round(np.arange(-2.0, 2.0 + 1e-9, 0.2), 1)  # 21 offsets, seconds
 
@@ -571,31 +570,3 @@ def format_classification(result: dict) -> list[str]:
     if result.get("no_window"):
         lines.append(f"                 {result['no_window']} labelled videos are shorter than one window and not classified")
     return lines
-
-
-def eval_command(
-    cache: Path = typer.Argument(..., help="The token cache the heads were trained on."),
-    heads: Path = typer.Option(..., "--heads", help="A checkpoint folder from `avfeat train-head`."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Labels file: CSV, Parquet or JSONL with a video_id (or path) column and a label (or class) column; ground_truth.parquet of `avfeat synth` also drives localization."),
-    label_column: Optional[str] = typer.Option(None, "--label-column", help="The label column (default: label, else class); without --labels, the manifest's metadata column of that name."),
-    folds: int = typer.Option(5, help="Cross-validation folds for kNN and the linear probe (folds never split a video)."),
-    knn_k: int = typer.Option(20, "--knn-k", help="Neighbours of the kNN classifier."),
-    knn_vote: str = typer.Option("weighted", "--knn-vote", help="weighted (exp(cosine/0.07) per neighbour) or majority."),
-    probe_l2: float = typer.Option(1e-3, "--probe-l2", help="L2 penalty on the linear probe's weights."),
-    seed: int = typer.Option(0, help="Seed of the folds and the probe."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1, ..."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-) -> None:
-    """Retrieval R@k both ways, sync accuracy over a grid of offsets, the pointing game, and kNN / linear-probe classification."""
-    report = evaluate(heads, cache, labels, device=device, quiet=quiet, label_column=label_column, folds=folds,
-                      knn_k=knn_k, knn_vote=knn_vote, probe_l2=probe_l2, seed=seed)
-    if as_json:
-        typer.echo(json.dumps(report, indent=2))
-    else:
-        for line in format_report(report):
-            typer.echo(line)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
