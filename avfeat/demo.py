@@ -12,8 +12,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import typer
+from typing import Callable
 
 STAGE_DIRS = ("synth", "cache", "heads", "index", "queries", "figures")
 DEMO_MARKER = ".avfeat-demo"  # says that a demo made this folder, so --overwrite may replace it
@@ -56,8 +55,8 @@ class DemoConfig:
 class _Stages:
     """Numbered stage headers and their timings, for the console and the report."""
 
-    def __init__(self, total: int, quiet: bool):
-        self.total, self.quiet, self.number = total, quiet, 0
+    def __init__(self, total: int, say: Callable[[str], None]):
+        self.total, self.say, self.number = total, say, 0
         self.timings: list[tuple[str, float]] = []
         self._started: float | None = None
         self._name = ""
@@ -66,7 +65,7 @@ class _Stages:
         self._close()
         self.number += 1
         self._name, self._started = name, time.perf_counter()
-        typer.echo(f"[{self.number}/{self.total}] {name}", err=True)
+        self.say(f"[{self.number}/{self.total}] {name}")
 
     def _close(self) -> None:
         if self._started is not None:
@@ -87,22 +86,25 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     write_atomic(out / DEMO_MARKER, "written by `avfeat demo`; `avfeat demo --overwrite` replaces this folder's demo files\n")
 
 
-def run_demo(out: Path, config: DemoConfig, quiet: bool = False, device: str = "auto", overwrite: bool = False) -> Path:
+def run_demo(out: Path, config: DemoConfig, quiet: bool = False, device: str = "auto", overwrite: bool = False,
+             say: Callable[[str], None] | None = None) -> Path:
     """Run every stage into ``out`` and write ``out/report.md``; returns the report's path.
+
+    ``say`` gets the console's lines: each stage's numbered header and, unless ``quiet``, what
+    the stages report (the extraction summary, training, the metrics).
 
     The demo folder's writer lock is held throughout, from before ``--overwrite`` removes the
     previous demo's files (each stage's folder takes its own lock too)."""
     from avfeat.core.lock import writer_lock
 
     with writer_lock(out, "demo"):
-        return _run_demo(out, config, quiet, device, overwrite)
+        return _run_demo(out, config, quiet, device, overwrite, say or (lambda line: None))
 
 
-def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite: bool) -> Path:
+def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite: bool, say: Callable[[str], None]) -> Path:
     import pyarrow.parquet as pq
 
     from avfeat.align.checkpoint import load_checkpoint
-    from avfeat.align.plots import attention_map
     from avfeat.align.train import RunOptions as TrainOptions
     from avfeat.align.train import train
     from avfeat.data.cache import Cache
@@ -114,13 +116,12 @@ def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite
     from avfeat.index.build import build_index
     from avfeat.index.search import Searcher
     from avfeat.index.sync import plot_curve, sync_file
-    from avfeat.index.thumbs import contact_sheet
 
     prepare_out(out, overwrite)
     for name in ("queries", "figures"):
         (out / name).mkdir(exist_ok=True)
-    stages = _Stages(total=7, quiet=quiet)
-    log = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
+    stages = _Stages(total=7, say=say)
+    log = (lambda line: None) if quiet else say
 
     stages.next(f"synthetic corpus: {config.videos} videos of {config.seconds:g} s, {config.classes} classes")
     make_corpus(out / "synth", videos=config.videos, seconds=config.seconds, classes=config.classes, seed=config.seed)
@@ -146,20 +147,7 @@ def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite
     stages.next("example searches (sound → video, video → sound) and where the sound is")
     searcher = Searcher(out / "index", heads=checkpoint, cache=cache)
     held_out = checkpoint.config["split"]["val_videos"][:3]
-    searches = []
-    for video_id, side in zip(held_out, ("audio", "visual")):
-        record = cache.record(video_id)
-        hits = searcher.search(record.path, side=side, k=5, rerank=20)
-        searches.append((record, side, hits, truth))
-        contact_sheet(hits, out / "figures" / f"hits-{side}.png")
-    attention = []
-    for video_id in held_out:
-        record = cache.record(video_id)
-        gt = truth[Path(record.path).name]
-        event = round((gt["event_starts"][0] + gt["event_ends"][0]) / 2, 2)  # the object is on screen
-        figure = out / "figures" / f"attention-{video_id}.png"
-        attention_map(checkpoint, cache, video_id, float(event), figure)
-        attention.append((record, event, figure))
+    searches, attention = _examples(out, searcher, checkpoint, cache, held_out, truth)
 
     stages.next("synchronization and locate")
     make_corpus(out / "queries" / "sync", videos=1, seconds=max(config.seconds, 6.0), classes=config.classes, seed=config.seed + 1)
@@ -187,6 +175,29 @@ def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite
         _report_markdown(out, config, summary, meta, searches, attention, sync, sync_video, located, locate_source, clip_start, report, stages.timings)
     )
     return path
+
+
+def _examples(out: Path, searcher, checkpoint, cache, held_out: list[str], truth: dict) -> tuple[list, list]:
+    """Example searches both ways (with contact sheets) and where the sound is in held-out
+    videos (attention maps): the report's (searches, attention)."""
+    from avfeat.align.plots import attention_map
+    from avfeat.index.thumbs import contact_sheet
+
+    searches = []
+    for video_id, side in zip(held_out, ("audio", "visual")):
+        record = cache.record(video_id)
+        hits = searcher.search(record.path, side=side, k=5, rerank=20)
+        searches.append((record, side, hits, truth))
+        contact_sheet(hits, out / "figures" / f"hits-{side}.png")
+    attention = []
+    for video_id in held_out:
+        record = cache.record(video_id)
+        gt = truth[Path(record.path).name]
+        event = round((gt["event_starts"][0] + gt["event_ends"][0]) / 2, 2)  # the object is on screen
+        figure = out / "figures" / f"attention-{video_id}.png"
+        attention_map(checkpoint, cache, video_id, float(event), figure)
+        attention.append((record, event, figure))
+    return searches, attention
 
 
 def _delay_audio(source: Path, out: Path, seconds: float) -> None:
@@ -281,22 +292,3 @@ def _report_markdown(out, config, summary, meta, searches, attention, sync, sync
         "",
     ]
     return "\n".join(lines)
-
-
-def register(app: typer.Typer) -> None:
-    def demo(
-        out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for every stage and the report."),
-        audio_model: str = typer.Option(DemoConfig.audio_model, help="Audio backbone (e.g. facebook/hubert-base-ls960 with internet)."),
-        visual_model: str = typer.Option(DemoConfig.visual_model, help="Visual backbone (e.g. facebook/dinov2-small)."),
-        videos: int = typer.Option(DemoConfig.videos, min=20, help="Synthetic videos to generate."),
-        device: str = typer.Option("auto", help="auto, cpu or cuda."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous demo in --out."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-    ) -> None:
-        """Synthesize, extract, train, index, search, sync, locate and evaluate: the whole tool, offline."""
-        config = DemoConfig(audio_model=audio_model, visual_model=visual_model, videos=videos)
-        started = time.perf_counter()
-        report = run_demo(out, config, quiet=quiet, device=device, overwrite=overwrite)
-        typer.echo(f"demo finished in {time.perf_counter() - started:.0f} s: {report}")
-
-    app.command()(demo)
