@@ -6,11 +6,14 @@ decoding path as users' videos.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from avfeat.core.errors import InputError
 
 
 def write_media(
@@ -562,6 +565,58 @@ def check_arguments(
                 f"--seconds {seconds} is too short for --corrupt: an offset defect shifts the audio by up to "
                 f"{DEFECT_SHIFT_MAX} s more than --offset {offset}; need at least {need:.2f}"
             )
+
+
+@dataclass(frozen=True)
+class CorpusReport:
+    """What ``write_corpus`` wrote."""
+
+    out: Path
+    videos: int
+    classes: int
+    defective: int  # videos given an audio defect (--corrupt)
+    ground_truth: str = GROUND_TRUTH
+
+
+def write_corpus(
+    out: str | Path, *, videos: int, seconds: float, classes: int, seed: int, offset: float, size: int, fps: float,
+    corrupt: float = 0.0, progress=None,
+) -> CorpusReport:
+    """``make_corpus`` for `avfeat synth`: the arguments and the folder checked first, and every
+    problem one :class:`~avfeat.core.errors.InputError` line."""
+    out = Path(out)
+    try:
+        check_arguments(videos=videos, seconds=seconds, classes=classes, offset=offset, size=size, fps=fps, sample_rate=16000, corrupt=corrupt)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    _check_out_dir(out)
+    try:
+        table = make_corpus(out, videos=videos, seconds=seconds, classes=classes, seed=seed, offset=offset, size=size, fps=fps,
+                            progress=progress, corrupt=corrupt)
+    except OSError as error:
+        raise InputError(f"cannot write to {out}: {error.strerror or error}") from None
+    defective = sum(1 for defect in table.column("defect").to_pylist() if defect)
+    return CorpusReport(out, videos, classes, defective)
+
+
+def _check_out_dir(out: Path) -> None:
+    """Raise InputError unless ``out`` is (or can become) a writable folder."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder")
+    probe = out
+    while not probe.exists():  # nearest existing ancestor decides whether we can create it
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(f"cannot create {out}: {probe} is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        test = out / ".avfeat-write-test"
+        test.write_bytes(b"")
+        test.unlink()
+    except OSError as error:
+        raise InputError(f"cannot write to {out}: {error.strerror or error}") from None
 
 
 def cut_clip(source: str | Path, out: str | Path, start: float, seconds: float, sample_rate: int = 16000) -> None:
