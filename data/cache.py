@@ -56,6 +56,8 @@ _METADATA_ROOM = 256 * 1024  # a shard's HDF5 metadata (headers, attributes) is 
 CONFIG_DEFAULTS = {"storage": "float16", "pool_patches": 1, "decode_mode": "exact"}
 INT8_LEVELS = 127  # symmetric: q in [-127, 127], so -x quantizes to -q
 STORAGES = ("float16", "int8")  # how shards hold tokens: the one list the CLI, the encoder and the writer take
+DECODE_MODES = ("exact", "keyframes")  # which frame serves each 1/fps step (extract/media.py): the CLI's and the decoder's list
+POOL_FACTORS = (1, 2)  # DINOv2 patches averaged in blocks of this side (1: none): the CLI's and the encoder's list
 
 
 def quantize_int8(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -524,8 +526,13 @@ class ShardDamage:
     video_ids: list[str]
 
     def line(self) -> str:
-        shown = ", ".join(self.video_ids[:5]) + (f" and {len(self.video_ids) - 5} more" if len(self.video_ids) > 5 else "")
-        return f"damaged  {self.path.name}: {self.problem}; videos {shown}"
+        return damage_line(self.path.name, self.problem, self.video_ids)
+
+
+def damage_line(shard: str, problem: str, video_ids: list[str]) -> str:
+    """The line that names a damaged shard (``ShardDamage.line``; `avfeat info` prints it)."""
+    shown = ", ".join(video_ids[:5]) + (f" and {len(video_ids) - 5} more" if len(video_ids) > 5 else "")
+    return f"damaged  {shard}: {problem}; videos {shown}"
 
 
 def remove_damaged(layout: CacheLayout, damaged: list[ShardDamage]) -> None:

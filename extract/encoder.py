@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from avfeat.data.cache import STORAGES
+from avfeat.data.cache import POOL_FACTORS, STORAGES
 from avfeat.extract.media import DecodedMedia, DecodeSpec, decode
 
 
@@ -30,9 +30,6 @@ class ExtractConfig:
     storage: str = "float16"  # how shards hold tokens: float16, or int8 with per-token float32 scales
     pool_patches: int = 1  # 2: each 2x2 block of patches averaged right after the backbone (CLS kept)
     decode_mode: str = "exact"  # keyframes: each 1/fps step takes the last keyframe at or before it (extract/media.py)
-
-
-POOL_FACTORS = (1, 2)
 
 
 class Encoder:

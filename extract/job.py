@@ -9,23 +9,30 @@ tensors) that an uninterrupted run would have.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from avfeat.core.errors import InputError
 from avfeat.core.lock import writer_lock
-from avfeat.core.values import human_bytes
-from avfeat.data.cache import SUPERSEDED, CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
+from avfeat.core.outputs import OutputMode, prepare_output
+from avfeat.core.values import check_number, human_bytes
+from avfeat.data.cache import (
+    CACHE_OWN, CONFIG_DEFAULTS, CONFIG_FILE, CONFIG_MARKS, SUPERSEDED, CacheLayout, ShardWriter,
+    check_compute_dtype, check_config, compute_dtype, new_record, open_for_writing, read_manifest,
+)
 from avfeat.data.records import OK, VideoRecord
 from avfeat.extract.encoder import Encoder, ExtractConfig, encode_audio_group, encode_visual_group, resolve_dtype  # noqa: F401 (re-exported)
 from avfeat.extract import sources
-from avfeat.extract.inputs import MISSING, IdPlan, MediaInput, assign_ids
+from avfeat.extract.inputs import MISSING, IdPlan, MediaInput, assign_ids, from_layout, list_inputs
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError, decode
 
 
@@ -84,6 +91,109 @@ class ExtractSummary:
             if len(found) > shown:
                 lines.append(f"... {len(found) - shown} more {kind}")
         return lines
+
+
+COMPUTE_DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")  # --dtype (see resolve_dtype)
+
+
+@dataclass
+class Extraction:
+    """A prepared extraction: the job, ready to run over its inputs into ``out``."""
+
+    extractor: "Extractor"
+    inputs: list[MediaInput]
+    out: Path
+    ray_address: str | None = None
+
+    def run(self, progress: Callable[[int, float], None] | None = None, on_plan: Callable[[int], None] | None = None) -> ExtractSummary:
+        """``Extractor.run`` over the inputs (``on_plan`` and ``progress`` as there)."""
+        return self.extractor.run(self.inputs, self.out, progress=progress, on_plan=on_plan, ray_address=self.ray_address)
+
+
+def _list_request_inputs(input: str, layout: str | None, media_dir: Path | None) -> list[MediaInput]:
+    """INPUT as a list of inputs: a published dataset CSV with ``layout``, else ``list_inputs``."""
+    if layout is not None:
+        if not Path(input).is_file():
+            raise InputError(f"input {input} does not exist (--layout takes the dataset's CSV file)")
+        return from_layout(Path(input), layout, media_dir or Path(input).parent)
+    if media_dir is not None:
+        raise InputError("--media-dir goes with --layout")
+    return list_inputs(input)
+
+
+def _check_run(options: RunOptions, fps: float | None) -> None:
+    """Refuse settings that can never run, before anything is written."""
+    from avfeat.core.devices import resolve_device
+
+    if options.dtype not in COMPUTE_DTYPES:
+        raise InputError(f"unknown --dtype {options.dtype!r} ({', '.join(COMPUTE_DTYPES)})")
+    resolve_dtype(options.dtype, str(resolve_device(options.device)))  # --dtype int8 on a GPU is refused here
+    check_number("--fps", fps, minimum=0.01, inclusive=True, maximum=1000.0)
+    check_number("--timeout", options.timeout)
+
+
+def _merge_config(out: Path, mode: OutputMode, given: dict[str, Any]) -> tuple[ExtractConfig, CacheLayout]:
+    """The settings to extract with: defaults, then a resumed cache's stored ones, then those
+    given (None: not given); checked against the cache before minutes of model loading."""
+    given = {key: value for key, value in given.items() if value is not None}
+    # A cache of before --storage/--pool-patches is float16 and unpooled (CONFIG_DEFAULTS).
+    stored = {**CONFIG_DEFAULTS, **json.loads((out / CONFIG_FILE).read_text())} if mode is OutputMode.RESUME else {}
+    config = ExtractConfig(**{**{k: v for k, v in stored.items() if k in ExtractConfig.__dataclass_fields__}, **given})
+    return config, check_config(out, asdict(config), only_given_keys=True)
+
+
+@contextmanager
+def prepare_extraction(
+    input: str,
+    out: Path,
+    given: dict[str, Any],
+    options: RunOptions,
+    *,
+    layout: str | None = None,
+    media_dir: Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    repair: bool = False,
+    ray_address: str | None = None,
+    note: Callable[[str], None] = lambda line: None,
+) -> Iterator[Extraction]:
+    """Everything `avfeat extract` does before the videos flow: check the settings, list the
+    inputs, take the cache's writer lock (held until the block ends), apply --resume or
+    --overwrite (and --repair), merge ``given`` (ExtractConfig fields, None: not given) with a
+    resumed cache's config, keep its compute dtype under ``dtype="auto"``, refuse another
+    dtype, and load the backbones (with ``ray_address`` only describe them: the cluster's
+    actors run them). ``note`` is told what the user should know (repaired shards, random
+    weights). Yields the :class:`Extraction` to run.
+    """
+    _check_run(options, given.get("fps"))
+    inputs = _list_request_inputs(input, layout, media_dir)
+    # One writer at a time: the lock is taken before --overwrite removes anything and held until
+    # the last shard is committed (Extractor.run takes it too, for callers other than this one).
+    with writer_lock(out, "cache"):
+        mode = prepare_output(out, marker=CONFIG_FILE, kind="cache", resume=resume, overwrite=overwrite, own=CACHE_OWN, marker_keys=CONFIG_MARKS)
+        if repair:
+            from avfeat.data.summary import repair_cache
+
+            if mode is not OutputMode.RESUME:
+                raise InputError("--repair works on an existing cache: pass it with --resume")
+            repair_cache(out, note)
+        config, cache_layout = _merge_config(out, mode, given)
+        if options.dtype == "auto" and mode is OutputMode.RESUME:
+            # auto keeps what computed the cache's tokens (auto's choice may have changed since)
+            options = replace(options, dtype=compute_dtype(cache_layout) or options.dtype)
+        if ray_address is None:  # a Ray run's workers pick their dtype; each shard is checked as it is written
+            from avfeat.core.devices import resolve_device
+
+            check_compute_dtype(cache_layout, resolve_dtype(options.dtype, str(resolve_device(options.device))))
+        else:
+            from avfeat.extract.ray_job import import_ray
+
+            import_ray()  # says how to install it, before models load
+        encoder = Encoder.describe(config) if ray_address is not None else Encoder(config, device=options.device, dtype=options.dtype, batch_size=options.batch_size)
+        for spec in (config.audio_model, config.visual_model):
+            if spec.startswith("random:"):
+                note(f"note: {spec} has random weights (for tests, demos and benchmarks); its tokens carry no learned meaning")
+        yield Extraction(Extractor(config, options, encoder), inputs, Path(out), ray_address)
 
 
 @dataclass

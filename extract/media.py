@@ -18,6 +18,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from avfeat.data.cache import DECODE_MODES
+
 # Named failure statuses a decode can end with (recorded in the manifest).
 EMPTY_FILE = "empty_file"  # zero bytes
 UNREADABLE = "unreadable"  # not a media container we can open (truncated, text, ...)
@@ -70,10 +72,9 @@ class DecodeSpec:
     mode: str = "exact"
 
 
-# DecodeSpec.mode values.
+# DecodeSpec.mode values: DECODE_MODES (the cache's list, avfeat.data.cache) holds them.
 EXACT = "exact"
 KEYFRAMES = "keyframes"
-DECODE_MODES = (EXACT, KEYFRAMES)
 
 
 @dataclass(frozen=True)

@@ -269,6 +269,16 @@ def test_info_flags_a_deleted_and_a_truncated_shard(reference_cache, tmp_path):
     assert json.loads(avfeat("info", out, "--json", check=1).stdout)["damaged"][0]["shard"] == "shard-00001.h5"
 
 
+@pytest.mark.parametrize("config, says", [({}, "is empty"), ({"audio_model": "random:hubert-tiny"}, "lacks audio_layer, audio_dim")])
+def test_info_on_a_cache_json_without_the_keys_is_one_line(tmp_path, config, says):
+    (tmp_path / "cache.json").write_text(json.dumps(config))
+    for extra in ([], ["--json"], ["--videos"]):
+        result = avfeat("info", tmp_path, *extra)
+        assert result.returncode == 1, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        assert f"{tmp_path} is not an avfeat cache (its cache.json {says}" in result.stderr
+
+
 def test_audio_level_is_the_rms_in_dbfs():
     from avfeat.extract.job import SILENCE_FLOOR_DB, audio_level
 

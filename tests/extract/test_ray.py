@@ -7,7 +7,7 @@ import pytest
 
 from avfeat.data.cache import Cache
 from avfeat.data.synth import make_corpus
-from avfeat.extract.cli import expand_ray_flag
+from avfeat.cli.extract import expand_ray_flag
 from avfeat.extract.ray_job import plan_placement
 from avfeat.testing.runner import TINY_MODELS as TINY
 from avfeat.testing.runner import assert_same_cache
