@@ -10,7 +10,8 @@ Layout of a cache directory::
 Tokens are stored as float16 (the default) or, with ``extract --storage int8``, as int8 with one
 float32 scale per token vector beside them (``audio/scale`` (sum T_a,), ``visual/scale``
 (sum F, 1+P)): symmetric per-token quantization, dequantized by every read here, so readers get
-float tokens either way. The scales live in the shard with the tokens, never in code.
+float tokens either way. The scales live in the shard with the tokens, never in code; the
+codecs (``data/codecs.py``) are the one place that writes and reads token bytes.
 
 A shard and its manifest part are one commit: the HDF5 file is written as ``*.tmp``, closed,
 verified and renamed, then the manifest part is written the same way. A shard without a
@@ -36,6 +37,7 @@ from avfeat.core.io import fsync_dir, replace_durably, temp_path, temp_pid, writ
 from avfeat.core.lock import has_entries, pid_alive
 from avfeat.core.values import did_you_mean, one_line
 from avfeat.data.records import OK, VideoRecord
+from avfeat.data.codecs import codec_of, storage_codec
 from avfeat.core.errors import CacheError, disk_full
 
 CONFIG_FILE = "cache.json"
@@ -54,33 +56,8 @@ _METADATA_ROOM = 256 * 1024  # a shard's HDF5 metadata (headers, attributes) is 
 
 # cache.json keys added after caches already existed, and what a cache without them holds.
 CONFIG_DEFAULTS = {"storage": "float16", "pool_patches": 1, "decode_mode": "exact"}
-INT8_LEVELS = 127  # symmetric: q in [-127, 127], so -x quantizes to -q
-STORAGES = ("float16", "int8")  # how shards hold tokens: the one list the CLI, the encoder and the writer take
 DECODE_MODES = ("exact", "keyframes")  # which frame serves each 1/fps step (extract/media.py): the CLI's and the decoder's list
 POOL_FACTORS = (1, 2)  # DINOv2 patches averaged in blocks of this side (1: none): the CLI's and the encoder's list
-
-
-def quantize_int8(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-token symmetric int8 quantization of ``tokens`` (..., D): for each token vector x,
-    scale = max|x| / 127 and q = round(x / scale), so |q * scale - x| <= scale / 2 per element.
-    A token of zeros gets scale 0 (and q 0). Returns (q int8 (..., D), scale float32 (...)).
-
-    Raises:
-        ValueError: the tokens hold NaN or inf (the writer records such a video as non_finite first).
-    """
-    x = np.asarray(tokens, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError("cannot quantize non-finite tokens (NaN or inf)")
-    scale = (np.abs(x).max(axis=-1) / np.float32(INT8_LEVELS)).astype(np.float32) if x.shape[-1] else np.zeros(x.shape[:-1], np.float32)
-    safe = np.where(scale > 0, scale, np.float32(1))[..., None]
-    q = np.clip(np.rint(x / safe), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
-    return q, scale
-
-
-def dequantize_int8(q: np.ndarray, scale: np.ndarray, dtype="float32") -> np.ndarray:
-    """The float tokens of :func:`quantize_int8`'s (q, scale), computed in float32, returned in ``dtype``."""
-    values = q.astype(np.float32) * np.asarray(scale, dtype=np.float32)[..., None]
-    return values if np.dtype(dtype) == np.float32 else values.astype(dtype)
 
 
 def shard_name(index: int) -> str:
@@ -347,10 +324,8 @@ class ShardWriter:
                  attrs: dict[str, Any], dtype: str = "float16", storage: str = "float16"):
         import h5py
 
-        if storage not in STORAGES:
-            raise CacheError(f"unknown token storage {storage!r} ({', '.join(STORAGES)})")
+        self.codec = storage_codec(storage)
         self.layout, self.index, self.attrs, self.dtype, self.storage = layout, index, attrs, dtype, storage
-        self.quantized = storage == "int8"
         if "compute_dtype" in attrs:
             check_compute_dtype(layout, attrs["compute_dtype"])
         self.records: list[VideoRecord] = []
@@ -359,18 +334,11 @@ class ShardWriter:
         self._file = h5py.File(self.tmp_path, "w")
         self._reserve_fd: int | None = os.open(self.tmp_path, os.O_WRONLY)
         self._reserved = 0
-        stored = "int8" if self.quantized else dtype
-        self._audio = self._dataset("audio/tokens", (audio_dim,), stored)
-        self._visual = self._dataset("visual/tokens", (visual_tokens_per_frame, visual_dim), stored)
+        # Each modality's parts (the codec's datasets), chunked by the tokens' rows so a window
+        # reads every part alike.
+        self._parts = {modality: self._part_datasets(modality, row) for modality, row in
+                       (("audio", (audio_dim,)), ("visual", (visual_tokens_per_frame, visual_dim)))}
         self._times = self._file.create_dataset("visual/times", shape=(0,), maxshape=(None,), dtype="float64", chunks=(4096,))
-        # int8: one float32 scale per token, chunked by the tokens' rows so a window reads both alike.
-        self._audio_scale = self._visual_scale = None
-        if self.quantized:
-            self._audio_scale = self._file.create_dataset(
-                "audio/scale", shape=(0,), maxshape=(None,), dtype="float32", chunks=(self._audio.chunks[0],))
-            self._visual_scale = self._file.create_dataset(
-                "visual/scale", shape=(0, visual_tokens_per_frame), maxshape=(None, visual_tokens_per_frame), dtype="float32",
-                chunks=(self._visual.chunks[0], visual_tokens_per_frame))
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -385,12 +353,17 @@ class ShardWriter:
             self.abort()  # a commit that fails (a full disk) leaves no temp and no part behind
             raise
 
-    def _dataset(self, name: str, row_shape: tuple[int, ...], dtype: str):
-        row_bytes = int(np.prod(row_shape)) * np.dtype(dtype).itemsize
-        rows = max(1, _CHUNK_BYTES // row_bytes)
-        return self._file.create_dataset(
-            name, shape=(0, *row_shape), maxshape=(None, *row_shape), dtype=dtype, chunks=(rows, *row_shape)
-        )
+    def _part_datasets(self, modality: str, token_row: tuple[int, ...]) -> dict:
+        datasets, rows = {}, None
+        for part in self.codec.parts:  # "tokens" first: its row size sets the chunk rows
+            shape, dtype = part.row_shape(token_row), part.dtype or self.dtype
+            rows = rows or max(1, _CHUNK_BYTES // (int(np.prod(shape)) * np.dtype(dtype).itemsize))
+            datasets[part.name] = self._file.create_dataset(
+                f"{modality}/{part.name}", shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=(rows, *shape))
+        return datasets
+
+    def _datasets(self) -> list:
+        return [] if self._parts is None else [*self._parts["audio"].values(), *self._parts["visual"].values(), self._times]
 
     def _reserve(self, dataset=None, rows: int = 0) -> None:
         """Allocate the disk blocks of the next write (``rows`` more rows of ``dataset``) before
@@ -405,9 +378,7 @@ class ShardWriter:
             return
         # Every chunk the datasets will span is stored whole, plus room for metadata.
         target = _METADATA_ROOM
-        for each in (self._audio, self._visual, self._times, self._audio_scale, self._visual_scale):
-            if each is None:
-                continue
+        for each in self._datasets():
             chunk_rows = each.chunks[0]
             count = -(-(each.shape[0] + (rows if each is dataset else 0)) // chunk_rows)
             target += count * (chunk_rows * int(np.prod(each.shape[1:])) * each.dtype.itemsize + 1024)
@@ -438,7 +409,7 @@ class ShardWriter:
         Tokens that are not finite (a backbone that overflowed, in float16 storage too) are
         never written: the video is recorded as ``non_finite`` instead, and the job goes on.
         """
-        stored = "float32" if self.quantized else self.dtype  # int8 is quantized from the float32 tokens
+        stored = self.dtype if self.codec.floats else "float32"  # int8 is quantized from the float32 tokens
         with np.errstate(over="ignore"):  # an overflow is what the check below reports
             audio = audio.astype(stored, copy=False)
             visual = visual.astype(stored, copy=False)
@@ -446,13 +417,11 @@ class ShardWriter:
             where = "audio" if not np.isfinite(audio).all() else "visual"
             self.add_failure(record, NON_FINITE, f"the {where} backbone gave non-finite tokens (NaN or inf, in {stored})")
             return
-        if self.quantized:
-            audio, audio_scale = quantize_int8(audio)
-            visual, visual_scale = quantize_int8(visual)
-            self._append(self._audio_scale, audio_scale)
-            self._append(self._visual_scale, visual_scale)
-        audio_offset = self._append(self._audio, audio)
-        visual_offset = self._append(self._visual, visual)
+        offsets = {}
+        for modality, tokens in (("audio", audio), ("visual", visual)):
+            for name, values in self.codec.encode(tokens, self.dtype).items():
+                offsets[modality] = self._append(self._parts[modality][name], values)
+        audio_offset, visual_offset = offsets["audio"], offsets["visual"]
         self._append(self._times, np.asarray(frame_times, dtype=np.float64))
         self.records.append(record.with_(
             status=OK, error="", shard=self.index, audio_offset=audio_offset, audio_length=len(audio),
@@ -473,7 +442,7 @@ class ShardWriter:
         self._file.attrs["avfeat_version"] = __version__
         self._file.attrs["storage"] = self.storage  # also in attrs (from cache.json), and set here for writers given none
         self._reserve()
-        self._audio = self._visual = self._times = self._audio_scale = self._visual_scale = None
+        self._parts = self._times = None
         self._file.flush()
         end = self._file.id.get_filesize()  # HDF5's end of file; beyond it lie reserved blocks
         self._file.close()
@@ -482,12 +451,11 @@ class ShardWriter:
         audio_rows = sum(r.audio_length for r in self.records if r.ok)
         visual_rows = sum(r.visual_length for r in self.records if r.ok)
         with h5py.File(self.tmp_path, "r") as check:
-            if check["audio/tokens"].shape[0] != audio_rows or check["visual/tokens"].shape[0] != visual_rows:
-                raise CacheError(f"shard {self.tmp_path} failed verification (row counts differ from the manifest)")
+            for part in self.codec.parts:
+                if check[f"audio/{part.name}"].shape[0] != audio_rows or check[f"visual/{part.name}"].shape[0] != visual_rows:
+                    raise CacheError(f"shard {self.tmp_path} failed verification ({part.name} row counts differ from the manifest)")
             if visual_rows != check["visual/times"].shape[0]:
                 raise CacheError(f"shard {self.tmp_path} failed verification (frame times)")
-            if self.quantized and (check["audio/scale"].shape[0] != audio_rows or check["visual/scale"].shape[0] != visual_rows):
-                raise CacheError(f"shard {self.tmp_path} failed verification (int8 scales)")
         checksum = {"shard_sha256": file_sha256(self.tmp_path), "shard_bytes": self.tmp_path.stat().st_size}
         replace_durably(self.tmp_path, self.final_path)
 
@@ -508,7 +476,7 @@ class ShardWriter:
 
     def abort(self) -> None:
         # Drop the dataset handles first: HDF5 must not flush them later into a file that is gone.
-        self._audio = self._visual = self._times = self._audio_scale = self._visual_scale = None
+        self._parts = self._times = None
         if self._file.id.valid:
             self._file.close()
         self._release_reservation()
@@ -631,17 +599,12 @@ class Cache:
         return np.dtype(self.config.get("storage_dtype", "float16"))
 
     def _tokens(self, shard: int, modality: str, begin: int, stop: int) -> np.ndarray:
-        """Rows [begin, stop) of a shard's ``modality/tokens``, dequantized when the shard holds
-        int8 tokens with their ``modality/scale`` (the shard says, not the config)."""
+        """Rows [begin, stop) of a shard's ``modality`` tokens, decoded by the codec the shard
+        was written with (its tokens' dtype says which, not the config)."""
         handle = self._shard(shard)
-        tokens = handle[f"{modality}/tokens"][begin:stop]
-        if tokens.dtype != np.int8:
-            return tokens
-        try:
-            scale = handle[f"{modality}/scale"][begin:stop]
-        except KeyError:
-            raise CacheError(f"shard {handle.filename} holds int8 {modality} tokens without their {modality}/scale; re-extract it") from None
-        return dequantize_int8(tokens, scale, self.token_dtype)
+        codec = codec_of(handle[f"{modality}/tokens"].dtype)
+        parts = {part.name: codec.dataset(handle, modality, part.name, handle.filename)[begin:stop] for part in codec.parts}
+        return codec.decode(parts, self.token_dtype)
 
     def read_audio(self, video: str | VideoRecord, first: int = 0, stop: int | None = None) -> np.ndarray:
         """(stop - first, D_a) audio tokens by index within the video (float; int8 storage is dequantized)."""

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from avfeat.data.cache import POOL_FACTORS, STORAGES
+from avfeat.data.cache import POOL_FACTORS
+from avfeat.data.codecs import STORAGES
 from avfeat.extract.media import DecodedMedia, DecodeSpec, decode
 
 

@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from avfeat.cli.options import device_option, overwrite_option, quiet_option, resume_option
-from avfeat.data.cache import DECODE_MODES, POOL_FACTORS, STORAGES
+from avfeat.data.cache import DECODE_MODES, POOL_FACTORS
+from avfeat.data.codecs import STORAGES
 
 # The choices are the library's own lists (avfeat.data.cache).
 # How shards hold tokens (README "Compact storage").
