@@ -129,3 +129,17 @@ def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path
     plt.close(figure)
     write_output_file(out, buffer.getvalue())
     return notes
+
+
+def attention_map_file(cache_path: str | Path, video_id: str, heads: str | Path, time: float, out: str | Path, device: str = "auto") -> list[str]:
+    """`avfeat attention-map`: ``out`` is checked before the checkpoint (on ``device``) and the
+    cache are read, then the map is drawn (``attention_map``); returns its notes."""
+    from avfeat.align.checkpoint import load_checkpoint
+    from avfeat.core.devices import resolve_device
+    from avfeat.core.io import prepare_output_file
+    from avfeat.data.cache import Cache
+
+    prepare_output_file(out, "--out")
+    checkpoint = load_checkpoint(heads, resolve_device(device))
+    with Cache(cache_path) as store:
+        return attention_map(checkpoint, store, video_id, time, out)
