@@ -23,10 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
-import typer
 
 from avfeat.core.errors import InputError
 
@@ -233,30 +231,3 @@ def export(
         "videos": len(set(table.column("video_id").to_pylist())),
         "skipped_short": embedded.skipped,
     }
-
-
-def export_command(
-    cache: Path = typer.Argument(..., help="A cache folder written by `avfeat extract`."),
-    heads: Path = typer.Option(..., "--heads", help="Heads checkpoint written by `avfeat train-head`."),
-    out: Path = typer.Option(..., "--out", "-o", help="The Parquet file to write (an existing file needs --overwrite)."),
-    level: str = typer.Option("video", help="video (one row per video: the mean of its window vectors) or window (one row per window)."),
-    fmt: str = typer.Option("parquet", "--format", help="parquet (vectors as fixed-size list columns) or npy (<stem>.audio.npy and <stem>.visual.npy beside a Parquet table of the rows)."),
-    hop: Optional[float] = typer.Option(None, help="Seconds between window starts (default: the heads' hop)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-) -> None:
-    """Unit-norm audio and visual embeddings per video or window, with the manifest's metadata, for pandas/duckdb/datasets."""
-    import json
-
-    summary = export(cache, heads, out, level=level, fmt=fmt, hop=hop, overwrite=overwrite, quiet=quiet)
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    typer.echo(f"wrote {', '.join(summary['files'])}: {summary['rows']} {level} rows of {summary['videos']} videos, {summary['dim']} dims per modality")
-    if summary["skipped_short"]:
-        typer.echo(f"{len(summary['skipped_short'])} ok videos are shorter than one window and have no vector: {', '.join(summary['skipped_short'][:5])}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("export")(export_command)
