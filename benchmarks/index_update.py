@@ -80,7 +80,8 @@ def main() -> None:
 
     import faiss
 
-    from avfeat.index.build import append_to_index, build_faiss
+    from avfeat.index.build import build_faiss
+    from avfeat.index.update import append_to_index
     from avfeat.index.store import IndexFolder
 
     added = max(1, int(round(args.n * args.grow)))

@@ -17,7 +17,8 @@ from avfeat.data.records import VideoRecord
 from avfeat.data.synth import make_corpus
 from avfeat.core.errors import IndexMismatchError, InputError
 from avfeat.index import Searcher
-from avfeat.index.build import append_to_index, build_faiss, update_index
+from avfeat.index.build import build_faiss
+from avfeat.index.update import append_to_index, update_index
 from avfeat.index.search import parse_where
 from avfeat.index.store import IndexFolder, write_index
 from avfeat.testing.runner import TINY_MODELS as TINY
