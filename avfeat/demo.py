@@ -111,7 +111,8 @@ def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite
     from avfeat.data.synth import cut_clip, make_corpus
     from avfeat.evaluation import evaluate, format_report
     from avfeat.extract.inputs import list_inputs
-    from avfeat.extract.job import ExtractConfig, Extractor
+    from avfeat.extract.encoder import ExtractConfig
+    from avfeat.extract.job import Extractor
     from avfeat.extract.job import RunOptions as ExtractOptions
     from avfeat.index.build import build_index
     from avfeat.index.search import Searcher

@@ -21,7 +21,7 @@ from _bench import machine, median_time, parse, parser, print_figures, work_fold
 def decode_all(paths, spec, workers):
     from avfeat.data.cache import new_record
     from avfeat.extract.inputs import video_id
-    from avfeat.extract.job import DecodeTask, decode_task
+    from avfeat.extract.tasks import DecodeTask, decode_task
     from avfeat.extract.workers import DecodePool
 
     tasks = [DecodeTask(new_record(video_id(p), str(p), 0, 0.0), spec) for p in paths]
@@ -32,7 +32,7 @@ def decode_all(paths, spec, workers):
 def model_only(extractor, decoded, modality: str):
     """One backbone over pre-decoded videos, in the groups the job forms."""
     from avfeat.extract.encoder import encode_audio_group, encode_visual_group
-    from avfeat.extract.job import encode_groups
+    from avfeat.extract.tasks import encode_groups
 
     batch_size, encoder = extractor.options.batch_size, extractor.encoder
     for group in encode_groups([len(media.frames) for media in decoded], batch_size):
@@ -99,7 +99,8 @@ def main() -> None:
 
     from avfeat.data.synth import make_corpus
     from avfeat.extract.inputs import list_inputs
-    from avfeat.extract.job import ExtractConfig, Extractor, RunOptions
+    from avfeat.extract.encoder import ExtractConfig
+    from avfeat.extract.job import Extractor, RunOptions
 
     work = work_folder(None, "avfeat-bench-")
     if not args.media:

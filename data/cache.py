@@ -36,7 +36,7 @@ from avfeat import __version__
 from avfeat.core.io import fsync_dir, replace_durably, temp_path, temp_pid, write_atomic
 from avfeat.core.lock import has_entries, pid_alive
 from avfeat.core.values import did_you_mean, one_line
-from avfeat.data.records import OK, VideoRecord
+from avfeat.data.records import Status, VideoRecord
 from avfeat.data.codecs import codec_of, storage_codec
 from avfeat.core.errors import CacheError, disk_full
 
@@ -45,8 +45,6 @@ SHARD_DIR = "shards"
 MANIFEST_DIR = "manifest"
 CACHE_OWN = (CONFIG_FILE, SHARD_DIR, MANIFEST_DIR)  # what --overwrite may remove
 CONFIG_MARKS = ("audio_model", "visual_model", "fps")  # keys every cache.json holds: how a folder is known for a cache
-NON_FINITE = "non_finite"  # status of a video whose tokens held NaN or inf
-SUPERSEDED = "superseded"  # a record retired because its file changed (`extract --refresh`); readers never see it
 
 _SHARD_RE = re.compile(r"shard-(\d{5,})\.h5$")
 _PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
@@ -209,7 +207,7 @@ def read_manifest(root: str | Path):
     # A retried video appears in several parts; keep its last record, unless that retires it.
     ids, statuses = table.column("video_id").to_pylist(), table.column("status").to_pylist()
     last = {video_id: row for row, video_id in enumerate(ids)}
-    keep = sorted(row for row in last.values() if statuses[row] != SUPERSEDED)
+    keep = sorted(row for row in last.values() if statuses[row] != Status.SUPERSEDED)
     return table if len(keep) == len(ids) else table.take(keep)
 
 
@@ -415,7 +413,7 @@ class ShardWriter:
             visual = visual.astype(stored, copy=False)
         if not (np.isfinite(audio).all() and np.isfinite(visual).all()):
             where = "audio" if not np.isfinite(audio).all() else "visual"
-            self.add_failure(record, NON_FINITE, f"the {where} backbone gave non-finite tokens (NaN or inf, in {stored})")
+            self.add_failure(record, Status.NON_FINITE, f"the {where} backbone gave non-finite tokens (NaN or inf, in {stored})")
             return
         offsets = {}
         for modality, tokens in (("audio", audio), ("visual", visual)):
@@ -424,7 +422,7 @@ class ShardWriter:
         audio_offset, visual_offset = offsets["audio"], offsets["visual"]
         self._append(self._times, np.asarray(frame_times, dtype=np.float64))
         self.records.append(record.with_(
-            status=OK, error="", shard=self.index, audio_offset=audio_offset, audio_length=len(audio),
+            status=Status.OK, error="", shard=self.index, audio_offset=audio_offset, audio_length=len(audio),
             visual_offset=visual_offset, visual_length=len(visual),
         ))
 

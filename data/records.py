@@ -12,13 +12,41 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
 from typing import Any
 
 import numpy as np
 
 from avfeat.core.errors import BackboneMismatchError
 
-OK = "ok"
+
+class Status(str, Enum):
+    """What became of a video, as the manifest records it: ``ok`` or a named failure."""
+
+    OK = "ok"
+    # A decode's failures.
+    EMPTY_FILE = "empty_file"  # zero bytes
+    UNREADABLE = "unreadable"  # not a media container we can open (truncated, text, a FIFO, ...)
+    NO_AUDIO = "no_audio"  # no audio stream, or it decodes to nothing
+    NO_VIDEO = "no_video"  # no video stream (audio-only file), or it decodes to nothing
+    TOO_SHORT = "too_short"  # shorter than one frame interval, or than the audio model's window
+    DECODE_ERROR = "decode_error"  # the streams open but the data is corrupt
+    TIMEOUT = "timeout"  # decoding took longer than the per-video limit
+    CRASHED = "crashed"  # the decoder process died (a codec crash)
+    # Inputs that could not be read at all (listing and opening; see extract/sources.py).
+    MISSING = "missing"  # a listed file, URL or tar member does not exist (HTTP 404, no such key)
+    ACCESS_DENIED = "access_denied"  # the server refused it (HTTP 401/403, S3 AccessDenied)
+    REMOTE_TIMEOUT = "remote_timeout"  # a request got no answer within AVFEAT_REMOTE_TIMEOUT seconds
+    NO_MEDIA = "no_media"  # a WebDataset shard of a brace pattern or glob that holds no media member
+    # The cache's own.
+    NON_FINITE = "non_finite"  # the backbone gave NaN or inf tokens
+    SUPERSEDED = "superseded"  # retired because its file changed (`extract --refresh`); readers never see it
+
+    def __str__(self) -> str:  # the value in f-strings and messages, as the manifest holds it
+        return self.value
+
+    __format__ = str.__format__
+
 
 # Half a token or frame is rounded up; the epsilon keeps times such as 0.97 s (stored as
 # 0.96999...) from landing on the other side of a half than the decimal says.
@@ -49,7 +77,7 @@ class VideoRecord:
     path: str
     size: int = 0
     mtime: float = 0.0
-    status: str = OK
+    status: str = Status.OK
     error: str = ""
     duration: float = 0.0
     shard: int = -1
@@ -88,7 +116,7 @@ class VideoRecord:
 
     @property
     def ok(self) -> bool:
-        return self.status == OK
+        return self.status == Status.OK
 
     @property
     def end_time(self) -> float:

@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from avfeat.core.errors import InputError
 from avfeat.extract import sources
-from avfeat.extract.media import MISSING, UNREADABLE  # MISSING: the status of a listed file that does not exist
+from avfeat.data.records import Status
 from avfeat.extract.sources import Stat
 
 MEDIA_EXTENSIONS = frozenset(
@@ -54,7 +54,6 @@ _REMOTE_GLOB_CHARS = re.compile(r"[*\[]")
 _BRACE_GROUP = re.compile(r"\{(?:[^{}]*,[^{}]*|-?\d+\.\.-?\d+)\}")
 _MAX_BRACE_PIECES = 1_000_000
 SHARD_SUFFIX = ".tar"
-NO_MEDIA = "no_media"  # a WebDataset shard of a brace pattern or glob that holds no media member
 _SAMPLE_BYTES = 256 * 1024  # hashed from each end of a file: headers and index tables differ per encode
 
 
@@ -455,7 +454,7 @@ def _from_shard(tar: str | Path, many: bool) -> list[MediaInput]:
             message = " ".join(str(error).split())
         if not many:
             raise InputError(message) from None
-        status = sources.status_of(error) if isinstance(error, OSError) else UNREADABLE
+        status = sources.status_of(error) if isinstance(error, OSError) else Status.UNREADABLE
         return [MediaInput(tar, problem=(status, message))]
     samples: dict[str, MediaInput] = {}
     for member in members:
@@ -468,7 +467,7 @@ def _from_shard(tar: str | Path, many: bool) -> list[MediaInput]:
         message = f"{tar} holds no media samples (KEY.mp4 + KEY.json, as video2dataset writes; media extensions: {' '.join(sorted(MEDIA_EXTENSIONS))})"
         if not many:
             raise InputError(message)
-        return [MediaInput(tar, problem=(NO_MEDIA, message))]
+        return [MediaInput(tar, problem=(Status.NO_MEDIA, message))]
     return list(samples.values())
 
 
@@ -570,7 +569,7 @@ def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, 
         if previous is not None and stat is not None and (previous.size, previous.mtime) != stat:
             # Cached tokens are replaced only with --refresh; a failed record also with
             # --retry-failed; a missing file that is back is simply extracted.
-            allowed = refresh or previous.status == MISSING or (retry_failed and previous.status != "ok")
+            allowed = refresh or previous.status == Status.MISSING or (retry_failed and previous.status != "ok")
             if not allowed:
                 plan.changed.append((item.path, previous.video_id))
                 continue

@@ -19,21 +19,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
-
 from avfeat.core.errors import InputError
 from avfeat.core.lock import writer_lock
 from avfeat.core.outputs import OutputMode, prepare_output
 from avfeat.core.values import check_number, human_bytes
-from avfeat.data.cache import (
-    CACHE_OWN, CONFIG_DEFAULTS, CONFIG_FILE, CONFIG_MARKS, SUPERSEDED, CacheLayout, ShardWriter,
-    check_compute_dtype, check_config, compute_dtype, new_record, open_for_writing, read_manifest,
-)
-from avfeat.data.records import OK, VideoRecord
-from avfeat.extract.encoder import Encoder, ExtractConfig, encode_audio_group, encode_visual_group, resolve_dtype  # noqa: F401 (re-exported)
+from avfeat.data.cache import CACHE_OWN, CONFIG_DEFAULTS, CONFIG_FILE, CONFIG_MARKS, CacheLayout, ShardWriter, check_compute_dtype, check_config, compute_dtype, new_record, open_for_writing, read_manifest
+from avfeat.data.records import Status, VideoRecord
+from avfeat.extract.encoder import Encoder, ExtractConfig, resolve_dtype
 from avfeat.extract import sources
-from avfeat.extract.inputs import MISSING, IdPlan, MediaInput, assign_ids, from_layout, list_inputs
-from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError, decode
+from avfeat.extract.inputs import IdPlan, MediaInput, assign_ids, from_layout, list_inputs
+from avfeat.extract.media import DecodedMedia, MediaError
+from avfeat.extract.tasks import DecodeTask, decode_task, group_target, plan_shards, with_media
 
 
 
@@ -196,18 +192,6 @@ def prepare_extraction(
         yield Extraction(Extractor(config, options, encoder), inputs, Path(out), ray_address)
 
 
-@dataclass
-class DecodeTask:
-    """One video for a decode worker."""
-
-    record: VideoRecord
-    spec: DecodeSpec
-
-
-def decode_task(task: DecodeTask) -> DecodedMedia:
-    return decode(task.record.path, task.spec, start=task.record.segment_start, end=task.record.segment_end)
-
-
 class _WriterThread:
     """Runs shard writes in order on a background thread; re-raises its errors here."""
 
@@ -293,7 +277,7 @@ class Extractor:
                 break
             old = summary.ids.superseded.get(vid)
             if old in recorded:  # in the same shard as its successor, so the old tokens are never read again
-                todo.append(recorded[old].with_(status=SUPERSEDED, error=f"its file changed; extracted again as {vid}"))
+                todo.append(recorded[old].with_(status=Status.SUPERSEDED, error=f"its file changed; extracted again as {vid}"))
             todo.append(_new_record(vid, item))
             planned += 1
         if on_plan:
@@ -315,7 +299,7 @@ class Extractor:
             statuses[record.status] += 1
             if record.ok:
                 summary.media_seconds += record.duration
-        summary.ok = statuses.pop(OK, 0)
+        summary.ok = statuses.pop(Status.OK, 0)
         summary.failed = dict(statuses)
         summary.seconds = time.perf_counter() - started
         return summary
@@ -384,37 +368,6 @@ def _records(layout: CacheLayout) -> dict[str, VideoRecord]:
     return {row["video_id"]: VideoRecord.from_row(row) for row in read_manifest(layout.root).to_pylist()}
 
 
-def plan_shards(layout: CacheLayout, todo: list[VideoRecord], shard_size: int) -> list[tuple[int, list[VideoRecord]]]:
-    """Cut the videos to process into shards of consecutive inputs, numbered after the cache's
-    last committed part, so every shard of a run has its own name whoever writes it."""
-    first = max(layout.parts(), default=-1) + 1
-    size = max(1, shard_size)
-    return [(first + n, todo[start : start + size]) for n, start in enumerate(range(0, len(todo), size))]
-
-
-def group_target(batch_size: int) -> int:
-    """Frames a group of consecutive videos gathers before it is encoded: several visual
-    batches, so the model sees full batches across short videos."""
-    return max(1, batch_size) * 4
-
-
-def encode_groups(frame_counts: list[int], batch_size: int) -> list[list[int]]:
-    """The groups (positions into a shard's decoded videos) that the local job encodes
-    together, for executors that see a whole shard at once: batches identical to the local
-    job's give identical tensors."""
-    groups, current, frames = [], [], 0
-    target = group_target(batch_size)
-    for position, count in enumerate(frame_counts):
-        current.append(position)
-        frames += count
-        if frames >= target:
-            groups.append(current)
-            current, frames = [], 0
-    if current:
-        groups.append(current)
-    return groups
-
-
 def _new_record(vid: str, item: MediaInput) -> VideoRecord:
     """The record of an input before decoding: its path (a URL or ``<tar>#<member>`` as given),
     size and mtime, or the status that says why it cannot be read (``missing``; for URLs also
@@ -425,36 +378,9 @@ def _new_record(vid: str, item: MediaInput) -> VideoRecord:
         stat = item.stat or sources.stat(item.path)
     except OSError as error:
         if sources.is_plain_local(item.path):
-            return record.with_(status=MISSING, error=f"cannot read file: {error.strerror}")
+            return record.with_(status=Status.MISSING, error=f"cannot read file: {error.strerror}")
         return record.with_(status=sources.status_of(error), error=" ".join(str(error).split()))
     record = record.with_(size=stat.size, mtime=stat.mtime)
     if item.problem is not None:
         return record.with_(status=item.problem[0], error=item.problem[1])
     return record
-
-
-def with_media(record: VideoRecord, media: DecodedMedia, token_rate: float, fps: float) -> VideoRecord:
-    """The record of a decoded video, before its tokens are placed in a shard."""
-    return record.with_(
-        duration=float(media.duration),
-        audio_start=float(media.audio_start),
-        audio_rate=float(token_rate),
-        fps=float(fps),
-        width=int(media.width),
-        height=int(media.height),
-        source_sample_rate=int(media.source_sample_rate),
-        audio_level=audio_level(media.audio),
-    )
-
-
-# The quietest level recorded: digital silence (all zeros) reads as this, not as -inf.
-SILENCE_FLOOR_DB = -120.0
-
-
-def audio_level(waveform: np.ndarray) -> float:
-    """RMS of a waveform in dB relative to full scale. The tokens cannot tell: HuBERT's front
-    end normalises its input, so near-silence comes out of it looking like noise."""
-    if len(waveform) == 0:
-        return SILENCE_FLOOR_DB
-    rms = float(np.sqrt(np.mean(np.square(waveform, dtype=np.float64))))
-    return max(SILENCE_FLOOR_DB, 20.0 * np.log10(max(rms, 1e-12)))

@@ -19,20 +19,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from avfeat.data.cache import DECODE_MODES
-
-# Named failure statuses a decode can end with (recorded in the manifest).
-EMPTY_FILE = "empty_file"  # zero bytes
-UNREADABLE = "unreadable"  # not a media container we can open (truncated, text, ...)
-NO_AUDIO = "no_audio"  # no audio stream, or it decodes to nothing
-NO_VIDEO = "no_video"  # no video stream (audio-only file), or it decodes to nothing
-TOO_SHORT = "too_short"  # shorter than one frame interval, or than the audio model's window
-DECODE_ERROR = "decode_error"  # the streams open but the data is corrupt
-TIMEOUT = "timeout"  # decoding took longer than the per-video limit
-CRASHED = "crashed"  # the decoder process died (a codec crash)
-# Statuses of inputs that could not be read at all (listing and opening; see extract/sources.py).
-MISSING = "missing"  # a listed file, URL or tar member does not exist (HTTP 404, no such key)
-ACCESS_DENIED = "access_denied"  # the server refused it (HTTP 401/403, S3 AccessDenied)
-REMOTE_TIMEOUT = "remote_timeout"  # a request got no answer within AVFEAT_REMOTE_TIMEOUT seconds
+from avfeat.data.records import Status
 
 
 class MediaError(Exception):
@@ -275,12 +262,12 @@ def _decode_container(container, spec: DecodeSpec, threads: int, start: float | 
     astream = _pick_stream(container, "audio")
     vstream = _pick_stream(container, "video")
     if astream is None:
-        raise MediaError(NO_AUDIO, "no audio stream")
+        raise MediaError(Status.NO_AUDIO, "no audio stream")
     if vstream is None:
-        raise MediaError(NO_VIDEO, "no video stream (audio-only file)")
+        raise MediaError(Status.NO_VIDEO, "no video stream (audio-only file)")
     for stream in (astream, vstream):
         if stream.codec_context is None:
-            raise MediaError(DECODE_ERROR, f"no decoder for the {stream.type} codec")
+            raise MediaError(Status.DECODE_ERROR, f"no decoder for the {stream.type} codec")
     if threads != 1:
         vstream.codec_context.thread_count = threads
         vstream.codec_context.thread_type = "AUTO"
@@ -333,12 +320,12 @@ def _decode_container(container, spec: DecodeSpec, threads: int, start: float | 
             where = f" in the {kind} stream"
             if packet.pts is not None and packet.time_base is not None:
                 where += f" near {float(packet.pts * packet.time_base - origin):.2f} s"
-        raise MediaError(DECODE_ERROR, f"corrupt data{where}: {_one_line(exc)}") from None
+        raise MediaError(Status.DECODE_ERROR, f"corrupt data{where}: {_one_line(exc)}") from None
 
     if audio.samples == 0:
-        raise MediaError(NO_AUDIO, "the audio stream decodes to no samples")
+        raise MediaError(Status.NO_AUDIO, "the audio stream decodes to no samples")
     if video.count == 0:
-        raise MediaError(NO_VIDEO, "the video stream decodes to no frames")
+        raise MediaError(Status.NO_VIDEO, "the video stream decodes to no frames")
     audio_data, audio_start = audio.cut(start, end)
     duration = max(audio_start + len(audio_data) / spec.sample_rate, video.end_time())
     if end is not None:
@@ -346,11 +333,11 @@ def _decode_container(container, spec: DecodeSpec, threads: int, start: float | 
     duration -= start or 0.0
     if not video.times or duration < 1.0 / spec.fps:
         raise MediaError(
-            TOO_SHORT, f"media covers {duration:.3f} s, less than one frame interval ({1.0 / spec.fps:.3g} s)"
+            Status.TOO_SHORT, f"media covers {duration:.3f} s, less than one frame interval ({1.0 / spec.fps:.3g} s)"
         )
     if len(audio_data) < MIN_AUDIO_SAMPLES:
         raise MediaError(
-            TOO_SHORT, f"audio has {len(audio_data)} samples, fewer than the {MIN_AUDIO_SAMPLES} the audio model needs"
+            Status.TOO_SHORT, f"audio has {len(audio_data)} samples, fewer than the {MIN_AUDIO_SAMPLES} the audio model needs"
         )
     return DecodedMedia(
         audio=audio_data,
@@ -688,16 +675,16 @@ def _open_checked(path: str):
         try:
             status = os.stat(path)
         except OSError as exc:
-            raise MediaError(UNREADABLE, f"cannot read file: {_one_line(exc)}") from None
+            raise MediaError(Status.UNREADABLE, f"cannot read file: {_one_line(exc)}") from None
         if not stat.S_ISREG(status.st_mode):  # a FIFO would block the open until some writer came
-            raise MediaError(UNREADABLE, "not a regular file (a FIFO, socket or device)")
+            raise MediaError(Status.UNREADABLE, "not a regular file (a FIFO, socket or device)")
         size = status.st_size
         if size == 0:
-            raise MediaError(EMPTY_FILE, "file is empty (0 bytes)")
+            raise MediaError(Status.EMPTY_FILE, "file is empty (0 bytes)")
         try:
             container = av.open(path, metadata_errors="ignore")
         except (av.error.FFmpegError, OSError) as exc:
-            raise MediaError(UNREADABLE, f"not a readable media file: {_one_line(exc)}") from None
+            raise MediaError(Status.UNREADABLE, f"not a readable media file: {_one_line(exc)}") from None
         with container:
             yield container
         return
@@ -707,16 +694,16 @@ def _open_checked(path: str):
     except OSError as exc:
         raise MediaError(sources.status_of(exc), _one_line(exc)) from None  # says what it could not read
     if not size:
-        raise MediaError(EMPTY_FILE, "file is empty (0 bytes)")
+        raise MediaError(Status.EMPTY_FILE, "file is empty (0 bytes)")
     try:
         try:
             container = av.open(source, metadata_errors="ignore")
         except (av.error.FFmpegError, OSError) as exc:
-            raise MediaError(UNREADABLE, f"not a readable media file: {_one_line(exc)}") from None
+            raise MediaError(Status.UNREADABLE, f"not a readable media file: {_one_line(exc)}") from None
         with container:
             yield container
         if source.error is not None:  # PyAV dropped a failed read and stopped early
-            raise MediaError(DECODE_ERROR, f"reading failed: {_one_line(source.error)}")
+            raise MediaError(Status.DECODE_ERROR, f"reading failed: {_one_line(source.error)}")
     except MediaError:
         # PyAV saw a failed read as corrupt or unreadable data; say what really happened.
         if source.error is not None and sources.is_remote(path):
@@ -739,9 +726,9 @@ def decode_audio(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray,
     with _open_checked(path) as container:
         astream = _pick_stream(container, "audio")
         if astream is None:
-            raise MediaError(NO_AUDIO, "no audio stream")
+            raise MediaError(Status.NO_AUDIO, "no audio stream")
         if astream.codec_context is None:
-            raise MediaError(DECODE_ERROR, "no decoder for the audio codec")
+            raise MediaError(Status.DECODE_ERROR, "no decoder for the audio codec")
         audio = _AudioCollector(int(sample_rate), _timeline_origin(container, astream, astream))
         try:
             for packet in container.demux(astream):
@@ -749,10 +736,10 @@ def decode_audio(path: str | os.PathLike, sample_rate: int) -> tuple[np.ndarray,
                     audio.add(frame)
             audio.finish()
         except (av.error.FFmpegError, OSError) as exc:
-            raise MediaError(DECODE_ERROR, f"corrupt audio data: {_one_line(exc)}") from None
+            raise MediaError(Status.DECODE_ERROR, f"corrupt audio data: {_one_line(exc)}") from None
     data = audio.result()
     if len(data) < MIN_AUDIO_SAMPLES:
-        raise MediaError(TOO_SHORT, f"audio has {len(data)} samples, fewer than the {MIN_AUDIO_SAMPLES} the audio model needs")
+        raise MediaError(Status.TOO_SHORT, f"audio has {len(data)} samples, fewer than the {MIN_AUDIO_SAMPLES} the audio model needs")
     return data, audio.start_time()
 
 
@@ -771,9 +758,9 @@ def load_image(path: str | os.PathLike, spec: DecodeSpec) -> np.ndarray:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))
     except Image.DecompressionBombError:  # the header claims more pixels than PIL will decode (a bomb)
-        raise MediaError(UNREADABLE, f"image too large to decode (over {2 * Image.MAX_IMAGE_PIXELS} pixels)") from None
+        raise MediaError(Status.UNREADABLE, f"image too large to decode (over {2 * Image.MAX_IMAGE_PIXELS} pixels)") from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise MediaError(UNREADABLE, f"not a readable image: {_one_line(exc)}") from None
+        raise MediaError(Status.UNREADABLE, f"not a readable image: {_one_line(exc)}") from None
     return to_model_geometry(rgb, spec)
 
 

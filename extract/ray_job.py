@@ -99,7 +99,7 @@ def plan_placement(resources: dict[str, float], device: str) -> Placement:
 def _decode_shard(item: dict[str, Any], spec: DecodeSpec, timeout: float, token_rate: float, fps: float) -> dict[str, Any]:
     """CPU task: decode a shard's videos in one decoder process (a hang or codec crash there
     costs one video, as in the local job)."""
-    from avfeat.extract.job import DecodeTask, decode_task, with_media
+    from avfeat.extract.tasks import DecodeTask, decode_task, with_media
     from avfeat.extract.workers import DecodePool
 
     shard: Shard = item["shard"]
@@ -139,7 +139,7 @@ class BackboneStage:
             self.encode = functools.partial(encoder.encode_visual_group, pool=pool)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        from avfeat.extract.job import encode_groups
+        from avfeat.extract.tasks import encode_groups
 
         shard: Shard = item["shard"]
         positions = shard.decoded()
@@ -204,7 +204,7 @@ def _start(ray, address: str) -> bool:
 
 def extract_on_ray(extractor, layout: CacheLayout, todo: list[VideoRecord], summary, progress, address: str) -> None:
     """Run the planned shards of ``todo`` through Ray Data and commit them into ``layout``."""
-    from avfeat.extract.job import plan_shards
+    from avfeat.extract.tasks import plan_shards
 
     ray = import_ray()
     if not todo:

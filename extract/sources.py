@@ -39,7 +39,7 @@ from typing import NamedTuple
 from urllib.parse import unquote, urljoin, urlsplit
 
 from avfeat.core.errors import InputError
-from avfeat.extract.media import ACCESS_DENIED, MISSING, REMOTE_TIMEOUT, UNREADABLE
+from avfeat.data.records import Status
 
 # Seconds one network request may wait (to connect, and between bytes of an answer) before it
 # fails as `remote_timeout`. A whole file's decode is also bounded by `avfeat extract --timeout`.
@@ -232,7 +232,7 @@ def _remote_errors(what: str):
 
 
 def as_os_error(error: BaseException, what: str) -> OSError:
-    kind = {MISSING: FileNotFoundError, ACCESS_DENIED: PermissionError, REMOTE_TIMEOUT: TimeoutError}.get(status_of(error), OSError)
+    kind = {Status.MISSING: FileNotFoundError, Status.ACCESS_DENIED: PermissionError, Status.REMOTE_TIMEOUT: TimeoutError}.get(status_of(error), OSError)
     return kind(f"{what}: {describe(error)}")
 
 
@@ -477,25 +477,25 @@ def status_of(error: BaseException) -> str:
     what the server said (its HTTP info raises FileNotFoundError for a 403 or a timeout too)."""
     chain = list(_chain(error))
     if any(isinstance(e, TimeoutError) or "timeout" in type(e).__name__.lower() for e in chain):
-        return REMOTE_TIMEOUT
+        return Status.REMOTE_TIMEOUT
     if any(isinstance(e, PermissionError) or _http_status(e) in (401, 403) for e in chain):
-        return ACCESS_DENIED
+        return Status.ACCESS_DENIED
     # Not found only when nothing deeper says otherwise: fsspec's HTTP info raises
     # FileNotFoundError for a refused connection too.
     if isinstance(chain[-1], FileNotFoundError) or any(_http_status(e) in (404, 410) for e in chain):
-        return MISSING
-    return UNREADABLE
+        return Status.MISSING
+    return Status.UNREADABLE
 
 
 def describe(error: BaseException) -> str:
     """One line for the manifest: what the server or library said, at the bottom of the chain."""
     status = status_of(error)
-    if status == REMOTE_TIMEOUT:
+    if status == Status.REMOTE_TIMEOUT:
         return f"no answer within {remote_timeout():g} s ({TIMEOUT_ENV})"
     root = list(_chain(error))[-1]
     text = " ".join(str(getattr(root, "strerror", None) or root or type(root).__name__).split())
     text = text if len(text) <= 300 else text[:297] + "..."
-    label = {MISSING: "not found", ACCESS_DENIED: "access denied"}.get(status)
+    label = {Status.MISSING: "not found", Status.ACCESS_DENIED: "access denied"}.get(status)
     if label is None:
         return text
     return f"{label} ({text})" if " " in text else label  # s3fs says only the key, which the caller names

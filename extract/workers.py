@@ -25,7 +25,8 @@ from collections import deque
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable, Iterator
 
-from avfeat.extract.media import CRASHED, DECODE_ERROR, TIMEOUT, MediaError
+from avfeat.extract.media import MediaError
+from avfeat.data.records import Status
 
 # How long close() waits for idle workers to exit on their own before killing them.
 _STOP_GRACE = 5.0
@@ -55,7 +56,7 @@ def _run(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any]:
     except MediaError as exc:
         return False, exc
     except Exception as exc:  # noqa: BLE001 - reported per item, the run goes on
-        return False, MediaError(DECODE_ERROR, _describe(exc))
+        return False, MediaError(Status.DECODE_ERROR, _describe(exc))
 
 
 def _worker_main(conn, fn: Callable[[Any], Any]) -> None:
@@ -81,7 +82,7 @@ def _worker_main(conn, fn: Callable[[Any], Any]) -> None:
         except OSError:
             return  # parent gone
         except Exception as exc:  # noqa: BLE001 - the result could not be pickled (nothing was written)
-            conn.send((False, MediaError(DECODE_ERROR, f"result could not be sent back: {_describe(exc)}")))
+            conn.send((False, MediaError(Status.DECODE_ERROR, f"result could not be sent back: {_describe(exc)}")))
 
 
 def _default_start_method() -> str:
@@ -299,10 +300,10 @@ class DecodePool:
                 try:
                     worker.conn.send(inputs[seq])
                 except OSError as exc:
-                    results[seq] = MediaError(CRASHED, f"could not send the task to a decoder process: {_describe(exc)}")
+                    results[seq] = MediaError(Status.CRASHED, f"could not send the task to a decoder process: {_describe(exc)}")
                     continue
             except Exception as exc:  # noqa: BLE001 - the item could not be pickled (nothing was written)
-                results[seq] = MediaError(DECODE_ERROR, f"item could not be sent to a worker: {_describe(exc)}")
+                results[seq] = MediaError(Status.DECODE_ERROR, f"item could not be sent to a worker: {_describe(exc)}")
                 continue
             worker.seq = seq
             worker.started = time.monotonic()  # meaningful once the worker is ready
@@ -341,10 +342,10 @@ class DecodePool:
                 self._collect(i, results)
             elif self.timeout is not None and time.monotonic() >= worker.deadline(self.timeout):
                 if worker.ready:
-                    results[worker.seq] = MediaError(TIMEOUT, f"decoding took longer than {self.timeout:g} s")
+                    results[worker.seq] = MediaError(Status.TIMEOUT, f"decoding took longer than {self.timeout:g} s")
                 else:
                     started = max(_START_LIMIT, self.timeout)
-                    results[worker.seq] = MediaError(CRASHED, f"decoder process did not start within {started:g} s")
+                    results[worker.seq] = MediaError(Status.CRASHED, f"decoder process did not start within {started:g} s")
                 worker.seq = None
                 self._replace(i)
 
@@ -358,7 +359,7 @@ class DecodePool:
             except (EOFError, OSError):
                 pass  # died mid-reply: fall through to the crash report
             except Exception as exc:  # noqa: BLE001 - the reply was read whole but could not be unpickled
-                results[seq] = MediaError(DECODE_ERROR, f"result could not be read: {_describe(exc)}")
+                results[seq] = MediaError(Status.DECODE_ERROR, f"result could not be read: {_describe(exc)}")
                 worker.seq = None
                 return
             else:
@@ -378,6 +379,6 @@ class DecodePool:
                 detail += f", signal {signal.Signals(-code).name}"
             except ValueError:
                 pass
-        results[seq] = MediaError(CRASHED, f"decoder process died ({detail})")
+        results[seq] = MediaError(Status.CRASHED, f"decoder process died ({detail})")
         worker.seq = None
         self._replace(index)

@@ -280,7 +280,7 @@ def test_info_on_a_cache_json_without_the_keys_is_one_line(tmp_path, config, say
 
 
 def test_audio_level_is_the_rms_in_dbfs():
-    from avfeat.extract.job import SILENCE_FLOOR_DB, audio_level
+    from avfeat.extract.tasks import SILENCE_FLOOR_DB, audio_level
 
     assert audio_level(np.zeros(16000, np.float32)) == SILENCE_FLOOR_DB == audio_level(np.zeros(0, np.float32))
     sine = np.sin(2 * np.pi * 440 * np.arange(16000) / 16000).astype(np.float32)

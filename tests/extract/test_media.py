@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from avfeat.extract import media
+from avfeat.data.records import Status
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError, center_crop, decode, resize_geometry
 from avfeat.testing.media import BAD_INPUT_STATUS, MEDIA_SUFFIXES, frame_level, make_bad_inputs, make_clip, test_media_dir
 
@@ -124,7 +125,7 @@ def test_missing_path_and_directory_are_unreadable(tmp_path):
     for path in (tmp_path / "missing.mp4", tmp_path):
         with pytest.raises(MediaError) as info:
             decode(path, SPEC)
-        assert info.value.status == media.UNREADABLE
+        assert info.value.status == Status.UNREADABLE
 
 
 @pytest.fixture(scope="module")

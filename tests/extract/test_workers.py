@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from avfeat.extract.media import CRASHED, DECODE_ERROR, TIMEOUT, DecodeSpec, MediaError, decode
+from avfeat.extract.media import DecodeSpec, MediaError, decode
+from avfeat.data.records import Status
 from avfeat.extract.workers import DecodePool
 from avfeat.extract import workers
 from avfeat.testing.media import BAD_INPUT_STATUS
@@ -69,7 +70,7 @@ def test_timeout_then_later_items_succeed():
         assert time.monotonic() - start < 10
         assert out[0][1] == 1 and [r for _, r in out[2:]] == [2, 3, 4]
         error = out[1][1]
-        assert isinstance(error, MediaError) and error.status == TIMEOUT
+        assert isinstance(error, MediaError) and error.status == Status.TIMEOUT
         assert error.message == "decoding took longer than 0.5 s"
         # The pool is still whole afterwards.
         assert [r for _, r in pool.imap([("echo", 5), ("echo", 6)])] == [5, 6]
@@ -84,7 +85,7 @@ def test_time_limit_starts_when_the_worker_is_ready():
     with DecodePool(SlowStart(1.5), workers=1, timeout=0.5) as pool:
         out = [result for _, result in pool.imap(items)]
     assert out[0] == 1 and out[2] == 2
-    assert isinstance(out[1], MediaError) and out[1].status == TIMEOUT
+    assert isinstance(out[1], MediaError) and out[1].status == Status.TIMEOUT
 
 
 def test_worker_that_never_starts_is_given_up(monkeypatch):
@@ -93,7 +94,7 @@ def test_worker_that_never_starts_is_given_up(monkeypatch):
         start = time.monotonic()
         out = [result for _, result in pool.imap([("echo", 1)])]
         assert time.monotonic() - start < 10
-    assert isinstance(out[0], MediaError) and out[0].status == CRASHED
+    assert isinstance(out[0], MediaError) and out[0].status == Status.CRASHED
     assert out[0].message == "decoder process did not start within 0.5 s"
 
 
@@ -105,14 +106,14 @@ def test_crash_then_later_items_succeed():
         assert pool.pids[0] != first_pid  # replaced
     assert [r for _, r in out if not isinstance(r, MediaError)] == [1, 2, 3]
     error = out[1][1]
-    assert isinstance(error, MediaError) and error.status == CRASHED
+    assert isinstance(error, MediaError) and error.status == Status.CRASHED
     assert "exit code 7" in error.message
 
 
 def test_death_by_signal_is_reported():
     with DecodePool(dispatch, workers=1, timeout=20) as pool:
         out = list(pool.imap([("crash", -9), ("echo", 1)]))
-    assert out[0][1].status == CRASHED
+    assert out[0][1].status == Status.CRASHED
     assert out[0][1].message == "decoder process died (exit code -9, signal SIGKILL)"
     assert out[1][1] == 1
 
@@ -121,7 +122,7 @@ def test_exception_becomes_decode_error():
     with DecodePool(dispatch, workers=2, timeout=5) as pool:
         out = list(pool.imap([("fail", "bad frame"), ("echo", 1)]))
     error = out[0][1]
-    assert isinstance(error, MediaError) and error.status == DECODE_ERROR
+    assert isinstance(error, MediaError) and error.status == Status.DECODE_ERROR
     assert error.message == "ValueError: bad frame"
     assert out[1][1] == 1
 
@@ -186,7 +187,7 @@ def test_inline_mode():
         assert pool.pids == []
         out = list(pool.imap([("echo", 1), ("fail", "nope"), ("echo", 2)]))
     assert out[0] == (("echo", 1), 1) and out[2] == (("echo", 2), 2)
-    assert out[1][1].status == DECODE_ERROR and out[1][1].message == "ValueError: nope"
+    assert out[1][1].status == Status.DECODE_ERROR and out[1][1].message == "ValueError: nope"
 
 
 def test_spawn_start_method_and_fork_refused():
