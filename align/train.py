@@ -273,7 +273,7 @@ class Trainer:
         """The audit table of option ``key`` (see ``AUDIT_OPTIONS``), checked against the cache
         and, on resume, against the sha256 recorded when the run started: other p_match values
         would change which videos train, or how much each one counts."""
-        from avfeat.index.audit import read_audit
+        from avfeat.data.audit_table import read_audit
 
         path = Path(getattr(self.config, key)).resolve()
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None  # a missing file: read_audit says so

@@ -29,7 +29,8 @@ def audit(
 
     With --fix-dir and an existing --out table of this cache and these heads, the table is used as it is (no new audit).
     """
-    from avfeat.index.audit import SYNC_STEP, run_audit
+    from avfeat.index.audit.calibration import SYNC_STEP
+    from avfeat.index.audit.run import run_audit
 
     run = run_audit(cache, heads, out, report, worst=worst, windows=windows, max_offset=max_offset, fix_dir=fix_dir,
                     min_confidence=min_confidence, seed=seed, overwrite=overwrite, device=device,

@@ -13,7 +13,7 @@ from avfeat.align import train as train_module
 from avfeat.align.loss import info_nce
 from avfeat.align.train import RunOptions, TrainConfig, train
 from avfeat.data.cache import Cache, ShardWriter, new_record, open_for_writing
-from avfeat.index.audit import write_audit
+from avfeat.data.audit_table import AuditRow, write_audit
 
 from .conftest import avfeat
 from .test_align_cli import TRAIN, one_line_error
@@ -37,7 +37,7 @@ def write_table(cache_path, path, p_match, drop: int = 0):
     leaving out the last ``drop`` videos."""
     with Cache(cache_path) as cache:
         records = sorted(cache.records(status="ok"), key=lambda r: r.video_id)[: len(cache.records(status="ok")) - drop]
-        rows = [{"video_id": r.video_id, "path": r.path, "p_match": p_match(i), "correspondence": 0.0, "offset": 0.0, "p_sync": 1.0}
+        rows = [AuditRow(video_id=r.video_id, path=r.path, p_match=p_match(i), correspondence=0.0, offset=0.0, p_sync=1.0)
                 for i, r in enumerate(records)]
         write_audit(path, rows, cache)
     return path
@@ -197,7 +197,7 @@ def tables(small_cache, tmp_path_factory):
     with ShardWriter(layout, 0, config["audio_dim"], config["visual_tokens"], config["visual_dim"], attrs={}) as writer:
         writer.add_failure(new_record("a", "/x/a.mp4", 0, 0.0), "no_audio", "no audio stream")
     with Cache(folder / "other_cache") as other:
-        write_audit(folder / "other.parquet", [{"video_id": "a", "path": "/x/a.mp4", "p_match": 0.9, "correspondence": 0.0, "offset": 0.0, "p_sync": 1.0}], other)
+        write_audit(folder / "other.parquet", [AuditRow(video_id="a", path="/x/a.mp4", p_match=0.9, correspondence=0.0, offset=0.0, p_sync=1.0)], other)
     (folder / "text.parquet").write_text("video_id,p_match\n")
     import pyarrow as pa
     import pyarrow.parquet as pq

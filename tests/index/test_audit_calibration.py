@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from avfeat.index.audit import MatchCalibration, SyncCalibration, spread
+from avfeat.index.audit.calibration import MatchCalibration, SyncCalibration
+from avfeat.index.audit.measure import spread
 
 
 def calibration_error(probability, outcome, bins=10) -> float:

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from avfeat.data.cache import Cache
-from avfeat.index.audit import read_audit, write_audit, write_report
+from avfeat.data.audit_table import AuditRow, read_audit, write_audit
+from avfeat.index.audit.report import write_report
 from avfeat.testing.runner import run_avfeat as avfeat
 
 
@@ -33,9 +34,9 @@ def test_the_table_has_a_row_per_video_with_probabilities_and_the_report_is_writ
         table = read_audit(audited, store)  # made from this cache: accepted
         assert sorted(table.by_video()) == sorted(r.video_id for r in store.records(status="ok"))
     for row in table.rows:
-        assert 0.0 <= row["p_match"] <= 1.0 and 0.0 <= row["p_sync"] <= 1.0
-        assert abs(row["offset"]) <= 2.0 and row["worst_windows"]
-        assert all(w["end"] > w["start"] for w in row["worst_windows"])
+        assert 0.0 <= row.p_match <= 1.0 and 0.0 <= row.p_sync <= 1.0
+        assert abs(row.offset) <= 2.0 and row.worst_windows
+        assert all(w.end > w.start for w in row.worst_windows)
     assert table.meta["match_calibration"]["null_pairs"] > 0 and table.meta["sync_calibration"]["trials"] > 0
     page = audited.with_suffix(".html").read_text()
     assert "What each cut keeps" in page and "data:image/png;base64," in page
@@ -89,7 +90,7 @@ def test_fix_dir_remuxes_what_the_table_says_and_never_overwrites(cache, heads, 
         rows[2]["offset"] = 0.08  # within half a step: nothing to fix
         rows[3]["offset"], rows[3]["path"] = -0.5, str(tmp_path / "gone.mp4")  # the file is gone
         table = tmp_path / "audit.parquet"
-        write_audit(table, rows, store, {"heads": {"path": str(heads), "fingerprint": _fingerprint(heads)}})
+        write_audit(table, [AuditRow.from_row(row) for row in rows], store, {"heads": {"path": str(heads), "fingerprint": _fingerprint(heads)}})
     fixed = tmp_path / "fixed"
     result = avfeat("audit", cache, "--heads", heads, "--out", table, "--fix-dir", fixed, "--min-confidence", 0.9, "--quiet", check=0)
     assert "fixed 1 videos" in result.stdout and "not a local file" in result.stderr
@@ -114,6 +115,18 @@ def test_the_report_escapes_what_comes_from_the_cache(tmp_path):
     rows = [{"video_id": hostile, "path": f"/nowhere/{hostile}.mp4", "duration": 3.0, "p_match": 0.1, "correspondence": -0.1,
              "offset": 0.0, "p_sync": 0.5, "silent": True, "static": False, "worst_windows": [{"start": 0.0, "end": 1.0, "score": -0.2}]}]
     meta = {"cache": {"path": hostile}, "heads": {"path": hostile}, "match_calibration": {}, "sync_calibration": {}}
-    write_report(tmp_path / "r.html", rows, meta)
+    write_report(tmp_path / "r.html", [AuditRow.from_row(row) for row in rows], meta)
     page = (tmp_path / "r.html").read_text()
     assert "<script>" not in page and "&lt;script&gt;" in page and "no picture" in page
+
+
+def test_the_report_template_ships_with_the_package_and_escapes_the_calibration_too(tmp_path):
+    from importlib.resources import files
+
+    assert files("avfeat.index.audit").joinpath("report.html.j2").is_file()
+    hostile = "</small><script>alert(1)</script>"
+    rows = [AuditRow(video_id="v", path="/nowhere/v.mp4", duration=3.0, p_match=0.9, correspondence=0.1, offset=0.0, p_sync=0.9)]
+    meta = {"cache": {"path": "/c"}, "heads": {"path": "/h"}, "match_calibration": {"method": hostile}, "sync_calibration": {}}
+    write_report(tmp_path / "r.html", rows, meta)
+    page = (tmp_path / "r.html").read_text()
+    assert "<script>" not in page and "&lt;/small&gt;&lt;script&gt;" in page

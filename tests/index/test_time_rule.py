@@ -9,7 +9,7 @@ import torch
 from avfeat.align.heads import AVHeads, HeadConfig
 from avfeat.align.windows import WindowGeometry, video_windows
 from avfeat.data.records import VideoRecord, nearest_indices
-from avfeat.index.audit import Tokens
+from avfeat.index.audit.measure import Tokens
 from avfeat.index.query import QueryTokens
 from avfeat.index.sync import frame_scores
 
