@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from avfeat.core.values import check_number
+from avfeat.index.faiss_gpu import set_search_params, to_cpu, to_gpu
 from avfeat.data.cache import compute_dtype
 from avfeat.core.errors import InputError, SearchIndexError
 
@@ -74,46 +75,6 @@ def choose_factory(n: int, dim: int, memory_budget: int | None = None) -> str:
         if m <= dim // 2 and n * (m + 8) + nlist * dim * 4 <= budget:
             return f"IVF{nlist},PQ{m}"
     raise SearchIndexError(f"{n} vectors of {dim} dims do not fit a memory budget of {budget / 2**20:.0f} MB even as IVF-PQ")
-
-
-def gpu_count() -> int:
-    import faiss
-
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-
-
-def to_gpu(index):
-    """The index on all GPUs when faiss-gpu sees one and supports its type; else unchanged."""
-    if gpu_count() == 0:
-        return index
-    import faiss
-
-    try:
-        return faiss.index_cpu_to_all_gpus(index)
-    except (RuntimeError, AttributeError):  # e.g. HNSW has no GPU version
-        return index
-
-
-def to_cpu(index):
-    import faiss
-
-    if gpu_count() and hasattr(faiss, "index_gpu_to_cpu"):
-        try:
-            return faiss.index_gpu_to_cpu(index)
-        except (RuntimeError, AttributeError):
-            pass
-    return index
-
-
-def set_search_params(index, params: dict[str, Any]) -> None:
-    import faiss
-
-    space = faiss.GpuParameterSpace() if gpu_count() and hasattr(faiss, "GpuParameterSpace") else faiss.ParameterSpace()
-    for name, value in params.items():
-        try:
-            space.set_index_parameter(index, name, value)
-        except RuntimeError:
-            pass  # e.g. efSearch on a GPU copy of an index type without it
 
 
 def _tunable(index) -> tuple[str | None, list[int]]:
@@ -403,45 +364,3 @@ def _build_index(cache, checkpoint, out, window, hop, factory, memory_budget, qu
         "modalities": {m: {"count": len(table), **b.describe()} for m, b in built.items()},
     }
     return write_index(out, meta, {m: b.shards for m, b in built.items()}, {m: table for m in built})
-
-
-def index_cache(
-    cache_path: str | os.PathLike,
-    heads: str | os.PathLike,
-    out: str | os.PathLike,
-    window: float | None = None,
-    hop: float | None = None,
-    factory: str | None = None,
-    memory_budget: str | None = None,
-    shards: int | None = None,
-    overwrite: bool = False,
-    update: bool = False,
-    quiet: bool = True,
-):
-    """`avfeat index`: build the index folder ``out`` from the cache at ``cache_path`` and the
-    checkpoint ``heads`` (``build_index``: its meta.json contents), or with ``update`` add the
-    cache's new videos to it (``avfeat.index.update.update_index``: an ``Update``).
-
-    ``memory_budget`` is a size as text (e.g. 4GB). An update keeps what the index was built
-    with, so the options that would silently not apply are refused with it."""
-    from avfeat.core.values import parse_size
-    from avfeat.data.cache import Cache
-    from avfeat.index.store import load_heads
-    from avfeat.index.update import update_index
-
-    if update:
-        given = [name for name, value in (("--window", window), ("--hop", hop), ("--factory", factory), ("--memory-budget", memory_budget),
-                                          ("--shards", shards), ("--overwrite", overwrite or None)) if value is not None]
-        if given:
-            raise InputError(f"--update keeps the index's window, hop, index type and shards; drop {', '.join(given)} (or rebuild with --overwrite)")
-    check_number("--window", window)
-    check_number("--hop", hop)
-    budget = parse_size(memory_budget) if memory_budget else None
-    checkpoint = load_heads(heads)
-    with Cache(cache_path) as store:
-        if update:
-            return update_index(store, checkpoint, out, quiet=quiet)
-        return build_index(
-            store, checkpoint, out, window=window, hop=hop, factory=factory,
-            memory_budget=budget, quiet=quiet, shards=1 if shards is None else shards, overwrite=overwrite,
-        )

@@ -209,7 +209,7 @@ class Searcher:
         """The top ``k`` hits among the rows ``keep`` marks: FAISS is asked for more hits than
         ``k``, more again while fewer than ``k`` of them match, until it has returned every row
         it can (an IVF index: the rows in the lists it probes)."""
-        from avfeat.index.build import gpu_count
+        from avfeat.index.faiss_gpu import gpu_count
 
         want = min(int(k), int(keep.sum()))
         limit = self.folder.count(modality) if gpu_count() == 0 else min(self.folder.count(modality), GPU_MAX_K)
@@ -286,7 +286,7 @@ class Searcher:
         """The top ``k`` hits of one vector (see ``search_vectors``), with ``one_per_video`` only
         each video's best window and without ``exclude_video``'s windows (e.g. the query's own):
         FAISS is asked for more hits until ``k`` are left or none remain."""
-        from avfeat.index.build import gpu_count
+        from avfeat.index.faiss_gpu import gpu_count
 
         if not one_per_video and exclude_video is None:
             return self.search_vectors(vector, modality, k=k, where=where)[0]

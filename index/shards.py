@@ -35,7 +35,7 @@ def shard_ranges(n: int, count: int) -> list[tuple[int, int]]:
 def spread_on_gpus(indexes: list) -> list:
     """Shard i on GPU i % (number of GPUs) when faiss-gpu sees GPUs; else unchanged. An index
     type without a GPU version (e.g. HNSW) stays on the CPU."""
-    from avfeat.index.build import gpu_count
+    from avfeat.index.faiss_gpu import gpu_count
 
     gpus = gpu_count()
     if gpus == 0:
@@ -76,7 +76,7 @@ def combine(indexes: list, threaded: bool = False):
 def place(indexes: list):
     """Shards ready to search where they run fastest: one index on all GPUs (``to_gpu``), several
     spread over the GPUs, or on the CPU when there is none."""
-    from avfeat.index.build import gpu_count, to_gpu
+    from avfeat.index.faiss_gpu import gpu_count, to_gpu
 
     if len(indexes) == 1:
         return to_gpu(indexes[0])

@@ -271,7 +271,7 @@ class IndexFolder:
         """The modality's FAISS index, all shards searched as one, with its tuned search
         parameters set; memory-mapped, or on the GPUs when faiss-gpu has some (see ``mmap``)."""
         if modality not in self._indexes:
-            from avfeat.index.build import gpu_count, set_search_params
+            from avfeat.index.faiss_gpu import gpu_count, set_search_params
             from avfeat.index.shards import combine, place
 
             info = self.meta["modalities"][modality]

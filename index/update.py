@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from avfeat.core.errors import SearchIndexError
-from avfeat.index.build import ADD_BATCH, embed_cache, to_cpu, to_gpu, videos_fingerprint, window_table
+from avfeat.index.build import ADD_BATCH, embed_cache, videos_fingerprint, window_table
+from avfeat.index.faiss_gpu import to_cpu, to_gpu
 
 
 @dataclass

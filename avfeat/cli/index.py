@@ -25,7 +25,7 @@ def index(
     quiet: bool = quiet_option(),
 ) -> None:
     """Project every window of the cache through the heads and write per-modality FAISS indexes."""
-    from avfeat.index.build import index_cache
+    from avfeat.index.job import index_cache
 
     done = index_cache(cache, heads, out, window=window, hop=hop, factory=factory, memory_budget=memory_budget,
                        shards=shards, overwrite=overwrite, update=update, quiet=quiet)

@@ -143,7 +143,7 @@ def test_sharded_ivf_is_memory_mapped_by_default(ivf):
 
 def test_shards_spread_over_gpus_and_are_not_mapped_there(ivf, monkeypatch):
     """faiss-gpu stand-ins on this CPU machine: shard i must go to GPU i % 2, unmapped."""
-    import avfeat.index.build as build
+    import avfeat.index.faiss_gpu as faiss_gpu
 
     devices = []
 
@@ -151,7 +151,7 @@ def test_shards_spread_over_gpus_and_are_not_mapped_there(ivf, monkeypatch):
         devices.append(device)
         return faiss.clone_index(index)
 
-    monkeypatch.setattr(build, "gpu_count", lambda: 2)
+    monkeypatch.setattr(faiss_gpu, "gpu_count", lambda: 2)
     monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
     monkeypatch.setattr(faiss, "index_cpu_to_gpu", to_gpu, raising=False)
     merged = IndexFolder(ivf[3]).faiss_index("visual")
