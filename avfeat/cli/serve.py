@@ -9,7 +9,7 @@ import typer
 
 from avfeat.cli.options import device_option, quiet_option
 
-DEFAULT_MAX_UPLOAD = "200MB"  # avfeat.index.serve.DEFAULT_MAX_UPLOAD, here so `avfeat --help` imports nothing
+DEFAULT_MAX_UPLOAD = "200MB"  # avfeat.index.serve.access.DEFAULT_MAX_UPLOAD, here so `avfeat --help` imports nothing
 
 
 def serve(
@@ -25,7 +25,7 @@ def serve(
     quiet: bool = quiet_option("No access log."),
 ) -> None:
     """A warm search service: JSON API, metrics and a web page at / (needs the serve extra)."""
-    from avfeat.index.serve import run_server
+    from avfeat.index.serve.run import run_server
 
     run_server(index_dir, cache=cache, heads=heads, host=host, port=port, device=device, max_upload=max_upload, token=token,
                allow_host=allow_host, quiet=quiet, say=lambda line: typer.echo(line, err=True))

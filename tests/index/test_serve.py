@@ -67,7 +67,7 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(setup):
-    from avfeat.index.serve import Service
+    from avfeat.index.serve.service import Service
 
     return Service(setup.index, device="cpu")
 
@@ -76,7 +76,7 @@ def service(setup):
 def client(service):
     from starlette.testclient import TestClient
 
-    from avfeat.index.serve import create_app
+    from avfeat.index.serve.app import create_app
 
     return TestClient(create_app(service, max_upload="1MB"))
 
@@ -216,7 +216,7 @@ def test_bad_requests_get_one_line(client, service):
 def test_an_unexpected_failure_is_a_one_line_500(service, monkeypatch):
     from starlette.testclient import TestClient
 
-    from avfeat.index.serve import create_app
+    from avfeat.index.serve.app import create_app
 
     def broken(*args, **kwargs):
         raise RuntimeError("internal detail\nsecond line")
@@ -255,6 +255,25 @@ def test_metrics_count_requests_latency_and_errors(client, service):
     assert "# TYPE avfeat_request_duration_seconds histogram" in text
 
 
+def test_metrics_are_prometheus_text_and_each_app_counts_its_own(service):
+    from prometheus_client.parser import text_string_to_metric_families
+    from starlette.testclient import TestClient
+
+    from avfeat.index.serve.app import create_app
+
+    one, two = TestClient(create_app(service)), TestClient(create_app(service))
+    for _ in range(3):
+        one.get("/health")
+    two.get("/api/videos")
+    answer = one.get("/metrics")
+    assert answer.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(answer.text) for s in f.samples}
+    assert samples[("avfeat_requests_total", (("endpoint", "/health"), ("method", "GET"), ("status", "200")))] == 3
+    assert samples[("avfeat_request_duration_seconds_count", (("endpoint", "/health"),))] == 3
+    assert samples[("avfeat_index_videos", ())] == len(service.videos)
+    assert not any(labels and dict(labels).get("endpoint") == "/api/videos" for _, labels in samples)  # the other app's request
+    assert 'avfeat_requests_total{endpoint="/api/videos",method="GET",status="200"} 1.0' in two.get("/metrics").text
+
 def test_no_cdn_docs_but_the_schema(client):
     assert client.get("/docs").status_code == 404
     schema = client.get("/openapi.json").json()
@@ -267,7 +286,7 @@ def test_no_cdn_docs_but_the_schema(client):
 def test_token(service):
     from starlette.testclient import TestClient
 
-    from avfeat.index.serve import create_app
+    from avfeat.index.serve.app import create_app
 
     guarded = TestClient(create_app(service, token="s3cret"))
     assert guarded.get("/health").status_code == 200
@@ -294,7 +313,8 @@ def free_port() -> int:
 def test_python_client_against_a_running_server(service, setup):
     import uvicorn
 
-    from avfeat.index.serve import RemoteError, create_app, locate_remote, search_remote, sync_remote
+    from avfeat.index.serve import RemoteError, locate_remote, search_remote, sync_remote
+    from avfeat.index.serve.app import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
@@ -323,7 +343,7 @@ def test_python_client_against_a_running_server(service, setup):
 
 
 def test_module_loads_without_fastapi_for_the_cli():
-    # The client imports avfeat.index.serve; FastAPI is only imported when serving.
+    # The client is avfeat.index.serve's public API; FastAPI is only imported when serving.
     import subprocess
     import sys
 
@@ -334,7 +354,7 @@ def test_module_loads_without_fastapi_for_the_cli():
 def test_the_command_and_the_service_agree_on_the_upload_limit():
     # avfeat.cli.serve spells the default out so that `avfeat --help` does not import the service.
     from avfeat.cli.serve import DEFAULT_MAX_UPLOAD as shown
-    from avfeat.index.serve import DEFAULT_MAX_UPLOAD
+    from avfeat.index.serve.access import DEFAULT_MAX_UPLOAD
 
     assert shown == DEFAULT_MAX_UPLOAD
 
@@ -344,7 +364,8 @@ def test_a_loopback_server_answers_only_to_loopback_names_and_its_own_pages(serv
     `Host: evil.example.com`; a cross-site form or fetch sends its own Origin."""
     from starlette.testclient import TestClient
 
-    from avfeat.index.serve import create_app, served_hosts
+    from avfeat.index.serve.access import served_hosts
+    from avfeat.index.serve.app import create_app
 
     hosts = served_hosts("127.0.0.1")
     local = TestClient(create_app(service, hosts=hosts), base_url="http://127.0.0.1:8000")

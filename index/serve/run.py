@@ -1,0 +1,56 @@
+"""`avfeat serve`'s library call: load the service for an index and answer with uvicorn until
+stopped. FastAPI and uvicorn are an optional extra (``pip install 'avfeat[serve]'``), imported
+only here, when the service starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from avfeat.core.errors import InputError
+from avfeat.index.serve.access import DEFAULT_MAX_UPLOAD, is_loopback, served_hosts
+
+
+def run_server(
+    index_dir: Path,
+    cache: Optional[Path] = None,
+    heads: Optional[Path] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    max_upload: str = DEFAULT_MAX_UPLOAD,
+    token: Optional[str] = None,
+    allow_host: Iterable[str] = (),
+    quiet: bool = False,
+    say: Optional[Callable[[str], None]] = None,
+) -> None:
+    """`avfeat serve`: load the service for ``index_dir`` and answer on ``host:port`` until
+    stopped. ``say`` gets the lines for the console (a note on what is off, where it listens)
+    before the server starts; ``quiet`` drops the access log.
+
+    Raises:
+        InputError: FastAPI or uvicorn is missing, or ``host`` is beyond loopback without ``token``.
+    """
+    from avfeat.core.devices import resolve_device
+    from avfeat.core.values import parse_size
+
+    say = say or (lambda line: None)
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn
+    except ImportError:
+        raise InputError("avfeat serve needs FastAPI, uvicorn and prometheus_client: pip install 'avfeat[serve]'") from None
+    if not is_loopback(host) and not token:
+        raise InputError(f"--host {host} lets other machines in: give --token (or AVFEAT_SERVE_TOKEN), or listen on 127.0.0.1")
+    from avfeat.index.serve.app import create_app
+    from avfeat.index.serve.service import Service
+
+    limit = parse_size(max_upload)
+    service = Service(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)))
+    if service.cache_problem:
+        say(f"note: {service.cache_problem}; VIDEO_ID queries, rerank, locate and attention maps are off")
+    app = create_app(service, max_upload=limit, token=token, hosts=served_hosts(host, allow_host))
+    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    say(f"avfeat serve: {index_dir} ({len(service.videos)} videos) on http://{shown}:{port}/ (API schema: /openapi.json)")
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
