@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -408,3 +409,37 @@ def test_bad_corrupt_one_line_error(tmp_path, args, needle):
         message = str(result.exception)
         assert "\n" not in message and needle in message, message
     assert not (tmp_path / "out").exists()
+
+
+# The generator's raw arrays and the ground truth of two fixed corpora, pinned: a change of any
+# draw, picture or sample shows here. Hashes of what reaches write_media (not of encoded bytes,
+# which depend on the FFmpeg build).
+PINNED = [
+    (dict(videos=4, seconds=2.0, classes=3, seed=7, size=32),
+     "99eccff0b776c8089cd15ef41cda14642de846bf7e9c1cde6361bd56624ce2ad",
+     "b8c984989ba367a990e11e021526c460a6c7992eef58a286133c1eea4e1c9ecd"),
+    (dict(videos=8, seconds=4.0, classes=4, seed=5, offset=0.25, size=32, fps=10.0, corrupt=0.5),
+     "2357610b02cc3daa0271a5731d73d224ba148bb003c3c38f34fc1ead88ba2e78",
+     "9d30093b4a96c89c0613a2ea4e5460108499db8e36358936a3246502bc2ca8cb"),
+]
+
+
+@pytest.mark.parametrize("kwargs,media_digest,truth_digest", PINNED)
+def test_corpus_content_pinned(tmp_path, monkeypatch, kwargs, media_digest, truth_digest):
+    import hashlib
+    import json
+
+    import avfeat.data.synth as synth
+
+    media = hashlib.sha256()
+
+    def capture(path, frames, fps, audio, sample_rate, **options):
+        media.update(f"{Path(path).name} {frames.shape} {frames.dtype} {fps} {audio.shape} {audio.dtype} {sample_rate} {options}".encode())
+        media.update(np.ascontiguousarray(frames).tobytes())
+        media.update(np.ascontiguousarray(audio).tobytes())
+
+    monkeypatch.setattr(synth, "write_media", capture)
+    make_corpus(tmp_path, **kwargs)
+    rows = pq.read_table(tmp_path / "ground_truth.parquet").to_pylist()
+    truth = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    assert (media.hexdigest(), truth) == (media_digest, truth_digest)
