@@ -206,7 +206,7 @@ def _delay_audio(source: Path, out: Path, seconds: float) -> None:
     import av
     import numpy as np
 
-    from avfeat.data.synth import write_media
+    from avfeat.data.synth_media import write_media
 
     with av.open(str(source)) as container:
         fps = float(container.streams.video[0].average_rate)

@@ -18,7 +18,7 @@ frame-time error: for every target ``k / fps`` before the decoded duration, how 
 the frame that serves it lies before it (mean and max; targets before the video's end).
 
 Inputs: the real clips (``--media``, default the tests' ``../shared/media``) grouped by codec
-and resolution, and synthetic H.264 clips written by ``avfeat.data.synth.write_media`` (a
+and resolution, and synthetic H.264 clips written by ``avfeat.data.synth_media.write_media`` (a
 panning texture with a moving disc, 25 fps, a keyframe every second as ``write_media`` sets it)
 at 720p and 1080p, plus a 1080p one with x264's default 250-frame (10 s) GOP.
 
@@ -104,7 +104,7 @@ def _write_long_gop(path: Path, frames: PanningFrames, fps: int, audio: np.ndarr
 
 def synthetic_clips(work: Path, seconds: float, sizes=SYNTHETIC) -> list[tuple[Path, str]]:
     """(path, group label) of the synthetic clips, written once into ``work``."""
-    from avfeat.data.synth import write_media
+    from avfeat.data.synth_media import write_media
 
     def write(path: Path, height: int, width: int, gop: int) -> None:
         frames, audio = PanningFrames(seconds, (height, width), 25), _tone(seconds)

@@ -48,7 +48,7 @@ def main() -> None:
 
     import numpy as np
 
-    from avfeat.data.synth import write_media
+    from avfeat.data.synth_media import write_media
     from avfeat.extract.media import DecodeSpec, decode
     from avfeat.testing.media import clip_audio, clip_frames
     from avfeat.testing.servers import S3_TEST_ENV, make_shard

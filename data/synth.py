@@ -1,369 +1,42 @@
-"""Synthetic audio-visual corpus with known ground truth.
+"""Synthetic audio-visual corpus with known ground truth: ``make_corpus`` (and ``write_corpus``
+for `avfeat synth`), its argument checks, and ``cut_clip``.
 
-Real H.264/AAC files written through PyAV, so every test and the demo exercise the same
-decoding path as users' videos.
+Each video comes from ``synth_video.make_video`` (one class's object drawn where and when its
+sound plays) and is written by ``synth_media.write_media`` as a real H.264/AAC file, so every
+test and the demo exercise the same decoding path as users' videos.
+
+Ground truth (``ground_truth.parquet``, one row per video): ``path`` (file name), ``class`` (int),
+``class_name`` (str), ``offset`` (float s), ``event_starts`` / ``event_ends`` (list<float> s,
+visual events on the file's timeline, multiples of 1/fps; the object is visible in frames whose
+time t satisfies start <= t < end), ``boxes`` (list of [x0, y0, x1, y1] int pixels per event,
+x1/y1 exclusive), ``width``, ``height``, ``duration`` (s), ``fps``, ``sample_rate``, and the
+audio defects (always present, so the schema does not depend on ``corrupt``): ``defect`` (str:
+"" for a clean video, else one of ``DEFECTS``), ``defect_source`` (str: for ``swap`` the donor's
+file name, else ""), ``defect_offset`` (float s: the shift an ``offset`` defect injected, else
+0.0).
+
+Defects (``make_corpus(corrupt=...)``), for measuring audit tools against ground truth:
+
+- ``swap``: the clean soundtrack of a video of another class (a clean one when there is one, so
+  the donor's file holds exactly that track);
+- ``overlay``: a melody of tones of foreign pitches (none of the classes' sounds), changing
+  every 0.3-0.8 s, at 1.5-2x the class sound's RMS, added over the whole original track;
+- ``silence``: the track replaced by noise at about 1e-4 (the pictures stay);
+- ``offset``: the audio shifted by a further 0.4-2.0 s of random sign; ``offset`` then holds the
+  total shift and ``event_starts`` / ``event_ends`` stay the visual events.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
 from avfeat.core.errors import InputError
-
-
-def write_media(
-    path: str | Path,
-    frames: np.ndarray | None,
-    fps: float,
-    audio: np.ndarray | None,
-    sample_rate: int,
-    *,
-    audio_start: float = 0.0,
-    video_codec: str = "libx264",
-    audio_codec: str = "aac",
-) -> None:
-    """Write RGB frames and/or mono audio to a media file.
-
-    Args:
-        path: output file; the container is chosen from its extension.
-        frames: (F, H, W, 3) uint8 RGB, or None for an audio-only file. H and W must be even.
-        fps: frame rate of ``frames``.
-        audio: (N,) float32 in [-1, 1] mono, or None for a video-only file.
-        sample_rate: rate of ``audio`` in Hz.
-        audio_start: seconds by which the audio stream starts after the video stream.
-    """
-    if frames is None and audio is None:
-        raise ValueError("nothing to write")
-    with av.open(str(path), mode="w") as container:
-        vstream = astream = None
-        if frames is not None:
-            rate = Fraction(fps).limit_denominator(1001)
-            vstream = container.add_stream(video_codec, rate=rate)
-            vstream.height, vstream.width = frames.shape[1:3]
-            vstream.pix_fmt = "yuv420p"
-            vstream.options = {"preset": "veryfast", "crf": "20", "g": str(max(1, int(round(fps))))}
-        if audio is not None:
-            astream = container.add_stream(audio_codec, rate=sample_rate)
-            astream.layout = "mono"
-        if frames is not None:
-            for index, image in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-                frame.pts = index
-                frame.time_base = Fraction(1) / rate
-                container.mux(vstream.encode(frame))
-            container.mux(vstream.encode())
-        if audio is not None:
-            samples = np.asarray(audio, dtype=np.float32).reshape(1, -1)
-            block = 1024
-            first = int(round(audio_start * sample_rate))
-            for begin in range(0, samples.shape[1], block):
-                frame = av.AudioFrame.from_ndarray(samples[:, begin : begin + block], format="flt", layout="mono")
-                frame.sample_rate = sample_rate
-                frame.pts = first + begin
-                frame.time_base = Fraction(1, sample_rate)
-                container.mux(astream.encode(frame))
-            container.mux(astream.encode())
-
-
-# --------------------------------------------------------------------------------------------
-# Class catalogue: a visual object (shape x colour) paired with a sound (timbre x pitch).
-# --------------------------------------------------------------------------------------------
-
-SHAPES = ("circle", "square", "triangle", "diamond", "plus", "cross", "star", "target")
-COLOURS = {
-    "red": (230, 30, 30),
-    "green": (30, 200, 60),
-    "blue": (40, 80, 245),
-    "yellow": (240, 220, 30),
-    "magenta": (220, 40, 220),
-    "cyan": (30, 210, 220),
-    "orange": (255, 140, 0),
-    "white": (245, 245, 245),
-}
-TIMBRES = ("sine", "square", "sawtooth", "pluck", "noise", "chirp")
-PITCHES = (220, 294, 392, 523, 698, 880, 1175, 1568)
-#: RMS of every class sound.
-SOUND_RMS = 0.2
-
-#: Number of distinct classes the catalogue can produce (each has a unique shape/colour pair
-#: and a unique timbre/pitch pair).
-MAX_CLASSES = len(TIMBRES) * len(PITCHES)
-
-#: Event timing (seconds): each event lasts EVENT_MIN..EVENT_MAX, events are separated by at
-#: least GAP_MIN of silence, and no event (in either modality) is closer than MARGIN to the
-#: start or end of the file.
-EVENT_MIN, EVENT_MAX = 0.4, 1.5
-GAP_MIN = 0.3
-MARGIN = 0.2
-EVENTS_MIN, EVENTS_MAX = 2, 5
-
-
-def min_seconds(offset: float = 0.0) -> float:
-    """Shortest file that fits one event for a maximum absolute audio offset ``offset``."""
-    return EVENT_MIN + 2 * MARGIN + abs(offset)
-
-
-def class_info(k: int) -> dict:
-    """Description of class ``k`` (0 <= k < MAX_CLASSES).
-
-    Consecutive classes differ in shape, colour, timbre and pitch; all (shape, colour) pairs and
-    all (timbre, pitch) pairs are distinct across the catalogue.
-    """
-    if not 0 <= k < MAX_CLASSES:
-        raise ValueError(f"class index {k} out of range [0, {MAX_CLASSES})")
-    n_shape, n_timbre = len(SHAPES), len(TIMBRES)
-    shape = SHAPES[k % n_shape]
-    colour = list(COLOURS)[(k % n_shape + k // n_shape) % len(COLOURS)]
-    timbre = TIMBRES[k % n_timbre]
-    pitch = PITCHES[(k + k // n_timbre) % len(PITCHES)]
-    return {
-        "class": k,
-        "shape": shape,
-        "colour": colour,
-        "rgb": COLOURS[colour],
-        "timbre": timbre,
-        "pitch": pitch,
-        "name": f"{colour} {shape} / {pitch} Hz {timbre}",
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# Drawing
-# --------------------------------------------------------------------------------------------
-
-
-def shape_mask(shape: str, size: int) -> np.ndarray:
-    """(size, size) bool mask of ``shape`` filling a square box; the box centre is always set."""
-    c = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0  # pixel centres in [-1, 1]
-    v, u = np.meshgrid(c, c, indexing="ij")  # v: down, u: right
-    au, av_ = np.abs(u), np.abs(v)
-    r = np.hypot(u, v)
-    if shape == "circle":
-        return r <= 1.0
-    if shape == "square":
-        return np.ones((size, size), dtype=bool)
-    if shape == "triangle":  # apex up, base along the bottom edge
-        return au <= (v + 1.0) / 2.0
-    if shape == "diamond":
-        return au + av_ <= 1.0
-    if shape == "plus":
-        return np.minimum(au, av_) <= 0.3
-    if shape == "cross":
-        return np.minimum(np.abs(u - v), np.abs(u + v)) <= 0.42
-    if shape == "star":  # five points, one straight up, straight edges
-        angles = np.pi / 5 * np.arange(10)
-        radii = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
-        return _inside_polygon(u, v, radii * np.sin(angles), 0.09 - radii * np.cos(angles))
-    if shape == "target":  # ring with a central dot
-        return (r <= 0.4) | ((r >= 0.65) & (r <= 1.0))
-    raise ValueError(f"unknown shape {shape!r}")
-
-
-def _inside_polygon(u: np.ndarray, v: np.ndarray, pu: np.ndarray, pv: np.ndarray) -> np.ndarray:
-    """Even-odd test of points (u, v) against the closed polygon with vertices (pu, pv)."""
-    inside = np.zeros(u.shape, dtype=bool)
-    for i in range(len(pu)):
-        u1, v1, u2, v2 = pu[i - 1], pv[i - 1], pu[i], pv[i]
-        if v1 == v2:
-            continue
-        straddles = (v1 > v) != (v2 > v)
-        crossing = u1 + (v - v1) * (u2 - u1) / (v2 - v1)
-        inside ^= straddles & (u < crossing)
-    return inside
-
-
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Dark, low-saturation, mildly textured background (H, W, 3) uint8, different per video."""
-    base = rng.uniform(25, 95)
-    tint = rng.uniform(-12, 12, size=3)
-    grid = rng.uniform(-1, 1, size=(6, 6))
-    ys = np.linspace(0, grid.shape[0] - 1, height)
-    xs = np.linspace(0, grid.shape[1] - 1, width)
-    rows = np.array([np.interp(xs, np.arange(grid.shape[1]), g) for g in grid])  # (6, W)
-    smooth = np.array([np.interp(ys, np.arange(grid.shape[0]), col) for col in rows.T]).T  # (H, W)
-    angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
-    gradient = np.cos(angle) * xx + np.sin(angle) * yy
-    texture = rng.uniform(4, 12) * smooth + rng.uniform(0, 10) * gradient
-    image = base + tint[None, None, :] + texture[:, :, None]
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
-
-# --------------------------------------------------------------------------------------------
-# Sound
-# --------------------------------------------------------------------------------------------
-
-
-def _tone(timbre: str, pitch: float, n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` samples of the class sound, RMS ``SOUND_RMS``."""
-    t = np.arange(n, dtype=np.float64) / sample_rate
-    phase = 2 * np.pi * pitch * t
-    if timbre == "sine":
-        x = np.sin(phase)
-    elif timbre == "square":
-        x = np.sign(np.sin(phase))
-    elif timbre == "sawtooth":
-        x = 2.0 * np.mod(pitch * t, 1.0) - 1.0
-    elif timbre == "pluck":  # decaying harmonic tone, re-plucked every 0.25 s
-        period = 0.25
-        local = np.mod(t, period)
-        harmonics = sum(np.sin(h * phase) / h for h in (1, 2, 3, 4))
-        x = harmonics * np.exp(-local / 0.1)
-    elif timbre == "noise":  # noise band centred on the pitch, one third of it wide
-        spectrum = np.fft.rfft(rng.standard_normal(n))
-        freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
-        spectrum[np.abs(freqs - pitch) > pitch / 6] = 0
-        x = np.fft.irfft(spectrum, n)
-    elif timbre == "chirp":  # upward sweep pitch -> 2 * pitch, repeated every 0.3 s
-        period = 0.3
-        local = np.mod(t, period)
-        # phase of a linear sweep, restarted each period (phase-continuity is not needed)
-        x = np.sin(2 * np.pi * (pitch * local + 0.5 * pitch / period * local**2))
-    else:
-        raise ValueError(f"unknown timbre {timbre!r}")
-    rms = float(np.sqrt(np.mean(x**2))) if n else 1.0
-    return (SOUND_RMS / max(rms, 1e-9) * x).astype(np.float32)
-
-
-def _ramp(n: int, sample_rate: int, seconds: float = 0.005) -> np.ndarray:
-    """Envelope with short linear attack and release (avoids clicks)."""
-    env = np.ones(n, dtype=np.float32)
-    k = min(int(round(seconds * sample_rate)), n // 2)
-    if k > 0:
-        edge = (np.arange(k, dtype=np.float32) + 1) / (k + 1)
-        env[:k] = edge
-        env[n - k :] = edge[::-1]
-    return env
-
-
-def _foreign_pitch(rng: np.random.Generator) -> float:
-    """A random pitch (Hz) at least a semitone away from every class pitch."""
-    while True:
-        pitch = float(np.exp(rng.uniform(np.log(150.0), np.log(2500.0))))
-        if min(abs(np.log(pitch / p)) for p in PITCHES) > np.log(2 ** (1 / 12)):
-            return pitch
-
-
-def _overlay(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
-    """An unrelated melody over the whole track, loud enough to dominate the class sound.
-
-    Pure tones of foreign pitches, each held 0.3-0.8 s, RMS 1.5-2x ``SOUND_RMS``: no class sounds
-    like this, so a model hears "something else" everywhere, not another class.
-    """
-    out = np.zeros(n, dtype=np.float32)
-    amplitude = rng.uniform(1.5, 2.0) * SOUND_RMS * np.sqrt(2.0)  # a sine's RMS is amplitude / sqrt(2)
-    begin = 0
-    while begin < n:
-        end = min(n, begin + int(rng.uniform(0.3, 0.8) * sample_rate))
-        t = np.arange(end - begin, dtype=np.float64) / sample_rate
-        tone = amplitude * np.sin(2 * np.pi * _foreign_pitch(rng) * t)
-        out[begin:end] = tone.astype(np.float32) * _ramp(end - begin, sample_rate)
-        begin = end
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Corpus
-# --------------------------------------------------------------------------------------------
-
-
-def _event_frames(
-    rng: np.random.Generator, lo: int, hi: int, fps: float
-) -> list[tuple[int, int]]:
-    """Random events as [start, end) frame ranges inside [lo, hi)."""
-    dmin = int(np.ceil(EVENT_MIN * fps - 1e-9))
-    dmax = max(dmin, int(np.floor(EVENT_MAX * fps + 1e-9)))
-    gap = int(np.ceil(GAP_MIN * fps - 1e-9))
-    span = hi - lo
-    if span < dmin:
-        raise ValueError("file too short for one event")
-    count = int(rng.integers(EVENTS_MIN, EVENTS_MAX + 1))
-    while count > 1 and count * dmin + (count - 1) * gap > span:
-        count -= 1
-    lengths = rng.integers(dmin, dmax + 1, size=count)
-    budget = span - (count - 1) * gap
-    while lengths.sum() > budget:  # shorten the longest event until everything fits
-        lengths[np.argmax(lengths)] -= 1
-    slack = budget - int(lengths.sum())
-    # distribute the slack over the count + 1 spaces (before, between, after the events)
-    cuts = np.sort(rng.integers(0, slack + 1, size=count))
-    extra = np.diff(np.concatenate([[0], cuts]))
-    events = []
-    position = lo
-    for i in range(count):
-        position += int(extra[i]) + (gap if i else 0)
-        events.append((position, position + int(lengths[i])))
-        position += int(lengths[i])
-    return events
-
-
-def make_video(
-    rng: np.random.Generator,
-    klass: int,
-    *,
-    seconds: float,
-    offset: float,
-    size: int,
-    fps: float,
-    sample_rate: int,
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Frames (F, H, W, 3) uint8, audio (N,) float32 and ground truth of one synthetic video.
-
-    ``offset`` is this video's exact audio offset in seconds (positive: audio late).
-    """
-    info = class_info(klass)
-    n_frames = int(round(seconds * fps))
-    duration = n_frames / fps
-    n_samples = int(round(duration * sample_rate))
-    shift = int(round(offset * sample_rate))
-    offset = shift / sample_rate
-
-    lo = int(np.ceil((max(0.0, -offset) + MARGIN) * fps - 1e-9))
-    hi = int(np.floor((duration - max(0.0, offset) - MARGIN) * fps + 1e-9))
-    events = _event_frames(rng, lo, hi, fps)
-
-    background = _background(rng, size, size)
-    frames = np.repeat(background[None], n_frames, axis=0)
-    colour = np.asarray(info["rgb"], dtype=np.uint8)
-    boxes = []
-    for start, end in events:
-        side = int(rng.integers(int(0.25 * size), int(0.5 * size) + 1))
-        x0 = int(rng.integers(0, size - side + 1))
-        y0 = int(rng.integers(0, size - side + 1))
-        mask = shape_mask(info["shape"], side)
-        region = frames[start:end, y0 : y0 + side, x0 : x0 + side]
-        region[:, mask] = colour
-        boxes.append([x0, y0, x0 + side, y0 + side])
-
-    noise_level = rng.uniform(0.002, 0.008)
-    audio = (noise_level * rng.standard_normal(n_samples)).astype(np.float32)
-    for start, end in events:
-        a = int(round(start / fps * sample_rate)) + shift
-        b = int(round(end / fps * sample_rate)) + shift
-        a, b = max(a, 0), min(b, n_samples)
-        sound = _tone(info["timbre"], info["pitch"], b - a, sample_rate, rng)
-        audio[a:b] += sound * _ramp(b - a, sample_rate)
-    np.clip(audio, -1.0, 1.0, out=audio)
-
-    truth = {
-        "class": klass,
-        "class_name": info["name"],
-        "offset": float(offset),
-        "event_starts": [start / fps for start, _ in events],
-        "event_ends": [end / fps for _, end in events],
-        "boxes": boxes,
-        "width": size,
-        "height": size,
-        "duration": float(duration),
-        "fps": float(fps),
-        "sample_rate": int(sample_rate),
-    }
-    return frames, audio, truth
+from avfeat.data.synth_media import write_media
+from avfeat.data.synth_video import MAX_CLASSES, make_video, min_seconds, overlay
 
 
 GROUND_TRUTH = "ground_truth.parquet"
@@ -400,6 +73,57 @@ def _defect_plan(seed: int, labels: np.ndarray, corrupt: float, sample_rate: int
     return plan
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Every draw of a corpus taken before its videos are made: each video's class, offset and
+    random stream, and its defect; and the geometry all its videos share."""
+
+    seed: int
+    labels: np.ndarray
+    offsets: np.ndarray
+    video_seeds: list
+    defects: list[dict]
+    seconds: float
+    size: int
+    fps: float
+    sample_rate: int
+
+    @classmethod
+    def draw(cls, seed: int, videos: int, classes: int, offset: float, corrupt: float, **geometry) -> _Plan:
+        children = np.random.SeedSequence([int(seed), 0x5EED]).spawn(videos + 1)
+        plan_rng = np.random.default_rng(children[0])
+        labels = plan_rng.permutation(np.arange(videos) % classes)
+        offsets = plan_rng.uniform(-offset, offset, size=videos) if offset > 0 else np.zeros(videos)
+        defects = _defect_plan(seed, labels, corrupt, geometry["sample_rate"])
+        return cls(seed, labels, offsets, children[1:], defects, **geometry)
+
+    def video(self, i: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray, dict]:
+        """``make_video`` of video ``i`` from its own seed, its audio ``shift`` s further late."""
+        rng = np.random.default_rng(self.video_seeds[i])
+        return make_video(
+            rng, int(self.labels[i]), seconds=self.seconds, offset=float(self.offsets[i]) + shift, size=self.size,
+            fps=self.fps, sample_rate=self.sample_rate,
+        )
+
+    def corpus_video(self, i: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Frames, audio (its defect injected) and ground-truth row of video ``i``."""
+        defect, donor, shift = self.defects[i]["defect"], self.defects[i]["donor"], self.defects[i]["shift"]
+        frames, audio, truth = self.video(i, shift)  # make_video keeps shifted events inside the file
+        defect_rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), 0xBAD, i]))
+        if defect == "swap":
+            audio = self.video(donor)[1]  # the donor's clean track, regenerated from its own seed
+        elif defect == "overlay":
+            audio = np.clip(audio + overlay(defect_rng, len(audio), self.sample_rate), -1.0, 1.0)
+        elif defect == "silence":
+            audio = (1e-4 * defect_rng.standard_normal(len(audio))).astype(np.float32)
+        row = {
+            "path": f"video_{i:05d}.mp4", **truth, "defect": defect,
+            "defect_source": f"video_{donor:05d}.mp4" if defect == "swap" else "",
+            "defect_offset": float(shift),
+        }
+        return frames, audio, row
+
+
 def make_corpus(
     out_dir: str | Path,
     videos: int = 40,
@@ -416,13 +140,14 @@ def make_corpus(
     """Write a synthetic audio-visual corpus and return its ground truth as a pyarrow Table.
 
     Writes ``videos`` MP4 files (H.264 + AAC) named ``video_00000.mp4``... into ``out_dir`` and
-    the ground truth to ``out_dir/ground_truth.parquet`` (one row per video).
+    the ground truth to ``out_dir/ground_truth.parquet`` (one row per video; its columns: see the
+    module's docstring).
 
-    Each class (``class_info``) pairs a visual object (shape x colour) with a sound (timbre x
-    pitch). Classes are assigned round-robin and shuffled, so they are balanced. Each video has
-    2-5 events (fewer only when the file is too short) of 0.4-1.5 s separated by at least 0.3 s of low background noise; during an
-    event the object is drawn at a random position and size on a per-video background, and its
-    sound plays.
+    Each class (``synth_video.class_info``) pairs a visual object (shape x colour) with a sound
+    (timbre x pitch). Classes are assigned round-robin and shuffled, so they are balanced. Each
+    video has 2-5 events (fewer only when the file is too short) of 0.4-1.5 s separated by at
+    least 0.3 s of low background noise; during an event the object is drawn at a random
+    position and size on a per-video background, and its sound plays.
 
     Offsets: when ``offset > 0`` each video gets its own offset drawn uniformly from
     ``[-offset, +offset]`` (seeded, rounded to one audio sample); otherwise all offsets are 0.
@@ -430,30 +155,11 @@ def make_corpus(
     after the object appears (``event_starts + offset``). Events lie inside the file, at least
     0.2 s from either end, in both modalities.
 
-    Ground-truth columns: ``path`` (file name), ``class`` (int), ``class_name`` (str),
-    ``offset`` (float s), ``event_starts`` / ``event_ends`` (list<float> s, visual events on the
-    file's timeline, multiples of 1/fps; the object is visible in frames whose time t satisfies
-    start <= t < end), ``boxes`` (list of [x0, y0, x1, y1] int pixels per event, x1/y1
-    exclusive), ``width``, ``height``, ``duration`` (s), ``fps``, ``sample_rate``, and the
-    audio defects (always present, so the schema does not depend on ``corrupt``): ``defect``
-    (str: "" for a clean video, else one of ``DEFECTS``), ``defect_source`` (str: for ``swap``
-    the donor's file name, else ""), ``defect_offset`` (float s: the shift an ``offset`` defect
-    injected, else 0.0).
-
     Defects: ``corrupt`` is the share of videos (exactly ``round(corrupt * videos)``, chosen by
-    a seeded permutation) whose audio is damaged, the types assigned round-robin in that order
-    so they are balanced, for measuring audit tools against ground truth:
-
-    - ``swap``: the clean soundtrack of a video of another class (a clean one when there is
-      one, so the donor's file holds exactly that track);
-    - ``overlay``: a melody of tones of foreign pitches (none of the classes' sounds), changing
-      every 0.3-0.8 s, at 1.5-2x the class sound's RMS, added over the whole original track;
-    - ``silence``: the track replaced by noise at about 1e-4 (the pictures stay);
-    - ``offset``: the audio shifted by a further 0.4-2.0 s of random sign; ``offset`` then holds
-      the total shift and ``event_starts`` / ``event_ends`` stay the visual events.
-
-    ``corrupt=0`` (the default) writes the same files and the same other columns as a corpus
-    made before defects existed: the defects come from a random stream of their own.
+    a seeded permutation) whose audio is damaged (``DEFECTS``, described in the module's
+    docstring), the types assigned round-robin in that order so they are balanced. ``corrupt=0``
+    (the default) writes the same files and the same other columns as a corpus made before
+    defects existed: the defects come from a random stream of their own.
 
     Deterministic: the same arguments give the same ground truth (and, with the same PyAV/
     FFmpeg build, the same bytes).
@@ -471,44 +177,26 @@ def make_corpus(
                     sample_rate=sample_rate, corrupt=corrupt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
-    children = np.random.SeedSequence([int(seed), 0x5EED]).spawn(videos + 1)
-    plan_rng = np.random.default_rng(children[0])
-    labels = plan_rng.permutation(np.arange(videos) % classes)
-    offsets = plan_rng.uniform(-offset, offset, size=videos) if offset > 0 else np.zeros(videos)
-    video_seeds = children[1:]
-    plan = _defect_plan(seed, labels, corrupt, sample_rate)
-
-    def generate(i: int, shift: float = 0.0):
-        rng = np.random.default_rng(video_seeds[i])
-        return make_video(
-            rng, int(labels[i]), seconds=seconds, offset=float(offsets[i]) + shift, size=size, fps=fps,
-            sample_rate=sample_rate,
-        )
-
+    plan = _Plan.draw(seed, videos, classes, offset, corrupt, seconds=seconds, size=size, fps=fps,
+                      sample_rate=sample_rate)
     rows = []
     indices = range(videos)
     if progress is not None:
         indices = progress(indices)
     for i in indices:
-        defect, donor, shift = plan[i]["defect"], plan[i]["donor"], plan[i]["shift"]
-        frames, audio, truth = generate(i, shift)  # make_video keeps shifted events inside the file
-        defect_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xBAD, i]))
-        if defect == "swap":
-            audio = generate(donor)[1]  # the donor's clean track, regenerated from its own seed
-        elif defect == "overlay":
-            audio = np.clip(audio + _overlay(defect_rng, len(audio), sample_rate), -1.0, 1.0)
-        elif defect == "silence":
-            audio = (1e-4 * defect_rng.standard_normal(len(audio))).astype(np.float32)
-        name = f"video_{i:05d}.mp4"
-        write_media(out / name, frames, fps, audio, sample_rate)
-        rows.append({
-            "path": name, **truth, "defect": defect,
-            "defect_source": f"video_{donor:05d}.mp4" if defect == "swap" else "",
-            "defect_offset": float(shift),
-        })
+        frames, audio, row = plan.corpus_video(i)
+        write_media(out / row["path"], frames, fps, audio, sample_rate)
+        rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=_ground_truth_schema())
+    pq.write_table(table, out / GROUND_TRUTH)
+    return table
 
-    schema = pa.schema(
+
+def _ground_truth_schema():
+    """The columns of ``ground_truth.parquet`` (described in the module's docstring)."""
+    import pyarrow as pa
+
+    return pa.schema(
         [
             ("path", pa.string()),
             ("class", pa.int32()),
@@ -527,9 +215,6 @@ def make_corpus(
             ("defect_offset", pa.float64()),
         ]
     )
-    table = pa.Table.from_pylist(rows, schema=schema)
-    pq.write_table(table, out / GROUND_TRUTH)
-    return table
 
 
 def check_arguments(

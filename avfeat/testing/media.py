@@ -90,7 +90,7 @@ def make_clip(
         sample_rate: audio rate.
         audio_start: seconds by which the audio starts after the video.
     """
-    from avfeat.data.synth import write_media
+    from avfeat.data.synth_media import write_media
 
     write_media(
         path,
@@ -121,7 +121,7 @@ def make_bad_input_cases(folder: str | os.PathLike) -> dict[str, str]:
 
     The expected decode status of each case is ``BAD_INPUT_STATUS[case]``.
     """
-    from avfeat.data.synth import write_media
+    from avfeat.data.synth_media import write_media
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -179,7 +179,7 @@ def locate_accuracy(searcher, work, clips: int = 20, seed: int = 0) -> tuple[flo
     videos; share that ``locate`` puts in the right video within LOCATE_TOLERANCE → (share, clips)."""
     import av
 
-    from avfeat.data.synth import write_media
+    from avfeat.data.synth_media import write_media
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from avfeat.cli import app
-from avfeat.data.synth import (
-    COLOURS, DEFECTS, MAX_CLASSES, PITCHES, _defect_plan, class_info, make_corpus, shape_mask,
-)
+from avfeat.data.synth import DEFECTS, _defect_plan, make_corpus
+from avfeat.data.synth_video import COLOURS, MAX_CLASSES, PITCHES, class_info, shape_mask
 from avfeat.core.errors import InputError
 from avfeat.testing.runner import run_avfeat
 

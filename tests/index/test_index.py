@@ -12,7 +12,7 @@ from avfeat.align.checkpoint import load_checkpoint
 from avfeat.align.scores import pairwise_scores, pooled_audio, pooled_visual
 from avfeat.align.windows import WindowGeometry, video_windows
 from avfeat.data.cache import Cache
-from avfeat.data.synth import write_media
+from avfeat.data.synth_media import write_media
 from avfeat.core.errors import InputError, SearchIndexError
 from avfeat.index import Searcher
 from avfeat.core.values import parse_size
@@ -132,7 +132,7 @@ def test_search_file_json_table_and_thumbs(index, corpus, tmp_path):
 
 
 def test_audio_file_and_image_queries(index, corpus, tmp_path):
-    from avfeat.data.synth import make_video
+    from avfeat.data.synth_video import make_video
 
     frames, audio, _ = make_video(np.random.default_rng(5), 1, seconds=2.0, offset=0.0, size=64, fps=25.0, sample_rate=16000)
     write_media(tmp_path / "q.wav", None, 25, audio, 16000, audio_codec="pcm_s16le")

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from avfeat.data.cache import Cache
-from avfeat.data.synth import cut_clip, make_video, write_media
+from avfeat.data.synth import cut_clip
+from avfeat.data.synth_media import write_media
+from avfeat.data.synth_video import make_video
 from avfeat.index.search import Hit
 from avfeat.index.thumbs import contact_sheet
 from avfeat.testing.media import clip_frames, frame_level
