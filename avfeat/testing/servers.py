@@ -4,10 +4,14 @@ WebDataset shards. Everything binds to 127.0.0.1 only."""
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
+import threading
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
-
-
+from urllib.parse import quote, unquote, urlsplit
 
 
 class LocalHTTP:
@@ -17,6 +21,137 @@ class LocalHTTP:
     def __init__(self, url: str = ""):
         self.url = url
         self.requests: list[tuple[str, str, str | None]] = []
+
+
+@dataclass
+class _Site:
+    """What a ``serve_http`` server serves and how it misbehaves on purpose."""
+
+    root: Path
+    state: LocalHTTP
+    forbidden: Collection[str] = ()
+    stalled: Collection[str] = ()
+    stall: float = 60.0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def forbids(self, path: str) -> bool:
+        """Whether ``path`` answers 403."""
+        return path in self.forbidden
+
+    def hold(self, path: str, body: bool) -> None:
+        """Wait ``stall`` seconds (or until the server stops) before a GET of a stalled path, as a
+        server that stops sending; HEAD answers at once."""
+        if body and path in self.stalled:
+            self.stop.wait(self.stall)
+
+
+def _byte_range(ranged: str | None, size: int) -> tuple[int, int, int]:
+    """``(start, end, status)`` that a Range header asks of a file of ``size`` bytes (``end``
+    inclusive): 200 for the whole file (no header), 206 for a part, 400 for a header that is not
+    one, 416 for a range outside the file."""
+    start, end = 0, size - 1
+    if not ranged:
+        return start, end, 200
+    first, _, last = ranged.removeprefix("bytes=").partition("-")
+    try:
+        if first:
+            start, end = int(first), min(size - 1, int(last)) if last else size - 1
+        else:  # bytes=-N: the last N bytes
+            start, end = max(0, size - int(last)), size - 1
+    except ValueError:
+        return start, end, 400
+    if start >= size or start > end:
+        return start, end, 416
+    return start, end, 206
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Files under the server's ``site.root``, with Range requests; a folder answers a page of links."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as clients expect of a file server
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_HEAD(self):
+        self._serve(body=False)
+
+    def do_GET(self):
+        self._serve(body=True)
+
+    def _empty(self, code: int, **headers) -> None:
+        self.send_response(code)
+        for key, value in {"Content-Length": "0", **headers}.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def _serve(self, body: bool) -> None:
+        site: _Site = self.server.site
+        path = unquote(urlsplit(self.path).path)
+        site.state.requests.append((self.command, path, self.headers.get("Range")))
+        try:
+            if site.forbids(path):
+                return self._empty(403)
+            site.hold(path, body)
+            local = (site.root / path.lstrip("/")).resolve()
+            if local != site.root and site.root not in local.parents:
+                return self._empty(404)
+            if local.is_dir():
+                return self._listing(local, body)
+            if not local.is_file():
+                return self._empty(404)
+            self._file(local, body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout test)
+
+    def _listing(self, folder: Path, body: bool) -> None:
+        links = "".join(f'<a href="{quote(p.name)}{"/" if p.is_dir() else ""}">{p.name}</a>\n' for p in sorted(folder.iterdir()))
+        data = f"<html><body>\n{links}</body></html>\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def _file(self, local: Path, body: bool) -> None:
+        size = local.stat().st_size
+        start, end, code = _byte_range(self.headers.get("Range"), size)
+        if code == 400:
+            return self._empty(400)
+        if code == 416:
+            return self._empty(416, **{"Content-Range": f"bytes */{size}"})
+        self.send_response(code)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Last-Modified", formatdate(local.stat().st_mtime, usegmt=True))
+        if code == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        if body:
+            self._send_bytes(local, start, end - start + 1)
+
+    def _send_bytes(self, local: Path, start: int, left: int) -> None:
+        with open(local, "rb") as handle:
+            handle.seek(start)
+            while left > 0:
+                chunk = handle.read(min(left, 256 * 1024))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                left -= len(chunk)
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True  # a stalled answer never holds up the end of the test
+
+    def __init__(self, site: _Site):
+        self.site = site
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def handle_error(self, request, client_address):  # a client that hung up: not news
+        pass
 
 
 @contextlib.contextmanager
@@ -29,112 +164,15 @@ def serve_http(root, forbidden=(), stalled=(), stall: float = 60.0):
     stops sending. A folder answers an HTML page of links, as an index page does. Yields a
     :class:`LocalHTTP`; the server stops when the block ends.
     """
-    import http.server
-    import threading
-    from email.utils import formatdate
-    from urllib.parse import quote, unquote, urlsplit
-
-    root = Path(root).resolve()
-    stop = threading.Event()
-    state = LocalHTTP("")
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as clients expect of a file server
-
-        def log_message(self, *args):  # quiet
-            pass
-
-        def do_HEAD(self):
-            self._serve(body=False)
-
-        def do_GET(self):
-            self._serve(body=True)
-
-        def _empty(self, code: int, **headers) -> None:
-            self.send_response(code)
-            for key, value in {"Content-Length": "0", **headers}.items():
-                self.send_header(key, value)
-            self.end_headers()
-
-        def _serve(self, body: bool) -> None:
-            path = unquote(urlsplit(self.path).path)
-            state.requests.append((self.command, path, self.headers.get("Range")))
-            try:
-                if path in forbidden:
-                    return self._empty(403)
-                if body and path in stalled:
-                    stop.wait(stall)
-                local = (root / path.lstrip("/")).resolve()
-                if local != root and root not in local.parents:
-                    return self._empty(404)
-                if local.is_dir():
-                    return self._listing(local, path, body)
-                if not local.is_file():
-                    return self._empty(404)
-                self._file(local, body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (a timeout test)
-
-        def _listing(self, folder: Path, path: str, body: bool) -> None:
-            links = "".join(f'<a href="{quote(p.name)}{"/" if p.is_dir() else ""}">{p.name}</a>\n' for p in sorted(folder.iterdir()))
-            data = f"<html><body>\n{links}</body></html>\n".encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if body:
-                self.wfile.write(data)
-
-        def _file(self, local: Path, body: bool) -> None:
-            size = local.stat().st_size
-            start, end, code = 0, size - 1, 200
-            ranged = self.headers.get("Range")
-            if ranged:
-                first, _, last = ranged.removeprefix("bytes=").partition("-")
-                try:
-                    if first:
-                        start, end = int(first), min(size - 1, int(last)) if last else size - 1
-                    else:  # bytes=-N: the last N bytes
-                        start, end = max(0, size - int(last)), size - 1
-                except ValueError:
-                    return self._empty(400)
-                if start >= size or start > end:
-                    return self._empty(416, **{"Content-Range": f"bytes */{size}"})
-                code = 206
-            self.send_response(code)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(end - start + 1))
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Last-Modified", formatdate(local.stat().st_mtime, usegmt=True))
-            if code == 206:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-            self.end_headers()
-            if not body:
-                return
-            with open(local, "rb") as handle:
-                handle.seek(start)
-                left = end - start + 1
-                while left > 0:
-                    chunk = handle.read(min(left, 256 * 1024))
-                    if not chunk:
-                        break
-                    self.wfile.write(chunk)
-                    left -= len(chunk)
-
-    class Server(http.server.ThreadingHTTPServer):
-        daemon_threads = True  # a stalled answer never holds up the end of the test
-
-        def handle_error(self, request, client_address):  # a client that hung up: not news
-            pass
-
-    server = Server(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    site = _Site(Path(root).resolve(), LocalHTTP(""), forbidden, stalled, stall)
+    server = _Server(site)
+    site.state.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, name="avfeat-test-http", daemon=True)
     thread.start()
     try:
-        yield state
+        yield site.state
     finally:
-        stop.set()
+        site.stop.set()
         server.shutdown()
         server.server_close()
         thread.join()
