@@ -14,7 +14,8 @@ heads were trained on:
   cover (the score of pointing at random);
 - classification, with labels (``--labels FILE`` or a manifest column ``--label-column``): kNN
   and linear-probe classification of every labelled video from the heads' embeddings, per
-  modality, at the video and the window level, K-fold cross-validated with folds by video.
+  modality, at the video and the window level, K-fold cross-validated with folds by video
+  (:mod:`avfeat.probes`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from avfeat.probes import KNN_VOTES, classification, format_classification
 
 SYNC_GRID = np.round(np.arange(-2.0, 2.0 + 1e-9, 0.2), 1)  # 21 offsets, seconds
 
@@ -310,171 +313,6 @@ def localization(checkpoint, cache, video_ids, labels) -> dict:
     return {"pointing_game": round(hits / events, 4), "box_area_share": round(float(np.mean(shares)), 4), "events": events}
 
 
-# ---- classification: kNN and linear probe -----------------------------------------------------
-
-KNN_VOTES = ("weighted", "majority")
-KNN_TEMPERATURE = 0.07  # weighted vote: each neighbour counts exp(cosine / T), as in DINO's kNN protocol
-SMALL_PROBLEM = 1 << 20  # feature values under which classification runs on one torch thread
-
-
-def video_folds(groups: np.ndarray, strata: np.ndarray | None, folds: int, seed: int) -> np.ndarray:
-    """The cross-validation fold of each sample, such that all samples of one group (video)
-    share one fold: a video's windows never sit on both sides of a split (neighbouring windows
-    of one video are near copies, and would inflate the score).
-
-    Groups are shuffled with ``seed`` and, when ``strata`` (one class key per sample) is given,
-    ordered by class before being dealt round-robin, so each fold gets a share of every class.
-    """
-    groups = np.asarray(groups)
-    unique, first = np.unique(groups, return_index=True)
-    order = np.random.default_rng(seed).permutation(len(unique))
-    if strata is not None:
-        keys = np.asarray(strata)[first][order]
-        order = order[np.argsort(keys, kind="stable")]
-    fold_of_group = np.empty(len(unique), dtype=np.int64)
-    fold_of_group[order] = np.arange(len(unique)) % max(1, min(folds, len(unique)))
-    return fold_of_group[np.searchsorted(unique, groups)]
-
-
-def knn_scores(train_x, train_y, test_x, k: int, vote: str, chunk: int = 2048):
-    """(test, classes) vote shares of each test vector's k nearest training vectors by cosine
-    (vectors are unit norm). ``majority``: one vote per neighbour, ties broken by similarity
-    (the tie-break adds less than one vote); ``weighted``: exp(cosine / 0.07)."""
-    import torch
-
-    k = min(k, len(train_x))
-    out = []
-    for i in range(0, len(test_x), chunk):
-        top, index = (test_x[i : i + chunk] @ train_x.T).topk(k, dim=1)
-        weights = torch.exp(top / KNN_TEMPERATURE) if vote == "weighted" else 1 + top / (k + 1)
-        out.append(torch.einsum("qk,qkc->qc", weights, train_y[index]) / weights.sum(1, keepdim=True))
-    return torch.cat(out)
-
-
-def probe_scores(train_x, train_y, test_x, multi_label: bool, l2: float, seed: int, max_iter: int = 200):
-    """(test, classes) probabilities of a logistic regression fitted on the training fold:
-    features standardised with the training fold's statistics, zero-initialised weights,
-    full-batch L-BFGS on cross-entropy (sigmoid per class when ``multi_label``) + ``l2``·‖W‖²;
-    a convex problem, so the result depends on the data only."""
-    import torch
-
-    torch.manual_seed(seed)
-    x = train_x.double()
-    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
-    x = (x - mean) / std
-    y = train_y.double()
-    linear = torch.nn.Linear(x.shape[1], y.shape[1]).double()
-    torch.nn.init.zeros_(linear.weight)
-    torch.nn.init.zeros_(linear.bias)
-    optimizer = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        logits = linear(x)
-        if multi_label:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
-        else:
-            loss = torch.nn.functional.cross_entropy(logits, y.argmax(1))
-        loss = loss + l2 * linear.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    with torch.no_grad():
-        logits = linear((test_x.double() - mean) / std)
-        return (torch.sigmoid(logits) if multi_label else torch.softmax(logits, 1)).float()
-
-
-def mean_average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Macro mAP over the classes that have at least one positive."""
-    aps = []
-    for c in range(truth.shape[1]):
-        hits = truth[np.argsort(-scores[:, c], kind="stable"), c]
-        if hits.sum() == 0:
-            continue
-        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        aps.append(float((precision * hits).sum() / hits.sum()))
-    return float(np.mean(aps)) if aps else float("nan")
-
-
-def _score(scores: np.ndarray, truth: np.ndarray, multi_label: bool) -> float:
-    if multi_label:
-        return mean_average_precision(scores, truth)
-    return float(np.mean(scores.argmax(1) == truth.argmax(1)))
-
-
-def cross_validate(x: np.ndarray, truth: np.ndarray, fold: np.ndarray, multi_label: bool,
-                   knn_k: int, knn_vote: str, probe_l2: float, seed: int) -> dict[str, float]:
-    """kNN and linear-probe scores of out-of-fold predictions (pooled over the folds)."""
-    import torch
-
-    x_all, y_all = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(truth.astype(np.float32))
-    knn, probe = np.zeros(truth.shape, np.float32), np.zeros(truth.shape, np.float32)
-    threads = torch.get_num_threads()
-    if x.size < SMALL_PROBLEM:
-        # Tiny kernels: thread hand-offs cost more than the work (30x slower on a busy 2-core CPU).
-        torch.set_num_threads(1)
-    try:
-        for f in np.unique(fold):
-            test, train = fold == f, fold != f
-            if not train.any():
-                continue
-            knn[test] = knn_scores(x_all[train], y_all[train], x_all[test], knn_k, knn_vote).numpy()
-            probe[test] = probe_scores(x_all[train], y_all[train], x_all[test], multi_label, probe_l2, seed).numpy()
-    finally:
-        torch.set_num_threads(threads)
-    return {"knn": round(_score(knn, truth, multi_label), 4), "linear_probe": round(_score(probe, truth, multi_label), 4)}
-
-
-def classification(embedded, labels: Labels, folds: int = 5, knn_k: int = 20, knn_vote: str = "weighted",
-                   probe_l2: float = 1e-3, seed: int = 0) -> dict:
-    """kNN and linear-probe classification of the labelled videos from the heads' embeddings,
-    per modality, at the video level (mean of a video's window vectors) and the window level
-    (each window carries its video's labels), K-fold cross-validated with folds by video.
-
-    Every labelled video counts, not only the checkpoint's held-out ones: the heads never saw a
-    label, and the held-out split is usually too small for K folds. Top-1 accuracy for
-    single-label data; macro mAP when some video has several labels.
-    """
-    from avfeat.index.export import video_vectors
-
-    classes = labels.classes
-    multi = labels.multi_label
-    result: dict[str, Any] = {
-        "metric": "mAP" if multi else "accuracy", "classes": len(classes), "folds": folds, "seed": seed,
-        "knn_k": knn_k, "knn_vote": knn_vote, "probe_l2": probe_l2,
-    }
-    window_ids = embedded.video_ids
-    keep = np.array([vid in labels.labels for vid in window_ids], dtype=bool)
-    videos = list(dict.fromkeys(window_ids[keep].tolist()))
-    result["no_window"] = len(set(labels.labels) - set(videos))  # labelled, but shorter than one window: not classified
-    if len(classes) < 2 or len(videos) < 2:
-        result["skipped"] = f"needs two classes and two labelled videos with a window (found {len(classes)} classes, {len(videos)} videos)"
-        return result
-    column = {name: c for c, name in enumerate(classes)}
-    truth_of = {}
-    for vid in videos:
-        row = np.zeros(len(classes), np.float32)
-        row[[column[label] for label in labels.labels[vid]]] = 1
-        truth_of[vid] = row
-    for level in ("video", "window"):
-        if level == "video":
-            groups = np.array(videos, dtype=object)
-            features = {m: video_vectors(window_ids[keep], embedded.vectors[m][keep])[1] for m in ("audio", "visual")}
-        else:
-            groups = window_ids[keep]
-            features = {m: embedded.vectors[m][keep] for m in ("audio", "visual")}
-        truth = np.stack([truth_of[vid] for vid in groups])
-        strata = np.array([",".join(labels.labels[vid]) for vid in groups], dtype=object)
-        fold = video_folds(groups.astype(str), strata.astype(str), folds, seed)
-        # Chance: always answering the most common class (accuracy), or the mean class prevalence (mAP).
-        chance = float(truth.mean(0).mean()) if multi else float(truth.mean(0).max())
-        result[level] = {"samples": len(groups), "chance": round(chance, 4)}
-        for modality, x in features.items():
-            result[level][modality] = cross_validate(x, truth, fold, multi, knn_k, knn_vote, probe_l2, seed)
-    return result
-
-
 def evaluate(
     heads: str | Path,
     cache_path: str | Path,
@@ -553,20 +391,4 @@ def format_report(report: dict) -> list[str]:
                      f"{lab['classes']} classes{' (multi-label)' if lab['multi_label'] else ''}{missing}{unmatched}")
     if "classification" in report:
         lines.extend(format_classification(report["classification"]))
-    return lines
-
-
-def format_classification(result: dict) -> list[str]:
-    metric = "top-1 accuracy" if result["metric"] == "accuracy" else "macro mAP"
-    head = (f"classification   {metric}, {result['folds']}-fold cross-validation by video (seed {result['seed']}); "
-            f"kNN k={result['knn_k']} {result['knn_vote']} cosine; linear probe L2 {result['probe_l2']:g}")
-    if "skipped" in result:
-        return [head, f"                 skipped: {result['skipped']}"]
-    lines = [head, "level    samples  chance  audio kNN  audio probe  visual kNN  visual probe"]
-    for level in ("video", "window"):
-        r = result[level]
-        lines.append(f"{level:<8} {r['samples']:<8} {r['chance']:<7.3f} {r['audio']['knn']:<10.3f} {r['audio']['linear_probe']:<12.3f} "
-                     f"{r['visual']['knn']:<11.3f} {r['visual']['linear_probe']:.3f}")
-    if result.get("no_window"):
-        lines.append(f"                 {result['no_window']} labelled videos are shorter than one window and not classified")
     return lines

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from avfeat.core.errors import InputError
-from avfeat.evaluation import classification, format_report, load_labels, parse_labels, video_folds
+from avfeat.evaluation import format_report, load_labels, parse_labels
+from avfeat.probes import classification, video_folds
 from avfeat.testing.runner import run_avfeat as avfeat
 from tests.labelled_cache import labelled_setup
 
