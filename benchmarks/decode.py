@@ -245,6 +245,7 @@ def main() -> None:
 
     from avfeat.extract import media
     from avfeat.extract.media import REFERENCE_TUNING, DecodeSpec, DecodeTuning, decode
+    from avfeat.extract.media.frames import FrameSampler
     from avfeat.testing.media import MEDIA_SUFFIXES, make_clip, test_media_dir
 
     os.environ.pop(media.THREADS_ENV, None)
@@ -271,13 +272,13 @@ def main() -> None:
     }
     # Count decoded frames and fall-backs by wrapping the sampler (the benchmark's own view).
     counts = defaultdict(int)
-    original_add = media._FrameSampler.add
+    original_add = FrameSampler.add
 
     def counting_add(self, frame):
         counts["frames"] += 1
         return original_add(self, frame)
 
-    media._FrameSampler.add = counting_add
+    FrameSampler.add = counting_add
 
     groups: dict[str, dict] = {}
     for path, label in clips:
@@ -309,7 +310,7 @@ def main() -> None:
             else:
                 entry["parts"][key] += value
         print(f"measured {path.name} ({group})", flush=True)
-    media._FrameSampler.add = original_add
+    FrameSampler.add = original_add
 
     print(f"\nmachine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores (shared); "
           f"fps {args.fps:g}; one decoder thread per process unless said; CPU time = process time over all threads\n")

@@ -30,7 +30,7 @@ class ExtractConfig:
     storage_dtype: str = "float16"  # the float dtype readers get (and float16 storage writes)
     storage: str = "float16"  # how shards hold tokens: float16, or int8 with per-token float32 scales
     pool_patches: int = 1  # 2: each 2x2 block of patches averaged right after the backbone (CLS kept)
-    decode_mode: str = "exact"  # keyframes: each 1/fps step takes the last keyframe at or before it (extract/media.py)
+    decode_mode: str = "exact"  # keyframes: each 1/fps step takes the last keyframe at or before it (extract/media/frames.py)
 
 
 class Encoder:

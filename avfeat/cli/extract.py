@@ -16,7 +16,7 @@ from avfeat.data.codecs import STORAGES
 # The choices are the library's own lists (avfeat.data.cache).
 # How shards hold tokens (README "Compact storage").
 Storage = Enum("Storage", {name: name for name in STORAGES}, type=str)
-# Which frame serves each 1/fps step (extract/media.py).
+# Which frame serves each 1/fps step (extract/media/frames.py).
 DecodeMode = Enum("DecodeMode", {name: name for name in DECODE_MODES}, type=str)
 # DINOv2 patches averaged in blocks of this side (1: none).
 PoolPatches = Enum("PoolPatches", {f"side{factor}": str(factor) for factor in POOL_FACTORS}, type=str)

@@ -12,6 +12,8 @@ import pytest
 
 from avfeat.extract import media
 from avfeat.extract.media import REFERENCE_TUNING, DecodeSpec, DecodeTuning, decode
+from avfeat.extract.media.frames import FrameSampler, SkipMiss
+from avfeat.extract.media.spec import DECODE_MODES
 from avfeat.testing.media import MEDIA_SUFFIXES, frame_level, make_clip, test_media_dir
 
 _folder = test_media_dir()
@@ -46,13 +48,13 @@ class _Counter:
 
     def __init__(self, monkeypatch):
         self.frames = 0
-        add = media._FrameSampler.add
+        add = FrameSampler.add
 
         def counting(sampler, frame):
             self.frames += 1
             return add(sampler, frame)
 
-        monkeypatch.setattr(media._FrameSampler, "add", counting)
+        monkeypatch.setattr(FrameSampler, "add", counting)
 
 
 @pytest.mark.parametrize("fps", [1.0, 3.0, 7.0])
@@ -95,15 +97,15 @@ def test_a_doubtful_skip_decodes_again_without_skipping(clip, monkeypatch):
     spec = DecodeSpec(fps=1.0)
     ref = decode(clip, spec, tuning=REFERENCE_TUNING)
     calls = []
-    check = media._FrameSampler._check_skips
+    check = FrameSampler._check_skips
 
     def doubting(sampler, t):
         calls.append(sampler.tuning.skip_unused)
         if sampler._asked_any:
-            raise media._SkipMiss
+            raise SkipMiss
         return check(sampler, t)
 
-    monkeypatch.setattr(media._FrameSampler, "_check_skips", doubting)
+    monkeypatch.setattr(FrameSampler, "_check_skips", doubting)
     _assert_same(decode(clip, spec), ref)
     assert calls[0] is True and calls[-1] is False  # the second pass ran without skipping
 
@@ -164,7 +166,7 @@ def test_bad_mode_is_a_one_line_error(clip, mode):
 
 def test_default_mode_is_exact():
     assert DecodeSpec().mode == media.EXACT
-    assert media.DECODE_MODES == ("exact", "keyframes")
+    assert DECODE_MODES == ("exact", "keyframes")
 
 
 def test_extract_decode_mode_keyframes_is_recorded_and_a_cache_never_mixes_modes(clip, tmp_path):

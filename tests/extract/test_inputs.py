@@ -8,7 +8,7 @@ import pytest
 
 from avfeat.core.errors import InputError
 from avfeat.data.records import VideoRecord
-from avfeat.extract import inputs
+from avfeat.extract.inputs import ids as input_ids
 from avfeat.extract.inputs import MediaInput, assign_ids, list_inputs, video_id
 
 
@@ -100,7 +100,7 @@ def _record(vid, path, status="ok"):
 
 
 def test_same_bytes_are_duplicates_and_an_id_collision_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(inputs, "_SAMPLE_BYTES", 4)  # the ends hashed: 4 bytes, so a collision is easy to make
+    monkeypatch.setattr(input_ids, "_SAMPLE_BYTES", 4)  # the ends hashed: 4 bytes, so a collision is easy to make
     for folder, middle in (("a", b"one"), ("b", b"two"), ("c", b"one")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "clip.mp4").write_bytes(b"HEAD" + middle + b"TAIL")

@@ -8,9 +8,10 @@ import av
 import numpy as np
 import pytest
 
-from avfeat.extract import media
 from avfeat.data.records import Status
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError, center_crop, decode, resize_geometry
+from avfeat.extract.media.audio import AudioCollector
+from avfeat.extract.media.frames import FrameSampler
 from avfeat.testing.media import BAD_INPUT_STATUS, MEDIA_SUFFIXES, frame_level, make_bad_inputs, make_clip, test_media_dir
 
 SPEC = DecodeSpec(fps=2, shortest_edge=256, crop=(224, 224))
@@ -167,7 +168,7 @@ def test_audio_start_offset(tmp_path):
 
 
 def test_audio_timestamp_gap_is_filled_with_silence():
-    collector = media._AudioCollector(16000, Fraction(0))
+    collector = AudioCollector(16000, Fraction(0))
     for pts in (0, 1024, 2048, 16000 + 3072):  # a 1 s jump before the last block
         frame = av.AudioFrame.from_ndarray(np.full((1, 1024), 0.5, np.float32), format="flt", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = 16000, pts, Fraction(1, 16000)
@@ -181,7 +182,7 @@ def test_audio_timestamp_gap_is_filled_with_silence():
 
 def test_frame_sampler_variable_rate():
     stamps = [0.1, 0.15, 0.3, 0.95, 1.0, 2.6, 2.7]  # irregular, starts after 0, long freeze
-    sampler = media._FrameSampler(DecodeSpec(fps=2, shortest_edge=None, crop=None), Fraction(0), Fraction(1, 1000))
+    sampler = FrameSampler(DecodeSpec(fps=2, shortest_edge=None, crop=None), Fraction(0), Fraction(1, 1000))
     for t in stamps:
         frame = av.VideoFrame.from_ndarray(np.full((8, 8, 3), 0, np.uint8), format="rgb24")
         frame.pts, frame.time_base = int(round(t * 1000)), Fraction(1, 1000)

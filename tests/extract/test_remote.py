@@ -8,9 +8,11 @@ import shutil
 
 import pytest
 
+from avfeat.core.errors import InputError
 from avfeat.data.cache import Cache
 from avfeat.extract import sources
 from avfeat.extract.inputs import expand_braces, list_inputs
+from avfeat.extract.sources.remote import stat_from_info
 from avfeat.testing.media import make_clip
 from avfeat.testing.runner import TINY_MODELS, assert_same_cache, run_avfeat
 from avfeat.testing.servers import S3_TEST_ENV, make_shard, serve_http, serve_s3, upload_s3
@@ -71,6 +73,17 @@ def test_brace_patterns_expand_like_a_shell():
     assert expand_braces("s/{00008..00011}.tar") == ["s/00008.tar", "s/00009.tar", "s/00010.tar", "s/00011.tar"]
     assert expand_braces("{a,b}-{1..2}") == ["a-1", "a-2", "b-1", "b-2"]
     assert expand_braces("x{3..1}") == ["x3", "x2", "x1"] and expand_braces("{x}.tar") == ["{x}.tar"]
+    assert expand_braces("{a,{b,c}}/{0..1}") == ["a/0", "a/1", "b/0", "b/1", "c/0", "c/1"]
+    assert expand_braces("{a,a,b}") == ["a", "b"] and expand_braces("{-01..1}") == ["-01", "000", "001"]
+
+
+def test_unbalanced_and_huge_brace_patterns_are_one_line_errors(tmp_path):
+    # Unbalanced braces used to expand partly (into paths recorded as missing); now one line.
+    with pytest.raises(InputError, match=r"unbalanced braces") as error:
+        list_inputs(str(tmp_path / "{a,b}}.tar"))
+    assert "\n" not in str(error.value)
+    with pytest.raises(InputError, match=r"\{0\.\.1000000\} names more than 1,000,000 inputs"):
+        expand_braces("s/{0..1000000}.tar")
 
 
 def test_paths_keep_their_urls_and_members():
@@ -84,11 +97,11 @@ def test_remote_stats_and_failures_say_what_the_server_said():
     from datetime import datetime, timezone
 
     when = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
-    s3 = sources._stat_from_info({"size": 10, "LastModified": when, "ETag": '"abc"'})
-    http = sources._stat_from_info({"size": 10, "Last-Modified": "Fri, 02 Jan 2026 03:04:05 GMT"})
+    s3 = stat_from_info({"size": 10, "LastModified": when, "ETag": '"abc"'})
+    http = stat_from_info({"size": 10, "Last-Modified": "Fri, 02 Jan 2026 03:04:05 GMT"})
     assert s3 == http == (10, float(int(when.timestamp())))  # whole seconds: a listing and a HEAD agree
-    etag = sources._stat_from_info({"size": 10, "ETag": '"abc"'})
-    assert etag.mtime != sources._stat_from_info({"size": 10, "ETag": '"abd"'}).mtime and etag.mtime > 0
+    etag = stat_from_info({"size": 10, "ETag": '"abc"'})
+    assert etag.mtime != stat_from_info({"size": 10, "ETag": '"abd"'}).mtime and etag.mtime > 0
     wrapped = FileNotFoundError("http://h/x.mp4")
     wrapped.__cause__ = TimeoutError()
     assert sources.status_of(wrapped) == "remote_timeout"  # fsspec's HTTP info wraps every failure

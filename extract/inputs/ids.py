@@ -1,0 +1,116 @@
+"""Each input's video id (README "Video ids"), checked against what the cache already records:
+duplicates, id collisions, changed files and the ids to extract again."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from avfeat.data.records import Status
+from avfeat.extract import sources
+from avfeat.extract.inputs.items import UNSAFE_ID_CHARS, MediaInput
+
+_SAMPLE_BYTES = 256 * 1024  # hashed from each end of a file: headers and index tables differ per encode
+
+
+def _stem(path: str | Path) -> str:
+    return UNSAFE_ID_CHARS.sub("_", Path(sources.name(path)).stem).strip("_") or "video"
+
+
+def content_key(path: str | Path) -> str:
+    """64 bits of a hash of a file's size and its first and last 256 KiB (raises OSError).
+
+    A URL or tar member is read with two range requests, so it gets its local copy's key."""
+    digest = hashlib.blake2b(digest_size=8)
+    with sources.open_bytes(path, readahead=False) as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(0)
+        digest.update(size.to_bytes(8, "little"))
+        digest.update(handle.read(_SAMPLE_BYTES))
+        if size > _SAMPLE_BYTES:
+            handle.seek(max(_SAMPLE_BYTES, size - _SAMPLE_BYTES))
+            digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def video_id(path: str | Path) -> str:
+    """The default id of a file: its stem and its content key; from the absolute path when the
+    file cannot be read. The character set leaves '@' free for `VIDEO_ID@START-END` queries."""
+    try:
+        key = content_key(path)
+    except OSError:
+        key = hashlib.blake2b(sources.resolve(path).encode(), digest_size=8).hexdigest()
+    return f"{_stem(path)}-{key}"
+
+
+@dataclass
+class IdPlan:
+    """Each input's id, and what deciding them found."""
+
+    ids: list[tuple[MediaInput, str]] = field(default_factory=list)  # inputs to consider, in order
+    duplicates: list[tuple[str | Path, str | Path]] = field(default_factory=list)  # (input, the earlier one with the same bytes)
+    collisions: list[tuple[str | Path, str | Path, str]] = field(default_factory=list)  # (input, the other file, the id both get)
+    changed: list[tuple[str | Path, str]] = field(default_factory=list)  # (input, the id its old tokens have)
+    superseded: dict[str, str] = field(default_factory=dict)  # new id → the recorded id of the same file before it changed
+    again: set[str] = field(default_factory=set)  # ids to extract even though the cache records them
+
+
+def _same_bytes(a: str | Path, b: str | Path) -> bool:
+    try:
+        return sources.same_bytes(a, b)
+    except OSError:
+        return False
+
+
+def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, retry_failed: bool = False) -> IdPlan:
+    """Give every input its id (see the module docstring), checked against the cache's records
+    (``{video_id: VideoRecord}``). ``refresh`` and ``retry_failed`` say which changed files
+    may be extracted again (see `avfeat extract --help`).
+
+    A record of the same path with the same size and mtime gives its id without reading the
+    file, so resuming a large job reads nothing twice.
+    """
+    by_path = {(record.path, record.segment_start, record.segment_end): record for record in recorded.values()}
+    plan = IdPlan()
+    owner: dict[str, str | Path] = {}  # id → the input of this run that has it
+    for item in inputs:
+        resolved = sources.resolve(item.path)
+        previous = by_path.get((resolved, item.start, item.end))
+        try:
+            stat = item.stat or sources.stat(item.path)
+        except OSError:
+            stat = None
+        if item.user_id is not None:
+            vid = item.user_id
+        elif previous is not None and (stat is None or (previous.size, previous.mtime) == stat):
+            vid = previous.video_id
+        else:
+            vid = video_id(item.path) + item.segment_suffix()
+        if previous is not None and stat is not None and (previous.size, previous.mtime) != stat:
+            # Cached tokens are replaced only with --refresh; a failed record also with
+            # --retry-failed; a missing file that is back is simply extracted.
+            allowed = refresh or previous.status == Status.MISSING or (retry_failed and previous.status != "ok")
+            if not allowed:
+                plan.changed.append((item.path, previous.video_id))
+                continue
+            plan.again.add(vid)  # a changed file with --refresh, or a missing one that is back
+            if previous.video_id != vid:
+                plan.superseded[vid] = previous.video_id
+        if vid in owner:
+            if item.user_id is None and _same_bytes(owner[vid], item.path):
+                plan.duplicates.append((item.path, owner[vid]))
+            else:
+                plan.collisions.append((item.path, owner[vid], vid))
+            continue
+        known = recorded.get(vid)
+        if known is not None and item.user_id is None and known.path != resolved and stat is not None:
+            # Another path holds this id in the cache: a moved or copied dataset (same bytes) or
+            # a collision. When the recorded file is still there, compare the bytes themselves.
+            if known.size != stat.size or (sources.exists(known.path) and not _same_bytes(known.path, item.path)):
+                plan.collisions.append((item.path, known.path if sources.is_remote(known.path) else Path(known.path), vid))
+                continue
+        owner[vid] = item.path
+        plan.ids.append((item, vid))
+    return plan
