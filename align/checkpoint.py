@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,6 +35,7 @@ from avfeat.align.heads import AVHeads, HeadConfig
 from avfeat.core.io import write_atomic
 from avfeat.core.values import one_line
 from avfeat.core.errors import CheckpointError
+from avfeat.data.configs import CONFIG_VERSION, TrainedOn
 
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "config.json"
@@ -108,10 +110,54 @@ def read_config(folder: Path) -> dict:
     return _checked(config, path)
 
 
+def read_heads_config(folder: Path) -> "HeadsConfig":
+    """config.json as a :class:`HeadsConfig`.
+
+    Raises:
+        CheckpointError: missing, unreadable, or not a heads config.
+    """
+    config = read_config(folder)
+    try:
+        return HeadsConfig.from_dict(config)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise CheckpointError(f"{Path(folder) / CONFIG_FILE} is not a heads config ({one_line(error)})") from None
+
+
 def _checked(config, where: Path) -> dict:
     if not isinstance(config, dict) or not isinstance(config.get("heads"), dict) or "window" not in config:
         raise CheckpointError(f"{where} holds no heads config (no 'heads' or 'window')")
     return config
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """A checkpoint's config (config.json, and the copy inside heads.safetensors): the heads'
+    shape, the window and hop they embed, the cache they were trained on, the training options
+    and split, versioned. Files of an earlier avfeat (no version) still load."""
+
+    heads: HeadConfig
+    window: float
+    cache: TrainedOn
+    hop: float | None = None
+    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig.to_dict (align.train reads it)
+    split: dict[str, Any] = field(default_factory=dict)  # {"train_videos": [...], "val_videos": [...]}
+    avfeat_version: str = ""
+    config_version: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "HeadsConfig":
+        return cls(
+            heads=HeadConfig.from_dict(values["heads"]), window=float(values["window"]),
+            cache=TrainedOn.from_dict(values.get("cache") or {}), hop=values.get("hop"),
+            training=dict(values.get("training") or {}), split=dict(values.get("split") or {}),
+            avfeat_version=str(values.get("avfeat_version", "")), config_version=int(values.get("config_version", 0)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "heads": self.heads.to_dict(), "window": self.window, "hop": self.hop, "cache": self.cache.to_dict(),
+            "training": self.training, "split": self.split, "avfeat_version": self.avfeat_version, "config_version": CONFIG_VERSION,
+        }
 
 
 @dataclass
@@ -119,17 +165,17 @@ class Checkpoint:
     """Trained heads ready to project tokens, with the config they were trained under."""
 
     heads: AVHeads
-    config: dict
+    config: HeadsConfig
     fingerprint: str
     path: Path
 
     @property
     def window(self) -> float:
-        return float(self.config["window"])
+        return self.config.window
 
     @property
     def hop(self) -> float:
-        return float(self.config.get("hop") or self.window / 2)
+        return float(self.config.hop or self.window / 2)
 
     @property
     def aggregation(self) -> str:
@@ -137,14 +183,12 @@ class Checkpoint:
 
     @property
     def cache_fingerprint(self) -> str:
-        return str(self.config.get("cache", {}).get("fingerprint", ""))
+        return self.config.cache.fingerprint
 
     @property
-    def spec(self):
+    def spec(self) -> TrainedOn:
         """The :class:`~avfeat.data.records.BackboneSpec` of the tokens the heads were trained on."""
-        from avfeat.data.records import BackboneSpec
-
-        return BackboneSpec.from_dict(self.config.get("cache", {}))
+        return self.config.cache
 
     def check_cache(self, cache) -> None:
         """Refuse a cache of other backbones (BackboneMismatchError, naming each difference)."""
@@ -171,9 +215,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     # The config from the same bytes as the weights: config.json may already be a newer run's.
     config = embedded_config(data, folder / HEADS_FILE) or read_config(folder)
     try:
-        heads = AVHeads(HeadConfig.from_dict(config["heads"]))
+        config = HeadsConfig.from_dict(config)
+        heads = AVHeads(config.heads)
         heads.load_state_dict(load(data))
-    except (ValueError, TypeError, RuntimeError, KeyError) as error:
+    except (ValueError, TypeError, RuntimeError, KeyError, AttributeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{folder / HEADS_FILE} does not match its config: {first_line}") from None
     heads.to(device).eval()

@@ -274,10 +274,10 @@ def epoch_plan(table: WindowTable, videos: list[int], batch_size: int, passes: i
 def token_bytes(cache, video_ids: list[str]) -> int:
     """Bytes the selected videos' audio and visual tokens take in memory (storage dtype)."""
     config = cache.config
-    item = np.dtype(config.get("storage_dtype", "float16")).itemsize
+    item = np.dtype(config.storage_dtype).itemsize
     audio_rows = sum(cache.record(v).audio_length for v in video_ids)
     visual_rows = sum(cache.record(v).visual_length for v in video_ids)
-    return item * (audio_rows * config["audio_dim"] + visual_rows * config["visual_tokens"] * config["visual_dim"])
+    return item * (audio_rows * config.audio_dim + visual_rows * config.visual_tokens * config.visual_dim)
 
 
 class MemoryWindows:
@@ -285,12 +285,12 @@ class MemoryWindows:
 
     def __init__(self, cache, table: WindowTable, device: torch.device, progress=None):
         config = cache.config
-        dtype = getattr(torch, config.get("storage_dtype", "float16"))
+        dtype = getattr(torch, config.storage_dtype)
         records = [cache.record(v) for v in table.video_ids]
         audio_len = np.asarray([r.audio_length for r in records], dtype=np.int64)
         visual_len = np.asarray([r.visual_length for r in records], dtype=np.int64)
-        self.audio = torch.empty((int(audio_len.sum()), config["audio_dim"]), dtype=dtype)
-        self.visual = torch.empty((int(visual_len.sum()), config["visual_tokens"], config["visual_dim"]), dtype=dtype)
+        self.audio = torch.empty((int(audio_len.sum()), config.audio_dim), dtype=dtype)
+        self.visual = torch.empty((int(visual_len.sum()), config.visual_tokens, config.visual_dim), dtype=dtype)
         audio_at = np.concatenate([[0], np.cumsum(audio_len)[:-1]])
         visual_at = np.concatenate([[0], np.cumsum(visual_len)[:-1]])
         videos = range(len(records)) if progress is None else progress(range(len(records)))

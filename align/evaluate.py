@@ -30,8 +30,8 @@ def held_out_scores(checkpoint, cache_path: str | Path, per_video: int | None = 
     """Scores of the checkpoint's validation windows: (scores, video id of each window, start
     times). ``per_video`` defaults to the training run's ``val_windows``."""
     cache = data.open_cache(cache_path)
-    val_ids = checkpoint.config["split"]["val_videos"]
-    per_video = per_video or checkpoint.config["training"]["val_windows"]
+    val_ids = checkpoint.config.split["val_videos"]
+    per_video = per_video or checkpoint.config.training["val_windows"]
     _, table = data.check_window(cache, val_ids, checkpoint.window)
     ids = torch.as_tensor(table.evenly_spaced(list(range(len(val_ids))), per_video))
     device = next(checkpoint.heads.parameters()).device

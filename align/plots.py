@@ -95,13 +95,13 @@ def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path
         a = heads.project_audio(torch.from_numpy(audio).float().to(device))
         v = heads.project_visual(torch.from_numpy(visual).float().to(device))
         values = token_map(a, v).float().cpu()
-    grid = cache.config.get("visual_grid") or [int(round(len(values) ** 0.5))] * 2
+    grid = cache.config.visual_grid if all(cache.config.visual_grid) else [int(round(len(values) ** 0.5))] * 2
     heat = values.view(1, 1, *grid)
 
     notes: list[str] = []
     image = None
     if Path(record.path).is_file():
-        image = decode_frame(record.path, float(times[frame_index]), cache.config.get("frame_geometry", {}))
+        image = decode_frame(record.path, float(times[frame_index]), cache.config.frame_geometry)
         if image is None:
             notes.append(f"could not decode {record.path}; drawing the map alone")
     else:

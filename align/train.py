@@ -43,6 +43,7 @@ from avfeat.core.io import write_atomic
 from avfeat.core.lock import writer_lock
 from avfeat.core.outputs import prepare_output
 from avfeat.core.values import check_number
+from avfeat.data.configs import TrainedOn
 from avfeat.data.cache import compute_dtype
 from avfeat.core.errors import CheckpointError, InputError, TrainingDiverged
 
@@ -231,7 +232,7 @@ class Trainer:
             self._load_data()
             torch.manual_seed(config.seed)
             head_config = HeadConfig(
-                audio_dim=self.cache.config["audio_dim"], visual_dim=self.cache.config["visual_dim"], dim=config.dim,
+                audio_dim=self.cache.config.audio_dim, visual_dim=self.cache.config.visual_dim, dim=config.dim,
                 head=config.head, aggregation=config.aggregation, init_temperature=config.temperature,
             )
             self.heads = AVHeads(head_config).to(self.device)
@@ -259,15 +260,15 @@ class Trainer:
                        marker_keys=ckpt.CONFIG_MARKS)
 
     def _resume_config(self) -> TrainConfig:
-        stored = ckpt.read_config(self.out)
+        stored = ckpt.read_heads_config(self.out)
         if not (self.out / ckpt.STATE_FILE).is_file():
             raise CheckpointError(f"{self.out} has no {ckpt.STATE_FILE}: nothing to resume (no epoch finished yet?)")
         fingerprint = self.cache.fingerprint()
-        if stored.get("cache", {}).get("fingerprint") != fingerprint:
-            raise CheckpointError(f"{self.out} was trained on another cache (fingerprint {stored.get('cache', {}).get('fingerprint')}, this cache {fingerprint})")
+        if stored.cache.fingerprint != fingerprint:
+            raise CheckpointError(f"{self.out} was trained on another cache (fingerprint {stored.cache.fingerprint or None}, this cache {fingerprint})")
         self.notes.append("resuming with the checkpoint's own training options")
-        self._recorded = {key: stored["training"][key] for key in AUDIT_OPTIONS if isinstance(stored["training"].get(key), dict)}
-        return TrainConfig.from_dict(stored["training"])
+        self._recorded = {key: stored.training[key] for key in AUDIT_OPTIONS if isinstance(stored.training.get(key), dict)}
+        return TrainConfig.from_dict(stored.training)
 
     def _audit_table(self, key: str):
         """The audit table of option ``key`` (see ``AUDIT_OPTIONS``), checked against the cache
@@ -357,20 +358,13 @@ class Trainer:
             self.log(f"streaming windows from HDF5 with {self.options.workers} workers: the tokens take {self.data_bytes / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB memory limit")
 
     def checkpoint_config(self) -> dict:
-        c = self.cache.config
-        keys = ("audio_model", "visual_model", "audio_layer", "visual_layer", "fps", "audio_token_rate", "audio_dim", "visual_dim", "visual_tokens", "visual_grid", "frame_geometry", "storage", "pool_patches", "decode_mode")
         # How the tokens were made travels with the heads: queries (search, sync) decode and compute the same way.
-        c = {**c, "compute_dtype": compute_dtype(self.cache.layout)}
-        keys += ("compute_dtype",)
-        return {
-            "heads": self.heads.config.to_dict(),
-            "window": self.config.window,
-            "hop": self.config.hop if self.config.hop else self.config.window / 2,
-            "cache": {"path": str(self.cache_path.resolve()), "fingerprint": self.cache.fingerprint(), **{k: c.get(k) for k in keys}},
-            "training": self.config.to_dict(self.audit),
-            "split": self.split,
-            "avfeat_version": __version__,
-        }
+        trained_on = TrainedOn.of(self.cache.config, str(self.cache_path.resolve()), self.cache.fingerprint(), compute_dtype(self.cache.layout))
+        return ckpt.HeadsConfig(
+            heads=self.heads.config, window=self.config.window, cache=trained_on,
+            hop=self.config.hop if self.config.hop else self.config.window / 2,
+            training=self.config.to_dict(self.audit), split=self.split, avfeat_version=__version__,
+        ).to_dict()
 
     def _rng_states(self) -> dict[str, torch.Tensor]:
         states = {"sampler": self.generator.get_state(), "torch": torch.get_rng_state()}

@@ -31,7 +31,7 @@ class WindowGeometry:
 
     @classmethod
     def for_cache(cls, cache, seconds: float) -> "WindowGeometry":
-        return cls(seconds=float(seconds), audio_rate=float(cache.config["audio_token_rate"]), fps=float(cache.config["fps"]))
+        return cls(seconds=float(seconds), audio_rate=float(cache.config.audio_token_rate), fps=float(cache.config.fps))
 
 
 @dataclass(frozen=True)

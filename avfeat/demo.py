@@ -147,7 +147,7 @@ def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite
 
     stages.next("example searches (sound → video, video → sound) and where the sound is")
     searcher = Searcher(out / "index", heads=checkpoint, cache=cache)
-    held_out = checkpoint.config["split"]["val_videos"][:3]
+    held_out = checkpoint.config.split["val_videos"][:3]
     searches, attention = _examples(out, searcher, checkpoint, cache, held_out, truth)
 
     stages.next("synchronization and locate")

@@ -282,8 +282,8 @@ def localization(checkpoint, cache, video_ids, labels) -> dict:
     from avfeat.align.scores import token_map
     from avfeat.index.vectors import project_audio, project_visual
 
-    grid = tuple(cache.config["visual_grid"])
-    geometry = cache.config["frame_geometry"]
+    grid = tuple(cache.config.visual_grid)
+    geometry = cache.config.frame_geometry
     hits = events = 0
     shares = []
     for vid in video_ids:
@@ -347,7 +347,7 @@ def evaluate(
     checkpoint = load_checkpoint(heads, device=resolve_device(device))
     cache = open_cache(cache_path)
     checkpoint.check_cache(cache)
-    held_out = [vid for vid in checkpoint.config["split"]["val_videos"] if vid in cache]
+    held_out = [vid for vid in checkpoint.config.split["val_videos"] if vid in cache]
     if not held_out:
         raise IndexMismatchError(f"none of the held-out videos of {heads} is in the cache {cache_path}")
     labels = load_labels(cache, labels_path, label_column)

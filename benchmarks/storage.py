@@ -81,7 +81,7 @@ def cosines(cache, reference, pool: int) -> tuple[float, float, float, float]:
     """(audio mean, audio min, visual mean, visual min) per-token cosine against ``reference``."""
     from avfeat.extract.encoder import pool_patch_tokens
 
-    grid = reference.config["visual_grid"]
+    grid = reference.config.visual_grid
     found = {"audio": [], "visual": []}
     for record in reference.records(status="ok"):
         for side, mine, theirs in (("audio", cache.audio_tokens(record.video_id), reference.audio_tokens(record.video_id)),
@@ -252,7 +252,7 @@ def print_storage_table(work: Path, args) -> None:
     base = bytes_per_hour(**DEFAULT_GEOMETRY)
     for name, out in caches.items():
         cache = Cache(out)
-        storage, pool = cache.config.get("storage", "float16"), int(cache.config.get("pool_patches", 1))
+        storage, pool = cache.config.storage, cache.config.pool_patches
         files = sum(p.stat().st_size for p in (out / "shards").glob("*.h5"))
         defaults = bytes_per_hour(**DEFAULT_GEOMETRY, storage=storage, pool=pool)
         a_mean, a_min, v_mean, v_min = cosines(cache, reference, pool)

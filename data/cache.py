@@ -38,6 +38,7 @@ from avfeat.core.lock import has_entries, pid_alive
 from avfeat.core.values import did_you_mean, one_line
 from avfeat.data.records import Status, VideoRecord
 from avfeat.data.codecs import codec_of, storage_codec
+from avfeat.data.configs import CONFIG_VERSION, CacheConfig
 from avfeat.core.errors import CacheError, disk_full
 
 CONFIG_FILE = "cache.json"
@@ -229,6 +230,7 @@ def check_config(root: str | Path, config: dict, only_given_keys: bool = False) 
         # A config without the later keys (a cache of before --storage) is float16, unpooled.
         stored = {**CONFIG_DEFAULTS, **read_config(layout)}
         stored.pop("avfeat_version", None)
+        stored.pop("config_version", None)
         if only_given_keys:
             stored = {k: v for k, v in stored.items() if k in config}
         else:
@@ -257,7 +259,7 @@ def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
         # cache.json first: a folder it is missing from is refused as "not a cache", so a run
         # stopped here (a full disk) must leave nothing else behind.
         if not layout.config_path.exists():
-            write_atomic(layout.config_path, json.dumps({**config, "avfeat_version": __version__}, indent=2, sort_keys=True) + "\n")
+            write_atomic(layout.config_path, json.dumps({**config, "avfeat_version": __version__, "config_version": CONFIG_VERSION}, indent=2, sort_keys=True) + "\n")
         layout.shard_dir.mkdir(exist_ok=True)
         layout.manifest_dir.mkdir(exist_ok=True)
     except OSError as error:
@@ -521,7 +523,8 @@ class Cache:
         self.layout = CacheLayout(Path(path))
         if not self.layout.config_path.is_file():
             raise CacheError(f"{path} is not an avfeat cache (no {CONFIG_FILE}); run `avfeat extract` first")
-        self.config = read_config(self.layout)
+        self._config_json = read_config(self.layout)  # as written: the fingerprint hashes it
+        self.config = CacheConfig.from_dict(self._config_json, str(path))
         self.manifest = read_manifest(self.layout.root)
         self._records = {row["video_id"]: VideoRecord.from_row(row) for row in self.manifest.to_pylist()}
         # What each shard was when committed (from its manifest part; None for older caches).
@@ -530,11 +533,9 @@ class Cache:
         self._pid = os.getpid()
 
     @property
-    def spec(self):
-        """The cache's :class:`~avfeat.data.records.BackboneSpec`."""
-        from avfeat.data.records import BackboneSpec
-
-        return BackboneSpec.from_dict(self.config)
+    def spec(self) -> CacheConfig:
+        """The cache's :class:`~avfeat.data.records.BackboneSpec` (its config is one)."""
+        return self.config
 
     def __len__(self) -> int:
         return len(self._records)
@@ -594,7 +595,7 @@ class Cache:
     def token_dtype(self) -> np.dtype:
         """The float dtype reads return (cache.json's storage_dtype: float16 unless set), for
         float16 and int8 storage alike."""
-        return np.dtype(self.config.get("storage_dtype", "float16"))
+        return np.dtype(self.config.storage_dtype)
 
     def _tokens(self, shard: int, modality: str, begin: int, stop: int) -> np.ndarray:
         """Rows [begin, stop) of a shard's ``modality`` tokens, decoded by the codec the shard
@@ -681,7 +682,7 @@ class Cache:
     def fingerprint(self) -> str:
         """A short hash of the config and of what the manifest records, to tie heads and
         indexes to the exact cache contents they were built from."""
-        digest = hashlib.sha1(json.dumps({k: v for k, v in self.config.items() if k != "avfeat_version"}, sort_keys=True).encode())
+        digest = hashlib.sha1(json.dumps({k: v for k, v in self._config_json.items() if k != "avfeat_version"}, sort_keys=True).encode())
         for vid in sorted(self._records):
             r = self._records[vid]
             digest.update(f"{vid}|{r.status}|{r.shard}|{r.audio_length}|{r.visual_length}\n".encode())

@@ -11,25 +11,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from avfeat.core.errors import CacheError
-from avfeat.data.cache import CONFIG_FILE, Cache, ShardDamage, remove_damaged
-
-# The cache.json keys a summary describes the tokens with: every cache `avfeat extract` writes holds them.
-SUMMARY_KEYS = (
-    "audio_model", "audio_layer", "audio_dim", "audio_token_rate",
-    "visual_model", "visual_layer", "visual_dim", "visual_tokens", "fps",
-)
-
+from avfeat.data.cache import Cache, ShardDamage, remove_damaged
 
 def _damage_entry(damage: ShardDamage) -> dict[str, Any]:
     return {"shard": damage.path.name, "problem": damage.problem, "video_ids": damage.video_ids}
-
-
-def _check_described(path: str | Path, config: dict[str, Any]) -> None:
-    """Refuse a cache.json that does not describe tokens (``{}``, or one missing keys)."""
-    missing = [key for key in SUMMARY_KEYS if key not in config]
-    if missing:
-        what = "is empty" if not config else f"lacks {', '.join(missing)}"
-        raise CacheError(f"{path} is not an avfeat cache (its {CONFIG_FILE} {what}); restore it from a copy, or re-extract into a new --out")
 
 
 def cache_summary(path: str | Path) -> dict[str, Any]:
@@ -40,7 +25,6 @@ def cache_summary(path: str | Path) -> dict[str, Any]:
         CacheError: ``path`` is not a cache, or its cache.json lacks the keys that describe its tokens.
     """
     with Cache(path) as store:
-        _check_described(path, store.config)
         damaged = store.verify(hashes=False)  # a deleted or truncated shard, without reading any
         records = store.records()
         ok = [r for r in records if r.ok]
@@ -50,7 +34,7 @@ def cache_summary(path: str | Path) -> dict[str, Any]:
         size = sum(p.stat().st_size for p in shards.values()) + sum(p.stat().st_size for p in parts.values())
         return {
             "path": str(path),
-            "config": store.config,
+            "config": store.config.to_dict(),
             "videos": len(records),
             "status_counts": store.status_counts(),
             "media_hours": hours,
@@ -58,8 +42,8 @@ def cache_summary(path: str | Path) -> dict[str, Any]:
             "shards_committed": len(parts),
             "bytes": size,
             "bytes_per_media_hour": size / hours if hours else None,
-            "storage": store.config.get("storage", "float16"),  # caches of before --storage hold float16
-            "pool_patches": int(store.config.get("pool_patches", 1)),
+            "storage": store.config.storage,
+            "pool_patches": store.config.pool_patches,
             "audio_tokens": sum(r.audio_length for r in ok),
             "frames": sum(r.visual_length for r in ok),
             "failures": [{"video_id": r.video_id, "path": r.path, "status": r.status, "error": r.error} for r in records if not r.ok],

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from avfeat.core.values import check_number
+from avfeat.data.configs import TrainedOn
 from avfeat.index.faiss_gpu import set_search_params, to_cpu, to_gpu
 from avfeat.data.cache import compute_dtype
 from avfeat.core.errors import InputError, SearchIndexError
@@ -352,13 +353,11 @@ def _build_index(cache, checkpoint, out, window, hop, factory, memory_budget, qu
         "hop": hop,
         "aggregation": checkpoint.aggregation,
         "geometry": {"audio_tokens": geometry.audio_tokens, "frames": geometry.frames, "fps": geometry.fps, "audio_rate": geometry.audio_rate},
-        "cache": {
-            "path": str(Path(cache.layout.root).resolve()),
-            "fingerprint": cache.fingerprint(),
-            "videos_fingerprint": videos_fingerprint(r for r in records if r.video_id in indexed),
-            **cache.spec.to_dict(),
-            "compute_dtype": compute_dtype(cache.layout),  # queries compute their tokens the same way
-        },
+        # Queries compute their tokens as the cache's were (models, decode mode, dtype, pooling).
+        "cache": TrainedOn.of(
+            cache.config, str(Path(cache.layout.root).resolve()), cache.fingerprint(), compute_dtype(cache.layout),
+            videos_fingerprint=videos_fingerprint(r for r in records if r.video_id in indexed),
+        ).to_dict(),
         "heads": {"path": str(Path(checkpoint.path).resolve()), "fingerprint": checkpoint.fingerprint, "trained_on_cache": checkpoint.cache_fingerprint},
         "videos": len(indexed),
         "modalities": {m: {"count": len(table), **b.describe()} for m, b in built.items()},

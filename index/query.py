@@ -11,7 +11,7 @@ pooled whole. ``--locate`` instead keeps every window's vector (see ``avfeat.ind
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from avfeat.align.scores import pooled_audio, pooled_visual
 from avfeat.align.windows import Window, WindowGeometry
 from avfeat.core.values import parse_time
 from avfeat.data.records import nearest_index
+from avfeat.data.configs import TrainedOn
 from avfeat.core.errors import CacheError, InputError, QueryError
 from avfeat.index.vectors import (
     AUDIO,
@@ -125,24 +126,20 @@ def query_dtype(cache_dtype: str | None, device: str) -> str:
 class Backbones:
     """The cache's backbones, loaded on first use, to embed query files."""
 
-    def __init__(self, cache_config: dict, device: str = "cpu"):
-        self.cache_config = cache_config
+    def __init__(self, trained_on: TrainedOn, device: str = "cpu"):
+        self.trained_on = trained_on
         self.device = device
 
     @cached_property
     def encoder(self):
         from avfeat.extract.encoder import Encoder, ExtractConfig
 
-        c = self.cache_config
-        config = ExtractConfig(
-            audio_model=c["audio_model"], visual_model=c["visual_model"], audio_layer=c["audio_layer"],
-            visual_layer=c["visual_layer"], fps=c["fps"], pool_patches=int(c.get("pool_patches") or 1),
-            decode_mode=c.get("decode_mode") or "exact",
-        )
-        encoder = Encoder(config, device=self.device, dtype=query_dtype(c.get("compute_dtype"), self.device))
-        # A checkpoint's copy of the cache config may lack pool_patches: its patch grid tells.
-        cached, native = c.get("visual_grid"), encoder.visual.grid
-        if "pool_patches" not in c and cached and native and tuple(cached) != tuple(native) and cached[0]:
+        c = self.trained_on
+        config = ExtractConfig(**{f.name: getattr(c, f.name) for f in fields(ExtractConfig)})
+        encoder = Encoder(config, device=self.device, dtype=query_dtype(c.compute_dtype, self.device))
+        # A checkpoint of before --pool-patches does not say: its patch grid tells.
+        cached, native = c.visual_grid, encoder.visual.grid
+        if not c.pool_patches_recorded and all(cached) and native and tuple(cached) != tuple(native):
             encoder.set_pool(native[0] // int(cached[0]))
         return encoder
 

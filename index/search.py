@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from avfeat.align.windows import WindowGeometry
+from avfeat.data.configs import TrainedOn
 from avfeat.core.errors import CacheError, InputError, QueryError, SearchIndexError
 from avfeat.index.locate import Candidate, clip_seconds, refine, vote
 from avfeat.index.query import Backbones, QueryTokens, cached_query, mean_vector, window_vectors
@@ -147,7 +148,7 @@ class Searcher:
         self._thresholds: dict[tuple, float] = {}  # locate's calibrated thresholds (see locate_threshold)
         if cache is not None:
             self._cache = self._open_cache(cache)
-        self.backbones = Backbones(self.meta["cache"], device=device)
+        self.backbones = Backbones(TrainedOn.from_dict(self.meta["cache"]), device=device)
 
     def _open_cache(self, cache):
         from avfeat.data.cache import Cache

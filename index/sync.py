@@ -184,13 +184,13 @@ def sync_file(path: str | os.PathLike, checkpoint, max_offset: float = DEFAULT_M
     """Offset of any video file, embedded with the backbones the heads were trained on."""
     from avfeat.index.query import Backbones
 
-    backbones = backbones or Backbones(checkpoint.config["cache"], device=device)
+    backbones = backbones or Backbones(checkpoint.config.cache, device=device)
     tokens = backbones.encode(path)
     if tokens.audio is None or tokens.visual is None:
         raise QueryError(f"{path} needs both sound and picture to be synchronised")
     return sync_tokens(
         checkpoint.heads.eval(), tokens.audio, tokens.audio_start, tokens.audio_rate, tokens.visual, tokens.frame_times,
-        float(checkpoint.config["cache"]["fps"]), max_offset,
+        float(checkpoint.config.cache.fps), max_offset,
     )
 
 
@@ -273,7 +273,7 @@ def sync_files(paths: Iterable[str | os.PathLike], checkpoint, max_offset: float
     """A row per video file, all embedded with one load of the heads' backbones."""
     from avfeat.index.query import Backbones
 
-    backbones = Backbones(checkpoint.config["cache"], device=device)  # loaded on the first file, once
+    backbones = Backbones(checkpoint.config.cache, device=device)  # loaded on the first file, once
     for path in paths:
         try:
             yield SyncRow(str(path), result=sync_file(path, checkpoint, max_offset, device, backbones=backbones))

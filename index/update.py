@@ -64,7 +64,7 @@ def _update_index(cache, checkpoint, out: Path, quiet: bool) -> Update:
     geometry = WindowGeometry(meta["window"], meta["geometry"]["audio_rate"], meta["geometry"]["fps"])
     if WindowGeometry.for_cache(cache, geometry.seconds) != geometry:
         raise IndexMismatchError(
-            f"cache {root} has {cache.config['fps']} frames/s and {cache.config['audio_token_rate']} audio tokens/s, "
+            f"cache {root} has {cache.config.fps} frames/s and {cache.config.audio_token_rate} audio tokens/s, "
             f"index {out} was built from {geometry.fps} and {geometry.audio_rate}; rebuild it with `avfeat index --overwrite`"
         )
 

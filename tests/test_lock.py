@@ -305,7 +305,7 @@ def test_two_train_head_runs_into_one_checkpoint(reference_cache, tmp_path):
     assert_refused(second, "heads checkpoint", out, first.pid, "train-head")
     assert first.result[0] == 0, first.result[1]
     checkpoint = load_checkpoint(out)  # config and weights of one run: the first
-    assert checkpoint.config["training"]["dim"] == checkpoint.heads.config.dim == 16
+    assert checkpoint.config.training["dim"] == checkpoint.heads.config.dim == 16
     assert lock_files(out) == []
 
 

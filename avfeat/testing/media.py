@@ -34,7 +34,7 @@ def test_media_dir() -> Path | None:
     ``$AVFEAT_TEST_MEDIA`` when set, else ``<repository root>/../shared/media``.
     """
     raw = os.environ.get(TEST_MEDIA_ENV)
-    folder = Path(raw) if raw else Path(__file__).resolve().parents[1].parent / "shared" / "media"
+    folder = Path(raw) if raw else Path(__file__).resolve().parents[2].parent / "shared" / "media"
     if folder.is_dir() and any(p.suffix.lower() in MEDIA_SUFFIXES for p in folder.iterdir()):
         return folder
     return None

@@ -252,8 +252,8 @@ class Service:
         heads = self.searcher.heads
         with torch.no_grad():
             values = token_map(project_audio(heads, audio), project_visual(heads, cache.read_frames(record, frame, frame + 1))[0]).float().cpu()
-        grid = cache.config.get("visual_grid") or [int(round(len(values) ** 0.5))] * 2
-        image = decode_frame(record.path, float(times[frame]), cache.config.get("frame_geometry", {})) if Path(record.path).is_file() else None
+        grid = cache.config.visual_grid if all(cache.config.visual_grid) else [int(round(len(values) ** 0.5))] * 2
+        image = decode_frame(record.path, float(times[frame]), cache.config.frame_geometry) if Path(record.path).is_file() else None
         size = image.shape[:2] if image is not None else (grid[0] * 16, grid[1] * 16)
         heat = F.interpolate(values.view(1, 1, *grid), size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
         span = float(heat.max() - heat.min())

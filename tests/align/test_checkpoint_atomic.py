@@ -43,7 +43,7 @@ def test_an_overwrite_killed_before_its_first_save_leaves_the_old_heads(small_ca
     out = tmp_path / "heads"
     run(small_cache, out, dim=16)
     old = load_checkpoint(out)
-    assert old.heads.config.dim == old.config["training"]["dim"] == 16
+    assert old.heads.config.dim == old.config.training["dim"] == 16
 
     with monkeypatch.context() as patch:
         kill(patch)
@@ -52,13 +52,13 @@ def test_an_overwrite_killed_before_its_first_save_leaves_the_old_heads(small_ca
     assert json.loads((out / ckpt.CONFIG_FILE).read_text())["training"]["dim"] == 24  # the new run's, already
     kept = load_checkpoint(out)  # still the old heads, with the config they were trained under
     assert kept.fingerprint == old.fingerprint and kept.config == old.config
-    assert kept.heads.config.dim == kept.config["training"]["dim"] == 16
+    assert kept.heads.config.dim == kept.config.training["dim"] == 16
 
     run(small_cache, out, dim=24, overwrite=True)
     new = load_checkpoint(out)
     assert new.fingerprint != old.fingerprint
-    assert new.heads.config.dim == new.config["training"]["dim"] == 24
-    assert new.config == json.loads((out / ckpt.CONFIG_FILE).read_text())
+    assert new.heads.config.dim == new.config.training["dim"] == 24
+    assert new.config.to_dict() == json.loads((out / ckpt.CONFIG_FILE).read_text())
 
 
 def make_legacy(folder):

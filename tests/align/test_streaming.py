@@ -41,7 +41,7 @@ def test_streamed_batches_equal_memory_gathers(which, small_cache, int8_cache, t
     path = {"float16": small_cache, "int8": int8_cache, "shards": two_shard_cache}[which]
     cache = Cache(path)
     if which == "int8":
-        assert cache.config["storage"] == "int8"
+        assert cache.config.storage == "int8"
     table, ids = _plan_ids(cache)
     memory = data.MemoryWindows(cache, table, torch.device("cpu"))
     dataset = data.StreamBatches(path, table, ids)

@@ -53,8 +53,8 @@ def test_memory_and_streamed_batches_are_identical(small_cache):
     stream = list(data.StreamWindows(small_cache, table, torch.device("cpu"), workers=1).batches(plan.windows))
     assert len(memory) == len(stream) == 4
     for (ma, mv), (sa, sv) in zip(memory, stream):
-        assert ma.shape == (4, geometry.audio_tokens, cache.config["audio_dim"])
-        assert mv.shape == (4, geometry.frames, cache.config["visual_tokens"], cache.config["visual_dim"])
+        assert ma.shape == (4, geometry.audio_tokens, cache.config.audio_dim)
+        assert mv.shape == (4, geometry.frames, cache.config.visual_tokens, cache.config.visual_dim)
         assert torch.equal(ma, sa) and torch.equal(mv, sv)
     w = int(plan.windows[0, 0])  # and the window is the right span of the right video
     vid = table.video_ids[table.video[w]]
@@ -140,5 +140,5 @@ def test_attention_map_draws_over_the_frame_or_alone(small_cache, tmp_path):
     assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
     from avfeat.align.plots import decode_frame
 
-    frame = decode_frame(cache.record(vid).path, 1.0, cache.config["frame_geometry"])
-    assert frame.shape == (*cache.config["frame_geometry"]["crop"], 3)
+    frame = decode_frame(cache.record(vid).path, 1.0, cache.config.frame_geometry)
+    assert frame.shape == (*cache.config.frame_geometry["crop"], 3)

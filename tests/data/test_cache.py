@@ -6,7 +6,9 @@ import pytest
 from avfeat.data.cache import Cache, CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
 from avfeat.core.errors import CacheError
 
-CONFIG = {"audio_model": "random:hubert-tiny", "fps": 2.0}
+# A cache.json as extract writes it (the tokens below: 4 audio dims, 3 tokens of 2 dims per frame).
+CONFIG = {"audio_model": "random:hubert-tiny", "visual_model": "random:dinov2-tiny", "audio_layer": -1, "visual_layer": -1,
+          "audio_dim": 4, "audio_token_rate": 50.0, "visual_dim": 2, "visual_tokens": 3, "fps": 2.0}
 
 
 def _write_shard(root, index, videos, failures=()):

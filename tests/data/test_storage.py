@@ -102,7 +102,9 @@ def test_quantize_error_is_at_most_half_a_scale_and_zeros_and_nan_are_handled():
 
 
 def test_int8_writer_records_non_finite_tokens_and_stores_scales(tmp_path):
-    layout = open_for_writing(tmp_path / "cache", {"audio_model": "x", "visual_model": "y", "storage": "int8"})
+    config = {"audio_model": "x", "visual_model": "y", "audio_layer": -1, "visual_layer": -1, "audio_dim": 8, "audio_token_rate": 50.0,
+              "visual_dim": 4, "visual_tokens": 5, "fps": 1.0, "storage": "int8"}
+    layout = open_for_writing(tmp_path / "cache", config)
     rng = np.random.default_rng(1)
     audio, visual = rng.normal(size=(10, 8)).astype(np.float32), rng.normal(size=(3, 5, 4)).astype(np.float32)
     bad = audio.copy()
@@ -191,24 +193,25 @@ def test_pool_patches_2_gives_the_mean_of_the_float16_patches(float16_cache, poo
     config = json.loads((pooled_cache / "cache.json").read_text())
     assert config["pool_patches"] == 2 and config["visual_grid"] == [4, 4] and config["visual_tokens"] == 1 + 16
     full, pooled = Cache(float16_cache), Cache(pooled_cache)
-    assert full.config["visual_tokens"] == 1 + 64 and pooled.spec.visual_grid == (4, 4)
+    assert full.config.visual_tokens == 1 + 64 and pooled.spec.visual_grid == (4, 4)
     assert pooled.shard_attrs()["pool_patches"] == 2
     for record in full.records(status="ok"):
         tokens = full.visual_tokens(record.video_id).astype(np.float32)
         want = pool_patch_tokens(tokens, (8, 8), 2)
         got = pooled.visual_tokens(record.video_id)
-        assert got.shape == (len(tokens), 17, full.config["visual_dim"])
+        assert got.shape == (len(tokens), 17, full.config.visual_dim)
         # float16 rounding of the pooled tokens and of the 4 it averages: a few float16 ulps.
         np.testing.assert_allclose(got.astype(np.float32), want, rtol=4e-3, atol=4e-3 * np.abs(want).max())
         np.testing.assert_array_equal(pooled.audio_tokens(record.video_id), full.audio_tokens(record.video_id))
     assert "patches pooled 2x2 (4x4 grid)" in avfeat("info", pooled_cache, check=0).stdout
     # A query embedded at search time is pooled like the cache (the Encoder is shared).
+    from avfeat.data.configs import TrainedOn
     from avfeat.index.query import Backbones
 
-    query = Backbones(pooled.config).encode(corpus / "video_00000.mp4")
+    query = Backbones(TrainedOn.from_dict(pooled.config.to_dict())).encode(corpus / "video_00000.mp4")
     assert query.visual.shape[1] == 17
-    without_key = {k: v for k, v in pooled.config.items() if k != "pool_patches"}  # a checkpoint's copy
-    assert Backbones(without_key).encode(corpus / "video_00000.mp4").visual.shape[1] == 17
+    without_key = {k: v for k, v in pooled.config.to_dict().items() if k != "pool_patches"}  # a checkpoint's copy
+    assert Backbones(TrainedOn.from_dict(without_key)).encode(corpus / "video_00000.mp4").visual.shape[1] == 17
 
 
 def _snapshot(root):
@@ -298,4 +301,4 @@ def test_ray_int8_pooled_cache_equals_local(corpus, tmp_path):
                                 check=0, threads=THREADS)
     assert "Traceback" not in result.stderr
     assert_same_cache(tmp_path / "ray", tmp_path / "local")
-    assert Cache(tmp_path / "ray").config["visual_tokens"] == 17
+    assert Cache(tmp_path / "ray").config.visual_tokens == 17

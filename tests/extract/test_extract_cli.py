@@ -57,14 +57,14 @@ def test_synthetic_videos_end_to_end(corpus, reference_cache):
         audio = cache.audio_tokens(row.video_id)
         visual = cache.visual_tokens(row.video_id)
         times = cache.frame_times(row.video_id)
-        assert audio.shape[1] == cache.config["audio_dim"] and abs(len(audio) - 150) <= 2  # 50 Hz
-        assert visual.shape[1:] == (cache.config["visual_tokens"], cache.config["visual_dim"])
+        assert audio.shape[1] == cache.config.audio_dim and abs(len(audio) - 150) <= 2  # 50 Hz
+        assert visual.shape[1:] == (cache.config.visual_tokens, cache.config.visual_dim)
         assert len(visual) == len(times) == 6  # 2 fps over 3 s
         np.testing.assert_allclose(times, np.arange(6) / 2, atol=0.021)
         assert np.isfinite(audio).all() and np.isfinite(visual).all()
         assert -30 < row.audio_level < -10  # events at RMS 0.2 (-14 dBFS) between quiet noise
     assert len(cache.layout.shards()) == 3  # shard size 2
-    assert cache.config["audio_model"] == "random:hubert-tiny"
+    assert cache.config.audio_model == "random:hubert-tiny"
 
 
 def test_info_text_and_json(reference_cache):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -220,3 +221,12 @@ def test_center_crop_pads_small_images():
     assert out.shape == (8, 6, 3)
     # 3 rows of padding: 1 before, 2 after (torchvision backend); columns cropped from offset 2.
     assert out[:, :, 0].sum(axis=1).tolist() == [0, 6, 6, 6, 6, 6, 0, 0]
+
+
+def test_the_real_clips_beside_the_repository_are_found(monkeypatch):
+    # A wrong default folder would skip every real-clip test quietly.
+    monkeypatch.delenv("AVFEAT_TEST_MEDIA", raising=False)
+    beside = Path(__file__).resolve().parents[2].parent / "shared" / "media"
+    if not (beside.is_dir() and any(p.suffix.lower() in MEDIA_SUFFIXES for p in beside.iterdir())):
+        pytest.skip(f"no real clips in {beside}")
+    assert test_media_dir() == beside

@@ -139,13 +139,14 @@ def test_one_hit_per_video_and_an_excluded_video(index, cache):
 def test_queries_compute_their_tokens_as_the_cache_did(index, heads):
     """A query file is embedded in the cache's compute dtype and decode mode (which the index and
     the heads record), not in what `--dtype auto` would pick on this CPU."""
+    from avfeat.data.configs import TrainedOn
     from avfeat.index.query import Backbones, query_dtype
 
     meta = json.loads((index / "meta.json").read_text())
     config = json.loads((heads / "config.json").read_text())
     for recorded in (meta["cache"], config["cache"]):
         assert recorded["compute_dtype"] == "float32" and recorded["decode_mode"] == "exact"
-    encoder = Backbones({**meta["cache"], "decode_mode": "keyframes"}, device="cpu").encoder
+    encoder = Backbones(TrainedOn.from_dict({**meta["cache"], "decode_mode": "keyframes"}), device="cpu").encoder
     assert encoder.dtype == "float32" and encoder.spec.mode == "keyframes"
     assert query_dtype("bfloat16", "cpu") == "bfloat16" and query_dtype("int8", "cpu") == "int8"
     assert query_dtype("int8", "cuda:0") == "auto" and query_dtype(None, "cpu") == "auto"
@@ -155,6 +156,7 @@ def test_a_keyframes_cache_is_queried_with_keyframes(corpus, tmp_path):
     """An index over a `--decode-mode keyframes` cache embeds a query file as that cache did:
     the indexed video, given as a query, gets its cached frames and their tokens back (exact
     decoding gives other frames)."""
+    from avfeat.data.configs import TrainedOn
     from avfeat.index.query import Backbones
     from avfeat.index.search import Searcher
 
@@ -165,11 +167,11 @@ def test_a_keyframes_cache_is_queried_with_keyframes(corpus, tmp_path):
     heads = train_heads(cache, tmp_path / "heads", steps=2)
     avfeat("index", cache, "--heads", heads, "--out", tmp_path / "index", "--quiet", check=0)
     searcher = Searcher(tmp_path / "index")
-    assert searcher.meta["cache"]["decode_mode"] == "keyframes" and searcher.checkpoint.config["cache"]["decode_mode"] == "keyframes"
+    assert searcher.meta["cache"]["decode_mode"] == "keyframes" and searcher.checkpoint.config.cache.decode_mode == "keyframes"
     record = Cache(cache).records(status="ok")[0]
     cached = Cache(cache).read_frames(record).astype(np.float32)
     query = searcher.tokens(record.path)
     np.testing.assert_array_equal(query.frame_times, Cache(cache).frame_times(record))
     np.testing.assert_allclose(query.visual, cached, atol=1e-2)  # the cache stores float16
-    exact = Backbones({**searcher.meta["cache"], "decode_mode": "exact"}, device="cpu").encode(record.path)
+    exact = Backbones(TrainedOn.from_dict({**searcher.meta["cache"], "decode_mode": "exact"}), device="cpu").encode(record.path)
     assert exact.visual.shape != cached.shape or np.abs(exact.visual - cached).max() > 0.1  # 15 frames against 7 keyframes here

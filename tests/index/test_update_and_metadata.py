@@ -119,7 +119,7 @@ def test_update_refuses_other_heads(cache, heads, index, tmp_path):
     checkpoint = load_checkpoint(other)
     with torch.no_grad():
         next(checkpoint.heads.parameters()).add_(0.01)  # other weights, same config
-    save_heads(other, checkpoint.heads, checkpoint.config)
+    save_heads(other, checkpoint.heads, checkpoint.config.to_dict())
     out = tmp_path / "index"
     shutil.copytree(index, out)
     before = (out / "meta.json").read_bytes()

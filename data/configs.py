@@ -1,0 +1,95 @@
+"""The typed configs stages meet through: a cache's ``cache.json`` (:class:`CacheConfig`) and
+what heads checkpoints and indexes keep of the cache they came from (:class:`TrainedOn`).
+
+Each is a :class:`~avfeat.data.records.BackboneSpec` (models, layers, dims, rates, geometry,
+storage, pooling, decode mode: everything that decides the tokens) plus a few fields of its own,
+read from and written to JSON with a ``config_version``. A file of an earlier avfeat has no
+version (0) and lacks the keys added since; they read as what such a cache holds (float16,
+unpooled, exact frames), so every file ever written still loads. Settings reach checkpoints
+and indexes through these types, never through copied dict keys, so a new setting cannot be
+dropped on the way (as ``decode_mode`` once was).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from avfeat.core.errors import CacheError
+from avfeat.data.records import BackboneSpec
+
+# 1: the first versioned files (cache.json, a checkpoint's "cache", an index's "cache").
+CONFIG_VERSION = 1
+
+# The keys every cache.json `avfeat extract` ever wrote holds: those that describe its tokens.
+REQUIRED_KEYS = (
+    "audio_model", "audio_layer", "audio_dim", "audio_token_rate",
+    "visual_model", "visual_layer", "visual_dim", "visual_tokens", "fps",
+)
+
+
+def _known(cls, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    known = {k: v for k, v in values.items() if k in names and v is not None}
+    if "visual_grid" in known:
+        known["visual_grid"] = tuple(known["visual_grid"])
+    return known
+
+
+@dataclass(frozen=True)
+class CacheConfig(BackboneSpec):
+    """``cache.json``: how a cache's tokens were made."""
+
+    avfeat_version: str = ""
+    config_version: int = 0  # 0: written before configs had versions
+
+    @classmethod
+    def from_dict(cls, values: Any, cache: str = "the cache") -> "CacheConfig":
+        """From the JSON object of ``cache``'s cache.json.
+
+        Raises:
+            CacheError: not a JSON object holding the keys that describe tokens.
+        """
+        if not isinstance(values, dict):
+            raise CacheError(f"{cache} is not an avfeat cache (its cache.json is not a JSON object); restore it from a copy")
+        missing = [key for key in REQUIRED_KEYS if key not in values]
+        if missing:
+            what = "is empty" if not values else f"lacks {', '.join(missing)}"
+            raise CacheError(f"{cache} is not an avfeat cache (its cache.json {what}); restore it from a copy, or re-extract into a new --out")
+        try:
+            return cls(**_known(cls, values))
+        except TypeError as error:
+            raise CacheError(f"{cache} is not an avfeat cache (its cache.json: {error})") from None
+
+
+@dataclass(frozen=True)
+class TrainedOn(BackboneSpec):
+    """The cache a heads checkpoint was trained on, or an index built from (the ``"cache"``
+    section of config.json and meta.json): its config, where it was, its fingerprint, and how
+    its tokens were computed, so that queries compute theirs the same way."""
+
+    path: str = ""
+    fingerprint: str = ""
+    compute_dtype: str | None = None
+    videos_fingerprint: str | None = None  # an index's: the indexed videos' records
+    pool_patches_recorded: bool = True  # files of before --pool-patches: the patch grid tells
+    config_version: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainedOn":
+        known = _known(cls, values)
+        known["pool_patches_recorded"] = "pool_patches" in values
+        return cls(**known)
+
+    @classmethod
+    def of(cls, config: BackboneSpec, path: str, fingerprint: str, compute_dtype: str | None, **extra) -> "TrainedOn":
+        """The record of ``config``'s cache at ``path``."""
+        values = {f.name: getattr(config, f.name) for f in fields(BackboneSpec)}
+        return cls(**values, path=path, fingerprint=fingerprint, compute_dtype=compute_dtype, config_version=CONFIG_VERSION, **extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        values.pop("pool_patches_recorded")
+        if values["videos_fingerprint"] is None:
+            values.pop("videos_fingerprint")
+        return values
