@@ -3,13 +3,16 @@
 Selenium Manager never runs). Skips, saying why, where they are not installed.
 
 `avfeat serve` runs as a user starts it, on a free port, over the small index of test_serve.py.
-Screenshots go to benchmarks/serve_page.png and benchmarks/serve_sync.png (the README shows them).
+Screenshots go to $AVFEAT_SCREENSHOTS (`AVFEAT_SCREENSHOTS=benchmarks` refreshes serve_page.png and
+serve_sync.png, which the README shows), else to a temp folder: a test run changes no tracked file.
 """
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -20,7 +23,7 @@ from .test_serve import serve_setup
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SHOTS = Path(__file__).resolve().parents[2] / "benchmarks"
+SHOTS = Path(os.environ.get("AVFEAT_SCREENSHOTS") or tempfile.mkdtemp(prefix="avfeat-shots-"))
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
