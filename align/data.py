@@ -422,7 +422,7 @@ class StreamBatches(torch.utils.data.Dataset):
     def _file(self, record) -> _ShardFile | None:
         """The shard's direct reader, or None when the shard is not the size the manifest
         recorded (then the cache's own reads raise their error)."""
-        from avfeat.data.cache import shard_name
+        from avfeat.data.layout import shard_name
 
         shard = record.shard
         if shard not in self._files:

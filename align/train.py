@@ -44,7 +44,7 @@ from avfeat.core.lock import writer_lock
 from avfeat.core.outputs import prepare_output
 from avfeat.core.values import check_number
 from avfeat.data.configs import TrainedOn
-from avfeat.data.cache import compute_dtype
+from avfeat.data.shards import compute_dtype
 from avfeat.core.errors import CheckpointError, InputError, TrainingDiverged
 
 

@@ -19,7 +19,7 @@ from _bench import machine, median_time, parse, parser, print_figures, work_fold
 
 
 def decode_all(paths, spec, workers):
-    from avfeat.data.cache import new_record
+    from avfeat.data.shards import new_record
     from avfeat.extract.inputs import video_id
     from avfeat.extract.tasks import DecodeTask, decode_task
     from avfeat.extract.workers import DecodePool

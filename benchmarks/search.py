@@ -99,7 +99,8 @@ def bench_sync(minutes: float, fps: float) -> None:
     import torch
 
     from avfeat.align.heads import AVHeads, HeadConfig
-    from avfeat.data.cache import Cache, ShardWriter, new_record, open_for_writing
+    from avfeat.data.cache import Cache
+    from avfeat.data.shards import ShardWriter, new_record, open_for_writing
     from avfeat.index.sync import sync_cached
 
     seconds = minutes * 60

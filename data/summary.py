@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from avfeat.core.errors import CacheError
-from avfeat.data.cache import Cache, ShardDamage, remove_damaged
+from avfeat.data.cache import Cache
+from avfeat.data.shards import ShardDamage, remove_damaged
 
 def _damage_entry(damage: ShardDamage) -> dict[str, Any]:
     return {"shard": damage.path.name, "problem": damage.problem, "video_ids": damage.video_ids}

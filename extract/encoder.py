@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from avfeat.data.cache import POOL_FACTORS
+from avfeat.data.configs import POOL_FACTORS
 from avfeat.data.codecs import STORAGES
 from avfeat.extract.media import DecodedMedia, DecodeSpec, decode
 
@@ -99,7 +99,7 @@ class Encoder:
         return 1 + self.grid[0] * self.grid[1]
 
     def writer_dims(self) -> dict[str, Any]:
-        """The tensor shapes and storage type a :class:`~avfeat.data.cache.ShardWriter` needs."""
+        """The tensor shapes and storage type a :class:`~avfeat.data.shards.ShardWriter` needs."""
         return dict(audio_dim=self.audio.dim, visual_tokens_per_frame=self.visual_tokens,
                     visual_dim=self.visual.dim, dtype=self.config.storage_dtype, storage=self.config.storage)
 

@@ -23,7 +23,10 @@ from avfeat.core.errors import InputError
 from avfeat.core.lock import writer_lock
 from avfeat.core.outputs import OutputMode, prepare_output
 from avfeat.core.values import check_number, human_bytes
-from avfeat.data.cache import CACHE_OWN, CONFIG_DEFAULTS, CONFIG_FILE, CONFIG_MARKS, CacheLayout, ShardWriter, check_compute_dtype, check_config, compute_dtype, new_record, open_for_writing, read_manifest
+from avfeat.data.configs import CONFIG_DEFAULTS
+from avfeat.data.layout import CACHE_OWN, CONFIG_FILE, CONFIG_MARKS, CacheLayout
+from avfeat.data.manifest import read_manifest
+from avfeat.data.shards import ShardWriter, check_compute_dtype, check_config, compute_dtype, new_record, open_for_writing
 from avfeat.data.records import Status, VideoRecord
 from avfeat.extract.encoder import Encoder, ExtractConfig, resolve_dtype
 from avfeat.extract import sources

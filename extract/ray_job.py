@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from avfeat.data.cache import CacheLayout
+from avfeat.data.layout import CacheLayout
 from avfeat.data.records import VideoRecord
 from avfeat.core.errors import AvfeatError, InputError
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError
@@ -154,7 +154,7 @@ class BackboneStage:
 
 def _write_shard(item: dict[str, Any], writer_args: dict[str, Any]) -> dict[str, Any]:
     """CPU task: write and commit one shard and its manifest part; report what it holds."""
-    from avfeat.data.cache import ShardWriter
+    from avfeat.data.shards import ShardWriter
 
     shard: Shard = item["shard"]
     attrs = dict(writer_args["attrs"])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avfeat.data.cache import CacheLayout
+from avfeat.data.layout import CacheLayout
 from avfeat.data.records import VideoRecord
 from avfeat.extract.media import DecodedMedia, DecodeSpec, decode
 

@@ -40,7 +40,7 @@ import numpy as np
 from avfeat.core.values import check_number
 from avfeat.data.configs import TrainedOn
 from avfeat.index.faiss_gpu import set_search_params, to_cpu, to_gpu
-from avfeat.data.cache import compute_dtype
+from avfeat.data.shards import compute_dtype
 from avfeat.core.errors import InputError, SearchIndexError
 
 EXACT_LIMIT = 100_000

@@ -25,7 +25,7 @@ import pytest
 
 from avfeat.core.lock import LOCK_NAME, _process_stat, writer_lock
 from avfeat.core.outputs import prepare_output
-from avfeat.data.cache import open_for_writing
+from avfeat.data.shards import open_for_writing
 from avfeat.data.synth import make_corpus
 from avfeat.core.errors import InputError
 from avfeat.testing.runner import TINY_MODELS as TINY

@@ -10,10 +10,10 @@ from typing import Optional
 import typer
 
 from avfeat.cli.options import device_option, overwrite_option, quiet_option, resume_option
-from avfeat.data.cache import DECODE_MODES, POOL_FACTORS
+from avfeat.data.configs import DECODE_MODES, POOL_FACTORS
 from avfeat.data.codecs import STORAGES
 
-# The choices are the library's own lists (avfeat.data.cache).
+# The choices are the library's own lists (avfeat.data.configs).
 # How shards hold tokens (README "Compact storage").
 Storage = Enum("Storage", {name: name for name in STORAGES}, type=str)
 # Which frame serves each 1/fps step (extract/media/frames.py).
@@ -131,7 +131,7 @@ def info(
 
 def _summary_lines(report: dict) -> list[str]:
     """`info`'s text: what ``cache_summary`` found, one line per subject."""
-    from avfeat.data.cache import damage_line
+    from avfeat.data.shards import damage_line
 
     config, hours = report["config"], report["media_hours"]
     counts = ", ".join(f"{status} {count}" for status, count in report["status_counts"].items()) or "none"
@@ -163,7 +163,7 @@ def _storage_line(report: dict) -> str:
 
 def _verify(cache: Path, as_json: bool) -> None:
     """`info --verify`: every shard against its recorded SHA-256."""
-    from avfeat.data.cache import damage_line
+    from avfeat.data.shards import damage_line
     from avfeat.data.summary import refuse_damaged, verify_cache
 
     result = verify_cache(cache)

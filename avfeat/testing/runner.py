@@ -18,7 +18,8 @@ TINY_MODELS = ["--audio-model", "random:hubert-tiny", "--visual-model", "random:
 def assert_same_cache(path, expected_path, ignore: tuple[str, ...] = ()) -> None:
     """Two caches hold the same videos, manifest records (but the fields in ``ignore``) and
     tensors (bit for bit)."""
-    from avfeat.data.cache import Cache, read_manifest
+    from avfeat.data.cache import Cache
+    from avfeat.data.manifest import read_manifest
 
     def snapshot(root):
         cache = Cache(root)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from avfeat.data.cache import DECODE_MODES
+from avfeat.data.configs import DECODE_MODES
 
 class MediaError(Exception):
     """A file could not be decoded; ``status`` is its manifest status (``avfeat.data.records.Status``)."""
@@ -48,7 +48,7 @@ class DecodeSpec:
     mode: str = "exact"
 
 
-# DecodeSpec.mode values: DECODE_MODES (the cache's list, avfeat.data.cache) holds them.
+# DecodeSpec.mode values: DECODE_MODES (the cache's list, avfeat.data.configs) holds them.
 EXACT = "exact"
 KEYFRAMES = "keyframes"
 

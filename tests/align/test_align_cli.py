@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from avfeat.data.cache import ShardWriter, new_record, open_for_writing
+from avfeat.data.shards import ShardWriter, new_record, open_for_writing
 
 from .conftest import avfeat
 

@@ -12,7 +12,8 @@ from avfeat.align import data
 from avfeat.align import train as train_module
 from avfeat.align.loss import info_nce
 from avfeat.align.train import RunOptions, TrainConfig, train
-from avfeat.data.cache import Cache, ShardWriter, new_record, open_for_writing
+from avfeat.data.cache import Cache
+from avfeat.data.shards import ShardWriter, new_record, open_for_writing
 from avfeat.data.audit_table import AuditRow, write_audit
 
 from .conftest import avfeat

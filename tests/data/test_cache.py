@@ -3,7 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from avfeat.data.cache import Cache, CacheLayout, ShardWriter, new_record, open_for_writing, read_manifest
+from avfeat.data.cache import Cache
+from avfeat.data.layout import CacheLayout
+from avfeat.data.manifest import read_manifest
+from avfeat.data.shards import ShardWriter, new_record, open_for_writing
 from avfeat.core.errors import CacheError
 
 # A cache.json as extract writes it (the tokens below: 4 audio dims, 3 tokens of 2 dims per frame).
@@ -124,7 +127,7 @@ def test_damaged_state_is_one_line_naming_the_file(tmp_path, damage, message):
 
 
 def test_flipped_bytes_are_found_and_named(tmp_path):
-    from avfeat.data.cache import remove_damaged
+    from avfeat.data.shards import remove_damaged
 
     layout = _write_shard(tmp_path, 0, [("a", 2, 10), ("bb", 3, 20)])
     _write_shard(tmp_path, 1, [("c", 2, 10)])

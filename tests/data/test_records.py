@@ -7,7 +7,8 @@ import torch
 
 from avfeat.align.data import MemoryWindows, WindowTable
 from avfeat.align.windows import WindowGeometry, cache_windows
-from avfeat.data.cache import Cache, ShardWriter, new_record, open_for_writing
+from avfeat.data.cache import Cache
+from avfeat.data.shards import ShardWriter, new_record, open_for_writing
 from avfeat.data.records import BackboneSpec, VideoRecord, nearest_index
 from avfeat.core.errors import BackboneMismatchError
 from avfeat.index.query import cached_query

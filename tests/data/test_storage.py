@@ -17,7 +17,8 @@ import h5py
 import numpy as np
 import pytest
 
-from avfeat.data.cache import Cache, ShardWriter, new_record, open_for_writing
+from avfeat.data.cache import Cache
+from avfeat.data.shards import ShardWriter, new_record, open_for_writing
 from avfeat.data.codecs import dequantize_int8, quantize_int8
 from avfeat.data.records import BackboneSpec
 from avfeat.data.synth import make_corpus

@@ -1,0 +1,102 @@
+"""The cache's Parquet manifest: one part per shard (``manifest/part-NNNNN.parquet``), one row
+per input video of that shard (ok or failed), in :func:`manifest_schema` followed by the input
+table's metadata columns. When the same video is recorded twice (a failure retried later), the
+record in the highest part wins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from avfeat.core.errors import CacheError
+from avfeat.core.values import one_line
+from avfeat.data.layout import CacheLayout, shard_name
+from avfeat.data.records import Status
+
+
+def manifest_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("path", pa.string()),
+            ("size", pa.int64()),
+            ("mtime", pa.float64()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            ("duration", pa.float64()),
+            ("shard", pa.int32()),
+            ("audio_offset", pa.int64()),
+            ("audio_length", pa.int64()),
+            ("audio_start", pa.float64()),
+            ("audio_rate", pa.float64()),
+            ("visual_offset", pa.int64()),
+            ("visual_length", pa.int64()),
+            ("fps", pa.float64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("source_sample_rate", pa.int32()),
+            ("audio_level", pa.float64()),  # dBFS, RMS of the decoded sound
+            ("segment_start", pa.float64()),  # an input table's start and end (null: the whole file)
+            ("segment_end", pa.float64()),
+            ("shard_sha256", pa.string()),  # of the whole shard file, checked by `avfeat info --verify`
+            ("shard_bytes", pa.int64()),  # its size, checked whenever a reader opens it
+        ]
+    )
+
+
+
+def _conform(table):
+    """A manifest part in the current schema (columns a part from an older avfeat lacks are
+    null), followed by its metadata columns as they were written."""
+    import pyarrow as pa
+
+    schema = manifest_schema()
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+    metadata = [table.schema.field(name) for name in table.column_names if name not in schema.names]
+    return table.select(schema.names + [f.name for f in metadata]).cast(pa.schema([*schema, *metadata]))
+
+
+def part_table(rows: list[dict[str, Any]]):
+    """A manifest part: the records' fields in the manifest schema, then their metadata columns
+    (types as the input table gave them; a column some rows lack is null there)."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(rows, schema=manifest_schema())
+    names = dict.fromkeys(key for row in rows for key in row if key not in table.column_names)
+    for name in names:
+        table = table.append_column(name, pa.array([row.get(name) for row in rows]))
+    return table
+
+
+def read_manifest(root: str | Path):
+    """All committed manifest rows as a pyarrow Table, latest record per video."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    layout = CacheLayout(Path(root))
+    parts = layout.parts()
+    if not parts:
+        return manifest_schema().empty_table()
+    tables = []
+    for index in sorted(parts):
+        try:
+            tables.append(_conform(pq.read_table(parts[index], page_checksum_verification=True)))
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise CacheError(
+                f"manifest part {parts[index]} is damaged ({one_line(error)}); restore it, or remove it and "
+                f"{layout.shard_dir / shard_name(index)} and run `avfeat extract --resume` to extract those videos again"
+            ) from None
+    try:  # runs with different input tables add different metadata columns: nulls elsewhere
+        table = pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise CacheError(f"the manifest parts of {layout.root} hold one metadata column with two types ({one_line(error)})") from None
+    # A retried video appears in several parts; keep its last record, unless that retires it.
+    ids, statuses = table.column("video_id").to_pylist(), table.column("status").to_pylist()
+    last = {video_id: row for row, video_id in enumerate(ids)}
+    keep = sorted(row for row in last.values() if statuses[row] != Status.SUPERSEDED)
+    return table if len(keep) == len(ids) else table.take(keep)
