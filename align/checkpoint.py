@@ -139,7 +139,7 @@ class HeadsConfig:
     window: float
     cache: TrainedOn
     hop: float | None = None
-    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig.to_dict (align.train reads it)
+    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig.to_dict (align.config reads it)
     split: dict[str, Any] = field(default_factory=dict)  # {"train_videos": [...], "val_videos": [...]}
     avfeat_version: str = ""
     config_version: int = 0

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from avfeat.align import data
+from avfeat.align.loss import info_nce
 from avfeat.align.scores import pairwise_scores
 
 
@@ -24,6 +25,22 @@ def window_scores(heads, source, ids: torch.Tensor, aggregation: str, batch_size
             visual.append(heads.project_visual(v).float())
     audio, visual = torch.cat(audio)[:n], torch.cat(visual)[:n]
     return pairwise_scores(audio, visual, aggregation).float().cpu()
+
+
+def validation_loss(scores: torch.Tensor, video: torch.Tensor, batch_size: int, logit_scale: torch.Tensor) -> float:
+    """Mean InfoNCE over groups of up to ``batch_size`` validation windows from distinct videos
+    (the k-th window of each video together), so it compares with the training loss.
+    ``video``: (N,) video number of each window of ``scores``, each video's windows together."""
+    slot = torch.zeros_like(video)
+    for i in range(1, len(video)):
+        slot[i] = slot[i - 1] + 1 if video[i] == video[i - 1] else 0
+    losses = []
+    for k in slot.unique():
+        members = torch.nonzero(slot == k).flatten()
+        for group in members.split(batch_size):
+            if len(group) >= 2:
+                losses.append(float(info_nce(scores[group][:, group], logit_scale.detach().float().cpu())))
+    return sum(losses) / len(losses) if losses else float("nan")
 
 
 def held_out_scores(checkpoint, cache_path: str | Path, per_video: int | None = None) -> tuple[torch.Tensor, list[str], np.ndarray]:

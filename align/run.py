@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from avfeat.align import distributed
-from avfeat.align.train import RunOptions, TrainConfig, TrainResult, train
+from avfeat.align.config import RunOptions, TrainConfig
+from avfeat.align.train import TrainResult, train
 from avfeat.core.devices import resolve_device
 from avfeat.core.errors import InputError
 from avfeat.core.values import parse_size

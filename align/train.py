@@ -2,7 +2,7 @@
 
 An epoch is ``passes_per_epoch`` passes over the training videos with one window per video
 per pass, in batches of B distinct videos; batch size, passes and epochs left unset are sized
-to the collection (``data.plan_schedule``) and stored resolved in config.json. After each epoch
+to the collection (``schedule.plan_schedule``) and stored resolved in config.json. After each epoch
 the heads are scored on fixed validation windows, and the checkpoint (heads, config, resumable
 state, metrics, curves) is saved. ``resume`` continues exactly: the same subsequent losses as
 an uninterrupted run.
@@ -10,7 +10,7 @@ an uninterrupted run.
 An audit table (``avfeat audit``) can leave out the videos whose sound likely does not belong to
 their pictures (``exclude``, before the split) and weight each remaining video's positive pair by
 that probability (``weight_by``); config.json records each table's path and sha256, and a resume
-refuses a table that changed since.
+refuses a table that changed since (``audit_tables.py``).
 
 Several processes (torchrun, ``--nproc``: see ``distributed.py``) share each global batch of B
 windows; rank 0 validates and saves while the others wait.
@@ -18,11 +18,9 @@ windows; rank 0 validates and saves while the others wait.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,101 +28,23 @@ import torch
 
 from avfeat import __version__
 from avfeat.align import checkpoint as ckpt
-from avfeat.align import data
+from avfeat.align import data, schedule, streaming
+from avfeat.align.audit_tables import AuditTables, recorded_tables
+from avfeat.align.config import RunOptions, TrainConfig
 from avfeat.align.distributed import Group, check_batch
 from avfeat.align.distributed import start as start_group
 from avfeat.align.heads import AVHeads, HeadConfig
-from avfeat.align.loss import LossWeights, contrastive_loss, info_nce
-from avfeat.align.evaluate import window_scores
+from avfeat.align.loss import LossWeights, contrastive_loss
+from avfeat.align.epoch_log import EpochLog, summary_line
+from avfeat.align.evaluate import validation_loss, window_scores
 from avfeat.align.metrics import both_directions
 from avfeat.align.scores import paired_scores, pairwise_scores
 from avfeat.core.devices import resolve_device
-from avfeat.core.io import write_atomic
 from avfeat.core.lock import writer_lock
 from avfeat.core.outputs import prepare_output
-from avfeat.core.values import check_number
 from avfeat.data.configs import TrainedOn
 from avfeat.data.shards import compute_dtype
 from avfeat.core.errors import CheckpointError, InputError, TrainingDiverged
-
-
-CURVES_EVERY = 30.0  # seconds: curves.png is redrawn at most this often, and after the last epoch
-AUDIT_OPTIONS = {"exclude": "--exclude", "weight_by": "--weight-by"}  # TrainConfig fields that name an audit table
-
-
-@dataclass
-class TrainConfig:
-    """Every option that changes what is learned; stored in config.json under "training"."""
-
-    window: float = 2.0
-    hop: float | None = None  # indexing hop, default window / 2
-    dim: int = 256
-    head: str = "mlp"  # 80 synthetic videos, 5 corpora, defaults otherwise: class R@1 ≥ 0.97; linear fell to 0.78
-    aggregation: str = "max-mean"
-    epochs: int | None = None  # None: automatic (data.plan_schedule), resolved when training starts
-    steps: int | None = None  # total steps; overrides epochs (the last epoch may be partial)
-    passes_per_epoch: int | None = None  # None: automatic, an epoch draws as many windows as the videos hold
-    batch_size: int | None = None  # None: automatic, at most 64 (data.auto_batch_size)
-    lr: float = 1e-2  # heads only, with warm-up, cosine decay and clipping; 1e-3 fell to 0.94 in as many steps
-    weight_decay: float = 0.01
-    warmup: float = 0.05  # fraction of the steps spent warming up linearly
-    clip: float = 1.0  # max gradient norm (0: no clipping)
-    temperature: float = 0.07  # initial; learned, clamped at 0.01
-    temporal_negatives: bool = False
-    min_shift: float = 1.0
-    offdiag_weight: float = 0.0
-    centroid_weight: float = 0.0
-    val_fraction: float = 0.1
-    val_windows: int = 4  # fixed evenly spaced validation windows per validation video
-    seed: int = 0
-    exclude: str | None = None  # audit table: videos whose p_match < min_correspondence sit out training and validation
-    min_correspondence: float = 0.5
-    weight_by: str | None = None  # audit table: each video's positive pair weighs its p_match (mean 1 over training)
-
-    def __post_init__(self):
-        HeadConfig(audio_dim=1, visual_dim=1, dim=self.dim, head=self.head, aggregation=self.aggregation)  # validates names
-        if self.batch_size is not None and self.batch_size < 2:
-            raise ValueError("--batch-size must be at least 2 (InfoNCE needs negatives)")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
-        if any(n is not None and n < 1 for n in (self.epochs, self.steps, self.passes_per_epoch)):
-            raise ValueError("--epochs, --steps and --passes-per-epoch must be at least 1")
-        if self.lr <= 0 or not 0 <= self.warmup < 1:
-            raise ValueError("--lr must be positive and --warmup in [0, 1)")
-        # NaN and inf pass every comparison above unnoticed: each number is checked finite too.
-        for name, value in (("--window", self.window), ("--hop", self.hop), ("--lr", self.lr), ("--temperature", self.temperature)):
-            check_number(name, value)
-        for name, value in (("--weight-decay", self.weight_decay), ("--clip", self.clip), ("--min-shift", self.min_shift),
-                            ("--offdiag-weight", self.offdiag_weight), ("--centroid-weight", self.centroid_weight)):
-            check_number(name, value, inclusive=True)
-        check_number("--min-correspondence", self.min_correspondence, inclusive=True, maximum=1.0)
-
-    def to_dict(self, audit: dict | None = None) -> dict:
-        """The "training" record of config.json; ``audit`` replaces each audit table's path with
-        its record (path, sha256, ...)."""
-        return {**asdict(self), **(audit or {})}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in values.items() if k in names}
-        for key in AUDIT_OPTIONS:  # recorded as {"path", "sha256", ...} (see to_dict)
-            if isinstance(values.get(key), dict):
-                values[key] = values[key]["path"]
-        return cls(**values)
-
-
-@dataclass
-class RunOptions:
-    """How to run (not what to learn): may differ between a run and its resume."""
-
-    device: str = "auto"
-    memory_limit: int | None = None  # bytes; None: half the available (GPU) memory; 0: always stream
-    workers: int = 2  # DataLoader processes when streaming
-    resume: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    stop_after: int | None = None  # end this run after that many epochs (tests, time-boxed jobs)
 
 
 @dataclass
@@ -137,15 +57,6 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
     rank: int = 0  # this process's rank when several train together (only rank 0 wrote files)
     warnings: list[str] = field(default_factory=list)  # e.g. a run too short to learn
-
-
-def lr_at(step: int, total: int, config: TrainConfig) -> float:
-    """Linear warm-up then cosine decay to zero; ``step`` counts from 0."""
-    warm = int(config.warmup * total)
-    if step < warm:
-        return config.lr * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def window_loss(heads: AVHeads, audio: torch.Tensor, visual: torch.Tensor, config: TrainConfig, shifted: torch.Tensor | None = None, group: Group | None = None,
@@ -190,7 +101,6 @@ class Trainer:
         self.notes: list[str] = []
         self.warnings: list[str] = []
         self._recorded: dict = {}  # on resume: the audit tables' records in the checkpoint's config.json
-        self.audit: dict[str, dict] = {}  # config.json records of the audit tables this run uses
         with self.group.together():  # the checks first, so a bad run fails before loading data
             self.cache = data.open_cache(cache_path)
             if options.resume:
@@ -198,21 +108,23 @@ class Trainer:
             elif self.group.is_main:
                 self._prepare_out()
             self.config = config
+            self.audit_tables = AuditTables(config, self.cache, self.out, log, self._recorded)
+            self.audit = self.audit_tables.records  # config.json records of the audit tables this run uses
             self.device = self.group.device
             self.amp = self.device.type == "cuda"
 
             ok_ids = [r.video_id for r in self.cache.records(status="ok")]
-            kept_ids = self._exclude(ok_ids) if config.exclude else ok_ids
+            kept_ids = self.audit_tables.exclude(ok_ids) if config.exclude else ok_ids
             train_ids, val_ids = data.split_videos(kept_ids, config.val_fraction, config.seed)
             if config.exclude:
-                self._report_exclusion(len(ok_ids), len(train_ids))
+                self.audit_tables.report_exclusion(len(ok_ids), len(train_ids))
             self.geometry, self.table = data.check_window(self.cache, train_ids + val_ids, config.window)
             has_windows = self.table.count > 0
             self.train_videos = [k for k in range(len(train_ids)) if has_windows[k]]
             self.val_videos = [k for k in range(len(train_ids), len(train_ids) + len(val_ids)) if has_windows[k]]
             if len(self.train_videos) < 2:
                 raise InputError(f"only {len(self.train_videos)} training video(s) can hold a {config.window:g} s window; need at least 2")
-            self.video_weights = self._video_weights() if config.weight_by else None
+            self.video_weights = self.audit_tables.video_weights(self.table, self.train_videos) if config.weight_by else None
             self.batch_size = self._global_batch_size()
             self.val_ids = torch.as_tensor(self.table.evenly_spaced(self.val_videos, config.val_windows))
             self.split = {"seed": config.seed, "val_fraction": config.val_fraction, "val_videos": sorted(val_ids)}
@@ -220,11 +132,11 @@ class Trainer:
             # The schedule: what was left unset is sized to the collection and stored resolved
             # (config.json's "training"), so a resume and eval see the values this run used.
             train_windows = self.table.disjoint_count(self.train_videos)
-            schedule = data.plan_schedule(len(self.train_videos), train_windows, self.batch_size, config.passes_per_epoch, config.epochs, config.steps)
+            planned = schedule.plan_schedule(len(self.train_videos), train_windows, self.batch_size, config.passes_per_epoch, config.epochs, config.steps)
             self.config = config = replace(
-                config, batch_size=config.batch_size or schedule.batch_size, passes_per_epoch=schedule.passes_per_epoch, epochs=schedule.epochs)
-            self.steps_per_epoch, self.total_steps, self.epochs = schedule.steps_per_epoch, schedule.total_steps, schedule.epochs
-            warning = data.short_run_warning(schedule, train_windows)
+                config, batch_size=config.batch_size or planned.batch_size, passes_per_epoch=planned.passes_per_epoch, epochs=planned.epochs)
+            self.steps_per_epoch, self.total_steps, self.epochs = planned.steps_per_epoch, planned.total_steps, planned.epochs
+            warning = schedule.short_run_warning(planned, train_windows)
             if warning:
                 self.warnings.append(warning)
 
@@ -239,7 +151,7 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(self.heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
             self.generator = torch.Generator().manual_seed(config.seed + 1)
             self.epoch, self.step, self.history = 0, 0, []
-            self._plotted = -math.inf
+            self.epoch_log = EpochLog(self.out)
             if options.resume:
                 self._restore()
             elif self.group.is_main:
@@ -267,70 +179,16 @@ class Trainer:
         if stored.cache.fingerprint != fingerprint:
             raise CheckpointError(f"{self.out} was trained on another cache (fingerprint {stored.cache.fingerprint or None}, this cache {fingerprint})")
         self.notes.append("resuming with the checkpoint's own training options")
-        self._recorded = {key: stored.training[key] for key in AUDIT_OPTIONS if isinstance(stored.training.get(key), dict)}
+        self._recorded = recorded_tables(stored.training)
         return TrainConfig.from_dict(stored.training)
 
-    def _audit_table(self, key: str):
-        """The audit table of option ``key`` (see ``AUDIT_OPTIONS``), checked against the cache
-        and, on resume, against the sha256 recorded when the run started: other p_match values
-        would change which videos train, or how much each one counts."""
-        from avfeat.data.audit_table import read_audit
-
-        path = Path(getattr(self.config, key)).resolve()
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None  # a missing file: read_audit says so
-        recorded = self._recorded.get(key, {}).get("sha256")
-        if digest is not None and recorded is not None and recorded != digest:  # checked first: the likelier cause of any mismatch
-            raise CheckpointError(f"{AUDIT_OPTIONS[key]} table {path} changed since {self.out} was trained on it (sha256 {recorded[:12]}, now {digest[:12]}): "
-                                  "restore it to resume, or start again with --overwrite")
-        table = read_audit(path, self.cache)
-        self.audit[key] = {"path": str(path), "sha256": digest}
-        return table
-
-    def _p_match(self, key: str, video_ids: list[str]) -> dict[str, float]:
-        """Each of ``video_ids``' p_match from the option's table (``read_audit`` has checked
-        that each is a probability)."""
-        p_match = self._audit_table(key).p_match()
-        return {v: p_match[v] for v in video_ids}
-
-    def _exclude(self, ok_ids: list[str]) -> list[str]:
-        """The videos whose p_match reaches --min-correspondence; the others leave training and
-        validation alike, before the split, so validation measures the kept corpus."""
-        p_match = self._p_match("exclude", ok_ids)
-        excluded = sorted(v for v in ok_ids if p_match[v] < self.config.min_correspondence)
-        self.audit["exclude"]["excluded"] = excluded
-        return [v for v in ok_ids if p_match[v] >= self.config.min_correspondence]
-
-    def _report_exclusion(self, videos: int, training: int) -> None:
-        """Refuse a run that exclusion left with fewer than 2 training videos, else say how many
-        videos it left out."""
-        excluded, threshold = len(self.audit["exclude"]["excluded"]), self.config.min_correspondence
-        if training < 2:
-            raise InputError(f"--exclude left {training} training video(s): {excluded} of {videos} have p_match below --min-correspondence "
-                             f"{threshold:g}; need at least 2 (lower --min-correspondence)")
-        self.log(f"excluded {excluded} of {videos} videos: p_match below --min-correspondence {threshold:g} in {self.audit['exclude']['path']}")
-
-    def _video_weights(self) -> torch.Tensor:
-        """(V,) weight of each video of the window table: its p_match over the training videos'
-        mean, so the weights average 1 and the loss scale (and the learning rate that suits it)
-        stays that of an unweighted run. Validation videos keep 1 (validation is unweighted)."""
-        ids = [self.table.video_ids[k] for k in self.train_videos]
-        p_match = self._p_match("weight_by", ids)
-        mean = sum(p_match.values()) / len(ids)
-        if mean == 0:
-            raise InputError(f"--weight-by table {self.audit['weight_by']['path']} gives every training video p_match 0: nothing would be learned")
-        weights = torch.ones(len(self.table.video_ids))
-        for k, vid in zip(self.train_videos, ids):
-            weights[k] = p_match[vid] / mean
-        self.log(f"weighting each training video's positive pair by its p_match in {self.audit['weight_by']['path']} (mean {mean:.3f})")
-        return weights
-
     def _global_batch_size(self) -> int:
-        """The configured global batch (unset: ``data.auto_batch_size``), lowered when there are
+        """The configured global batch (unset: ``schedule.auto_batch_size``), lowered when there are
         fewer training videos (to a multiple of the number of processes, which share each batch
         equally)."""
         world, batch, videos = self.group.world_size, self.config.batch_size, len(self.train_videos)
         if batch is None:
-            batch = data.auto_batch_size(videos, world)
+            batch = schedule.auto_batch_size(videos, world)
         check_batch(batch, world)
         if videos < batch:
             batch = videos - videos % world
@@ -353,7 +211,7 @@ class Trainer:
             self.in_memory = True
             self.log(f"loaded {len(ids)} videos' tokens into {where}: {self.data_bytes / 2**20:.1f} MB in {time.perf_counter() - started:.1f} s")
         else:
-            self.source = data.StreamWindows(self.cache_path, self.table, self.device, self.options.workers)
+            self.source = streaming.StreamWindows(self.cache_path, self.table, self.device, self.options.workers)
             self.in_memory = False
             self.log(f"streaming windows from HDF5 with {self.options.workers} workers: the tokens take {self.data_bytes / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB memory limit")
 
@@ -385,7 +243,7 @@ class Trainer:
     def train_step(self, audio: torch.Tensor, visual: torch.Tensor, shifted: torch.Tensor | None, pair_weights: torch.Tensor | None = None) -> torch.Tensor:
         """One optimizer step; returns the loss (a detached device scalar: no sync here)."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.total_steps, self.config)
+            group["lr"] = schedule.lr_at(self.step, self.total_steps, self.config)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = window_loss(self.heads, audio, visual, self.config, shifted, self.group, pair_weights)
         self.optimizer.zero_grad(set_to_none=True)
@@ -449,14 +307,14 @@ class Trainer:
                 record.update(self.validate())
                 self.history.append(record)
                 self.save()
-                self.log_tensorboard(record)
+                self.epoch_log.tensorboard(record)
             record = self.group.share(record)  # the other ranks wait here for validation and saving
             if not self.group.is_main:
                 self.history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
         if self.group.is_main:
-            self.plot()
+            self.epoch_log.plot(self.history)
         return TrainResult(self.out, self.history, losses, self.in_memory, self.data_bytes, self.notes, self.group.rank, self.warnings)
 
     def _stop_if_diverged(self, epoch_losses: list[float]) -> None:
@@ -482,71 +340,15 @@ class Trainer:
         scores = window_scores(self.heads, self.source, self.val_ids, self.config.aggregation, self.batch_size, self.amp)
         self.heads.train()
         metrics = both_directions(scores)
-        return {"val_loss": self._val_loss(scores), "val": metrics}
-
-    def _val_loss(self, scores: torch.Tensor) -> float:
-        """Mean InfoNCE over groups of up to B validation windows from distinct videos (the
-        k-th window of each video together), so it compares with the training loss."""
         video = torch.as_tensor(self.table.video)[self.val_ids]
-        slot = torch.zeros_like(video)
-        for i in range(1, len(video)):
-            slot[i] = slot[i - 1] + 1 if video[i] == video[i - 1] else 0
-        losses = []
-        for k in slot.unique():
-            members = torch.nonzero(slot == k).flatten()
-            for group in members.split(self.batch_size):
-                if len(group) >= 2:
-                    losses.append(float(info_nce(scores[group][:, group], self.heads.logit_scale.detach().float().cpu())))
-        return sum(losses) / len(losses) if losses else float("nan")
+        return {"val_loss": validation_loss(scores, video, self.batch_size, self.heads.logit_scale), "val": metrics}
 
     def save(self) -> None:
         """State first (self-contained), then the heads, then metrics (and curves, throttled)."""
         meta = {"epoch": self.epoch, "step": self.step, "history": self.history}
         ckpt.save_state(self.out, self.heads, self.optimizer, self._rng_states(), meta)
         ckpt.save_heads(self.out, self.heads, self.checkpoint_config())
-        lines = "".join(json.dumps(record) + "\n" for record in self.history)
-        write_atomic(self.out / ckpt.METRICS_FILE, lines)
-        if time.monotonic() - self._plotted > CURVES_EVERY:
-            self.plot()
-
-    def plot(self) -> None:
-        from avfeat.align.plots import plot_curves
-
-        if self.history:
-            plot_curves(self.history, self.out / ckpt.CURVES_FILE)
-        self._plotted = time.monotonic()
-
-    def log_tensorboard(self, record: dict) -> None:
-        writer = self._tensorboard()
-        if writer is not None:
-            writer.add_scalar("loss/train", record["train_loss"], record["step"])
-            if "val" in record:
-                writer.add_scalar("loss/val", record["val_loss"], record["step"])
-                for direction, values in record["val"].items():
-                    for name, value in values.items():
-                        writer.add_scalar(f"val_{direction}/{name}", value, record["step"])
-            writer.flush()
-
-    def _tensorboard(self):
-        """A SummaryWriter when tensorboard is installed, else None (logging is optional)."""
-        if not hasattr(self, "_writer"):
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.out / ckpt.TENSORBOARD_DIR))
-            except ImportError:
-                self._writer = None
-        return self._writer
-
-
-def summary_line(record: dict) -> str:
-    """One epoch as a line: losses and validation R@1/5/10 both ways."""
-    line = f"epoch {record['epoch']:>3}  step {record['step']:>6}  train {record['train_loss']:.4f}"
-    if "val" in record:
-        a2v, v2a = record["val"]["a2v"], record["val"]["v2a"]
-        line += f"  val {record['val_loss']:.4f}  a2v R@1/5/10 {a2v['R@1']:.2f}/{a2v['R@5']:.2f}/{a2v['R@10']:.2f}"
-        line += f"  v2a {v2a['R@1']:.2f}/{v2a['R@5']:.2f}/{v2a['R@10']:.2f}"
-    return line
+        self.epoch_log.save(self.history)
 
 
 def train(cache_path: str | Path, out: str | Path, config: TrainConfig | None = None, options: RunOptions | None = None, log: Callable[[str], None] = print,

@@ -43,7 +43,7 @@ class DemoConfig:
 
     def train_config(self):
         """The heads' training recipe (benchmarks/storage.py trains on it too)."""
-        from avfeat.align.train import TrainConfig
+        from avfeat.align.config import TrainConfig
 
         return TrainConfig(
             window=self.window, head=self.head, dim=self.dim, batch_size=self.batch_size, lr=self.lr,
@@ -105,7 +105,7 @@ def _run_demo(out: Path, config: DemoConfig, quiet: bool, device: str, overwrite
     import pyarrow.parquet as pq
 
     from avfeat.align.checkpoint import load_checkpoint
-    from avfeat.align.train import RunOptions as TrainOptions
+    from avfeat.align.config import RunOptions as TrainOptions
     from avfeat.align.train import train
     from avfeat.data.cache import Cache
     from avfeat.data.synth import cut_clip, make_corpus

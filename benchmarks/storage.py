@@ -135,7 +135,8 @@ SMOKE_RECIPE = dict(videos=10, seconds=4.0, classes=2, epochs=1, passes_per_epoc
 
 def trade_off_job(work: Path, seed: int, name: str, recipe_changes: dict) -> dict[str, float]:
     """Extract the seed's corpus with one storage, train the demo's heads on it, evaluate them → figures."""
-    from avfeat.align.train import RunOptions, train
+    from avfeat.align.config import RunOptions
+    from avfeat.align.train import train
     from avfeat.demo import DemoConfig
     from avfeat.evaluation import evaluate
     from avfeat.testing.runner import run_avfeat, torch_threads

@@ -37,7 +37,8 @@ def rchar() -> int:
 
 
 def make_trainer(cache: Path, out: Path, args, memory_limit: int | None):
-    from avfeat.align.train import RunOptions, Trainer, TrainConfig
+    from avfeat.align.config import RunOptions, TrainConfig
+    from avfeat.align.train import Trainer
 
     config = TrainConfig(window=args.window, dim=args.dim, head="linear", batch_size=args.batch_size, epochs=1,
                          passes_per_epoch=args.passes, val_fraction=0.2, lr=1e-3, temporal_negatives=args.temporal_negatives, min_shift=1.0)
@@ -66,12 +67,12 @@ def epoch_rate(trainer) -> float:
 def bytes_per_step(trainer) -> dict:
     """rchar rise per step while this process builds one epoch's streamed batches, the bytes
     of the tokens a step needs, and the reader alone: batches/s built in this process."""
-    from avfeat.align import data
+    from avfeat.align import data, streaming
 
     plan = data.epoch_plan(trainer.table, trainer.train_videos, trainer.batch_size, trainer.config.passes_per_epoch,
                            trainer.config.min_shift, torch.Generator().manual_seed(99))
     ids = data.plan_ids(plan, trainer.config.temporal_negatives)
-    dataset = data.StreamBatches(trainer.cache_path, trainer.table, ids)
+    dataset = streaming.StreamBatches(trainer.cache_path, trainer.table, ids)
     dataset[0]  # open the shards outside the count
 
     def read_epoch() -> int:
@@ -89,7 +90,7 @@ def bytes_per_step(trainer) -> dict:
 
 def h5py_reads(self, window_ids):
     """The reader before direct reads: ``Cache.read_windows``, two h5py slices per window."""
-    from avfeat.align.data import Window
+    from avfeat.align.windows import Window
     from avfeat.data.cache import Cache
 
     if getattr(self, "_h5py_cache", None) is None or self._h5py_pid != os.getpid():
@@ -102,17 +103,17 @@ def h5py_reads(self, window_ids):
 def measure(trainers: dict, args) -> dict:
     """Best steps/s of each trainer over interleaved epochs; the "h5py" trainer streams with
     the per-window h5py reader swapped in (DataLoader workers fork, so they inherit it)."""
-    from avfeat.align import data
+    from avfeat.align import streaming
 
-    direct = data.StreamBatches.read
+    direct = streaming.StreamBatches.read
     rates = {name: [] for name in trainers}
     for repeat in range(args.repeats + 1):  # the first round warms up
         for name, trainer in trainers.items():
-            data.StreamBatches.read = h5py_reads if name == "h5py" else direct
+            streaming.StreamBatches.read = h5py_reads if name == "h5py" else direct
             try:
                 rate = epoch_rate(trainer)
             finally:
-                data.StreamBatches.read = direct
+                streaming.StreamBatches.read = direct
             if repeat:
                 rates[name].append(rate)
     return rates
@@ -160,13 +161,13 @@ def main() -> None:
             "batch_size": stream.batch_size, "steps_per_epoch": stream.config.passes_per_epoch * len(stream.train_videos) // stream.batch_size,
             "data_mb": stream.data_bytes / 2**20, "rates": rates, "steps_per_s": {k: max(v) for k, v in rates.items()},
         }
-        import avfeat.align.data as data
+        import avfeat.align.streaming as streaming
 
-        direct = data.StreamBatches.read
+        direct = streaming.StreamBatches.read
         for name in [n for n in trainers if n != "memory"]:
-            data.StreamBatches.read = h5py_reads if name == "h5py" else direct
+            streaming.StreamBatches.read = h5py_reads if name == "h5py" else direct
             result.setdefault("io", {})[name] = bytes_per_step(trainers[name])
-            data.StreamBatches.read = direct
+            streaming.StreamBatches.read = direct
         memory_rate = result["steps_per_s"]["memory"]
         print(f"memory: {memory_rate:.2f} steps/s (B={result['batch_size']}, {result['steps_per_epoch']} steps an epoch, {result['data_mb']:.1f} MB of tokens)")
         for name in [n for n in trainers if n != "memory"]:

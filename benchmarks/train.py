@@ -32,13 +32,14 @@ def sync(device: torch.device) -> None:
 
 def data_overhead(cache: Path, out: Path, args) -> dict:
     """Steps/s of the real step loop against a bare loss + backward loop on resident tensors."""
-    from avfeat.align import data
-    from avfeat.align.train import RunOptions, Trainer, TrainConfig
+    from avfeat.align import data, schedule
+    from avfeat.align.config import RunOptions, TrainConfig
+    from avfeat.align.train import Trainer
 
     config = TrainConfig(window=args.window, dim=args.dim, head="linear", batch_size=args.batch_size, epochs=1, passes_per_epoch=1000, val_fraction=0.0, lr=1e-3)
     trainer = Trainer(cache, out, config, RunOptions(device=args.device, quiet=True, overwrite=True), log=lambda _: None)
     device = trainer.device
-    passes = -(-(args.steps + args.warmup) // data.steps_per_pass(len(trainer.train_videos), trainer.batch_size))
+    passes = -(-(args.steps + args.warmup) // schedule.steps_per_pass(len(trainer.train_videos), trainer.batch_size))
 
     def plan(steps: int) -> data.Plan:
         return data.epoch_plan(trainer.table, trainer.train_videos, trainer.batch_size, passes, 1.0, trainer.generator, steps)

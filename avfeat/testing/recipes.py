@@ -88,7 +88,8 @@ def align_acceptance_cache(folder, seed: int = 0):
 
 def train_align_heads(cache, out, aggregation: str = "max-mean", seed: int = 0):
     """Train heads with the align acceptance recipe, in this process, on the CPU."""
-    from avfeat.align.train import RunOptions, TrainConfig, train
+    from avfeat.align.config import RunOptions, TrainConfig
+    from avfeat.align.train import train
 
     with torch_threads(1):
         train(cache, out, TrainConfig(**ALIGN_RECIPE, aggregation=aggregation, seed=seed), RunOptions(quiet=True, device="cpu"), log=lambda _: None)

@@ -11,7 +11,8 @@ import torch
 from avfeat.align import data
 from avfeat.align import train as train_module
 from avfeat.align.loss import info_nce
-from avfeat.align.train import RunOptions, TrainConfig, train
+from avfeat.align.config import RunOptions, TrainConfig
+from avfeat.align.train import train
 from avfeat.data.cache import Cache
 from avfeat.data.shards import ShardWriter, new_record, open_for_writing
 from avfeat.data.audit_table import AuditRow, write_audit

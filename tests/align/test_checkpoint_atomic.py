@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from avfeat.align import checkpoint as ckpt
 from avfeat.align.checkpoint import load_checkpoint
-from avfeat.align.train import RunOptions, TrainConfig, Trainer, train
+from avfeat.align.config import RunOptions, TrainConfig
+from avfeat.align.train import Trainer, train
 from avfeat.core.errors import CheckpointError
 
 CONFIG = dict(window=1.0, batch_size=3, passes_per_epoch=1, epochs=1, lr=1e-2, val_fraction=0.25, val_windows=3)

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from avfeat.align import data
+from avfeat.align import schedule
 from avfeat.testing.recipes import align_class_recall, build_cache
 
 from .conftest import avfeat
@@ -42,26 +42,27 @@ def test_a_run_too_short_to_learn_warns_in_one_line(small_cache, tmp_path):
 
 def test_the_schedule_fills_in_only_what_is_unset():
     # 72 training videos holding 144 windows end to end (4 s videos, 2 s windows)
-    assert [data.auto_batch_size(n) for n in (6, 72, 160, 1000)] == [2, 8, 16, 64]
-    assert data.auto_batch_size(72, world_size=3) == 6
-    auto = data.plan_schedule(72, 144, 8)
+    assert [schedule.auto_batch_size(n) for n in (6, 72, 160, 1000)] == [2, 8, 16, 64]
+    assert schedule.auto_batch_size(72, world_size=3) == 6
+    auto = schedule.plan_schedule(72, 144, 8)
     assert (auto.passes_per_epoch, auto.epochs, auto.total_steps) == (3, 10, 270)  # 2 passes cover the windows; 200 steps at least
-    big = data.plan_schedule(1000, 300_000, 64)  # an epoch covers the windows: 313 passes of 15 steps
+    big = schedule.plan_schedule(1000, 300_000, 64)  # an epoch covers the windows: 313 passes of 15 steps
     assert (big.passes_per_epoch, big.epochs, big.total_steps) == (313, 10, 46_950)
-    assert data.plan_schedule(72, 144, 8, passes_per_epoch=1).epochs == 23  # 200 steps at least
-    given = data.plan_schedule(72, 144, 64, passes_per_epoch=1, epochs=10)  # the old fixed defaults: kept as given
+    assert schedule.plan_schedule(72, 144, 8, passes_per_epoch=1).epochs == 23  # 200 steps at least
+    given = schedule.plan_schedule(72, 144, 64, passes_per_epoch=1, epochs=10)  # the old fixed defaults: kept as given
     assert (given.passes_per_epoch, given.epochs, given.total_steps) == (1, 10, 10)
-    assert "10 optimizer steps of 64 windows" in data.short_run_warning(given, 144)
-    assert data.plan_schedule(72, 144, 8, epochs=2).total_steps == 36  # epochs given: passes cover the windows
-    steps = data.plan_schedule(72, 144, 8, steps=50)
+    assert "10 optimizer steps of 64 windows" in schedule.short_run_warning(given, 144)
+    assert schedule.plan_schedule(72, 144, 8, epochs=2).total_steps == 36  # epochs given: passes cover the windows
+    steps = schedule.plan_schedule(72, 144, 8, steps=50)
     assert (steps.total_steps, steps.epochs) == (50, 3)  # epochs of 2 passes (18 steps), the last one partial
-    assert data.short_run_warning(data.plan_schedule(72, 144, 8, steps=120), 144) is None
+    assert schedule.short_run_warning(schedule.plan_schedule(72, 144, 8, steps=120), 144) is None
     # enough steps, but fewer windows drawn than the videos hold
-    assert "drawing 6400 windows of the 300000" in data.short_run_warning(data.plan_schedule(1000, 300_000, 64, steps=100), 300_000)
+    assert "drawing 6400 windows of the 300000" in schedule.short_run_warning(schedule.plan_schedule(1000, 300_000, 64, steps=100), 300_000)
 
 
 def test_an_automatic_schedule_is_stored_resolved_and_resumed(small_cache, tmp_path):
-    from avfeat.align.train import RunOptions, TrainConfig, train
+    from avfeat.align.config import RunOptions, TrainConfig
+    from avfeat.align.train import train
     from avfeat.testing.runner import torch_threads
 
     config = TrainConfig(window=1.0, dim=16, val_fraction=0.25)  # batch size, passes and epochs left to the schedule
@@ -72,5 +73,5 @@ def test_an_automatic_schedule_is_stored_resolved_and_resumed(small_cache, tmp_p
         rest = train(small_cache, tmp_path / "heads", TrainConfig(batch_size=3, epochs=1), RunOptions(quiet=True, device="cpu", resume=True), log=lambda _: None)
     assert (stored["batch_size"], stored["passes_per_epoch"], stored["epochs"]) == (2, 7, 10)  # 6 training videos: 3 steps per pass
     assert first.warnings == [] and rest.warnings == []  # left to the schedule, the run is long enough to learn
-    assert len(first.losses) == 2 * 21 and len(first.losses) + len(rest.losses) == 210 >= data.MIN_STEPS
+    assert len(first.losses) == 2 * 21 and len(first.losses) + len(rest.losses) == 210 >= schedule.MIN_STEPS
     assert json.loads((tmp_path / "heads" / "config.json").read_text())["training"] == stored

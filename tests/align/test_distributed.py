@@ -13,7 +13,8 @@ from torch.distributed.elastic.utils.distributed import get_free_port
 
 from avfeat.align import distributed
 from avfeat.align.heads import AVHeads, HeadConfig
-from avfeat.align.train import RunOptions, TrainConfig, train, window_loss
+from avfeat.align.config import RunOptions, TrainConfig
+from avfeat.align.train import train, window_loss
 
 from avfeat.testing.runner import run_avfeat_process as avfeat
 from .test_align_cli import one_line_error

@@ -4,8 +4,10 @@ int8 caches, and a streaming run trains exactly like an in-memory one."""
 import pytest
 import torch
 
-from avfeat.align import data
-from avfeat.align.train import RunOptions, TrainConfig, train
+from avfeat.align import data, streaming
+from avfeat.align.config import RunOptions, TrainConfig
+from avfeat.align.train import train
+from avfeat.align.windows import Window
 from avfeat.data.cache import Cache
 from avfeat.testing.runner import TINY_MODELS, run_avfeat
 
@@ -44,14 +46,14 @@ def test_streamed_batches_equal_memory_gathers(which, small_cache, int8_cache, t
         assert cache.config.storage == "int8"
     table, ids = _plan_ids(cache)
     memory = data.MemoryWindows(cache, table, torch.device("cpu"))
-    dataset = data.StreamBatches(path, table, ids)
+    dataset = streaming.StreamBatches(path, table, ids)
     for step in range(len(dataset)):
         audio, visual = dataset[step]
         ma, mv = memory.gather(ids[step])
         assert audio.dtype == ma.dtype == torch.float16
         assert torch.equal(audio, ma) and torch.equal(visual, mv)
         # and the cache's own per-window reads agree
-        windows = [data.Window(table.video_ids[table.video[w]], int(table.frame[w]), int(table.audio[w]), 0.0, 0.0) for w in ids[step].tolist()]
+        windows = [Window(table.video_ids[table.video[w]], int(table.frame[w]), int(table.audio[w]), 0.0, 0.0) for w in ids[step].tolist()]
         ca, cv = cache.read_windows(windows, table.geometry)
         assert torch.equal(audio, torch.from_numpy(ca)) and torch.equal(visual, torch.from_numpy(cv))
 
@@ -61,7 +63,7 @@ def test_streamed_batches_through_workers_equal_memory(small_cache, workers):
     cache = Cache(small_cache)
     table, ids = _plan_ids(cache, passes=2)
     memory = list(data.MemoryWindows(cache, table, torch.device("cpu")).batches(ids))
-    source = data.StreamWindows(small_cache, table, torch.device("cpu"), workers=workers)
+    source = streaming.StreamWindows(small_cache, table, torch.device("cpu"), workers=workers)
     for _ in range(2):  # a second epoch reads the same batches again
         stream = list(source.batches(ids))
         assert len(stream) == len(memory)
@@ -82,7 +84,7 @@ def test_a_truncated_shard_is_a_cache_error(two_shard_cache, tmp_path):
     shard.write_bytes(shard.read_bytes()[:-4096])
     with pytest.raises(CacheError):
         for step in range(len(ids)):
-            data.StreamBatches(copy, table, ids)[step]
+            streaming.StreamBatches(copy, table, ids)[step]
 
 
 CONFIG = dict(window=1.0, dim=16, batch_size=3, passes_per_epoch=2, epochs=2, lr=1e-2, val_fraction=0.25, val_windows=3)
@@ -102,7 +104,7 @@ def test_two_passes_read_at_once_each_get_their_batches(small_cache):
     cache = Cache(small_cache)
     table, ids = _plan_ids(cache, passes=2)
     memory = list(data.MemoryWindows(cache, table, torch.device("cpu")).batches(ids))
-    source = data.StreamWindows(small_cache, table, torch.device("cpu"), workers=1)
+    source = streaming.StreamWindows(small_cache, table, torch.device("cpu"), workers=1)
     first, second = source.batches(ids), source.batches(ids.flip(0))
     a = next(first)
     b = next(second)

@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from avfeat.align import data
+from avfeat.align import data, streaming
 from avfeat.align.checkpoint import load_checkpoint
 from avfeat.align.plots import attention_map
-from avfeat.align.train import RunOptions, TrainConfig, train
+from avfeat.align.config import RunOptions, TrainConfig
+from avfeat.align.train import train
 from avfeat.data.cache import Cache
 from avfeat.core.errors import CheckpointError
 
@@ -50,7 +51,7 @@ def test_memory_and_streamed_batches_are_identical(small_cache):
     geometry, table = data.check_window(cache, ids, 1.0)
     plan = data.epoch_plan(table, list(range(len(ids))), 4, passes=2, min_shift=1.0, generator=torch.Generator().manual_seed(1))
     memory = list(data.MemoryWindows(cache, table, torch.device("cpu")).batches(plan.windows))
-    stream = list(data.StreamWindows(small_cache, table, torch.device("cpu"), workers=1).batches(plan.windows))
+    stream = list(streaming.StreamWindows(small_cache, table, torch.device("cpu"), workers=1).batches(plan.windows))
     assert len(memory) == len(stream) == 4
     for (ma, mv), (sa, sv) in zip(memory, stream):
         assert ma.shape == (4, geometry.audio_tokens, cache.config.audio_dim)
