@@ -6,6 +6,7 @@ Matplotlib runs on the Agg backend (files only, no display needed).
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,21 +63,65 @@ def decode_frame(path: str | Path, time: float, geometry: dict) -> np.ndarray | 
     return to_model_geometry(image, spec)
 
 
-def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path) -> list[str]:
-    """Draw where the sound of the window starting at ``time`` is, over the frame nearest it.
+@dataclass
+class AttentionHeat:
+    """Where the sound of a window is in a frame: each patch's best cosine with the window's
+    audio tokens (``scores.token_map``), upsampled to the frame as the visual model saw it."""
 
-    Each patch's value is its best cosine similarity over the window's audio tokens
-    (``scores.token_map``), upsampled to the frame.
+    heat: np.ndarray  # (H, W)
+    image: np.ndarray | None  # the frame (H, W, 3) uint8; None when the video cannot be decoded
+    frame_time: float
+    notes: list[str]
 
-    Returns:
-        Notes for the user (e.g. that the video file is gone and the map is drawn alone).
+
+def attention_heat(heads, cache, video_id: str, time: float, window: float, frame_at: float | None = None) -> AttentionHeat:
+    """The heat map of the audio of [time, time + window) over the frame nearest ``frame_at``
+    (default ``time``): what `avfeat attention-map` draws and `avfeat serve` tints.
+
+    Raises:
+        QueryError: no audio tokens in the window.
     """
     import torch
     from torch.nn import functional as F
 
     from avfeat.align.scores import token_map
-    from avfeat.core.io import write_output_file
+    from avfeat.core.errors import QueryError
+
+    record = cache.ok_record(video_id)
+    times = cache.frame_times(record)
+    frame = int(np.argmin(np.abs(times - (time if frame_at is None else frame_at))))
+    audio = cache.audio_tokens(video_id, start=time, end=time + window)
+    if len(audio) == 0:
+        raise QueryError(f"no audio tokens in [{time:g}, {time + window:g}) s of video {video_id}")
+    visual = cache.read_frames(record, frame, frame + 1)[0]
+    device = next(heads.parameters()).device
+    with torch.no_grad():
+        a = heads.project_audio(torch.from_numpy(np.asarray(audio)).float().to(device))
+        v = heads.project_visual(torch.from_numpy(np.asarray(visual)).float().to(device))
+        values = token_map(a, v).float().cpu()
+    grid = cache.config.visual_grid if all(cache.config.visual_grid) else [int(round(len(values) ** 0.5))] * 2
+    notes: list[str] = []
+    image = None
+    if Path(record.path).is_file():
+        image = decode_frame(record.path, float(times[frame]), cache.config.frame_geometry)
+        if image is None:
+            notes.append(f"could not decode {record.path}; drawing the map alone")
+    else:
+        notes.append(f"video file {record.path} is gone; drawing the map alone")
+    size = image.shape[:2] if image is not None else (grid[0] * 16, grid[1] * 16)
+    heat = F.interpolate(values.view(1, 1, *grid), size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return AttentionHeat(heat, image, float(times[frame]), notes)
+
+
+def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path) -> list[str]:
+    """Draw where the sound of the window starting at ``time`` is, over the frame nearest it
+    (:func:`attention_heat`), into the image file ``out``.
+
+    Returns:
+        Notes for the user (e.g. that the video file is gone and the map is drawn alone).
+    """
     from avfeat.core.errors import InputError
+    from avfeat.core.io import write_output_file
 
     checkpoint.check_cache(cache)
     record = cache.ok_record(video_id)
@@ -84,30 +129,8 @@ def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path
     duration = record.audio_start + record.audio_length / record.audio_rate
     if not times[0] - 1.0 <= time <= duration:
         raise InputError(f"--time {time:g} is outside video {video_id} ({times[0]:.2f}-{duration:.2f} s)")
-    frame_index = int(np.argmin(np.abs(times - time)))
-    audio = cache.audio_tokens(video_id, start=time, end=time + checkpoint.window)
-    if len(audio) == 0:
-        raise InputError(f"no audio tokens in [{time:g}, {time + checkpoint.window:g}) s of video {video_id}")
-    visual = cache.read_frames(record, frame_index, frame_index + 1)[0]
-    heads = checkpoint.heads
-    device = next(heads.parameters()).device
-    with torch.no_grad():
-        a = heads.project_audio(torch.from_numpy(audio).float().to(device))
-        v = heads.project_visual(torch.from_numpy(visual).float().to(device))
-        values = token_map(a, v).float().cpu()
-    grid = cache.config.visual_grid if all(cache.config.visual_grid) else [int(round(len(values) ** 0.5))] * 2
-    heat = values.view(1, 1, *grid)
-
-    notes: list[str] = []
-    image = None
-    if Path(record.path).is_file():
-        image = decode_frame(record.path, float(times[frame_index]), cache.config.frame_geometry)
-        if image is None:
-            notes.append(f"could not decode {record.path}; drawing the map alone")
-    else:
-        notes.append(f"video file {record.path} is gone; drawing the map alone")
-    size = image.shape[:2] if image is not None else (grid[0] * 16, grid[1] * 16)
-    heat = F.interpolate(heat, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+    drawn = attention_heat(checkpoint.heads, cache, video_id, time, checkpoint.window)
+    heat, image, notes, size = drawn.heat, drawn.image, drawn.notes, drawn.heat.shape
 
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 5 * size[0] / size[1] + 0.4))
@@ -117,7 +140,7 @@ def attention_map(checkpoint, cache, video_id: str, time: float, out: str | Path
     else:
         shown = axis.imshow(heat, cmap="jet")
     figure.colorbar(shown, ax=axis, fraction=0.046, pad=0.04, label="best cosine with the audio tokens")
-    axis.set_title(f"{video_id}\nframe {times[frame_index]:.2f} s, audio {time:.2f}-{time + checkpoint.window:.2f} s", fontsize=9)
+    axis.set_title(f"{video_id}\nframe {drawn.frame_time:.2f} s, audio {time:.2f}-{time + checkpoint.window:.2f} s", fontsize=9)
     axis.axis("off")
     figure.tight_layout()
     # Through a buffer: exactly ``out`` (savefig would add ".png" to a name without a suffix),

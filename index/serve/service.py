@@ -228,34 +228,17 @@ class Service:
         import io
 
         import numpy as np
-        import torch
         from matplotlib import colormaps
         from PIL import Image
-        from torch.nn import functional as F
 
-        from avfeat.align.plots import decode_frame
-        from avfeat.align.scores import token_map
-        from avfeat.index.vectors import project_audio, project_visual
+        from avfeat.align.plots import attention_heat
 
         info = self.video(video_id)
-        cache = self.cached()
         for name, value in (("time", at), ("frame", frame_at)):
             if value is not None and not info.start - 1e-6 <= value <= info.end:
                 raise QueryError(f"{name} {value:g} is outside video {video_id} ({info.start:.2f}-{info.end:.2f} s)")
-        record = cache.ok_record(video_id)
-        times = cache.frame_times(record)
-        frame = int(np.argmin(np.abs(times - (at if frame_at is None else frame_at))))
-        window = float(self.searcher.meta["window"])
-        audio = cache.audio_tokens(video_id, start=at, end=at + window)
-        if len(audio) == 0:
-            raise QueryError(f"no audio tokens in [{at:g}, {at + window:g}) s of video {video_id}")
-        heads = self.searcher.heads
-        with torch.no_grad():
-            values = token_map(project_audio(heads, audio), project_visual(heads, cache.read_frames(record, frame, frame + 1))[0]).float().cpu()
-        grid = cache.config.visual_grid if all(cache.config.visual_grid) else [int(round(len(values) ** 0.5))] * 2
-        image = decode_frame(record.path, float(times[frame]), cache.config.frame_geometry) if Path(record.path).is_file() else None
-        size = image.shape[:2] if image is not None else (grid[0] * 16, grid[1] * 16)
-        heat = F.interpolate(values.view(1, 1, *grid), size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+        drawn = attention_heat(self.searcher.heads, self.cached(), video_id, at, float(self.searcher.meta["window"]), frame_at)
+        heat, image = drawn.heat, drawn.image
         span = float(heat.max() - heat.min())
         level = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
         colours = colormaps["jet"](level)[..., :3]
