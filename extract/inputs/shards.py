@@ -31,20 +31,20 @@ def from_shard(tar: str | Path, many: bool) -> list[MediaInput]:
     metadata) and maybe ``KEY.txt`` (kept as the field ``txt``). A sample's path is
     ``<tar>#<member>`` and its id is its KEY. Only the tar's headers and small members are read.
 
-    A shard that cannot be read or holds no media member is one InputError line when it is the
-    INPUT itself; as a piece of a pattern (``many``) it is recorded as one failed input, so one
+    A shard that cannot be read, is truncated (no end-of-archive marker: its last samples are
+    lost) or holds no media member is one InputError line when it is the INPUT itself; as a piece of a pattern (``many``) it is recorded as one failed input, so one
     bad shard of a thousand does not stop the job.
     """
     try:
         members, texts = sources.scan_tar(tar, keep=lambda name: name.lower().endswith((".json", ".txt")))
     except (OSError, tarfile.TarError) as error:
-        if isinstance(error, tarfile.TarError):
+        if isinstance(error, tarfile.TarError) and not isinstance(error, sources.TruncatedTar):
             message = f"{tar} is not a readable tar file ({' '.join(str(error).split())})"
         else:
             message = " ".join(str(error).split())
         if not many:
             raise InputError(message) from None
-        status = sources.status_of(error) if isinstance(error, OSError) else Status.UNREADABLE
+        status = sources.status_of(error) if isinstance(error, OSError) else Status.TRUNCATED if isinstance(error, sources.TruncatedTar) else Status.UNREADABLE
         return [MediaInput(tar, problem=(status, message))]
     samples: dict[str, MediaInput] = {}
     for member in members:

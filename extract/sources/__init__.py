@@ -37,11 +37,11 @@ from avfeat.extract.sources.remote import (
     remote_timeout,
     status_of,
 )
-from avfeat.extract.sources.tars import Member, scan_tar, tar_index
+from avfeat.extract.sources.tars import Member, TruncatedTar, scan_tar, tar_index
 
 __all__ = [
     "BLOCK_SIZE", "DEFAULT_TIMEOUT", "HEADER_BLOCK", "TIMEOUT_ENV", "Member", "Slice", "Stat", "as_os_error",
     "check_protocol", "describe", "exists", "filesystem", "is_plain_local", "is_remote", "join", "list_files",
     "name", "open_bytes", "open_local", "parent", "protocol", "read_bytes", "remote_timeout", "resolve",
-    "same_bytes", "scan_tar", "split_member", "stat", "status_of", "suffix", "tar_index",
+    "same_bytes", "scan_tar", "split_member", "stat", "status_of", "suffix", "tar_index", "TruncatedTar",
 ]

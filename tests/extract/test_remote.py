@@ -208,3 +208,48 @@ def test_webdataset_shards_over_http_equal_local_shards(corpus, wds_cache, tmp_p
             assert record.path.startswith(f"{http.url}/shards/0000") and "#" in record.path
             assert record.metadata == Cache(wds_cache).record(record.video_id).metadata
             assert_same_tokens(remote, record.video_id, wds_cache, record.video_id)
+
+
+def _cut_at_a_header(tar, member_index):
+    """Cut a tar where member ``member_index``'s header starts, as a failed copy leaves it."""
+    import tarfile
+
+    with tarfile.open(tar) as archive:
+        cut = archive.getmembers()[member_index].offset
+    os.truncate(tar, cut)
+    return cut
+
+
+def test_a_shard_cut_at_a_header_boundary_is_truncated_not_complete(corpus, tmp_path):
+    """Python's tarfile stops silently at EOF on a header boundary: 2 of 4 samples were lost
+    while the job said "2 ok, failed: none" and exited 0."""
+    local = corpus["local"]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    four = {f"k{i}": (local / "a.mp4", {"i": i}) for i in range(4)}
+    make_shard(shards / "00000.tar", four)
+    make_shard(shards / "00001.tar", {"k9": (local / "b.mp4", {"i": 9})})
+    _cut_at_a_header(shards / "00000.tar", 4)  # members: k0.json k0.mp4 k1.json k1.mp4 | k2.json ...
+    with pytest.raises(InputError, match=r"00000\.tar is truncated: it has no tar end-of-archive marker") as error:
+        list_inputs(str(shards / "00000.tar"))
+    assert "\n" not in str(error.value)
+    result = extract(shards / "00000.tar", tmp_path / "alone", check=1)
+    assert "truncated" in result.stderr and "Traceback" not in result.stderr
+    result = extract(str(shards / "{00000..00001}.tar"), tmp_path / "cache", check=3)
+    assert "videos: 1 ok, failed: truncated 1" in result.stdout, result.stdout
+    records = Cache(tmp_path / "cache").records()
+    assert [(r.path, r.status) for r in records if not r.ok] == [(str(shards / "00000.tar"), "truncated")]
+    assert [r.video_id for r in records if r.ok] == ["k9"]
+    complete = shards / "whole.tar"
+    make_shard(complete, four)
+    assert len(list_inputs(str(complete))) == 4  # a whole shard still reads (its end: two zero blocks)
+
+
+def test_a_truncated_remote_shard_is_refused(corpus, tmp_path, http_ok):
+    make_shard(tmp_path / "s.tar", {f"k{i}": (corpus["local"] / "a.mp4", None) for i in range(3)})
+    _cut_at_a_header(tmp_path / "s.tar", 2)
+    with serve_http(tmp_path) as http:
+        with pytest.raises(InputError, match=r"s\.tar is truncated"):
+            list_inputs(f"{http.url}/s.tar")
+        items = list_inputs(f"{http.url}/{{s,t}}.tar")
+        assert [i.problem and i.problem[0] for i in items] == ["truncated", "missing"]
