@@ -182,6 +182,7 @@ def _examples(out: Path, searcher, checkpoint, cache, held_out: list[str], truth
     """Example searches both ways (with contact sheets) and where the sound is in held-out
     videos (attention maps): the report's (searches, attention)."""
     from avfeat.align.plots import attention_map
+    from avfeat.core.io import fitted_name
     from avfeat.index.thumbs import contact_sheet
 
     searches = []
@@ -195,7 +196,7 @@ def _examples(out: Path, searcher, checkpoint, cache, held_out: list[str], truth
         record = cache.record(video_id)
         gt = truth[Path(record.path).name]
         event = round((gt["event_starts"][0] + gt["event_ends"][0]) / 2, 2)  # the object is on screen
-        figure = out / "figures" / f"attention-{video_id}.png"
+        figure = out / "figures" / fitted_name(f"attention-{video_id}", out / "figures", ".png")
         attention_map(checkpoint, cache, video_id, float(event), figure)
         attention.append((record, event, figure))
     return searches, attention

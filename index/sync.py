@@ -48,7 +48,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from avfeat.core.io import replace_durably, write_output_file
+from avfeat.core.io import replace_durably, temp_path, write_output_file
 from avfeat.core.values import one_line
 from avfeat.data.records import nearest_index, nearest_indices, token_count
 from avfeat.core.errors import AvfeatError, InputError, QueryError
@@ -359,7 +359,7 @@ def remux_shifted(source: str | os.PathLike, out: str | os.PathLike, offset: flo
     except (av.error.FFmpegError, OSError) as error:
         raise QueryError(f"cannot read {source}: {one_line(error)}") from None
     # The temp name keeps out's suffix: FFmpeg picks the container from it.
-    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp{out.suffix}")
+    tmp = temp_path(out, keep_suffix=True)
     try:
         with reader:
             video, audio = reader.streams.best("video"), reader.streams.best("audio")

@@ -3,6 +3,7 @@ Also the checks before a user-named output file is written."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -12,15 +13,56 @@ from avfeat.core.values import one_line
 # ---- durable writes ------------------------------------------------------------------------
 
 
-def temp_path(path: Path) -> Path:
-    """A temp name beside ``path``, unique to this process (two writers never share one)."""
-    return path.with_name(f"{path.name}.{os.getpid()}.tmp")
+def temp_path(path: Path, keep_suffix: bool = False) -> Path:
+    """A temp name beside ``path``, unique to this process (two writers never share one):
+    ``NAME.<pid>.tmp``, or ``STEM.<pid>.tmp.SUFFIX`` with ``keep_suffix`` (for writers that pick
+    the format from the suffix). A name near the file system's limit is shortened to fit."""
+    if keep_suffix:
+        return path.with_name(fitted_name(path.stem, path.parent, f".{os.getpid()}.tmp{path.suffix}"))
+    return path.with_name(fitted_name(path.name, path.parent, f".{os.getpid()}.tmp"))
 
 
 def temp_pid(path: str | os.PathLike) -> int | None:
     """The pid in a :func:`temp_path` name (``NAME.<pid>.tmp``); None for another name."""
     parts = Path(path).name.split(".")
     return int(parts[-2]) if len(parts) >= 3 and parts[-1] == "tmp" and parts[-2].isdigit() else None
+
+
+# ---- file names that fit ----------------------------------------------------------------------
+
+
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest file name, in bytes, the file system of ``folder`` (or of its nearest
+    existing ancestor) takes: 255 on Linux."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def fitted_name(name: str, folder: str | os.PathLike, suffix: str = "") -> str:
+    """``name + suffix`` when it fits :func:`name_max` of ``folder``; else the start of ``name``
+    (at most 200 bytes, cut between characters), "-", 16 hex digits of the SHA-1 of the whole
+    ``name``, and ``suffix``: the same name always gives the same file name, two names that
+    share their start give two."""
+    limit = name_max(folder)
+    if len(os.fsencode(name + suffix)) <= limit:
+        return name + suffix
+    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:16]
+    room = max(0, min(200, limit - len(os.fsencode(suffix)) - len(digest) - 1))
+    head = os.fsencode(name)[:room].decode("utf-8", errors="ignore")
+    return f"{head}-{digest}{suffix}"
+
+
+def check_name_length(path: str | os.PathLike, option: str) -> None:
+    """A user-named output whose file name the file system cannot hold is one line."""
+    path = Path(path)
+    size, limit = len(os.fsencode(path.name)), name_max(path.parent)
+    if size > limit:
+        raise InputError(f"{option} {path.name[:40]}...{path.suffix}: the file name is {size} bytes, too long for the file system (at most {limit}); choose a shorter name")
 
 
 def fsync_dir(folder: Path) -> None:
@@ -59,8 +101,10 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
 def prepare_output_file(path: str | os.PathLike, option: str) -> Path:
     """Make an output file's place ready before the work that fills it: missing parent folders
     are created (as ``--out`` folders are); a path that is a folder, or under a file, or in a
-    folder avfeat may not write, is one line naming ``option`` and the path."""
+    folder avfeat may not write, or a file name too long for the file system, is one line naming
+    ``option`` and the path."""
     path = Path(path)
+    check_name_length(path, option)
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder; give a file name such as {path / 'out.png'}")
     # The nearest existing ancestor must be a folder: "notes.txt/map.png" cannot be made.

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from avfeat.core.errors import InputError
+from avfeat.core.io import fitted_name
 from avfeat.data.audit_table import AuditRow
 from avfeat.index.audit.calibration import SYNC_STEP
 
@@ -16,7 +17,8 @@ def fix_plan(rows: list[AuditRow], out_dir: Path, min_confidence: float) -> tupl
     A video is fixed when its offset is off by more than half a step and ``p_sync`` reaches
     ``min_confidence`` (``p_sync`` already holds whether the sound belongs to the pictures at
     some lag: shifting a foreign soundtrack repairs nothing). Segments and remote files are
-    left with a note: a remux rewrites a whole local file."""
+    left with a note: a remux rewrites a whole local file. A file is named after its video's id,
+    shortened with a hash where the id is too long for a file name (with a note)."""
     plan, notes = [], []
     names: dict[str, str] = {}
     for row in rows:
@@ -26,7 +28,9 @@ def fix_plan(rows: list[AuditRow], out_dir: Path, min_confidence: float) -> tupl
         if "://" in row.path or "#" in row.path or not source.is_file():
             notes.append(f"{row.video_id}: {row.path} is not a local file; not fixed")
             continue
-        target = out_dir / f"{row.video_id}{source.suffix}"
+        target = out_dir / fitted_name(row.video_id, out_dir, source.suffix)
+        if target.name != f"{row.video_id}{source.suffix}":
+            notes.append(f"{row.video_id}: the id is too long for a file name; fixed as {target.name}")
         if str(target) in names:
             notes.append(f"{row.video_id}: a segment of {row.path}, which {names[str(target)]} also fixes; not fixed")
             continue
@@ -43,6 +47,9 @@ def fix_videos(rows: list[AuditRow], fix_dir: Path, min_confidence: float, overw
 
     plan, notes = fix_plan(rows, fix_dir, min_confidence)
     existing = [target for _, target in plan if target.exists()]
+    folders = [target for target in existing if target.is_dir() and not target.is_symlink()]
+    if folders:  # every target is checked before the first is written: nothing half done
+        raise InputError(f"--fix-dir {fix_dir}: {folders[0].name} is a folder where a fixed video would go; move it or choose another folder")
     if existing and not overwrite:
         raise InputError(f"--fix-dir {fix_dir} already holds {len(existing)} of the {len(plan)} files to write (e.g. {existing[0].name}); add --overwrite or choose another folder")
     fix_dir.mkdir(parents=True, exist_ok=True)
