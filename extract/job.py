@@ -58,7 +58,8 @@ class ExtractSummary:
     failed: dict[str, int] = field(default_factory=dict)
     skipped: int = 0  # already recorded before this run
     ids: IdPlan = field(default_factory=IdPlan)  # duplicates, id collisions and changed files found
-    processed: int = 0  # handled by this run
+    processed: int = 0  # inputs handled by this run (each once)
+    failed_before: int = 0  # recorded as failed by an earlier run and not tried again (no --retry-failed)
     media_seconds: float = 0.0  # ok videos' duration, whole cache of these inputs
     bytes_written: int = 0
     seconds: float = 0.0
@@ -75,6 +76,7 @@ class ExtractSummary:
             f"videos: {self.ok} ok, failed: {failed} ({self.processed} processed now, {self.skipped} already in the cache)",
             f"media: {hours:.3f} h ok; wrote {human_bytes(self.bytes_written)} in {self.seconds:.1f} s"
             + (f" ({human_bytes(per_hour)} per media-hour)" if per_hour else ""),
+            *([f"{self.failed_before} inputs failed in an earlier run and were not tried again (--retry-failed tries them again)"] if self.failed_before else []),
             *self._id_lines(),
         ]
 
@@ -275,6 +277,7 @@ class Extractor:
             previous = recorded.get(vid)
             if previous is not None and vid not in summary.ids.again and (previous.ok or not self.options.retry_failed):
                 summary.skipped += 1
+                summary.failed_before += not previous.ok
                 continue
             if self.options.limit is not None and planned >= self.options.limit:
                 break
@@ -284,7 +287,7 @@ class Extractor:
             todo.append(_new_record(vid, item))
             planned += 1
         if on_plan:
-            on_plan(len(todo))
+            on_plan(planned)  # inputs, not the retired records that go with them
 
         if ray_address is None:
             self._extract(layout, todo, summary, progress)
@@ -326,7 +329,7 @@ class Extractor:
                         finally:
                             writer_thread.wait()
                         writer_thread.drain()
-                    summary.processed += len(records)
+                    summary.processed += sum(record.status != Status.SUPERSEDED for record in records)  # each input once
                     summary.bytes_written += writer.final_path.stat().st_size
         finally:
             writer_thread.close()
@@ -348,9 +351,9 @@ class Extractor:
             group, group_frames = [], 0
 
         for record in records:
-            if not record.ok:  # missing before decoding
+            if not record.ok:  # missing before decoding, or the retired record of a changed file
                 writer_thread.submit(lambda r=record: writer.add_failure(r, r.status, r.error))
-                if progress:
+                if progress and record.status != Status.SUPERSEDED:
                     progress(1, 0.0)
                 continue
             task, result = next(decoded)

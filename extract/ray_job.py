@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from avfeat.data.layout import CacheLayout
-from avfeat.data.records import VideoRecord
+from avfeat.data.records import Status, VideoRecord
 from avfeat.core.errors import AvfeatError, InputError
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError
 
@@ -168,7 +168,7 @@ def _write_shard(item: dict[str, Any], writer_args: dict[str, Any]) -> dict[str,
                 writer.add_failure(record, record.status, record.error)
     return {
         "index": shard.index,
-        "videos": len(shard.records),
+        "videos": sum(record.status != Status.SUPERSEDED for record in shard.records),  # each input once
         "media_seconds": sum(record.duration for record in shard.records if record.ok),
         "bytes": writer.final_path.stat().st_size,
     }

@@ -64,6 +64,16 @@ def _same_bytes(a: str | Path, b: str | Path) -> bool:
         return False
 
 
+# Statuses of an input that could not be read at all (listing and opening, before decoding).
+_READ_FAILURES = frozenset({Status.UNREADABLE, Status.MISSING, Status.REMOTE_TIMEOUT, Status.ACCESS_DENIED})
+
+
+def _never_read(record) -> bool:
+    """Whether a record failed before its file could be read: it holds no size or mtime to
+    compare (an outage, a refused URL), so a file that reads now has not "changed"."""
+    return record.status in _READ_FAILURES and record.size == 0 and record.mtime == 0
+
+
 def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, retry_failed: bool = False) -> IdPlan:
     """Give every input its id (see the module docstring), checked against the cache's records
     (``{video_id: VideoRecord}``). ``refresh`` and ``retry_failed`` say which changed files
@@ -82,6 +92,8 @@ def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, 
             stat = item.stat or sources.stat(item.path)
         except OSError:
             stat = None
+        if previous is not None and stat is not None and _never_read(previous) and previous.status != Status.MISSING and not retry_failed:
+            stat = None  # it failed before it could be read: not a changed file, a failed one (--retry-failed)
         if item.user_id is not None:
             vid = item.user_id
         elif previous is not None and (stat is None or (previous.size, previous.mtime) == stat):

@@ -253,3 +253,25 @@ def test_a_truncated_remote_shard_is_refused(corpus, tmp_path, http_ok):
             list_inputs(f"{http.url}/s.tar")
         items = list_inputs(f"{http.url}/{{s,t}}.tar")
         assert [i.problem and i.problem[0] for i in items] == ["truncated", "missing"]
+
+
+def test_urls_that_failed_to_read_are_failed_before_not_changed(corpus, tmp_path, http_ok):
+    """After an outage left URLs unread, --resume called them all "changed" ("0 ok, failed:
+    none", exit 0) and --retry-failed counted each twice (its retired record too)."""
+    down = {"/clips/a.mp4", "/clips/b.mp4"}
+    with serve_http(corpus["web"], forbidden=down) as http:
+        listing = tmp_path / "urls.txt"
+        listing.write_text("".join(f"{http.url}/clips/{name}\n" for name in CLIPS))
+        cache = tmp_path / "cache"
+        result = extract(listing, cache, check=3)
+        assert "videos: 1 ok, failed: access_denied 2 (3 processed now, 0 already in the cache)" in result.stdout, result.stdout
+        down.clear()  # the outage is over
+        result = extract(listing, cache, "--resume", check=3)
+        assert "videos: 1 ok, failed: access_denied 2 (0 processed now, 3 already in the cache)" in result.stdout, result.stdout
+        assert "2 inputs failed in an earlier run and were not tried again (--retry-failed" in result.stdout
+        assert "changed" not in result.stdout
+        result = extract(listing, cache, "--resume", "--retry-failed", check=0)
+        assert "videos: 3 ok, failed: none (2 processed now, 1 already in the cache)" in result.stdout, result.stdout
+        records = {os.path.basename(r.path): r for r in Cache(cache).records()}
+        for name in CLIPS:  # the ids of the bytes, as a first run without the outage gives
+            assert records[name].ok and records[name].video_id == corpus["ids"][name]
