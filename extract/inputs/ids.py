@@ -13,25 +13,43 @@ from avfeat.extract import sources
 from avfeat.extract.inputs.items import UNSAFE_ID_CHARS, MediaInput
 
 _SAMPLE_BYTES = 256 * 1024  # hashed from each end of a file: headers and index tables differ per encode
+_WHOLE_BYTES = 4 * 2**20  # a file up to this size is hashed whole
+_MIDDLE_BLOCKS = 8  # blocks hashed from the middle of a larger file, spread evenly between its ends,
+_MIDDLE_BYTES = 64 * 1024  # so a file with the same size and ends but other content gets another key
 
 
 def _stem(path: str | Path) -> str:
     return UNSAFE_ID_CHARS.sub("_", Path(sources.name(path)).stem).strip("_") or "video"
 
 
-def content_key(path: str | Path) -> str:
-    """64 bits of a hash of a file's size and its first and last 256 KiB (raises OSError).
+def _sampled_ranges(size: int) -> list[tuple[int, int]]:
+    """The ``(offset, length)`` ranges of a file of ``size`` bytes its content key hashes."""
+    if size <= _WHOLE_BYTES:
+        return [(0, size)]
+    head = min(_SAMPLE_BYTES, size)
+    tail = max(head, size - _SAMPLE_BYTES)
+    ranges = [(0, head)]
+    span = tail - head  # the middle, between the ends
+    for block in range(_MIDDLE_BLOCKS if span > 0 else 0):
+        start = head + span * (2 * block + 1) // (2 * _MIDDLE_BLOCKS) - _MIDDLE_BYTES // 2  # centred
+        start = min(max(head, start), max(head, tail - _MIDDLE_BYTES))
+        ranges.append((start, min(_MIDDLE_BYTES, tail - start)))
+    ranges.append((tail, size - tail))
+    return [(start, length) for start, length in ranges if length > 0]
 
-    A URL or tar member is read with two range requests, so it gets its local copy's key."""
+
+def content_key(path: str | Path) -> str:
+    """64 bits of a hash of a file's size and bytes: all of them up to 4 MiB, else its first and
+    last 256 KiB and 8 blocks of 64 KiB spread evenly between them (raises OSError).
+
+    A URL or tar member is read in range requests, one per range, so it gets its local copy's key."""
     digest = hashlib.blake2b(digest_size=8)
     with sources.open_bytes(path, readahead=False) as handle:
         size = handle.seek(0, os.SEEK_END)
-        handle.seek(0)
         digest.update(size.to_bytes(8, "little"))
-        digest.update(handle.read(_SAMPLE_BYTES))
-        if size > _SAMPLE_BYTES:
-            handle.seek(max(_SAMPLE_BYTES, size - _SAMPLE_BYTES))
-            digest.update(handle.read(_SAMPLE_BYTES))
+        for start, length in _sampled_ranges(size):
+            handle.seek(start)
+            digest.update(handle.read(length))
     return digest.hexdigest()
 
 

@@ -2,6 +2,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -101,6 +102,8 @@ def _record(vid, path, status="ok"):
 
 def test_same_bytes_are_duplicates_and_an_id_collision_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(input_ids, "_SAMPLE_BYTES", 4)  # the ends hashed: 4 bytes, so a collision is easy to make
+    monkeypatch.setattr(input_ids, "_WHOLE_BYTES", 0)  # no file hashed whole,
+    monkeypatch.setattr(input_ids, "_MIDDLE_BLOCKS", 0)  # nor its middle sampled
     for folder, middle in (("a", b"one"), ("b", b"two"), ("c", b"one")):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "clip.mp4").write_bytes(b"HEAD" + middle + b"TAIL")
@@ -130,6 +133,31 @@ def test_a_moved_dataset_keeps_its_ids_and_a_changed_file_needs_refresh(tmp_path
     plan = assign_ids([item], recorded, refresh=True)
     new = plan.ids[0][1]
     assert new != vid and plan.superseded == {new: vid} and new in plan.again
+
+
+def test_same_size_and_ends_but_another_middle_is_another_video(tmp_path):
+    """The key hashed only the size and the first and last 256 KiB: another file with those,
+    after the recorded one was gone, was taken as already extracted."""
+    rng = np.random.default_rng(0)
+    ends = 256 * 1024
+    for size in (3 * 2**20, 9 * 2**20):  # hashed whole; sampled (ends and middle blocks)
+        head, tail = rng.bytes(ends), rng.bytes(ends)
+        (tmp_path / "old").mkdir(exist_ok=True)
+        (tmp_path / "new").mkdir(exist_ok=True)
+        first, second = tmp_path / "old" / f"clip{size}.mp4", tmp_path / "new" / f"clip{size}.mp4"
+        first.write_bytes(head + rng.bytes(size - 2 * ends) + tail)
+        second.write_bytes(head + rng.bytes(size - 2 * ends) + tail)
+        vid = video_id(first)
+        assert video_id(second) != vid
+        recorded = {vid: _record(vid, first)}
+        first.unlink()  # the recorded file is gone: nothing to compare the bytes with
+        plan = assign_ids([MediaInput(second)], recorded)
+        assert [v for _, v in plan.ids] == [video_id(second)] and video_id(second) not in recorded  # extracted
+        if size <= input_ids._WHOLE_BYTES:  # a file hashed whole: one byte in the middle is another key
+            changed = bytearray(second.read_bytes())
+            changed[size // 2] ^= 1
+            (tmp_path / "one.mp4").write_bytes(bytes(changed))
+            assert input_ids.content_key(tmp_path / "one.mp4") != input_ids.content_key(second)
 
 
 def test_a_fifo_in_a_list_is_a_failed_video_not_a_hang(tmp_path):
