@@ -4,14 +4,18 @@ model work on it one request at a time (``Service.lock``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import List, Optional
 
+import anyio
+import anyio.to_thread
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -81,13 +85,26 @@ async def read_query(service: Service, request: Request, folder: Path, allow_vec
     raise InputError("send a file (multipart/form-data, field 'file') or JSON ({video_id, start, end}" + (" or {vector}" if allow_vector else "") + ")")
 
 
+# Per event loop, per service: the queue of model requests (a one-thread capacity limiter).
+_MODEL_QUEUES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, weakref.WeakKeyDictionary]" = weakref.WeakKeyDictionary()
+
+
+def _model_queue(service: Service) -> anyio.CapacityLimiter:
+    per_loop = _MODEL_QUEUES.setdefault(asyncio.get_running_loop(), weakref.WeakKeyDictionary())
+    return per_loop.setdefault(service, anyio.CapacityLimiter(1))
+
+
 async def locked(service: Service, work, *args):
-    """``work(*args)`` in a worker thread, one at a time (``service.lock``)."""
+    """``work(*args)`` in a worker thread, one at a time (``service.lock``).
+
+    Requests queue on the event loop (a capacity limiter of one thread of their own), not in
+    worker threads blocked on the lock: however many wait, the shared thread pool stays free for
+    ``/media``, ``/api/videos`` and the rest, and ``/health`` and ``/metrics`` never wait."""
     def run():
         with service.lock:
             return work(*args)
 
-    return await run_in_threadpool(run)
+    return await anyio.to_thread.run_sync(run, limiter=_model_queue(service))
 
 
 async def run_query(service: Service, request: Request, allow_vector: bool, work):

@@ -106,14 +106,18 @@ def add_video_routes(app: FastAPI, service: Service) -> None:
 
 
 def add_state_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
-    """GET /health (liveness, no token needed) and /metrics (Prometheus text)."""
+    """GET /health (liveness, no token needed) and /metrics (Prometheus text).
+
+    Both are ``async def`` and do no blocking work (they read counters and loaded fields), so
+    they run on the event loop: never behind model requests that hold every worker thread
+    while they wait for ``Service.lock``."""
 
     @app.get("/health")
-    def health():
+    async def health():
         return service.health()
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def prometheus():
+    async def prometheus():
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
