@@ -195,15 +195,34 @@ class Checkpoint:
         self.spec.check_same(cache.spec, f"heads {self.path}", f"cache {cache.layout.root}")
 
 
+def _finite_weights(data: bytes, where: Path) -> dict[str, torch.Tensor]:
+    """The tensors of heads.safetensors bytes ``data``, every one finite.
+
+    Raises:
+        CheckpointError: the file is truncated or garbled, or a weight holds NaN or infinity
+            (a tampered or bit-rotted file would embed everything as NaN).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"cannot read {where} (truncated or damaged: {one_line(error)}); restore it or train again") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{where} is damaged: weight {name} holds NaN or infinite values; restore it or train again")
+    return tensors
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load ``heads.safetensors`` from a checkpoint folder (eval mode), with the config stored in
     it (config.json for a file of an earlier version, which has none).
 
     Raises:
-        CheckpointError: the folder, a file, or a weight is missing or does not fit the config.
+        CheckpointError: the folder, a file, or a weight is missing, damaged, not finite, or does
+            not fit the config.
     """
-    from safetensors.torch import load
-
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"heads checkpoint {folder} does not exist")
@@ -214,10 +233,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"{folder} has no {HEADS_FILE} (training has not finished an epoch yet?)") from None
     # The config from the same bytes as the weights: config.json may already be a newer run's.
     config = embedded_config(data, folder / HEADS_FILE) or read_config(folder)
+    tensors = _finite_weights(data, folder / HEADS_FILE)
     try:
         config = HeadsConfig.from_dict(config)
         heads = AVHeads(config.heads)
-        heads.load_state_dict(load(data))
+        heads.load_state_dict(tensors)
     except (ValueError, TypeError, RuntimeError, KeyError, AttributeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{folder / HEADS_FILE} does not match its config: {first_line}") from None

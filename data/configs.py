@@ -12,6 +12,7 @@ dropped on the way (as ``decode_mode`` once was).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -39,6 +40,45 @@ def _known(cls, values: dict[str, Any]) -> dict[str, Any]:
     if "visual_grid" in known:
         known["visual_grid"] = tuple(known["visual_grid"])
     return known
+
+
+# Keys of a cache description whose number must be above zero (rates); other numbers may be 0 or -1.
+POSITIVE_KEYS = ("fps", "audio_token_rate", "sample_rate")
+
+
+def _fits(kind: str, value: Any) -> bool:
+    """Whether a JSON ``value`` fits a dataclass field annotated ``kind`` (its text)."""
+    if value is None:
+        return "None" in kind
+    if isinstance(value, bool):
+        return kind.startswith("bool")
+    if kind.startswith(("str", "bool")):
+        return isinstance(value, str) if kind.startswith("str") else False
+    if kind.startswith("int"):
+        return isinstance(value, int)
+    if kind.startswith("float"):
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    if kind.startswith("tuple"):
+        return isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if kind.startswith("dict"):
+        return isinstance(value, dict)
+    return True
+
+
+def spec_problem(values: Any, cls: type | None = None) -> str | None:
+    """The first key of a cache description (cache.json, the "cache" section of a checkpoint or
+    an index) whose value has the wrong type or range, as ``"KEY is VALUE"``; None when each fits
+    (keys an older file lacks are not checked: they keep their defaults)."""
+    if not isinstance(values, dict):
+        return f"a {type(values).__name__}, not a JSON object"
+    for f in fields(cls or TrainedOn):
+        if f.name not in values:
+            continue
+        value = values[f.name]
+        bad = not _fits(str(f.type), value) or (f.name in POSITIVE_KEYS and value is not None and value <= 0)
+        if bad:
+            return f"{f.name} is {str(value)[:60]!r}" if isinstance(value, str) else f"{f.name} is {value!r:.60}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -191,3 +191,21 @@ def window_vectors(query: QueryTokens, side: str, heads, geometry: WindowGeometr
 def mean_vector(vectors: torch.Tensor) -> torch.Tensor:
     """One search vector for a whole query: the normalised mean of its window vectors."""
     return F.normalize(vectors.mean(dim=0, keepdim=True), dim=-1)
+
+
+def unit_vector(values, dim: int) -> np.ndarray:
+    """A query given as numbers (a list, or an array of ``dim``) as the (1, dim) float32 unit
+    vector search takes. Scaled by its largest magnitude before its norm is taken, so that no
+    finite vector overflows the norm (1e308s) or underflows it (5e-324s) to zero or infinity.
+
+    Raises:
+        QueryError: not ``dim`` finite numbers, or all zero (no direction to search).
+    """
+    try:
+        vector = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        vector = np.array([np.nan])
+    if vector.shape != (dim,) or not np.isfinite(vector).all() or not np.abs(vector).max() > 0:
+        raise QueryError(f"vector must be {dim} finite numbers, not all zero (got {vector.size})")
+    vector = vector / np.abs(vector).max()
+    return (vector / np.linalg.norm(vector)).astype(np.float32)[None]

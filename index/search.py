@@ -135,6 +135,7 @@ class Searcher:
 
     def __init__(self, index: str | os.PathLike, heads=None, cache=None, device: str = "cpu", mmap: bool | None = None):
         self.folder = IndexFolder(index, mmap=mmap)
+        self.folder.check_searchable()
         self.meta = self.folder.meta
         if heads is None or isinstance(heads, (str, os.PathLike)):
             heads = load_heads(heads or self.meta["heads"]["path"])
@@ -183,6 +184,8 @@ class Searcher:
         if modality not in MODALITIES:
             raise QueryError(f"unknown modality {modality!r} ({', '.join(MODALITIES)})")
         vectors = np.ascontiguousarray(torch.as_tensor(vectors).float().numpy().reshape(-1, self.meta["dim"]))
+        if not np.isfinite(vectors).all():  # NaN would score nothing, and never ranks first
+            raise QueryError("query vectors must be finite numbers (as float32: magnitudes below 3.4e38)")
         keep = self.matching_rows(modality, where)
         if keep is None:
             return self._hits(modality, *self._search(vectors, modality, k))

@@ -40,6 +40,7 @@ machine without GPUs; everything else is loaded (onto the GPUs where faiss-gpu h
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -190,6 +191,79 @@ def write_index(out: str | os.PathLike, meta: dict[str, Any], shards: dict, tabl
     return meta
 
 
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _whole(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _modality_fields(modality: str, info: Any) -> list[tuple[str, Any, bool, str]]:
+    if not isinstance(info, dict):
+        return [(f"modalities.{modality}", info, False, "a JSON object")]
+    fields = [(f"modalities.{modality}.count", info.get("count"), _whole(info.get("count")), "a count")]
+    for key, test, what in (("factory", _text, "a FAISS factory string"), ("params", lambda v: isinstance(v, dict), "a JSON object"),
+                            ("table", _text, "a file name"), ("shards", lambda v: isinstance(v, list), "a list")):
+        if key in info:
+            fields.append((f"modalities.{modality}.{key}", info[key], test(info[key]), what))
+    for number, entry in enumerate(info.get("shards") if isinstance(info.get("shards"), list) else []):
+        where = f"modalities.{modality}.shards[{number}]"
+        if not isinstance(entry, dict):
+            fields.append((where, entry, False, "a JSON object"))
+            continue
+        fields += [(f"{where}.{key}", entry.get(key), _whole(entry.get(key)), "a count") for key in ("begin", "end")]
+        fields += [(f"{where}.bytes", entry["bytes"], _whole(entry["bytes"]), "a size in bytes")] if "bytes" in entry else []
+    return fields
+
+
+_MISSING = object()
+
+
+def _get(values: Any, key: str) -> Any:
+    return values.get(key, _MISSING) if isinstance(values, dict) else _MISSING
+
+
+def meta_problem(meta: dict[str, Any], searchable: bool = False) -> str | None:
+    """The first field of an index's meta.json whose value cannot be right (type or range), as
+    ``"FIELD is VALUE, not WHAT"``; None when every one fits. A field is checked where present;
+    those a search needs (window, hop, geometry, the heads' path, both modalities) must also be
+    there when ``searchable``."""
+    from avfeat.align.heads import AGGREGATIONS
+    from avfeat.data.configs import spec_problem
+
+    geometry, heads, cache, modalities = (_get(meta, key) for key in ("geometry", "heads", "cache", "modalities"))
+    names = sorted(modalities) if isinstance(modalities, dict) else modalities
+    both = ["audio", "visual"]
+    fields = [  # name, value, fits, what it must be, whether a search needs it
+        ("dim", meta.get("dim", _MISSING), _whole(meta.get("dim"), 1), "a positive integer", True),
+        ("window", _get(meta, "window"), _positive(meta.get("window")), "a positive number of seconds", True),
+        ("hop", _get(meta, "hop"), _positive(meta.get("hop")), "a positive number of seconds", True),
+        ("aggregation", _get(meta, "aggregation"), meta.get("aggregation") in AGGREGATIONS, " or ".join(AGGREGATIONS), True),
+        ("geometry", geometry, isinstance(geometry, dict), "a JSON object", True),
+        ("videos", _get(meta, "videos"), _whole(meta.get("videos")), "a count", False),
+        ("modalities", names, isinstance(names, list) and names and set(names) <= set(both) and (names == both or not searchable),
+         "audio and visual", True),
+    ]
+    fields += [(f"geometry.{key}", _get(geometry, key), _positive(_get(geometry, key)), "a positive rate", True) for key in ("audio_rate", "fps")]
+    for section, values in (("heads", heads), ("cache", cache)):
+        fields.append((section, values, isinstance(values, dict), "a JSON object", True))
+        fields += [(f"{section}.{key}", _get(values, key), _text(_get(values, key)), "a string", True) for key in ("path", "fingerprint")]
+    for modality, info in modalities.items() if isinstance(modalities, dict) else ():
+        fields += [(*field, False) for field in _modality_fields(modality, info)]
+    for name, value, fits, what, needed in fields:
+        if value is _MISSING and (needed and searchable or name.endswith("fingerprint")):
+            return f"{name} is missing"
+        if value is not _MISSING and not fits:
+            return f"{name} is {one_line(repr(value), 60)}, not {what}"
+    found = spec_problem(cache) if isinstance(cache, dict) else None
+    return f"cache.{found}, which does not fit its type or range" if found else None
+
+
 class IndexFolder:
     """A loaded index folder: meta.json now, each modality's FAISS index and table on first use.
 
@@ -210,6 +284,9 @@ class IndexFolder:
         if not isinstance(self.meta, dict) or self.meta.get("format") not in FORMATS:
             found = self.meta.get("format") if isinstance(self.meta, dict) else None
             raise SearchIndexError(f"{path} has index format {found!r}; this avfeat reads formats {', '.join(map(str, FORMATS))}")
+        problem = meta_problem(self.meta)
+        if problem:
+            raise SearchIndexError(f"{meta_path} is damaged ({problem}); rebuild the index with `avfeat index --overwrite`")
         self._check_meta(meta_path)
         self._indexes: dict[str, Any] = {}
         self._tables: dict[str, Any] = {}
@@ -233,6 +310,12 @@ class IndexFolder:
                 str(self.meta[section]["fingerprint"])
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise SearchIndexError(f"{meta_path} is damaged (missing or bad {one_line(error)}); rebuild the index with `avfeat index --overwrite`") from None
+
+    def check_searchable(self) -> None:
+        """Refuse a meta.json that lacks a field searching needs (a wrong value is refused on open)."""
+        problem = meta_problem(self.meta, searchable=True)
+        if problem:
+            raise SearchIndexError(f"{self.path / META_FILE} is damaged ({problem}); rebuild the index with `avfeat index --overwrite`")
 
     def count(self, modality: str) -> int:
         return int(self.meta["modalities"][modality]["count"])
@@ -311,6 +394,8 @@ class IndexFolder:
         expected = entry["end"] - entry["begin"]
         if index.ntotal != expected:
             raise SearchIndexError(f"{path} holds {index.ntotal} vectors, meta.json says {expected}; rebuild the index")
+        if index.d != self.meta.get("dim", index.d):
+            raise SearchIndexError(f"{path} holds {index.d}-dim vectors, {self.path / META_FILE} says dim {self.meta['dim']}; rebuild the index")
         return index
 
     def check_heads(self, checkpoint) -> None:
@@ -320,6 +405,9 @@ class IndexFolder:
                 f"index {self.path} was built with other heads ({self.meta['heads']['path']}, fingerprint {built}), "
                 f"not {checkpoint.path} (fingerprint {checkpoint.fingerprint}); rebuild it with `avfeat index` or use those heads"
             )
+        embeds = checkpoint.heads.config.dim
+        if embeds != self.meta["dim"]:
+            raise SearchIndexError(f"{self.path / META_FILE} is damaged (dim is {self.meta['dim']}, but its heads embed {embeds}); rebuild the index with `avfeat index --overwrite`")
 
     def check_cache(self, cache) -> None:
         built = self.meta["cache"]["fingerprint"]

@@ -163,8 +163,7 @@ class Service:
         ``one_per_video`` keeps each video's best window only and ``exclude_video`` drops one
         video's windows: FAISS is asked for more hits until ``k`` are left (or none remain).
         """
-        import numpy as np
-
+        from avfeat.index.query import unit_vector
         from avfeat.index.search import parse_where
         from avfeat.index.vectors import AUDIO, other
 
@@ -173,12 +172,8 @@ class Service:
         if isinstance(query, list):
             if rerank:
                 raise InputError("rerank needs the query's tokens; a vector query cannot be reranked (use rerank=0)")
-            vector = np.asarray(query, dtype=np.float64)
-            dim = self.searcher.meta["dim"]
-            if vector.shape != (dim,) or not np.isfinite(vector).all() or not np.linalg.norm(vector) > 0:
-                raise QueryError(f"vector must be {dim} finite numbers, not all zero (got {vector.size})")
+            vector = unit_vector(query, self.searcher.meta["dim"])
             side = side or AUDIO
-            vector = (vector / np.linalg.norm(vector)).astype(np.float32)[None]
         else:
             tokens = self.searcher.tokens(query)
             side = side or tokens.default_side()
