@@ -17,7 +17,7 @@ from typing import List, Optional
 import anyio
 import anyio.to_thread
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from avfeat.core.errors import AvfeatError, InputError, QueryError
@@ -36,6 +36,14 @@ class SpanBody(BaseModel):
     start: Optional[float | str] = None
     end: Optional[float | str] = None
     vector: Optional[List[float]] = None
+
+    @field_validator("start", "end", "vector", mode="before")
+    @classmethod
+    def _no_booleans(cls, value, info):
+        """JSON true or false is no time and no number (pydantic would read true as 1)."""
+        if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+            raise ValueError(f"{info.field_name} takes {'numbers' if info.field_name == 'vector' else 'seconds or m:ss'}, not true or false")
+        return value
 
 
 def content_type(request: Request) -> str:

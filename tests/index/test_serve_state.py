@@ -109,3 +109,27 @@ def test_health_metrics_and_listings_answer_while_more_model_requests_wait_than_
         server.should_exit = True
         thread.join(timeout=10)
     assert answers == [200] * QUEUED
+
+
+@pytest.fixture(scope="module")
+def client(index):
+    from starlette.testclient import TestClient
+
+    from avfeat.index.serve.app import create_app
+    from avfeat.index.serve.service import Service
+
+    return TestClient(create_app(Service(index, device="cpu")))
+
+
+@pytest.mark.parametrize("body", [{"start": True, "end": 2.0}, {"start": 0.5, "end": True}, {"start": False}, {"vector": True}])
+def test_a_boolean_is_no_time_and_no_number(client, body):
+    service = client.app.inner.state.service
+    video = next(iter(service.videos))
+    if "vector" in body:
+        body = {"vector": [True] + [0.1] * (service.searcher.meta["dim"] - 1)}
+    else:
+        body = {"video_id": video, **body}
+    response = client.post("/api/search", json=body)
+    assert response.status_code == 400, response.text  # before: true was read as 1 (s)
+    error = response.json()["error"]
+    assert "\n" not in error and ("start" in error or "end" in error or "vector" in error), error
