@@ -351,6 +351,8 @@ def evaluate(
     if not held_out:
         raise IndexMismatchError(f"none of the held-out videos of {heads} is in the cache {cache_path}")
     labels = load_labels(cache, labels_path, label_column)
+    if labels is not None and 2 <= len(labels.labels) < folds:  # fewer than 2: classification is skipped with a note
+        raise InputError(f"--folds {folds} is more than the {len(labels.labels)} labelled videos (a fold holds whole videos); give at most {len(labels.labels)}")
     stages = ["retrieval", "sync"] + (["localization", "classification"] if labels is not None else [])
     report: dict = {"held_out_videos": len(held_out)}
     if labels is not None:

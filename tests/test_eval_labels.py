@@ -244,3 +244,10 @@ def test_csv_ids_and_labels_stay_text(tmp_path):
     (tmp_path / "ids.csv").write_text("video_id,label,count\n007,01,3\n")
     columns, rows = read_table(tmp_path / "ids.csv", ("video_id", "label"))
     assert columns == ["video_id", "label", "count"] and rows == [{"video_id": "007", "label": "01", "count": 3}]
+
+
+def test_more_folds_than_labelled_videos_is_one_line(setup, monkeypatch, capsys):
+    labels = setup.corpus / "ground_truth.parquet"  # 8 labelled videos
+    code, out, err = run_main(monkeypatch, capsys, "eval", setup.cache, "--heads", setup.heads, "--labels", labels, "--folds", 100, "--quiet")
+    assert code == 1 and err.startswith("avfeat: error:") and len(err.strip().splitlines()) == 1, err
+    assert "--folds 100" in err and "8 labelled videos" in err
