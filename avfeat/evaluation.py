@@ -313,6 +313,9 @@ def localization(checkpoint, cache, video_ids, labels) -> dict:
     return {"pointing_game": round(hits / events, 4), "box_area_share": round(float(np.mean(shares)), 4), "events": events}
 
 
+DEFAULT_FOLDS = 5
+
+
 def evaluate(
     heads: str | Path,
     cache_path: str | Path,
@@ -320,7 +323,7 @@ def evaluate(
     device: str = "cpu",
     quiet: bool = True,
     label_column: str | None = None,
-    folds: int = 5,
+    folds: int | None = None,
     knn_k: int = 20,
     knn_vote: str = "weighted",
     probe_l2: float = 1e-3,
@@ -329,7 +332,8 @@ def evaluate(
     """The metrics of `avfeat eval` as a dict (see the module docstring); a progress bar over
     its stages unless ``quiet``. Labels come from ``labels_path`` or, without it, from the
     manifest metadata column ``label_column``; with labels, kNN and linear-probe classification
-    is reported under ``"classification"`` and the labels' coverage under ``"labels"``."""
+    is reported under ``"classification"`` and the labels' coverage under ``"labels"``. ``folds``
+    (default: 5, or as many as there are labelled videos when fewer) may not exceed the labelled videos."""
     from tqdm import tqdm
 
     from avfeat.core.devices import resolve_device
@@ -341,7 +345,7 @@ def evaluate(
 
     if knn_vote not in KNN_VOTES:
         raise InputError(f"--knn-vote must be one of {', '.join(KNN_VOTES)} (got {knn_vote!r})")
-    if folds < 2 or knn_k < 1:
+    if (folds is not None and folds < 2) or knn_k < 1:
         raise InputError(f"--folds must be at least 2 and --knn-k at least 1 (got {folds} and {knn_k})")
     check_number("--probe-l2", probe_l2, inclusive=True)
     checkpoint = load_checkpoint(heads, device=resolve_device(device))
@@ -351,7 +355,10 @@ def evaluate(
     if not held_out:
         raise IndexMismatchError(f"none of the held-out videos of {heads} is in the cache {cache_path}")
     labels = load_labels(cache, labels_path, label_column)
-    if labels is not None and 2 <= len(labels.labels) < folds:  # fewer than 2: classification is skipped with a note
+    labelled = len(labels.labels) if labels is not None else 0
+    if folds is None:  # the default: 5, or one per labelled video when there are fewer
+        folds = max(2, min(DEFAULT_FOLDS, labelled))
+    elif 2 <= labelled < folds:  # fewer than 2: classification is skipped with a note
         raise InputError(f"--folds {folds} is more than the {len(labels.labels)} labelled videos (a fold holds whole videos); give at most {len(labels.labels)}")
     stages = ["retrieval", "sync"] + (["localization", "classification"] if labels is not None else [])
     report: dict = {"held_out_videos": len(held_out)}

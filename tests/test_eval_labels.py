@@ -251,3 +251,10 @@ def test_more_folds_than_labelled_videos_is_one_line(setup, monkeypatch, capsys)
     code, out, err = run_main(monkeypatch, capsys, "eval", setup.cache, "--heads", setup.heads, "--labels", labels, "--folds", 100, "--quiet")
     assert code == 1 and err.startswith("avfeat: error:") and len(err.strip().splitlines()) == 1, err
     assert "--folds 100" in err and "8 labelled videos" in err
+
+
+def test_the_default_folds_fit_a_few_labelled_videos(setup, monkeypatch, capsys, tmp_path):
+    few = tmp_path / "few.csv"  # 3 labelled videos: 3 folds
+    few.write_text("video_id,label\n" + "".join(f"{vid},{name}\n" for vid, name in list(setup.names.items())[:3]))
+    code, out, err = run_main(monkeypatch, capsys, "eval", setup.cache, "--heads", setup.heads, "--labels", few, "--json", "--quiet")
+    assert code == 0, err

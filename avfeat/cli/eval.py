@@ -16,7 +16,7 @@ def eval_command(
     heads: Path = typer.Option(..., "--heads", help="A checkpoint folder from `avfeat train-head`."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Labels file: CSV, Parquet or JSONL with a video_id (or path) column and a label (or class) column; ground_truth.parquet of `avfeat synth` also drives localization."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="The label column (default: label, else class); without --labels, the manifest's metadata column of that name."),
-    folds: int = typer.Option(5, help="Cross-validation folds for kNN and the linear probe (folds never split a video)."),
+    folds: Optional[int] = typer.Option(None, help="Cross-validation folds for kNN and the linear probe (folds never split a video; at most one per labelled video) [default: 5, or one per labelled video when fewer]."),
     knn_k: int = typer.Option(20, "--knn-k", help="Neighbours of the kNN classifier."),
     knn_vote: str = typer.Option("weighted", "--knn-vote", help="weighted (exp(cosine/0.07) per neighbour) or majority."),
     probe_l2: float = typer.Option(1e-3, "--probe-l2", help="L2 penalty on the linear probe's weights."),
