@@ -109,7 +109,7 @@ def bench_sync(minutes: float, fps: float) -> None:
     frames = int(seconds * fps)
     with tempfile.TemporaryDirectory() as root:
         config = {"audio_model": "random:hubert-base", "visual_model": "random:dinov2-small", "audio_layer": -1, "visual_layer": -1,
-                  "fps": fps, "audio_token_rate": 50.0, "audio_dim": 768, "visual_dim": 384}
+                  "fps": fps, "audio_token_rate": 50.0, "audio_dim": 768, "visual_dim": 384, "visual_tokens": 257}
         layout = open_for_writing(root, config)
         record = new_record("long", "long.mp4", 0, 0.0).with_(duration=seconds, audio_rate=50.0, fps=fps)
         visual = np.concatenate([rng.standard_normal((min(64, frames - i), 257, 384), dtype=np.float32).astype(np.float16) for i in range(0, frames, 64)])

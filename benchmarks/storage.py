@@ -244,7 +244,7 @@ def print_storage_table(work: Path, args) -> None:
     hours = sum(r.duration for r in reference.records(status="ok")) / 3600
     tiny = reference.config
     print(f"corpus: {args.videos} synthetic videos x {args.seconds:g} s ({hours * 3600:.0f} media-s), tiny random models "
-          f"({tiny['audio_dim']}-d audio at {tiny['audio_token_rate']:g} Hz, {tiny['visual_tokens']} x {tiny['visual_dim']} visual at {args.fps:g} fps), one shard each")
+          f"({tiny.audio_dim}-d audio at {tiny.audio_token_rate:g} Hz, {tiny.visual_tokens} x {tiny.visual_dim} visual at {args.fps:g} fps), one shard each")
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}; reads: 1.5 s windows, batches of 32, warm page cache\n")
     header = (f"{'storage':<14} {'files MB/h':>10} {'payload MB/h':>12} {'defaults MB/h':>13} {'x smaller':>9} "
               f"{'cos audio mean/min':>19} {'cos visual mean/min':>19} {'windows/s':>9} {'MB/s':>5}")

@@ -30,7 +30,7 @@ from avfeat.core.errors import CacheError, disk_full
 from avfeat.core.io import fsync_dir, replace_durably, temp_path, write_atomic
 from avfeat.core.lock import has_entries
 from avfeat.data.codecs import storage_codec
-from avfeat.data.configs import CONFIG_DEFAULTS, CONFIG_VERSION
+from avfeat.data.configs import CONFIG_DEFAULTS, CONFIG_VERSION, CacheConfig
 from avfeat.data.layout import CacheLayout, part_name, read_config, remove_uncommitted, shard_name
 from avfeat.data.manifest import part_table
 from avfeat.data.records import Status, VideoRecord
@@ -92,7 +92,12 @@ def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
     Stray temp files and shards without a manifest part (an interrupted commit) are removed,
     so the cache afterwards holds exactly the committed shards. The caller holds the cache's
     writer lock (``avfeat.core.lock.writer_lock``), as ``Extractor.run`` does.
+
+    Raises:
+        CacheError: ``config`` is not one a reader could open (it lacks what describes the
+            tokens), or differs from the existing cache's.
     """
+    CacheConfig.from_dict(config, str(root))  # never write a cache.json that no reader takes
     layout = check_config(root, config)
     try:
         layout.root.mkdir(parents=True, exist_ok=True)

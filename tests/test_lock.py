@@ -175,15 +175,20 @@ def test_without_flock_the_holder_record_is_the_lock(tmp_path, monkeypatch):
     assert lock_files(out) == []
 
 
+# A cache.json as extract writes it for the tiny models (what a reader needs to open it).
+TINY_CONFIG = {"audio_model": "random:hubert-tiny", "visual_model": "random:dinov2-tiny", "audio_layer": -1, "visual_layer": -1,
+               "audio_dim": 32, "audio_token_rate": 50.0, "visual_dim": 32, "visual_tokens": 65, "fps": 2.0}
+
+
 def test_output_rule_ignores_the_lock_files(tmp_path):
     out = tmp_path / "out"
     with writer_lock(out, "cache"):
         assert prepare_output(out, marker="cache.json", kind="cache").value == "new"
-        open_for_writing(out, {"audio_model": "random:hubert-tiny", "visual_model": "random:dinov2-tiny", "fps": 2.0})
+        open_for_writing(out, TINY_CONFIG)
 
 
 def test_cache_cleanup_removes_only_temps_of_this_or_dead_processes(tmp_path):
-    config = {"audio_model": "random:hubert-tiny", "visual_model": "random:dinov2-tiny", "fps": 2.0}
+    config = TINY_CONFIG
     layout = open_for_writing(tmp_path, config)
     live = layout.shard_dir / f"shard-00000.h5.{os.getppid()}.tmp"  # a live process's open shard
     gone = [

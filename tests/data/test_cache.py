@@ -144,3 +144,9 @@ def test_flipped_bytes_are_found_and_named(tmp_path):
     remove_damaged(layout, Cache(tmp_path).verify())
     cache = Cache(tmp_path)
     assert [r.video_id for r in cache.records()] == ["c"] and cache.verify() == []
+
+
+def test_a_config_no_reader_could_open_is_never_written(tmp_path):
+    with pytest.raises(CacheError, match="lacks visual_tokens"):
+        open_for_writing(tmp_path / "cache", {k: v for k, v in CONFIG.items() if k != "visual_tokens"})
+    assert not (tmp_path / "cache").exists()
