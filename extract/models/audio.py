@@ -10,12 +10,13 @@ import numpy as np
 
 from avfeat.core.errors import ModelError
 from avfeat.extract.models.devices import to_device
+from avfeat.extract.models.frozen import FrozenBackbone
 from avfeat.extract.models.loading import load_frozen
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-class AudioBackbone:
+class AudioBackbone(FrozenBackbone):
     """A frozen speech encoder (HuBERT family) producing tokens at ``token_rate`` Hz.
 
     Token ``t`` of a waveform covers samples ``[t * hop, t * hop + min_samples)``. Long audio is
@@ -40,17 +41,8 @@ class AudioBackbone:
     ):
         import torch
 
-        self.spec = spec
-        self.layer = int(layer)
-        self.is_random = bool(is_random)
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self.model = model
-        self.processor = processor
+        super().__init__(spec, model, processor, layer=layer, device=device, dtype=dtype, is_random=is_random)
         config = model.config
-        self.model_type = str(config.model_type)
-        self.num_layers = int(config.num_hidden_layers)
-        self.dim = int(config.hidden_size)
         self.sample_rate = int(getattr(processor, "sampling_rate", 16000))
         self.do_normalize = bool(getattr(processor, "do_normalize", False))
         self.kernels = tuple(int(k) for k in config.conv_kernel)

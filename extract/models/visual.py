@@ -10,6 +10,7 @@ import numpy as np
 from avfeat.core.errors import ModelError
 from avfeat.extract.models.archs import IMAGENET_MEAN, IMAGENET_STD
 from avfeat.extract.models.devices import to_device
+from avfeat.extract.models.frozen import FrozenBackbone
 from avfeat.extract.models.loading import load_frozen
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +35,7 @@ def _get(obj, key: str, default=None):
     return default if value is None else value
 
 
-class VisualBackbone:
+class VisualBackbone(FrozenBackbone):
     """A frozen image encoder (DINOv2 family) producing CLS + patch tokens per frame.
 
     Frames arrive already scaled and cropped to :meth:`decode_spec_geometry` (the decoder does it
@@ -54,17 +55,8 @@ class VisualBackbone:
     ):
         import torch
 
-        self.spec = spec
-        self.layer = int(layer)
-        self.is_random = bool(is_random)
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self.model = model
-        self.processor = processor
+        super().__init__(spec, model, processor, layer=layer, device=device, dtype=dtype, is_random=is_random)
         config = model.config
-        self.model_type = str(config.model_type)
-        self.num_layers = int(config.num_hidden_layers)
-        self.dim = int(config.hidden_size)
         ps = config.patch_size
         self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
         self.num_register_tokens = int(getattr(config, "num_register_tokens", 0) or 0)
