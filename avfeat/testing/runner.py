@@ -117,3 +117,14 @@ def torch_threads(count: int | None):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def one_line_error(result, *words: str) -> str:
+    """Assert a refused command: a non-zero exit, exactly one stderr line starting with
+    ``avfeat: error:`` (so no traceback) holding each of ``words``; returns that line."""
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("avfeat: error:"), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]

@@ -44,6 +44,14 @@ def timeline_origin(container, astream, vstream) -> Fraction:
     return min(starts) if starts else Fraction(0)
 
 
+def _av_open(target):
+    """PyAV's container of a path or a file object; what it cannot open is ``unreadable``."""
+    try:
+        return av.open(target, metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError) as exc:
+        raise MediaError(Status.UNREADABLE, f"not a readable media file: {one_line(exc)}") from None
+
+
 @contextlib.contextmanager
 def open_checked(path: str):
     """Open a media container, or raise MediaError (missing, empty, unreadable; for URLs and tar
@@ -63,11 +71,7 @@ def open_checked(path: str):
         size = status.st_size
         if size == 0:
             raise MediaError(Status.EMPTY_FILE, "file is empty (0 bytes)")
-        try:
-            container = av.open(path, metadata_errors="ignore")
-        except (av.error.FFmpegError, OSError) as exc:
-            raise MediaError(Status.UNREADABLE, f"not a readable media file: {one_line(exc)}") from None
-        with container:
+        with _av_open(path) as container:
             yield container
         return
     try:
@@ -78,11 +82,7 @@ def open_checked(path: str):
     if not size:
         raise MediaError(Status.EMPTY_FILE, "file is empty (0 bytes)")
     try:
-        try:
-            container = av.open(source, metadata_errors="ignore")
-        except (av.error.FFmpegError, OSError) as exc:
-            raise MediaError(Status.UNREADABLE, f"not a readable media file: {one_line(exc)}") from None
-        with container:
+        with _av_open(source) as container:
             yield container
         if source.error is not None:  # PyAV dropped a failed read and stopped early
             raise MediaError(Status.DECODE_ERROR, f"reading failed: {one_line(source.error)}")

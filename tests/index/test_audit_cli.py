@@ -10,15 +10,8 @@ import pytest
 from avfeat.data.cache import Cache
 from avfeat.data.audit_table import AuditRow, read_audit, write_audit
 from avfeat.index.audit.report import write_report
+from avfeat.testing.runner import one_line_error
 from avfeat.testing.runner import run_avfeat as avfeat
-
-
-def one_line_error(result, *words):
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("avfeat: error:"), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

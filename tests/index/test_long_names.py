@@ -11,17 +11,10 @@ import pytest
 from avfeat.core.io import fitted_name, name_max
 from avfeat.data.audit_table import AuditRow
 from avfeat.index.audit.fix import fix_videos
+from avfeat.testing.runner import one_line_error
 from avfeat.testing.runner import run_avfeat as avfeat
 
 LONG = "v" * 300  # a video id longer than any file name
-
-
-def one_line_error(result, *words):
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("avfeat: error:"), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def near_limit(folder, suffix: str) -> str:
