@@ -165,4 +165,4 @@ def attention_map_file(cache_path: str | Path, video_id: str, heads: str | Path,
     prepare_output_file(out, "--out")
     checkpoint = load_checkpoint(heads, resolve_device(device))
     with Cache(cache_path) as store:
-        return attention_map(checkpoint, store, video_id, time, out)
+        return attention_map(checkpoint, store, store.resolve(video_id), time, out)

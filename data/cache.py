@@ -5,11 +5,12 @@ written by ``avfeat.data.shards``.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -21,6 +22,50 @@ from avfeat.data.layout import CONFIG_FILE, CacheLayout, read_config, shard_name
 from avfeat.data.manifest import read_manifest
 from avfeat.data.records import VideoRecord
 from avfeat.data.shards import ShardDamage, file_sha256
+
+
+MAX_NAME = 4096  # characters: a video id, path or file name is never longer (PATH_MAX)
+
+
+class UnknownVideoName(CacheError):
+    """A name that stands for no video, or for several (the message lists the closest ids)."""
+
+
+def resolve_video_name(name: str, paths: Mapping[str, str], listing: str) -> str:
+    """The video id that ``name`` stands for: the id itself, or the one video whose file is
+    that path, file name or stem (ids are ``stem-<hash>``, which nobody types). Several
+    videos of one file (segments) or of one stem are ambiguous: the error lists them.
+
+    Raises:
+        UnknownVideoName: no video or several; the message ends with the closest ids, or
+            ``listing`` (where to list them).
+    """
+    if name in paths:
+        return name
+    if len(name) > MAX_NAME:  # no id or path is that long; nor is it worth comparing or echoing
+        raise UnknownVideoName(f"no video has a name of {len(name)} characters; {listing}")
+    wanted = name.rstrip("/")
+    ways = (  # the path as recorded, the same file named another way, its file name, its stem
+        (wanted, str), (_absolute(wanted), _absolute), (wanted, _file_name), (wanted, lambda p: Path(_file_name(p)).stem))
+    for target, key in ways:
+        found = sorted(video for video, path in paths.items() if path and key(path) == target)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            raise UnknownVideoName(f"{name!r} names {len(found)} videos ({shown}); give one video id")
+    stems = {Path(_file_name(path)).stem: video for video, path in paths.items() if path}
+    close = [stems.get(match, match) for match in difflib.get_close_matches(name, [*paths, *stems], n=3, cutoff=0.5)]
+    hint = f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else f"; {listing}"
+    raise UnknownVideoName(f"no video {name!r}{hint}")
+
+
+def _file_name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
 
 
 class Cache:
@@ -65,6 +110,12 @@ class Cache:
         except KeyError:
             hint = did_you_mean(video_id, self._records, "`avfeat info CACHE --videos` lists the ids")
             raise CacheError(f"video id {video_id!r} is not in the cache {self.layout.root}{hint}") from None
+
+    def resolve(self, name: str) -> str:
+        """The id of the video ``name`` stands for: an id, or the path, file name or stem of
+        one video's file (see :func:`resolve_video_name`)."""
+        paths = {video: record.path for video, record in self._records.items()}
+        return resolve_video_name(name, paths, "`avfeat info CACHE --videos` lists the ids")
 
     def ok_record(self, video_id: str) -> VideoRecord:
         """The record of a video that has tokens; a failed one is a :class:`CacheError`."""

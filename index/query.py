@@ -96,7 +96,7 @@ def cached_query(cache, text: str) -> QueryTokens | None:
         return None
     video, start, end = parsed
     try:
-        record = cache.ok_record(video)
+        record = cache.ok_record(cache.resolve(video))  # an id, or its file's path, name or stem
     except CacheError as error:
         raise QueryError(str(error)) from None
     if end > record.end_time + 1e-6:

@@ -89,7 +89,7 @@ def train_head(
 
 def attention_map(
     cache: Path = typer.Argument(..., help="The token cache."),
-    video_id: str = typer.Argument(..., help="A video id of the cache (`avfeat info CACHE --videos` lists them)."),
+    video_id: str = typer.Argument(..., help="A video of the cache: its id (`avfeat info CACHE --videos` lists them), or its file's path, name or stem when that names one video."),
     heads: Path = typer.Option(..., "--heads", help="A checkpoint folder written by `avfeat train-head`."),
     time: str = typer.Option(..., "--time", "-t", help="Start of the audio window: seconds, m:ss or h:mm:ss."),
     out: Path = typer.Option(Path("map.png"), "--out", "-o", help="PNG to write."),

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,15 @@ def test_train_head_then_attention_map(small_cache, tmp_path):
     video_id = json.loads((heads / "config.json").read_text())["split"]["val_videos"][0]
     result = avfeat("attention-map", small_cache, video_id, "--heads", heads, "--time", 0.5, "--out", tmp_path / "map.png", check=0)
     assert (tmp_path / "map.png").stat().st_size > 1000 and result.stderr == ""
+    # The video named as a person would: its file's stem, or a near miss that gets suggestions.
+    from avfeat.data.cache import Cache
+
+    stem = Path(Cache(small_cache).record(video_id).path).stem
+    avfeat("attention-map", small_cache, stem, "--heads", heads, "--time", 0.5, "--out", tmp_path / "stem.png", check=0)
+    assert (tmp_path / "stem.png").read_bytes() == (tmp_path / "map.png").read_bytes()
+    typo = stem.replace("0", "", 1)  # video_00002 -> video_0002
+    one_line_error(avfeat("attention-map", small_cache, typo, "--heads", heads, "--time", 0.5, "--out", tmp_path / "x.png"),
+                   f"no video {typo!r}; did you mean {video_id}")
 
 
 def test_attention_map_without_the_video_file_draws_the_map_alone(small_cache, tmp_path):

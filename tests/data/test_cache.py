@@ -150,3 +150,23 @@ def test_a_config_no_reader_could_open_is_never_written(tmp_path):
     with pytest.raises(CacheError, match="lacks visual_tokens"):
         open_for_writing(tmp_path / "cache", {k: v for k, v in CONFIG.items() if k != "visual_tokens"})
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_video_is_named_by_its_id_path_file_name_or_stem():
+    from avfeat.data.cache import UnknownVideoName, resolve_video_name
+
+    paths = {"clip-0123456789abcdef": "/v/clip.mp4", "song-aaaa000011112222": "/v/music/song.webm",
+             "song-bbbb000011112222": "/w/song.mp4", "long-1": "/v/long.mp4", "long-2": "/v/long.mp4"}
+    for name in ("clip-0123456789abcdef", "clip", "clip.mp4", "/v/clip.mp4", "/v/../v/clip.mp4"):
+        assert resolve_video_name(name, paths, "listing") == "clip-0123456789abcdef", name
+    assert resolve_video_name("song.webm", paths, "listing") == "song-aaaa000011112222"
+    with pytest.raises(UnknownVideoName, match=r"'song' names 2 videos \(song-aaaa000011112222, song-bbbb000011112222\)"):
+        resolve_video_name("song", paths, "listing")  # one stem, two files
+    with pytest.raises(UnknownVideoName, match=r"'long.mp4' names 2 videos \(long-1, long-2\)"):
+        resolve_video_name("long.mp4", paths, "listing")  # two segments of one file
+    with pytest.raises(UnknownVideoName, match="did you mean clip-0123456789abcdef"):
+        resolve_video_name("clp", paths, "listing")
+    with pytest.raises(UnknownVideoName, match="no video 'zzzzzzzz'; listing$"):
+        resolve_video_name("zzzzzzzz", paths, "listing")
+    with pytest.raises(UnknownVideoName, match="no video has a name of 10000000 characters"):
+        resolve_video_name("x" * 10_000_000, paths, "listing")  # neither compared nor echoed
