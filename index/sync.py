@@ -329,6 +329,37 @@ def write_table(rows: list[SyncRow], path: str | os.PathLike, with_id: bool = Fa
 # ---- repair --------------------------------------------------------------------------------
 
 
+def check_remux_target(source: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Refuse, before any model loads, an ``out`` whose container (chosen by its suffix) cannot
+    hold ``source``'s streams: the header of an empty copy is written to a temp file and removed.
+
+    Raises:
+        InputError: no container for the suffix, or one that cannot hold the codecs.
+        QueryError: ``source`` cannot be read or lacks an audio or a video stream.
+    """
+    import av
+
+    source, out = Path(source), Path(out)
+    try:
+        reader = av.open(str(source))
+    except (av.error.FFmpegError, OSError) as error:
+        raise QueryError(f"cannot read {source}: {one_line(error)}") from None
+    tmp = temp_path(out, keep_suffix=True)
+    try:
+        with reader:
+            video, audio = reader.streams.best("video"), reader.streams.best("audio")
+            if video is None or audio is None:
+                raise QueryError(f"{source} has no {'video' if video is None else 'audio'} stream; there is nothing to put in sync")
+            with av.open(str(tmp), mode="w") as writer:
+                writer.add_stream_from_template(video)
+                writer.add_stream_from_template(audio)
+    except (av.error.FFmpegError, ValueError, OSError) as error:
+        raise InputError(f"--fix {out}: cannot write a {out.suffix or 'suffix-less'} file holding the streams of {source}: "
+                         f"{one_line(error)} (use the input's suffix, e.g. {source.suffix or '.mp4'})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def remux_shifted(source: str | os.PathLike, out: str | os.PathLike, offset: float) -> None:
     """Write a copy of ``source`` to ``out`` whose audio is moved by ``-offset`` seconds, so that
     a video whose audio is ``offset`` late (this module's sign) comes out in sync.

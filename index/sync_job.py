@@ -17,6 +17,9 @@ from typing import Callable
 
 from avfeat.core.errors import InputError
 
+# The least sync confidence (the curve's peak margin, 0 to 1) at which --fix moves the audio.
+DEFAULT_FIX_CONFIDENCE = 0.3
+
 
 @dataclass
 class SyncJob:
@@ -40,6 +43,7 @@ class SyncDone:
     job: SyncJob
     rows: list = field(default_factory=list)  # avfeat.index.sync.SyncRow
     fixed: Path | None = None
+    unfixed: str | None = None  # why --fix wrote nothing (the estimate is too uncertain)
 
     @property
     def failed(self) -> list:
@@ -47,13 +51,15 @@ class SyncDone:
 
 
 def plan_sync(videos: list[Path] | None, cache: Path | None = None, max_offset: float = 2.0, out: Path | None = None,
-              fix: Path | None = None, overwrite: bool = False, plot: Path | None = None) -> SyncJob:
+              fix: Path | None = None, overwrite: bool = False, plot: Path | None = None,
+              min_confidence: float = DEFAULT_FIX_CONFIDENCE) -> SyncJob:
     """Check everything a sync job is given before any model loads: a refusal costs nothing."""
     from avfeat.core.io import prepare_output_file
     from avfeat.core.values import check_number
-    from avfeat.index.sync import check_table_path, list_videos
+    from avfeat.index.sync import check_remux_target, check_table_path, list_videos
 
     check_number("--max-offset", max_offset)
+    check_number("--min-confidence", min_confidence, inclusive=True, maximum=1.0)
     videos = list(videos or [])
     if cache is not None and videos:
         raise InputError("give VIDEO arguments or --cache CACHE, not both")
@@ -79,6 +85,8 @@ def plan_sync(videos: list[Path] | None, cache: Path | None = None, max_offset: 
     for path, option in ((out, "--out"), (fix, "--fix")):
         if path is not None and path.exists() and not overwrite:
             raise InputError(f"{option} {path} exists; pass --overwrite to replace it")
+    if fix is not None:
+        check_remux_target(videos[0], fix)  # a suffix no container fits fails now, not after the models ran
     return SyncJob(videos, paths, cache, single)
 
 
@@ -133,6 +141,7 @@ def sync_videos(
     fix: Path | None = None,
     overwrite: bool = False,
     plot: Path | None = None,
+    min_confidence: float = DEFAULT_FIX_CONFIDENCE,
     device: str = "auto",
     quiet: bool = True,
     begin: Callable[[SyncJob], None] = lambda job: None,
@@ -143,10 +152,11 @@ def sync_videos(
 
     ``report(job, row)`` receives each ``SyncRow`` as it comes; ``begin(job)`` is called once the
     models are loaded, before the first row of a many-video job. With ``out`` the rows are
-    written as a table; with ``fix`` (a single video) a copy in sync is written there."""
+    written as a table; with ``fix`` (a single video) a copy in sync is written there when the
+    estimate's confidence reaches ``min_confidence`` (else ``unfixed`` says why not)."""
     from avfeat.core.devices import resolve_device
 
-    job = plan_sync(videos, cache, max_offset, out, fix, overwrite, plot)
+    job = plan_sync(videos, cache, max_offset, out, fix, overwrite, plot, min_confidence)
     device = str(resolve_device(device))
     if not job.single:
         done = _sync_many(job, heads, max_offset, device, quiet, begin, report)
@@ -159,6 +169,12 @@ def sync_videos(
     if job.single and fix is not None:
         from avfeat.index.sync import remux_shifted
 
-        remux_shifted(job.videos[0], fix, done.rows[0].result.offset)
-        done.fixed = fix
+        result = done.rows[0].result
+        if result.confidence < min_confidence:
+            # Another lag scores nearly as well: moving the audio by this guess may make it worse.
+            done.unfixed = (f"{job.videos[0]}: not fixed: confidence {result.confidence:.2f} is below --min-confidence "
+                            f"{min_confidence:g} (another offset scores nearly as well); {fix} not written")
+        else:
+            remux_shifted(job.videos[0], fix, result.offset)
+            done.fixed = fix
     return done

@@ -161,6 +161,10 @@ def sync(
     fix: Optional[Path] = typer.Option(None, "--fix", metavar="OUT", help="Write a copy of VIDEO with its audio moved by the estimate, in sync (stream copy: pictures untouched). One VIDEO only; for a corpus see `avfeat audit --fix-dir`."),
     overwrite: bool = overwrite_option("Replace an existing --out or --fix file."),
     plot: Optional[Path] = typer.Option(None, help="Save the score over lags to this PNG (one VIDEO only)."),
+    min_confidence: float = typer.Option(
+        0.3, "--min-confidence",
+        help="With --fix: write the copy only when the confidence (0 to 1) reaches this; below it the audio is left alone and the exit status is 3.",
+    ),
     device: str = device_option("backbones run"),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -183,14 +187,20 @@ def sync(
             typer.echo(f"offset {row.result.offset:+.3f} s ({direction(row.result.offset)}), confidence {row.result.confidence:.2f}")
 
     done = sync_videos(videos, heads, cache=cache, max_offset=max_offset, out=out, fix=fix, overwrite=overwrite, plot=plot,
-                       device=device, quiet=quiet, begin=begin, report=report)
+                       min_confidence=min_confidence, device=device, quiet=quiet, begin=begin, report=report)
     if done.fixed is not None:
         offset = done.rows[0].result.offset
         typer.echo(f"wrote {done.fixed}: audio moved {abs(offset):.3f} s {'earlier' if offset >= 0 else 'later'}", err=as_json)
+    if done.unfixed is not None:
+        typer.echo(f"note: {done.unfixed}", err=True)
     failed = done.failed
     if failed:
         typer.echo(f"avfeat: error: {len(failed)} of {len(done.rows)} videos could not be synchronised (first: {failed[0].video}: {failed[0].error})", err=True)
         raise typer.Exit(1)
+    if done.unfixed is not None:
+        from avfeat.cli.extract import EXIT_SOME_FAILED
+
+        raise typer.Exit(EXIT_SOME_FAILED)  # the estimate stands, the asked-for copy does not
 
 
 def register(app: typer.Typer) -> None:

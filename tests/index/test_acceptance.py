@@ -95,7 +95,7 @@ def test_fixed_videos_come_out_in_sync(setup, tmp_path):
     recovered = [name for name in truth if abs(estimates[name] - truth[name]) <= SYNC_TOLERANCE and abs(truth[name]) > 0.3]
     assert len(recovered) >= 3, (truth, estimates)
     fixed = tmp_path / "fixed"
-    avfeat("sync", tmp_path / "offsets" / recovered[0], "--heads", heads, "--fix", fixed / recovered[0], check=0, threads=1)
+    avfeat("sync", tmp_path / "offsets" / recovered[0], "--heads", heads, "--fix", fixed / recovered[0], "--min-confidence", 0, check=0, threads=1)
     for name in recovered[1:]:
         remux_shifted(tmp_path / "offsets" / name, fixed / name, estimates[name])
     after = [json.loads(line) for line in avfeat("sync", fixed, "--heads", heads, "--json", "--quiet", check=0, threads=1).stdout.splitlines()]

@@ -120,7 +120,8 @@ def test_sync_a_cache_uses_its_tokens(heads, cache, tmp_path):
 
 def test_fix_writes_a_copy_moved_by_the_estimate(heads, corpus, tmp_path):
     source, fixed = corpus / "video_00003.mp4", tmp_path / "fixed" / "video.mp4"
-    result = avfeat("sync", source, "--heads", heads, "--max-offset", 1.0, "--json", "--fix", fixed, check=0)
+    # These heads are barely trained (low confidence): --min-confidence 0 asks for the copy anyway.
+    result = avfeat("sync", source, "--heads", heads, "--max-offset", 1.0, "--json", "--fix", fixed, "--min-confidence", 0, check=0)
     offset = json.loads(result.stdout)["offset"]  # stdout stays the one JSON object; the note goes to stderr
     assert f"wrote {fixed}" in result.stderr
     assert packets(fixed, "video") == packets(source, "video")
@@ -129,7 +130,32 @@ def test_fix_writes_a_copy_moved_by_the_estimate(heads, corpus, tmp_path):
     assert after[-1][1] == pytest.approx(before[-1][1] - offset, abs=1e-3) and after[-1][0] == before[-1][0]
 
 
+def test_fix_below_the_confidence_threshold_writes_nothing_and_says_why(heads, corpus, tmp_path):
+    source, fixed = corpus / "video_00003.mp4", tmp_path / "fixed.mp4"
+    result = avfeat("sync", source, "--heads", heads, "--max-offset", 1.0, "--json", "--fix", fixed)
+    confidence = json.loads(result.stdout)["confidence"]
+    assert confidence < 0.3  # barely trained heads: the default threshold holds the fix back
+    assert result.returncode == 3 and not fixed.exists()
+    assert "not fixed" in result.stderr and "--min-confidence" in result.stderr and "Traceback" not in result.stderr
+    result = avfeat("sync", source, "--heads", heads, "--max-offset", 1.0, "--fix", fixed, "--min-confidence", confidence + 0.01)
+    assert result.returncode == 3 and not fixed.exists()
+
+
 # ---- refusals: one line, non-zero, nothing overwritten -------------------------------------
+
+
+@pytest.mark.parametrize("option, value", [("--max-offset", "nan"), ("--max-offset", "inf"), ("--min-confidence", "nan"),
+                                           ("--min-confidence", "-inf"), ("--min-confidence", "1.5")])
+def test_non_finite_or_out_of_range_numbers_are_refused(heads, corpus, tmp_path, option, value):
+    result = avfeat("sync", corpus / "video_00001.mp4", "--heads", heads, option, value, "--fix", tmp_path / "f.mp4")
+    assert "finite number" in one_line_error(result) and option in result.stderr and not result.stdout
+
+
+def test_a_fix_suffix_no_container_fits_is_refused_before_the_models_run(heads, corpus, tmp_path):
+    for name in ("fixed.txt", "fixed"):
+        result = avfeat("sync", corpus / "video_00001.mp4", "--heads", heads, "--fix", tmp_path / name)
+        assert "--fix" in one_line_error(result) and not result.stdout  # no estimate printed: nothing ran
+    assert list(tmp_path.iterdir()) == []  # no temp file left
 
 
 def test_fix_refuses_an_existing_file_and_the_input_itself(heads, corpus, tmp_path):
