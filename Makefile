@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.avfeat-installed
 DEMO ?= demo
 
-.PHONY: setup demo test test-slow test-isa lint bench clean gpu-check
+.PHONY: setup demo test test-slow test-isa lint docs bench clean gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ lint: $(STAMP)
 	rm -rf $(LAYERS) && mkdir -p $(LAYERS) && cp -r avfeat $(LAYERS)/
 	for stage in extract data align index; do cp -r $$stage $(LAYERS)/avfeat/; done
 	cd $(LAYERS) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/.importlinter
+
+# The docs site: docs/reference/cli.md regenerated from the app, then built strictly into build/site.
+docs: $(STAMP)
+	$(BIN)/python docs/gen_cli.py
+	$(BIN)/mkdocs build --strict --site-dir build/site
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract.py
