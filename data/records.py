@@ -38,6 +38,7 @@ class Status(str, Enum):
     ACCESS_DENIED = "access_denied"  # the server refused it (HTTP 401/403, S3 AccessDenied)
     REMOTE_TIMEOUT = "remote_timeout"  # a request got no answer within AVFEAT_REMOTE_TIMEOUT seconds
     NO_MEDIA = "no_media"  # a WebDataset shard of a brace pattern or glob that holds no media member
+    BAD_SAMPLE = "bad_sample"  # a WebDataset sample with an empty key, a key no id can hold, or a KEY.json that is not a JSON object
     TRUNCATED = "truncated"  # a WebDataset shard of a pattern or glob without its end-of-archive marker (samples lost)
     # The cache's own.
     NON_FINITE = "non_finite"  # the backbone gave NaN or inf tokens

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from avfeat.core.errors import InputError
 from avfeat.data.records import Status
 from avfeat.extract import sources
 from avfeat.extract.inputs.items import UNSAFE_ID_CHARS, MediaInput
@@ -16,6 +19,40 @@ _SAMPLE_BYTES = 256 * 1024  # hashed from each end of a file: headers and index 
 _WHOLE_BYTES = 4 * 2**20  # a file up to this size is hashed whole
 _MIDDLE_BLOCKS = 8  # blocks hashed from the middle of a larger file, spread evenly between its ends,
 _MIDDLE_BYTES = 64 * 1024  # so a file with the same size and ends but other content gets another key
+
+
+MAX_ID_LENGTH = 256  # characters of an id given by a table, a shard's key or a layout
+_BAD_ID = re.compile(r"[\s@/\\]|^\.{0,2}$")  # '@' starts a time range in `ID@START-END` queries
+
+
+def _hidden(text: str) -> bool:
+    """Control, format (bidi overrides and marks, zero-width) or unassigned characters: they
+    make an id or a file name print as something else than it is."""
+    return any(unicodedata.category(char)[0] == "C" for char in text)
+
+
+def check_id(vid: str, where: str) -> None:
+    """The one rule for an id an input gives (a table's ``id``, a shard's key, a layout's row).
+
+    Raises:
+        InputError: one line naming ``where``: the id is empty, has a space, '@', '/', '\\',
+            a control or bidi character, or is over ``MAX_ID_LENGTH`` characters.
+    """
+    if _BAD_ID.search(vid) or _hidden(vid):
+        raise InputError(f"{where}: id {vid!r} is empty or has a space, '@', '/', '\\' or a control or bidi character (ids appear in ID@START-END queries)")
+    if len(vid) > MAX_ID_LENGTH:
+        raise InputError(f"{where}: id {vid[:40]!r}... has {len(vid)} characters, more than {MAX_ID_LENGTH}")
+
+
+def check_name(path: str | Path) -> None:
+    """Refuse a file whose name holds control or bidi characters (a U+202E in a name
+    reverses what follows it on screen): its id is derived from that name.
+
+    Raises:
+        InputError: one line naming the file, its characters escaped.
+    """
+    if _hidden(sources.name(path)):
+        raise InputError(f"file name {str(path)!r} has control or bidi characters; rename the file or give it an id in an input table")
 
 
 def _stem(path: str | Path) -> str:

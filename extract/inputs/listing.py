@@ -12,6 +12,7 @@ from braceexpand import UnbalancedBracesError, braceexpand
 
 from avfeat.core.errors import InputError
 from avfeat.extract import sources
+from avfeat.extract.inputs.ids import check_name
 from avfeat.extract.inputs.items import (
     LIST_EXTENSIONS,
     MEDIA_EXTENSIONS,
@@ -94,6 +95,9 @@ def list_inputs(spec: str) -> list[MediaInput]:
         unique.setdefault((sources.resolve(item.path), item.user_id, item.start, item.end), item)
     if not unique:
         raise InputError(f"no media files found in {where}")
+    for item in unique.values():
+        if item.user_id is None:
+            check_name(item.path)  # its id would be derived from that name
     for url in {sources.protocol(item.path): item.path for item in unique.values() if sources.is_remote(item.path)}.values():
         sources.check_protocol(url)  # URLs from a list file or table: one line now, not a traceback later
     same_types([item.metadata for item in unique.values() if sources.split_member(item.path)])

@@ -10,6 +10,7 @@ from pathlib import Path
 from avfeat.core.errors import InputError
 from avfeat.data.records import Status
 from avfeat.extract import sources
+from avfeat.extract.inputs.ids import MAX_ID_LENGTH, check_id
 from avfeat.extract.inputs.items import MEDIA_EXTENSIONS, UNSAFE_ID_CHARS, MediaInput
 from avfeat.extract.sources import Stat
 
@@ -49,16 +50,48 @@ def from_shard(tar: str | Path, many: bool) -> list[MediaInput]:
     samples: dict[str, MediaInput] = {}
     for member in members:
         key = _sample_key(member.name)
-        if key in samples or Path(member.name).suffix.lower() not in MEDIA_EXTENSIONS:
+        slot = key if key.rpartition("/")[2] else member.name  # each keyless member is a failed sample of its own
+        if slot in samples or _media_suffix(member.name) not in MEDIA_EXTENSIONS:
             continue  # a sample's first media member is its video
-        metadata = _sample_metadata(_find_text(texts, member.name, key, ".json"), _find_text(texts, member.name, key, ".txt"))
-        samples[key] = MediaInput(f"{tar}#{member.name}", _key_id(key), metadata=metadata, stat=Stat(member.size, member.mtime))
+        samples[slot] = _sample(tar, member, key, texts)
     if not samples:
         message = f"{tar} holds no media samples (KEY.mp4 + KEY.json, as video2dataset writes; media extensions: {' '.join(sorted(MEDIA_EXTENSIONS))})"
         if not many:
             raise InputError(message)
         return [MediaInput(tar, problem=(Status.NO_MEDIA, message))]
     return list(samples.values())
+
+
+def _media_suffix(name: str) -> str:
+    """A member's extension; a file name that is only an extension (``.mp4``, an empty key) has one too."""
+    base = name.rpartition("/")[2].lower()
+    return Path(base).suffix or (base if base.startswith(".") else "")
+
+
+def _sample(tar: str | Path, member, key: str, texts: dict[str, bytes]) -> MediaInput:
+    """One sample; an empty key, a key no id can hold or a ``KEY.json`` that is not a JSON
+    object makes it a failed input (``bad_sample``), never a silent drop."""
+    path, stat = f"{tar}#{member.name}", Stat(member.size, member.mtime)
+    json_bytes = _find_text(texts, member.name, key, ".json")
+    problem = None
+    if not key.rpartition("/")[2]:
+        problem = f"{path}: the sample's key is empty (a member named only by its extension)"
+    else:
+        try:
+            check_id(_key_id(key), f"{path}: the sample's key")
+        except InputError as error:
+            problem = str(error)
+    if problem is None and json_bytes is not None:
+        try:
+            value = json.loads(json_bytes)
+        except (ValueError, RecursionError) as error:
+            value = error
+        if not isinstance(value, dict):
+            what = f"is not valid JSON ({' '.join(str(value).split())[:200]})" if isinstance(value, Exception) else f"holds a {type(value).__name__}, not an object"
+            problem = f"{path}: its {key.rpartition('/')[2]}.json {what}"
+    if problem is not None:
+        return MediaInput(path, None if not key.rpartition("/")[2] else _key_id(key)[:MAX_ID_LENGTH], stat=stat, problem=(Status.BAD_SAMPLE, problem))
+    return MediaInput(path, _key_id(key), metadata=_sample_metadata(json_bytes, _find_text(texts, member.name, key, ".txt")), stat=stat)
 
 
 def _find_text(texts: dict[str, bytes], media: str, key: str, suffix: str) -> bytes | None:
@@ -73,13 +106,7 @@ def _sample_metadata(json_bytes: bytes | None, txt: bytes | None) -> dict:
     named like a manifest column (``status``, ``width``, ...) is kept as ``json_<name>``."""
     from avfeat.data.records import RESERVED_COLUMNS
 
-    fields = {}
-    if json_bytes is not None:
-        try:
-            value = json.loads(json_bytes)
-        except ValueError:
-            value = None  # a damaged .json: the video is still extracted, without metadata
-        fields = value if isinstance(value, dict) else {} if value is None else {"json": value}
+    fields = json.loads(json_bytes) if json_bytes is not None else {}  # an object: _sample checked it
     if txt is not None and "txt" not in fields:
         fields["txt"] = txt.decode("utf-8", errors="replace")
     return {f"json_{name}" if name in RESERVED_COLUMNS else name: _without_empty(value) for name, value in fields.items()}

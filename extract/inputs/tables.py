@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from pathlib import Path
 
 from avfeat.core.errors import InputError
 from avfeat.extract import sources
+from avfeat.extract.inputs.ids import check_id
 from avfeat.extract.inputs.items import MEDIA_EXTENSIONS, UNSAFE_ID_CHARS, MediaInput, folder_of, read_remote, relative_to
 
 # Published CSV layouts (no header of ours): how their columns map to id, file and segment.
 LAYOUTS = ("vggsound", "audioset")
-_BAD_USER_ID = re.compile(r"[\s@/\\]|^\.{0,2}$")  # '@' starts a time range in `ID@START-END` queries
+MAX_SECONDS = 1e7  # a start or end beyond 115 days is a typo or a unit mix-up, not a time in a video
+_TIME_COLUMNS = ("start", "end")
 
 
 def _read_table(path: str | Path):
@@ -29,7 +30,14 @@ def _read_table(path: str | Path):
         if suffix == ".csv":
             import pyarrow.csv as pcsv
 
-            table = pcsv.read_csv(source, parse_options=pcsv.ParseOptions(newlines_in_values=True))
+            parse = pcsv.ParseOptions(newlines_in_values=True)
+            table = pcsv.read_csv(source, parse_options=parse)
+            # Times are read as text: CSV inference turns 'nan' into a null (a whole file) where
+            # Parquet and JSONL keep NaN; as text, every format meets one rule (_seconds).
+            raw = {name: pa.string() for name in table.column_names if name.strip() in _TIME_COLUMNS}
+            if raw:
+                source = pa.BufferReader(read_remote(path)) if sources.is_remote(path) else path
+                table = pcsv.read_csv(source, parse_options=parse, convert_options=pcsv.ConvertOptions(column_types=raw))
         elif suffix == ".jsonl":
             import pyarrow.json as pjson
 
@@ -44,15 +52,25 @@ def _read_table(path: str | Path):
 
 
 def _seconds(value, column: str, path: str | Path, number: int) -> float | None:
+    """A start or end cell in seconds (None: empty), the same rule for every table format.
+
+    Raises:
+        InputError: one line naming the row: not a number (a bool too), NaN, infinite, negative
+            or over ``MAX_SECONDS``.
+    """
+    if isinstance(value, str):
+        value = value.strip()
     if value is None or value == "":
         return None
     try:
+        if isinstance(value, bool):
+            raise TypeError(value)
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"{path} row {number}: {column} {value!r} is not a number of seconds") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise InputError(f"{path} row {number}: {column} {value!r} must be a finite number of seconds >= 0")
-    return seconds
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SECONDS):
+        raise InputError(f"{path} row {number}: {column} {value!r} must be a finite number of seconds >= 0 and at most {MAX_SECONDS:g}")
+    return seconds + 0.0  # -0.0 is 0
 
 
 def from_table(path: str | Path) -> list[MediaInput]:
@@ -78,18 +96,31 @@ def from_table(path: str | Path) -> list[MediaInput]:
         user_id = row.get("id")
         if user_id is not None and user_id != "":
             user_id = str(user_id).strip()
-            if _BAD_USER_ID.search(user_id):
-                raise InputError(f"{path} row {number}: id {user_id!r} is empty or has a space, '@', '/' or '\\' (ids appear in ID@START-END queries)")
+            check_id(user_id, f"{path} row {number}")
         start, end = _seconds(row.get("start"), "start", path, number), _seconds(row.get("end"), "end", path, number)
-        if start is not None and end is not None and end <= start:
-            raise InputError(f"{path} row {number}: end {end:g} is not after start {start:g}")
+        if end is not None and end <= (start or 0.0):
+            raise InputError(f"{path} row {number}: end {end:g} is not after start {start or 0:g}")
         metadata = {name: row[name] for name in extra}
-        entries.append(MediaInput(relative_to(folder_of(path), value), user_id or None, start, end, metadata))
-    seen: dict[str, int] = {}
-    for number, entry in enumerate(entries, start=1):
-        if entry.user_id is not None and seen.setdefault(entry.user_id, number) != number:
-            raise InputError(f"{path}: id {entry.user_id!r} is given to two rows ({entries[seen[entry.user_id] - 1].path} and {entry.path})")
-    return entries
+        entries.append((number, MediaInput(relative_to(folder_of(path), value), user_id or None, start, end, metadata)))
+    _refuse_repeats(path, entries)
+    return [entry for _, entry in entries]
+
+
+def _refuse_repeats(path: str | Path, entries: list[tuple[int, MediaInput]]) -> None:
+    """Refuse two rows with one id, or naming one segment (path, start, end) twice: a table
+    that lists a clip twice is a mistake to show, not to merge silently."""
+    ids: dict[str, tuple[int, MediaInput]] = {}
+    spans: dict[tuple, int] = {}
+    for number, entry in entries:
+        if entry.user_id is not None:
+            first, other = ids.setdefault(entry.user_id, (number, entry))
+            if first != number:
+                raise InputError(f"{path}: id {entry.user_id!r} is given to two rows ({other.path} and {entry.path})")
+        span = (sources.resolve(entry.path), entry.start, entry.end)
+        first = spans.setdefault(span, number)
+        if first != number:
+            what = "the whole file" if not entry.is_segment else f"the segment {entry.start or 0:g}-{'end' if entry.end is None else format(entry.end, 'g')}"
+            raise InputError(f"{path}: rows {first} and {number} both name {what} of {entry.path}; remove one")
 
 
 def _find_media(folder: Path, name: str) -> Path:
@@ -128,7 +159,10 @@ def from_layout(path: Path, layout: str, media_dir: Path, clip_seconds: float = 
             metadata = {"label": fields[2], "split": fields[3]}
         else:
             end = _seconds(fields[2], "end", path, number)
+            if end is None or end <= start:
+                raise InputError(f"{path} row {number}: the {layout} layout needs an end time after the start {start:g}")
             metadata = {"labels": [label.strip() for label in ",".join(fields[3:]).split(",") if label.strip()]}
         user_id = f"{UNSAFE_ID_CHARS.sub('_', ytid)}_{start:g}-{end:g}"
+        check_id(user_id, f"{path} row {number}")
         entries.append(MediaInput(_find_media(media_dir, ytid), user_id, start, end, metadata))
     return entries

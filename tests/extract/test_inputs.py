@@ -172,3 +172,38 @@ def test_a_fifo_in_a_list_is_a_failed_video_not_a_hang(tmp_path):
     result = run_avfeat_process("extract", listing, "--out", tmp_path / "cache", *TINY_MODELS, "--fps", 2, "--quiet", "--workers", 1, timeout=180)
     assert result.returncode == 3, result.stderr  # some videos failed
     assert "2 ok, failed: unreadable 1" in result.stdout
+
+
+@pytest.mark.parametrize("rows, message", [
+    ({"path": ["a/one.mp4"], "start": [1e300]}, r"row 1: start 1e\+300 must be a finite number of seconds >= 0 and at most"),
+    ({"path": ["a/one.mp4"], "start": [True]}, "row 1: start True is not a number"),
+    ({"path": ["a/one.mp4"], "end": [0.0]}, "row 1: end 0 is not after start 0"),
+    ({"path": ["a/one.mp4", "a/one.mp4"], "start": [1.0, 1.0], "end": [2.0, 2.0]}, "rows 1 and 2 both name the segment 1-2 of"),
+    ({"path": ["a/one.mp4", "a/one.mp4"], "id": ["x", "y"]}, "rows 1 and 2 both name the whole file"),
+    ({"path": ["a/one.mp4"], "id": ["ab\u202ecd"]}, r"id 'ab\\u202ecd' .* control or bidi"),
+    ({"path": ["a/one.mp4"], "id": ["a\u2066b"]}, "control or bidi"),
+    ({"path": ["a/one.mp4"], "id": ["x" * 300]}, "has 300 characters, more than 256"),
+])
+def test_times_repeats_and_ids_a_table_may_not_hold(tree, rows, message):
+    """start 1e300 was a decode_error with an OverflowError, a repeated row was merged silently,
+    an id with a bidi override or of any length was taken."""
+    pq.write_table(pa.table(rows), tree / "t.parquet")
+    with pytest.raises(InputError, match=message):
+        list_inputs(str(tree / "t.parquet"))
+
+
+@pytest.mark.parametrize("cell", ["nan", "NaN", "inf", "-inf", "1e300"])
+def test_csv_times_meet_the_rule_parquet_and_jsonl_do(tree, cell):
+    """A CSV 'nan' was read as an empty cell (the whole file) where Parquet and JSONL refuse NaN."""
+    (tree / "t.csv").write_text(f"path,start,end\na/one.mp4,1,{cell}\n")
+    with pytest.raises(InputError, match="t.csv row 1: end .* must be a finite number of seconds"):
+        list_inputs(str(tree / "t.csv"))
+    (tree / "t.jsonl").write_text('{"path": "a/one.mp4", "start": 1, "end": NaN}\n')
+    with pytest.raises(InputError, match="t.jsonl row 1: end nan must be a finite number"):
+        list_inputs(str(tree / "t.jsonl"))
+
+
+def test_a_file_name_with_a_bidi_override_is_refused(tree):
+    (tree / "a" / "x\u202e4pm.mp4").write_bytes(b"x")
+    with pytest.raises(InputError, match=r"file name '.*x\\u202e4pm.mp4' has control or bidi characters"):
+        list_inputs(str(tree / "a"))

@@ -275,3 +275,27 @@ def test_urls_that_failed_to_read_are_failed_before_not_changed(corpus, tmp_path
         records = {os.path.basename(r.path): r for r in Cache(cache).records()}
         for name in CLIPS:  # the ids of the bytes, as a first run without the outage gives
             assert records[name].ok and records[name].video_id == corpus["ids"][name]
+
+
+def test_a_sample_with_an_empty_key_or_bad_json_is_a_failed_input(tmp_path):
+    """A member named only '.mp4' and a KEY.json that is not a JSON object were dropped silently."""
+    import io
+    import tarfile
+
+    clip = make_clip(tmp_path / "v.mp4", seconds=1.0)
+    shard = tmp_path / "s.tar"
+    make_shard(shard, {"good": (clip, {"a": 1}), "list": (clip, [1, 2]), ".": (clip, None)})
+    media = open(clip, "rb").read()
+    with tarfile.open(shard, "a") as tar:
+        for name, data in (("broken.json", b"{not json"), ("broken.mp4", media), (".mp4", media)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    items = {i.path.rpartition("#")[2]: i for i in list_inputs(str(shard))}
+    assert set(items) == {"good.mp4", "list.mp4", "..mp4", "broken.mp4", ".mp4"}
+    assert items["good.mp4"].problem is None and items["good.mp4"].metadata == {"a": 1}
+    for member, reason in (("list.mp4", "list.json holds a list, not an object"), ("broken.mp4", "broken.json is not valid JSON"),
+                           ("..mp4", "key is empty"), (".mp4", "key is empty")):
+        assert items[member].problem[0] == "bad_sample" and reason in items[member].problem[1], items[member].problem
+    result = extract(shard, tmp_path / "cache", check=3)
+    assert "videos: 1 ok, failed: bad_sample 4 (5 processed now" in result.stdout, result.stdout
