@@ -40,7 +40,7 @@ from avfeat.align.evaluate import validation_loss, window_scores
 from avfeat.align.metrics import both_directions
 from avfeat.align.scores import paired_scores, pairwise_scores
 from avfeat.core.devices import resolve_device
-from avfeat.core.lock import writer_lock
+from avfeat.core.lock import has_entries, writer_lock
 from avfeat.core.outputs import prepare_output
 from avfeat.data.configs import TrainedOn
 from avfeat.data.shards import compute_dtype
@@ -103,6 +103,10 @@ class Trainer:
         self._recorded: dict = {}  # on resume: the audit tables' records in the checkpoint's config.json
         with self.group.together():  # the checks first, so a bad run fails before loading data
             self.cache = data.open_cache(cache_path)
+            if options.resume and not (self.out.is_dir() and has_entries(self.out)):
+                # A job rerun until it is done may pass --resume from the start (prepare_output's rule).
+                options = self.options = replace(options, resume=False)
+                self.notes.append(f"nothing to resume in {self.out}: starting a new checkpoint")
             if options.resume:
                 config = self._resume_config()
             elif self.group.is_main:

@@ -105,10 +105,24 @@ def test_bad_options(small_cache, tmp_path, args, fragment):
 
 
 def test_resume_without_a_checkpoint_and_attention_map_of_missing_heads(small_cache, tmp_path):
-    one_line_error(avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, "--resume"), "not a heads checkpoint")
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "heads" / "notes.txt").write_text("keep me")  # a folder of something else is never resumed
+    one_line_error(avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, "--resume"), "heads checkpoint")
+    assert [p.name for p in (tmp_path / "heads").iterdir()] == ["notes.txt"]
+    shutil.rmtree(tmp_path / "heads")
     one_line_error(avfeat("attention-map", small_cache, "x", "--heads", tmp_path / "heads", "--time", 0), "does not exist")
     one_line_error(avfeat("attention-map", small_cache, "x", "--heads", tmp_path / "heads", "--time", "nan"), "cannot read the time")
     one_line_error(avfeat("attention-map", small_cache, "x", "--heads", tmp_path / "heads", "--time", 0, "--device", "tpu9"), "is not a device")
+
+
+@pytest.mark.parametrize("make", [False, True])
+def test_resume_into_a_missing_or_empty_folder_starts_a_new_checkpoint(small_cache, tmp_path, make):
+    heads = tmp_path / "runs" / "heads"
+    if make:
+        heads.mkdir(parents=True)
+    result = avfeat("train-head", small_cache, "--out", heads, *TRAIN, "--epochs", 1, "--resume", check=0)
+    assert "wrote" in result.stdout and (heads / "config.json").is_file() and (heads / "heads.safetensors").is_file()
+    avfeat("train-head", small_cache, "--out", heads, *TRAIN, "--resume", check=0)  # now it resumes the checkpoint
 
 
 @pytest.mark.parametrize("args, fragment", [
