@@ -10,6 +10,8 @@ names another site than its Host is refused: a page elsewhere cannot post to the
 from __future__ import annotations
 
 import ipaddress
+import logging
+import re
 import secrets
 import urllib.parse
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from avfeat.core.errors import InputError
 DEFAULT_MAX_UPLOAD = "200MB"
 TOKEN_COOKIE = "avfeat_token"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")  # change nothing: another site's page may ask them
 
 
 class UploadTooLarge(InputError):
@@ -69,11 +72,16 @@ def misdirected(headers: dict[str, str], allowed: Optional[set[str]]) -> Optiona
     return None
 
 
-def cross_site(headers: dict[str, str]) -> Optional[Refusal]:
-    """403 when the request comes from a page of another site than the Host it asks."""
+def cross_site(headers: dict[str, str], method: str = "GET") -> Optional[Refusal]:
+    """403 when the request comes from a page of another site than the Host it asks: by its
+    Origin, or (for a request that posts) by the browser's Sec-Fetch-Site, which a page cannot
+    forge; ``same-origin`` and ``none`` (typed, curl, scripts) pass."""
     origin = headers.get("origin")
     if origin is not None and urllib.parse.urlsplit(origin).netloc != headers.get("host", ""):
         return Refusal(403, f"requests from another site ({origin}) are refused", "CrossSiteRequest")
+    fetch_site = headers.get("sec-fetch-site", "").strip().lower()
+    if method.upper() not in SAFE_METHODS and fetch_site in ("cross-site", "same-site"):
+        return Refusal(403, f"{method.upper()} requests from another site (Sec-Fetch-Site: {fetch_site}) are refused", "CrossSiteRequest")
     return None
 
 
@@ -106,6 +114,31 @@ def oversize(headers: dict[str, str], limit: int) -> Optional[Refusal]:
     return None
 
 
-def refusal(headers: dict[str, str], path: str, query: str, allowed: Optional[set[str]], token: Optional[str], limit: int) -> Optional[Refusal]:
+def refusal(headers: dict[str, str], path: str, query: str, allowed: Optional[set[str]], token: Optional[str], limit: int,
+            method: str = "GET") -> Optional[Refusal]:
     """The first reason to refuse a request, in order: Host, Origin, token, size; None to let it in."""
-    return misdirected(headers, allowed) or cross_site(headers) or unauthorised(token, headers, path, query) or oversize(headers, limit)
+    return (misdirected(headers, allowed) or cross_site(headers, method) or unauthorised(token, headers, path, query)
+            or oversize(headers, limit))
+
+
+_SECRETS = re.compile(r"(?i)(\btoken=|\bauthorization:\s*(?:bearer\s+)?|\bbearer\s+|avfeat_token=)[^\s&;\"',]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with tokens hidden: ``?token=``, Authorization, Bearer and the token cookie."""
+    return _SECRETS.sub(lambda match: match.group(1) + "***", text)
+
+
+class RedactTokens(logging.Filter):
+    """A log filter that hides tokens in every record (the access log shows each request's
+    query string, ``?token=`` included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Each argument on its own: uvicorn's access formatter reads the arguments by position.
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: redact(arg) if isinstance(arg, str) else arg for key, arg in record.args.items()}
+        return True

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from avfeat.core.errors import AvfeatError, CacheError, CheckpointError, SearchIndexError
@@ -50,8 +51,12 @@ def endpoint_of(app: FastAPI, scope) -> str:
 
 
 def error_response(app: FastAPI, metrics: Metrics, scope, status: int, message: str, kind: str) -> JSONResponse:
-    """``{"error": message}`` with ``status``, counted as an error of ``kind`` at the request's endpoint."""
+    """``{"error": message}`` with ``status``, counted as an error of ``kind`` at the request's
+    endpoint; the server's folders are named, never shown (``Service.hide_paths``)."""
     metrics.error(endpoint_of(app, scope), kind)
+    service = getattr(app.state, "service", None)
+    if service is not None:
+        message = service.hide_paths(message)
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -69,6 +74,11 @@ def add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException):
         return error_response(app, metrics, request.scope, error.status_code, str(error.detail), f"HTTP{error.status_code}")
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, error: ClientDisconnect):
+        # The client's doing (a body cut short): a 4xx it will not read, and no traceback in the log.
+        return error_response(app, metrics, request.scope, 400, "the client closed the connection before its body arrived", "ClientDisconnect")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception):

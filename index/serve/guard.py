@@ -39,7 +39,7 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         query = scope.get("query_string", b"").decode("latin-1")
         try:
-            refused = refusal(headers, scope.get("path", ""), query, self.allowed, self.token, self.limit)
+            refused = refusal(headers, scope.get("path", ""), query, self.allowed, self.token, self.limit, scope.get("method", "GET"))
             if refused is not None:
                 response = error_response(self.inner, self.metrics, scope, refused.status, refused.message, refused.kind)
                 await response(scope, receive, sending)

@@ -55,6 +55,8 @@ async def read_body(request: Request) -> SpanBody:
         return SpanBody.model_validate(json.loads(await request.body() or b"null"))
     except ValueError as error:  # bad JSON, or pydantic's ValidationError (a ValueError)
         raise QueryError(validation_message(error) if isinstance(error, ValidationError) else f"the body is not JSON: {error}") from None
+    except RecursionError:  # json's parser recurses per level: [[[[... past the interpreter's limit
+        raise QueryError("the body's JSON is nested too deeply") from None
 
 
 async def save_upload(request: Request, folder: Path) -> Path:

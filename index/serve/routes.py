@@ -57,6 +57,9 @@ def add_query_routes(app: FastAPI, service: Service) -> None:
             body = await read_body(request)
             if body.video_id is None:
                 raise QueryError("give video_id, or upload a video")
+            if body.start is not None or body.end is not None or body.vector is not None:
+                # as `avfeat sync`: a whole video's offset, never a span's (nor a vector's)
+                raise QueryError("sync takes a whole video: give video_id alone (no start, end or vector)")
             return await locked(service, service.sync, body.video_id, max_offset)
         return await run_query(service, request, False, lambda query: service.sync(query, max_offset))
 

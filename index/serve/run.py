@@ -4,6 +4,9 @@ only here, when the service starts."""
 
 from __future__ import annotations
 
+import copy
+import errno
+import socket
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -29,7 +32,8 @@ def run_server(
     before the server starts; ``quiet`` drops the access log.
 
     Raises:
-        InputError: FastAPI or uvicorn is missing, or ``host`` is beyond loopback without ``token``.
+        InputError: FastAPI or uvicorn is missing, ``host`` is beyond loopback without ``token``,
+            or ``port`` is in use (found before the index and models load).
     """
     from avfeat.core.devices import resolve_device
     from avfeat.core.values import parse_size
@@ -47,10 +51,49 @@ def run_server(
     from avfeat.index.serve.service import Service
 
     limit = parse_size(max_upload)
-    service = Service(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)))
-    if service.cache_problem:
-        say(f"note: {service.cache_problem}; VIDEO_ID queries, rerank, locate and attention maps are off")
-    app = create_app(service, max_upload=limit, token=token, hosts=served_hosts(host, allow_host))
-    shown = "localhost" if host in ("127.0.0.1", "::1") else host
-    say(f"avfeat serve: {index_dir} ({len(service.videos)} videos) on http://{shown}:{port}/ (API schema: /openapi.json)")
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
+    listening = listen_socket(host, port)  # a port in use fails now, not after minutes of loading
+    try:
+        service = Service(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)))
+        if service.cache_problem:
+            say(f"note: {service.cache_problem}; VIDEO_ID queries, rerank, locate and attention maps are off")
+        app = create_app(service, max_upload=limit, token=token, hosts=served_hosts(host, allow_host))
+        shown = "localhost" if host in ("127.0.0.1", "::1") else host
+        say(f"avfeat serve: {index_dir} ({len(service.videos)} videos) on http://{shown}:{port}/ (API schema: /openapi.json)")
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet, log_config=log_config())
+        uvicorn.Server(config).run(sockets=[listening])
+    finally:
+        listening.close()
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (uvicorn listens on it), before anything loads.
+
+    Raises:
+        InputError: the port is in use, or the address cannot be listened on.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise InputError(f"cannot listen on {host}: {error.strerror or error}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free
+        sock.bind(address)
+        sock.listen(2048)  # as uvicorn's backlog; a second server on the port is refused from now on
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise InputError(f"port {port} on {host} is in use") from None
+        raise InputError(f"cannot listen on port {port} on {host}: {error.strerror or error}") from None
+    return sock
+
+
+def log_config() -> dict:
+    """uvicorn's logging setup with ``RedactTokens`` on every handler: no log line shows a token."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact"] = {"()": "avfeat.index.serve.access.RedactTokens"}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact")
+    return config

@@ -9,8 +9,10 @@ as fast in total).
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
+import unicodedata
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,21 @@ from avfeat.core.values import did_you_mean
 
 class UnknownVideo(QueryError):
     """A video id that the index does not hold."""
+
+
+SHOWN_ID = 80  # characters of an unknown id that a message echoes
+
+
+def shown_id(video_id: str) -> str:
+    """An id as a message may quote it: escaped (repr) and cut to its first ``SHOWN_ID`` characters."""
+    return repr(video_id[:SHOWN_ID]) + (f"... ({len(video_id)} characters)" if len(video_id) > SHOWN_ID else "")
+
+
+def check_video_id(video_id: str) -> None:
+    """Refuse an id with control or format (bidi) characters: no index holds one, and a log or
+    a page showing it could be made to lie."""
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in video_id):
+        raise QueryError(f"video id {shown_id(video_id)} has control or bidi characters; no indexed id has them")
 
 
 @dataclass
@@ -66,6 +83,20 @@ def media_url(video_id: str, start: float | None = None, end: float | None = Non
     return url
 
 
+def _private_paths(*given) -> list[str]:
+    """The server's folders as messages may spell them (given, absolute, resolved; the longest
+    first so that a folder inside another goes whole), from the arguments and the index's meta."""
+    meta = given[-1]
+    found = [*given[:-1], (meta.get("cache") or {}).get("path"), (meta.get("heads") or {}).get("path")]
+    paths = set()
+    for path in found:
+        if not isinstance(path, (str, os.PathLike)) or str(path) in ("", ".", "/"):
+            continue
+        for spelled in (str(path), str(Path(path).absolute()), str(Path(path).resolve())):
+            paths.add(spelled.rstrip("/") or spelled)
+    return sorted(paths, key=len, reverse=True)
+
+
 def is_local_file(path: str) -> bool:
     """Whether a video's recorded path is a file on this server (not a URL, not gone)."""
     return "://" not in path and Path(path).is_file()
@@ -89,6 +120,7 @@ class Service:
 
         self.searcher = Searcher(index, heads=heads, cache=cache, device=device)
         self.index_path = Path(index)
+        self.private_paths = _private_paths(index, heads, cache, self.searcher.meta)
         self.device = device
         self.lock = threading.Lock()
         self.started = time.time()
@@ -124,10 +156,20 @@ class Service:
     # ---- lookups ----
 
     def video(self, video_id: str) -> VideoInfo:
-        try:
-            return self.videos[video_id]
-        except KeyError:
-            raise UnknownVideo(f"video id {video_id!r} is not in the index{did_you_mean(video_id, self.videos, 'GET /api/videos lists the ids')}") from None
+        info = self.videos.get(video_id)
+        if info is not None:
+            return info
+        check_video_id(video_id)
+        hint = "GET /api/videos lists the ids"
+        if len(video_id) <= 4 * SHOWN_ID:  # a long one is no typo (and costly to compare)
+            hint = did_you_mean(video_id, self.videos, hint).removeprefix("; ")
+        raise UnknownVideo(f"video id {shown_id(video_id)} is not in the index; {hint}")
+
+    def hide_paths(self, message: str) -> str:
+        """``message`` without the server's folders (index, cache, heads): a client sees their names only."""
+        for path in self.private_paths:
+            message = message.replace(path, f"<{Path(path).name}>")
+        return message
 
     def media_file(self, video_id: str) -> Path:
         """The local file of an indexed video (looked up by id, never taken from a request)."""
