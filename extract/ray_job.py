@@ -34,7 +34,7 @@ from avfeat.data.records import Status, VideoRecord
 from avfeat.core.errors import AvfeatError, InputError
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError
 
-INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'avfeat[ray]' (or pip install 'ray[data]')"
+INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'ray[data]' (the ray extra of avfeat's wheel)"
 LOCAL = "local"  # start a Ray on this machine
 
 _ADDRESS_RE = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+)$")

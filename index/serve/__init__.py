@@ -23,7 +23,7 @@ Modules: ``service`` (the warm state and the work), ``app`` (the ASGI app: ``rou
 ``queries``, ``errors``, ``guard``), ``access`` (Host, Origin, token and size rules),
 ``metrics``, ``run`` (``run_server``, the command's call) and ``client`` (``search_remote``,
 ``sync_remote``, ``locate_remote``: re-exported here). FastAPI, uvicorn and prometheus_client
-are an optional extra (``pip install 'avfeat[serve]'``): importing this package (the client)
+are an optional extra (the ``serve`` extra of avfeat's wheel): importing this package (the client)
 needs none of them.
 """
 

@@ -15,7 +15,7 @@ from avfeat.testing.runner import run_avfeat_process as avfeat
 
 needs_ray = pytest.mark.skipif(
     subprocess.run([sys.executable, "-c", "import ray.data"], capture_output=True).returncode != 0,
-    reason="Ray is not installed (pip install 'avfeat[ray]'); CI installs it",
+    reason="Ray is not installed (pip install 'ray[data]'); CI installs it",
 )
 
 
@@ -83,7 +83,7 @@ def test_ray_missing_says_how_to_install(corpus, tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip() == "avfeat: error: --ray needs Ray, which is not installed: pip install 'avfeat[ray]' (or pip install 'ray[data]')"
+    assert result.stderr.strip() == "avfeat: error: --ray needs Ray, which is not installed: pip install 'ray[data]' (the ray extra of avfeat's wheel)"
 
 
 @pytest.mark.parametrize("args, expected", [
