@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from avfeat.core.errors import InputError, QueryError
+from avfeat.core.errors import AvfeatError, InputError, QueryError
 
 
 @dataclass
@@ -22,7 +22,8 @@ class QueryResult:
     ``locate`` the sides matched, joined by "+"). ``hits``: the hits (for ``locate``, each
     candidate as the span it covers). ``candidates`` and ``threshold``: ``locate`` only.
     ``batch``: one of several queries (or of a ``--queries`` list); ``first``: the query is the
-    batch's first one (a repeat of it counts as first too)."""
+    batch's first one (a repeat of it counts as first too). ``error``: a batch's query that
+    failed (a file that cannot be decoded...), with no hits."""
 
     text: str
     side: str
@@ -31,6 +32,7 @@ class QueryResult:
     first: bool = True
     candidates: list | None = None
     threshold: float | None = None
+    error: str | None = None  # in a batch: why this query failed (the others go on)
 
     @property
     def located(self) -> bool:
@@ -138,7 +140,8 @@ def search_queries(
     """Search (or with ``locate``, locate) each of ``query`` then the queries listed in the file
     ``queries`` in the index folder ``index_dir``; yields each query's ``QueryResult`` in turn.
     With ``thumbs``, a contact sheet of each query's hits is drawn there (``NAME-1.png``, ... for
-    a batch) once its result has been taken."""
+    a batch) once its result has been taken. In a batch, a query that fails yields a result
+    with its ``error`` and the others go on."""
     texts, batch = _checked_queries(query, queries, side)
 
     from avfeat.core.devices import resolve_device
@@ -156,10 +159,16 @@ def search_queries(
         if parsed is not None and parsed[0] not in {r.video_id for r in searcher.cache.records(status="ok")}:
             raise QueryError(f"query {text!r}: the cache has no video {parsed[0]!r} with tokens")
     for text, sheet in zip(texts, sheets):
-        result = _answer(searcher, text, side, k, rerank, locate, conditions, per_video, exclude_video)
+        try:
+            result = _answer(searcher, text, side, k, rerank, locate, conditions, per_video, exclude_video)
+        except AvfeatError as error:
+            if not batch:
+                raise
+            # One unreadable file of a list should not cost the answers to the others.
+            result = QueryResult(text, side or "", [], error=str(error))
         result.batch, result.first = batch, text == texts[0]
         yield result
-        if sheet is not None:
+        if sheet is not None and result.error is None:
             from avfeat.index.thumbs import contact_sheet
 
             contact_sheet(result.hits, sheet)

@@ -77,7 +77,13 @@ def _print_candidates(candidates, threshold: float, as_json: bool) -> None:
 
 def _print_result(result, as_json: bool) -> None:
     """One query's answer (``avfeat.index.batch.QueryResult``): a table or JSON; in a batch, a
-    headed block, or one JSON line."""
+    headed block, or one JSON line; a batch's failed query is one line on stderr (and a JSON
+    line with its error)."""
+    if result.error is not None:
+        typer.echo(f"avfeat: error: query {result.text}: {result.error}", err=True)
+        if as_json:
+            typer.echo(json.dumps({"query": result.text, "error": result.error}))
+        return
     if result.batch and as_json:
         if result.located:
             body = {"threshold": result.threshold, "candidates": [c.to_dict() for c in result.candidates]}
@@ -131,8 +137,15 @@ def search(
         index_dir, query, queries, side=side, k=k, rerank=rerank, locate=locate, where=where, per_video=per_video,
         exclude_video=exclude_video, thumbs=thumbs, heads=heads, cache=cache, device=device, mmap=mmap,
     )
+    failed = 0
     for result in results:
         _print_result(result, as_json)
+        failed += result.error is not None
+    if failed:
+        from avfeat.cli.extract import EXIT_SOME_FAILED
+
+        typer.echo(f"avfeat: error: {failed} queries failed (each named above); the others were answered", err=True)
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def _sync_line(job, row, as_json: bool) -> str:

@@ -50,6 +50,23 @@ def test_queries_file_skips_comments_and_reads_paths_from_its_folder(index, corp
     assert all(len(b["hits"]) == 2 for b in blocks)
 
 
+def test_an_unreadable_query_of_a_list_is_reported_and_the_others_answered(index, corpus, tmp_path):
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all" * 50)
+    (tmp_path / "late.png").write_bytes(b"\x89PNG but not one")
+    listing = tmp_path / "queries.txt"
+    listing.write_text(f"broken.mp4\n{corpus / 'video_00001.mp4'}\nlate.png\n{corpus / 'video_00002.mp4'}\n")
+    result = avfeat("search", index, "--queries", listing, "-k", 2, "--json")
+    assert result.returncode == 3, result.stderr  # the convention of extract's "some failed"
+    blocks = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [b["query"].rsplit("/", 1)[-1] for b in blocks] == ["broken.mp4", "video_00001.mp4", "late.png", "video_00002.mp4"]
+    assert [len(b.get("hits", [])) for b in blocks] == [0, 2, 0, 2] and "error" in blocks[0] and "error" in blocks[2]
+    errors = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and len(errors) == 3
+    assert "broken.mp4" in errors[0] and "late.png" in errors[1] and "2 queries failed" in errors[2]
+    table = avfeat("search", index, "--queries", listing, "-k", 2)
+    assert table.returncode == 3 and table.stdout.count("== ") == 2  # the two answered blocks
+
+
 def test_a_missing_query_fails_fast_before_anything_loads(index, corpus, tmp_path):
     # Heads that do not exist: an error about the query (not the heads) shows the queries were
     # checked before anything loaded.
