@@ -44,6 +44,7 @@ METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
 OWN_FILES = (HEADS_FILE, CONFIG_FILE, STATE_FILE, METRICS_FILE, CURVES_FILE)
+KIND = "heads checkpoint"  # the owner record's kind (avfeat.core.outputs)
 CONFIG_MARKS = ("heads", "cache")  # keys every checkpoint's config.json holds: how a folder is known for avfeat's heads
 
 
@@ -143,6 +144,7 @@ class HeadsConfig:
     split: dict[str, Any] = field(default_factory=dict)  # {"train_videos": [...], "val_videos": [...]}
     avfeat_version: str = ""
     config_version: int = 0
+    output_id: str = ""  # the id of the folder's owner record (avfeat.core.outputs); "" before it had one
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "HeadsConfig":
@@ -151,12 +153,14 @@ class HeadsConfig:
             cache=TrainedOn.from_dict(values.get("cache") or {}), hop=values.get("hop"),
             training=dict(values.get("training") or {}), split=dict(values.get("split") or {}),
             avfeat_version=str(values.get("avfeat_version", "")), config_version=int(values.get("config_version", 0)),
+            output_id=str(values.get("output_id") or ""),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "heads": self.heads.to_dict(), "window": self.window, "hop": self.hop, "cache": self.cache.to_dict(),
             "training": self.training, "split": self.split, "avfeat_version": self.avfeat_version, "config_version": CONFIG_VERSION,
+            **({"output_id": self.output_id} if self.output_id else {}),
         }
 
 

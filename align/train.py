@@ -41,7 +41,7 @@ from avfeat.align.metrics import both_directions
 from avfeat.align.scores import paired_scores, pairwise_scores
 from avfeat.core.devices import resolve_device
 from avfeat.core.lock import has_entries, writer_lock
-from avfeat.core.outputs import prepare_output
+from avfeat.core.outputs import claim_output, prepare_output, refuse_inside
 from avfeat.data.configs import TrainedOn
 from avfeat.data.shards import compute_dtype
 from avfeat.core.errors import CheckpointError, InputError, TrainingDiverged
@@ -103,12 +103,15 @@ class Trainer:
         self._recorded: dict = {}  # on resume: the audit tables' records in the checkpoint's config.json
         with self.group.together():  # the checks first, so a bad run fails before loading data
             self.cache = data.open_cache(cache_path)
+            refuse_inside(self.out, [(cache_path, "cache")])
             if options.resume and not (self.out.is_dir() and has_entries(self.out)):
                 # A job rerun until it is done may pass --resume from the start (prepare_output's rule).
                 options = self.options = replace(options, resume=False)
                 self.notes.append(f"nothing to resume in {self.out}: starting a new checkpoint")
             if options.resume:
                 config = self._resume_config()
+                if self.group.is_main:
+                    self._prepare_out()  # checks the folder is this avfeat's (adopts an older avfeat's)
             elif self.group.is_main:
                 self._prepare_out()
             self.config = config
@@ -172,7 +175,7 @@ class Trainer:
         own = [*ckpt.OWN_FILES, ckpt.TENSORBOARD_DIR]
         if ckpt.has_embedded_config(self.out / ckpt.HEADS_FILE):
             own.remove(ckpt.HEADS_FILE)
-        prepare_output(self.out, marker=ckpt.CONFIG_FILE, kind="heads checkpoint", overwrite=self.options.overwrite, own=own,
+        prepare_output(self.out, marker=ckpt.CONFIG_FILE, kind=ckpt.KIND, resume=self.options.resume, overwrite=self.options.overwrite, own=own,
                        marker_keys=ckpt.CONFIG_MARKS)
 
     def _resume_config(self) -> TrainConfig:
@@ -226,6 +229,7 @@ class Trainer:
             heads=self.heads.config, window=self.config.window, cache=trained_on,
             hop=self.config.hop if self.config.hop else self.config.window / 2,
             training=self.config.to_dict(self.audit), split=self.split, avfeat_version=__version__,
+            output_id=claim_output(self.out, ckpt.KIND, [*ckpt.OWN_FILES, ckpt.TENSORBOARD_DIR]).id,
         ).to_dict()
 
     def _rng_states(self) -> dict[str, torch.Tensor]:

@@ -80,10 +80,12 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     """The shared output rule (``avfeat.core.outputs.prepare_output``): a non-empty folder is replaced
     only with ``overwrite`` and only when a demo made it, and then only the demo's own files go."""
     from avfeat.core.io import write_atomic
-    from avfeat.core.outputs import prepare_output
+    from avfeat.core.outputs import prepare_output, stamped
 
-    prepare_output(out, marker=DEMO_MARKER, kind="demo", overwrite=overwrite, can_resume=False, own=(*STAGE_DIRS, "report.md", DEMO_MARKER))
-    write_atomic(out / DEMO_MARKER, "written by `avfeat demo`; `avfeat demo --overwrite` replaces this folder's demo files\n")
+    own = (*STAGE_DIRS, "report.md", DEMO_MARKER)
+    prepare_output(out, marker=DEMO_MARKER, kind="demo", overwrite=overwrite, can_resume=False, own=own)
+    note = "written by `avfeat demo`; `avfeat demo --overwrite` replaces this folder's demo files"
+    write_atomic(out / DEMO_MARKER, json.dumps(stamped(out, "demo", own, {"note": note}), indent=2, sort_keys=True) + "\n")
 
 
 def run_demo(out: Path, config: DemoConfig, quiet: bool = False, device: str = "auto", overwrite: bool = False,

@@ -28,10 +28,10 @@ import numpy as np
 from avfeat import __version__
 from avfeat.core.errors import CacheError, disk_full
 from avfeat.core.io import fsync_dir, replace_durably, temp_path, write_atomic
-from avfeat.core.lock import has_entries
+from avfeat.core.outputs import ID_KEY, holds_output, stamped
 from avfeat.data.codecs import storage_codec
 from avfeat.data.configs import CONFIG_DEFAULTS, CONFIG_VERSION, CacheConfig
-from avfeat.data.layout import CacheLayout, part_name, read_config, remove_uncommitted, shard_name
+from avfeat.data.layout import CACHE_OWN, CacheLayout, part_name, read_config, remove_uncommitted, shard_name
 from avfeat.data.manifest import part_table
 from avfeat.data.records import Status, VideoRecord
 
@@ -71,6 +71,7 @@ def check_config(root: str | Path, config: dict, only_given_keys: bool = False) 
         stored = {**CONFIG_DEFAULTS, **read_config(layout)}
         stored.pop("avfeat_version", None)
         stored.pop("config_version", None)
+        stored.pop(ID_KEY, None)  # which output this is, not how its tokens were made
         if only_given_keys:
             stored = {k: v for k, v in stored.items() if k in config}
         else:
@@ -81,7 +82,7 @@ def check_config(root: str | Path, config: dict, only_given_keys: bool = False) 
                 f"{layout.root} was extracted with a different config ({'; '.join(diff)}); "
                 "use a new --out folder or the cache's own settings"
             )
-    elif layout.root.exists() and has_entries(layout.root):  # a writer's lock files do not count
+    elif layout.root.exists() and holds_output(layout.root):  # lock files and a lone owner record do not count
         raise CacheError(f"output {layout.root} is a non-empty folder that is not an avfeat cache")
     return layout
 
@@ -104,7 +105,8 @@ def open_for_writing(root: str | Path, config: dict) -> CacheLayout:
         # cache.json first: a folder it is missing from is refused as "not a cache", so a run
         # stopped here (a full disk) must leave nothing else behind.
         if not layout.config_path.exists():
-            write_atomic(layout.config_path, json.dumps({**config, "avfeat_version": __version__, "config_version": CONFIG_VERSION}, indent=2, sort_keys=True) + "\n")
+            values = stamped(layout.root, "cache", CACHE_OWN, {**config, "avfeat_version": __version__, "config_version": CONFIG_VERSION})
+            write_atomic(layout.config_path, json.dumps(values, indent=2, sort_keys=True) + "\n")
         layout.shard_dir.mkdir(exist_ok=True)
         layout.manifest_dir.mkdir(exist_ok=True)
     except OSError as error:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from avfeat.core.errors import InputError
 from avfeat.core.lock import writer_lock
-from avfeat.core.outputs import OutputMode, prepare_output
+from avfeat.core.outputs import OutputMode, prepare_output, refuse_inside
 from avfeat.core.values import check_number, human_bytes
 from avfeat.data.configs import CONFIG_DEFAULTS
 from avfeat.data.layout import CACHE_OWN, CONFIG_FILE, CONFIG_MARKS, CacheLayout
@@ -167,6 +167,7 @@ def prepare_extraction(
     weights). Yields the :class:`Extraction` to run.
     """
     _check_run(options, given.get("fps"))
+    refuse_inside(out, [(input, "input"), (media_dir, "media folder")])
     inputs = _list_request_inputs(input, layout, media_dir)
     # One writer at a time: the lock is taken before --overwrite removes anything and held until
     # the last shard is committed (Extractor.run takes it too, for callers other than this one).

@@ -313,14 +313,15 @@ def build_index(
 
 
 def _build_index(cache, checkpoint, out, window, hop, factory, memory_budget, quiet, shards, overwrite) -> dict[str, Any]:
-    from avfeat.core.outputs import prepare_output
-    from avfeat.index.store import META_FILE, META_MARKS, is_unfinished
+    from avfeat.core.outputs import prepare_output, refuse_inside
+    from avfeat.index.store import KIND, META_FILE, META_MARKS, is_unfinished
 
     # A folder whose first write crashed before its meta.json holds no index to protect, only
     # avfeat's own leftovers: it is written again without --overwrite. write_index creates the
     # folder (with its marker) and removes only avfeat's own files once the new index is in.
+    refuse_inside(out, [(cache.layout.root, "cache"), (checkpoint.path, "heads")])
     if not is_unfinished(out):
-        prepare_output(out, marker=META_FILE, kind="index", overwrite=overwrite, can_resume=False, create=False, marker_keys=META_MARKS)
+        prepare_output(out, marker=META_FILE, kind=KIND, overwrite=overwrite, can_resume=False, create=False, marker_keys=META_MARKS)
     from avfeat import __version__
     from avfeat.align.windows import WindowGeometry
     from avfeat.index.shards import check_count

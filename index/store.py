@@ -49,11 +49,13 @@ from typing import Any
 
 from avfeat.core.io import fsync_dir, temp_pid, write_atomic
 from avfeat.core.lock import has_entries, pid_alive
+from avfeat.core.outputs import ID_KEY, claim_output
 from avfeat.core.values import one_line
 from avfeat.core.errors import IndexMismatchError, SearchIndexError
 
 META_FILE = "meta.json"
 META_MARKS = ("modalities", "heads")  # keys every index's meta.json holds: how a folder is known for an index
+KIND = "index"  # the owner record's kind (avfeat.core.outputs)
 MARKER_FILE = ".avfeat-index"  # marks a folder as avfeat's own before its first meta.json exists
 FORMAT = 1  # one FAISS file per modality, fixed names
 SHARDED_FORMAT = 2  # one FAISS file per shard, listed in meta.json
@@ -163,6 +165,7 @@ def write_index(out: str | os.PathLike, meta: dict[str, Any], shards: dict, tabl
 
     out = Path(out)
     _claim_folder(out)
+    record = claim_output(out, KIND, (META_FILE, MARKER_FILE))  # an index of an older avfeat gets one too
     existing = [entry.name for entry in out.iterdir()]
     generation = secrets.token_hex(4)
     while any(f".{generation}." in name for name in existing):  # never overwrite a file in use
@@ -170,6 +173,7 @@ def write_index(out: str | os.PathLike, meta: dict[str, Any], shards: dict, tabl
 
     meta = json.loads(json.dumps(meta))  # a copy, to add the format and the files to
     meta["format"] = LISTED_FORMAT
+    meta[ID_KEY] = record.id
     for modality, parts in shards.items():
         listed, begin = [], 0
         for number, part in enumerate(parts):

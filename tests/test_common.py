@@ -1,13 +1,14 @@
 """The shared helpers: one syntax for sizes and times, one device rule, one output-folder rule,
 durable writes."""
 
+import json
 import os
 
 import pytest
 
 from avfeat.core.devices import resolve_device
 from avfeat.core.io import write_atomic
-from avfeat.core.outputs import OutputMode, prepare_output
+from avfeat.core.outputs import OutputMode, prepare_output, stamped
 from avfeat.core.values import one_line, parse_size, parse_time
 from avfeat.core.errors import InputError
 
@@ -50,7 +51,7 @@ def test_devices():
 def test_output_rule(tmp_path):
     out = tmp_path / "out"
     assert prepare_output(out, marker="m.json", kind="thing") is OutputMode.NEW and out.is_dir()
-    (out / "m.json").write_text("{}")
+    (out / "m.json").write_text(json.dumps(stamped(out, "thing", ("m.json", "own.bin"), {})))  # as a writer stamps it
     (out / "own.bin").write_text("x")
     (out / "user.txt").write_text("keep")
     with pytest.raises(InputError, match="pass --resume to continue it or --overwrite"):

@@ -73,3 +73,13 @@ def test_eval_refuses_heads_from_other_backbones(demo, tmp_path):
     result = avfeat("eval", other, "--heads", demo / "heads")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "visual_layer" in result.stderr
+
+
+def test_demo_overwrite_keeps_a_folder_it_cannot_prove_it_wrote(tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / ".avfeat-demo").write_text("a look-alike marker\n")
+    (out / "report.md").write_text("my report")
+    result = avfeat("demo", "--out", out, "--overwrite", "--quiet")
+    assert result.returncode == 1 and "avfeat-output.json" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (out / "report.md").read_text() == "my report" and (out / ".avfeat-demo").read_text() == "a look-alike marker\n"

@@ -50,3 +50,63 @@ def test_index_keeps_a_folder_whose_meta_json_is_not_avfeats(cache, heads, tmp_p
     (out / "audio.faiss").write_text("an index of mine")
     before = snapshot(out)
     refused(avfeat("index", cache, "--heads", heads, "--out", out, "--quiet", "--overwrite"), before, out)
+
+
+# ---- ownership proven by the owner record, not by the keys of a look-alike file --------------
+
+
+def refused_unproven(result, snapshot_before, folder):
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "avfeat-output.json" in result.stderr, result.stderr
+    assert snapshot(folder) == snapshot_before
+
+
+def test_overwrite_keeps_look_alikes_holding_avfeats_keys(corpus, cache, heads, tmp_path):
+    # Files that hold every key avfeat looks for, but no owner record: nothing is deleted.
+    looks = tmp_path / "cache-like"
+    (looks / "shards").mkdir(parents=True)
+    (looks / "cache.json").write_text(json.dumps({"audio_model": "x", "visual_model": "y", "fps": 5}))
+    (looks / "shards" / "mine.txt").write_text("keep me")
+    before = snapshot(looks)
+    refused_unproven(avfeat("extract", corpus, "--out", looks, *TINY, "--fps", 5, "--quiet", "--workers", 1, "--overwrite"), before, looks)
+
+    experiment = tmp_path / "experiment"
+    (experiment / "tensorboard").mkdir(parents=True)
+    (experiment / "config.json").write_text(json.dumps({"heads": {"dim": 8}, "cache": {}}))
+    (experiment / "metrics.jsonl").write_text('{"step": 1}\n')
+    (experiment / "tensorboard" / "events.out").write_text("runs")
+    before = snapshot(experiment)
+    args = ("--steps", 2, "--batch-size", 4, "--workers", 0, "--quiet", "--overwrite")
+    refused_unproven(avfeat("train-head", cache, "--out", experiment, *args), before, experiment)
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "meta.json").write_text(json.dumps({"modalities": {}, "heads": {}}))
+    (notes / "audio.faiss").write_text("an index of mine")
+    before = snapshot(notes)
+    refused_unproven(avfeat("index", cache, "--heads", heads, "--out", notes, "--quiet", "--overwrite"), before, notes)
+
+
+def test_a_copied_owner_record_proves_nothing(corpus, cache, tmp_path):
+    import shutil
+
+    out = tmp_path / "u"
+    out.mkdir()
+    shutil.copy(cache / "avfeat-output.json", out)  # avfeat's record, beside a cache.json it did not write
+    (out / "cache.json").write_text(json.dumps({"audio_model": "x", "visual_model": "y", "fps": 5, "output_id": "0" * 32}))
+    (out / "manifest").mkdir()
+    (out / "manifest" / "mine.txt").write_text("keep me")
+    before = snapshot(out)
+    result = avfeat("extract", corpus, "--out", out, *TINY, "--fps", 5, "--quiet", "--workers", 1, "--overwrite")
+    assert result.returncode == 1 and "different outputs" in result.stderr and snapshot(out) == before, result.stderr
+
+
+def test_an_output_inside_an_input_is_refused(corpus, cache, heads, tmp_path):
+    before = snapshot(cache)
+    for args in (("train-head", cache, "--out", cache / "heads", "--steps", 2, "--workers", 0, "--quiet"),
+                 ("index", cache, "--heads", heads, "--out", cache / "index", "--quiet"),
+                 ("index", cache, "--heads", heads, "--out", heads / "index", "--quiet"),
+                 ("extract", corpus, "--out", corpus / "cache", *TINY, "--fps", 5, "--quiet", "--workers", 1)):
+        result = avfeat(*args)
+        assert result.returncode == 1 and "lies inside the" in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+    assert snapshot(cache) == before and not (corpus / "cache").exists() and not (heads / "index").exists()
