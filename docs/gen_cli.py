@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import typer.main
 
 PAGE = Path(__file__).resolve().parent / "reference" / "cli.md"
 HEADER = """# Command-line reference
@@ -33,7 +32,7 @@ def _default(param) -> str:
 def _param_row(param) -> str:
     # typer carries its own copy of click: parameters are told apart by their type name.
     argument = param.param_type_name == "argument"
-    names = f"`{param.name.upper()}`" if argument else ", ".join(f"`{n}`" for n in [*param.opts, *param.secondary_opts])
+    names = f"`{param.metavar or param.name.upper()}`" if argument else ", ".join(f"`{n}`" for n in [*param.opts, *param.secondary_opts])
     kind = "argument" if argument else ("flag" if getattr(param, "is_flag", False) else "option")
     required = " (required)" if param.required else ""
     return f"| {names} | {kind}{required} | {_default(param)} | {_cell(getattr(param, 'help', None) or '')} |"
@@ -54,9 +53,9 @@ def _command(name: str, command, parent) -> list[str]:
 
 
 def render() -> str:
-    from avfeat.cli import app
+    from avfeat.cli import command
 
-    root = typer.main.get_command(app)
+    root = command()
     ctx = root.context_class(root, info_name="avfeat")
     lines = [HEADER]
     for name in root.list_commands(ctx):

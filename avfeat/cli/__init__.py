@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer._click.exceptions import ClickException, UsageError
+from typer.core import TyperArgument
 
 from avfeat import __version__
 from avfeat.core.errors import AvfeatError, disk_full
@@ -20,7 +22,9 @@ app = typer.Typer(
     help="Aligned audio-visual embeddings from video: extract, train heads, index, search.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
+    # Help texts are plain text: rich markup would eat "[default: ...]" and "avfeat[ray]".
+    rich_markup_mode=None,
 )
 
 
@@ -48,8 +52,38 @@ def _register() -> None:
 _register()
 
 
+class _Argument(TyperArgument):
+    """A positional argument shown as click shows one: ``CACHE``, ``[QUERY]...`` (typer wraps a
+    required one in braces)."""
+
+    def _usage_display_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+
+def command():
+    """The click command tree of ``app``, in one argument style: arguments in upper case."""
+    root = typer.main.get_command(app)
+    commands = getattr(root, "commands", {}).values()
+    for cmd in [root, *commands]:
+        for param in cmd.params:
+            if isinstance(param, TyperArgument):
+                param.__class__ = _Argument
+                param.metavar = param.metavar or param.name.upper()
+    return root
+
+
+def _usage_error(error: UsageError) -> None:
+    """A command-line mistake: one line and exit 2 (the usage convention), not a boxed page."""
+    where = error.ctx.command_path if error.ctx is not None else "avfeat"
+    message = " ".join(error.format_message().split()).rstrip(".")
+    typer.echo(f"avfeat: error: {message} (see `{where} --help`)", err=True)
+    sys.exit(error.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: user errors become one line on stderr and exit code 1.
+    """Console entry point: user errors become one line on stderr and exit code 1 (a usage
+    error, caught while the command line is parsed: exit code 2).
 
     ``argv`` (default ``sys.argv[1:]``) lets tests run a command in-process; it ends, as on the
     command line, with ``SystemExit``.
@@ -57,7 +91,17 @@ def main(argv: list[str] | None = None) -> None:
     from avfeat.cli.extract import expand_ray_flag
 
     try:
-        app(args=expand_ray_flag(sys.argv[1:] if argv is None else list(argv)), prog_name="avfeat")
+        args = expand_ray_flag(sys.argv[1:] if argv is None else list(argv))
+        # Not standalone, so that a usage error reaches this function; an exit status comes back.
+        status = command().main(args=args, prog_name="avfeat", standalone_mode=False)
+    except UsageError as error:
+        _usage_error(error)
+    except ClickException as error:
+        typer.echo(f"avfeat: error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
     except AvfeatError as error:
         typer.echo(f"avfeat: error: {error}", err=True)
         sys.exit(1)
@@ -68,3 +112,5 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"avfeat: error: {full}; nothing committed is lost: free space and run the same command again (add --resume where it applies)", err=True)
         sys.exit(1)
+    if isinstance(status, int) and status:
+        sys.exit(status)
