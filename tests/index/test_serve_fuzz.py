@@ -24,12 +24,17 @@ def api_schema(index):
 def test_api_routes_answer_every_request_without_a_5xx(api_schema):
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 6  # search, sync, locate, videos, a video, attention
+    statuses: dict[str, list[int]] = {}  # what each operation answered: the fuzzer did send requests
 
     for operation in operations:
         @settings(max_examples=8, derandomize=True, deadline=None, database=None,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
         @given(case=operation.as_strategy())
         def fuzz(case):
-            case.call_and_validate(checks=[not_a_server_error, response_schema_conformance, content_type_conformance])
+            response = case.call_and_validate(checks=[not_a_server_error, response_schema_conformance, content_type_conformance])
+            statuses.setdefault(operation.label, []).append(response.status_code)
 
         fuzz()
+    assert len(statuses) == len(operations) and all(len(codes) >= 4 for codes in statuses.values()), statuses
+    codes = [code for answered in statuses.values() for code in answered]
+    assert any(code < 300 for code in codes) and any(400 <= code < 500 for code in codes), statuses
