@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,13 +149,23 @@ class HeadsConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "HeadsConfig":
-        return cls(
+        """Raises ValueError or TypeError for a value no checkpoint holds (read_heads_config
+        makes it one line): a damaged file must not load and fail later, far from its cause."""
+        config = cls(
             heads=HeadConfig.from_dict(values["heads"]), window=float(values["window"]),
             cache=TrainedOn.from_dict(values.get("cache") or {}), hop=values.get("hop"),
             training=dict(values.get("training") or {}), split=dict(values.get("split") or {}),
             avfeat_version=str(values.get("avfeat_version", "")), config_version=int(values.get("config_version", 0)),
             output_id=str(values.get("output_id") or ""),
         )
+        for name in ("audio_dim", "visual_dim", "dim"):
+            value = getattr(config.heads, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"heads.{name} {value!r} is not a positive whole number")
+        for name, value in (("heads.init_temperature", config.heads.init_temperature), ("window", config.window), ("hop", config.hop)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
+                raise ValueError(f"{name} {value!r} is not a positive number")
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return {
