@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-HEAD_KINDS = ("linear", "mlp")
-AGGREGATIONS = ("max-mean", "mean-pool", "cls")
+from avfeat.data.configs import AGGREGATIONS, HEAD_KINDS
+
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: temperature never below 0.01
 
 

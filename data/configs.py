@@ -25,6 +25,8 @@ CONFIG_VERSION = 1
 # cache.json keys added after caches already existed, and what a cache without them holds.
 CONFIG_DEFAULTS = {"storage": "float16", "pool_patches": 1, "decode_mode": "exact"}
 DECODE_MODES = ("exact", "keyframes")  # which frame serves each 1/fps step (extract/media.py): the CLI's and the decoder's list
+HEAD_KINDS = ("linear", "mlp")  # the heads' kinds (align/heads.py), here so the CLI lists them without torch
+AGGREGATIONS = ("max-mean", "mean-pool", "cls")  # clip scores (align/heads.py)
 POOL_FACTORS = (1, 2)  # DINOv2 patches averaged in blocks of this side (1: none): the CLI's and the encoder's list
 
 # The keys every cache.json `avfeat extract` ever wrote holds: those that describe its tokens.

@@ -28,12 +28,12 @@ from avfeat.data.layout import CACHE_OWN, CONFIG_FILE, CONFIG_MARKS, CacheLayout
 from avfeat.data.manifest import read_manifest
 from avfeat.data.shards import ShardWriter, check_compute_dtype, check_config, compute_dtype, new_record, open_for_writing
 from avfeat.data.records import Status, VideoRecord
+from avfeat.extract.models.devices import COMPUTE_DTYPES
 from avfeat.extract.encoder import Encoder, ExtractConfig, resolve_dtype
 from avfeat.extract import sources
 from avfeat.extract.inputs import IdPlan, MediaInput, assign_ids, from_layout, list_inputs
 from avfeat.extract.media import DecodedMedia, MediaError
 from avfeat.extract.tasks import DecodeTask, decode_task, group_target, plan_shards, with_media
-
 
 
 @dataclass
@@ -92,9 +92,6 @@ class ExtractSummary:
             if len(found) > shown:
                 lines.append(f"... {len(found) - shown} more {kind}")
         return lines
-
-
-COMPUTE_DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")  # --dtype (see resolve_dtype)
 
 
 @dataclass

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
 from avfeat.cli.options import device_option, quiet_option
+from avfeat.probes import KNN_VOTES
 
 
 def eval_command(
@@ -18,7 +19,7 @@ def eval_command(
     label_column: Optional[str] = typer.Option(None, "--label-column", help="The label column (default: label, else class); without --labels, the manifest's metadata column of that name."),
     folds: Optional[int] = typer.Option(None, help="Cross-validation folds for kNN and the linear probe (folds never split a video; at most one per labelled video) [default: 5, or one per labelled video when fewer]."),
     knn_k: int = typer.Option(20, "--knn-k", help="Neighbours of the kNN classifier."),
-    knn_vote: str = typer.Option("weighted", "--knn-vote", help="weighted (exp(cosine/0.07) per neighbour) or majority."),
+    knn_vote: Literal[KNN_VOTES] = typer.Option("weighted", "--knn-vote", help="weighted (exp(cosine/0.07) per neighbour) or majority."),
     probe_l2: float = typer.Option(1e-3, "--probe-l2", help="L2 penalty on the linear probe's weights."),
     seed: int = typer.Option(0, help="Seed of the folds and the probe."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
 from avfeat.cli.options import overwrite_option, quiet_option
+from avfeat.index.export import FORMATS, LEVELS
 
 
 def export_command(
     cache: Path = typer.Argument(..., help="A cache folder written by `avfeat extract`."),
     heads: Path = typer.Option(..., "--heads", help="Heads checkpoint written by `avfeat train-head`."),
     out: Path = typer.Option(..., "--out", "-o", help="The Parquet file to write (an existing file needs --overwrite)."),
-    level: str = typer.Option("video", help="video (one row per video: the mean of its window vectors) or window (one row per window)."),
-    fmt: str = typer.Option("parquet", "--format", help="parquet (vectors as fixed-size list columns) or npy (<stem>.audio.npy and <stem>.visual.npy beside a Parquet table of the rows)."),
+    level: Literal[LEVELS] = typer.Option("video", help="video (one row per video: the mean of its window vectors) or window (one row per window)."),
+    fmt: Literal[FORMATS] = typer.Option("parquet", "--format", help="parquet (vectors as fixed-size list columns) or npy (<stem>.audio.npy and <stem>.visual.npy beside a Parquet table of the rows)."),
     hop: Optional[float] = typer.Option(None, help="Seconds between window starts (default: the heads' hop)."),
     overwrite: bool = overwrite_option("Replace existing output files."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),

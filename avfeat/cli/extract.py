@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
 from avfeat.cli.options import device_option, overwrite_option, quiet_option, resume_option
 from avfeat.data.configs import DECODE_MODES, POOL_FACTORS
 from avfeat.data.codecs import STORAGES
+from avfeat.extract.inputs.tables import LAYOUTS
+from avfeat.extract.models.devices import COMPUTE_DTYPES
 
 # The choices are the library's own lists (avfeat.data.configs).
 # How shards hold tokens (README "Compact storage").
@@ -44,7 +46,7 @@ def extract(
     batch_size: int = typer.Option(32, min=1, help="Frames per visual forward pass."),
     workers: int = typer.Option(2, min=0, help="Decoding processes (0: decode in this process)."),
     device: str = device_option("backbones run"),
-    dtype: str = typer.Option(
+    dtype: Literal[COMPUTE_DTYPES] = typer.Option(
         "auto",
         help="Compute dtype: auto (bfloat16 on GPUs and on CPUs with native bfloat16; on other x86 CPUs with AVX2, int8; else float32), "
         "float32, float16, bfloat16, int8 (CPU only: the backbones' linear layers dynamically quantized; token cosine to float32 > 0.998).",
@@ -52,7 +54,7 @@ def extract(
     shard_size: int = typer.Option(64, min=1, help="Videos per shard (the unit of commit and resume)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Process at most this many new videos."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try again the videos recorded as failed."),
-    layout: Optional[str] = typer.Option(None, "--layout", help="INPUT is a published dataset CSV: vggsound (ytid,start,label,split; 10 s clips) or audioset (YTID, start, end, labels); see README \"Your own data\"."),
+    layout: Optional[Literal[LAYOUTS]] = typer.Option(None, "--layout", help="INPUT is a published dataset CSV: vggsound (ytid,start,label,split; 10 s clips) or audioset (YTID, start, end, labels); see README \"Your own data\"."),
     media_dir: Optional[Path] = typer.Option(None, "--media-dir", help="With --layout: the folder of full-length videos named YTID.<ext> [default: the CSV's folder]."),
     refresh: bool = typer.Option(False, "--refresh", help="Extract again the files whose size or mtime changed since they were cached (without it they are reported and their old tokens kept)."),
     timeout: float = typer.Option(600.0, min=1.0, help="Seconds one file may take to decode."),

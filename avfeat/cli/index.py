@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
 from avfeat.cli.options import device_option, overwrite_option, quiet_option
+from avfeat.index.export import MODALITIES
 
 
 def index(
@@ -110,7 +111,7 @@ def search(
         None, "--queries", metavar="LIST",
         help="A text file of queries, one a line ('#' starts a comment line; relative paths are from the file's folder); after any QUERY arguments.",
     ),
-    side: Optional[str] = typer.Option(None, "--from", help="Query side, audio or visual; the other modality is searched (default: audio, visual for images)."),
+    side: Optional[Literal[MODALITIES]] = typer.Option(None, "--from", help="Query side, audio or visual; the other modality is searched (default: audio, visual for images)."),
     k: int = typer.Option(10, "-k", min=1, help="Hits (or --locate candidates) to return."),
     rerank: int = typer.Option(0, min=0, help="Rescore the top N hits with the heads' exact clip score (max-mean) over their cached tokens."),
     locate: bool = typer.Option(False, "--locate", help="Find the video and time the query clip was cut from (or say it is not found)."),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
 from avfeat.cli.options import device_option, overwrite_option, quiet_option, resume_option
+from avfeat.data.configs import AGGREGATIONS, HEAD_KINDS
 
 
 def train_head(
@@ -15,9 +16,9 @@ def train_head(
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder to write (heads.safetensors, config.json, state, metrics, curves)."),
     window: float = typer.Option(2.0, help="Window length in seconds: audio tokens and the frames of the same span."),
     hop: Optional[float] = typer.Option(None, help="Hop in seconds recorded for indexing (default: window / 2)."),
-    head: str = typer.Option("mlp", help="mlp (LayerNorm + a small two-layer MLP) or linear (LayerNorm + Linear)."),
+    head: Literal[HEAD_KINDS] = typer.Option("mlp", help="mlp (LayerNorm + a small two-layer MLP) or linear (LayerNorm + Linear)."),
     dim: int = typer.Option(256, min=1, help="Dimensions of the shared space."),
-    aggregation: str = typer.Option("max-mean", help="Clip score: max-mean, mean-pool or cls."),
+    aggregation: Literal[AGGREGATIONS] = typer.Option("max-mean", help="Clip score: max-mean, mean-pool or cls."),
     epochs: Optional[int] = typer.Option(None, min=1, show_default=False, help="Epochs (see --passes-per-epoch). Default: 10, more if that makes fewer than 200 steps."),
     steps: Optional[int] = typer.Option(None, min=1, help="Total optimizer steps; overrides --epochs (the last epoch may be partial)."),
     passes_per_epoch: Optional[int] = typer.Option(

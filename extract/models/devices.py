@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 _DTYPES = ("float32", "float16", "bfloat16", "int8")
+COMPUTE_DTYPES = ("auto", *_DTYPES)  # --dtype (see resolve_dtype in extract/job.py)
 
 
 def one_line(exc: BaseException) -> str:

@@ -39,3 +39,22 @@ def test_usage_errors_are_one_line_exit_2(args, words):
     result = avfeat(*args)
     assert result.returncode == 2, result.stderr
     one_line_error(result, *words)
+
+
+@pytest.mark.parametrize("command, option, choices", [
+    ("train-head", "--head", "linear|mlp"),
+    ("train-head", "--aggregation", "max-mean|mean-pool|cls"),
+    ("extract", "--dtype", "auto|float32|float16|bfloat16|int8"),
+    ("extract", "--layout", "vggsound|audioset"),
+    ("extract", "--storage", "float16|int8"),
+    ("extract", "--decode-mode", "exact|keyframes"),
+    ("search", "--from", "audio|visual"),
+    ("export", "--level", "video|window"),
+    ("export", "--format", "parquet|npy"),
+    ("eval", "--knn-vote", "weighted|majority"),
+])
+def test_choices_are_listed_and_others_refused(command, option, choices):
+    assert f"{option} <{choices}>" in avfeat(command, "--help", check=0).stdout
+    result = avfeat(command, "x", option, "nope")
+    assert result.returncode == 2, result.stderr
+    one_line_error(result, option, "nope", *(f"'{c}'" for c in choices.split("|")))
