@@ -208,9 +208,10 @@ def fill_shards(empty, vectors: np.ndarray, ranges: list[tuple[int, int]]) -> li
 # ---- window vectors of a whole cache --------------------------------------------------------
 
 
-def embed_cache(cache, heads, geometry, hop: float | None, aggregation: str, quiet: bool = True, records=None):
+def embed_cache(cache, heads, geometry, hop: float | None, aggregation: str, quiet: bool = True, records=None, label: str = "index"):
     """(windows, audio vectors (n, dim), visual vectors (n, dim)) for every ok video of the
-    cache, or only for ``records`` (`--update`: the videos not yet indexed)."""
+    cache, or only for ``records`` (`--update`: the videos not yet indexed); ``label`` names the
+    command on the progress bar."""
     import torch
     from tqdm import tqdm
 
@@ -219,7 +220,7 @@ def embed_cache(cache, heads, geometry, hop: float | None, aggregation: str, qui
 
     windows, audio_vecs, visual_vecs = [], [], []
     records = cache.records(status="ok") if records is None else records
-    for record in tqdm(records, desc="index", unit="video", disable=quiet, dynamic_ncols=True):
+    for record in tqdm(records, desc=label, unit="video", disable=quiet, dynamic_ncols=True):
         video = video_windows(record, cache.frame_times(record), geometry, hop)
         if not video:
             continue

@@ -135,3 +135,8 @@ def test_an_export_never_writes_into_what_it_reads_nor_under_another_format(setu
         result = avfeat("export", setup.cache, "--heads", setup.heads, "--out", tmp_path / name)
         assert result.returncode == 1 and "must name a .parquet file" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_progress_bar_says_export(setup, tmp_path):
+    result = avfeat("export", setup.labelled, "--heads", setup.heads, "--out", tmp_path / "v.parquet", check=0)
+    assert "export:" in result.stderr and "index:" not in result.stderr, result.stderr
