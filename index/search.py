@@ -158,7 +158,9 @@ class Searcher:
             if not Path(cache).exists():
                 raise CacheError(f"cache {cache} does not exist (the index records it; pass --cache if it moved)")
             cache = Cache(cache)
-        self.folder.check_cache(cache)
+        from avfeat.index.update import check_search_cache
+
+        check_search_cache(self.folder, cache)  # the index's cache, even after extract --resume added videos
         return cache
 
     @property

@@ -32,6 +32,35 @@ class Update:
     meta: dict[str, Any]
 
 
+def check_search_cache(folder, cache) -> None:
+    """Refuse a ``cache`` that is not the one the index ``folder`` (an ``IndexFolder``) was built
+    from. The cache's fingerprint changes whenever `extract --resume` adds videos, so a cache
+    holding every indexed video with the records it had (the test ``--update`` applies) is the
+    index's own; if it has since gained videos long enough for a window, the index is older.
+
+    Raises:
+        IndexMismatchError: another cache, or one with videos the index lacks.
+    """
+    from avfeat.core.errors import IndexMismatchError
+    from avfeat.index.vectors import AUDIO
+
+    meta = folder.meta
+    if meta["cache"]["fingerprint"] == cache.fingerprint():
+        return
+    recorded = meta["cache"].get("videos_fingerprint")
+    ok = {record.video_id: record for record in cache.records(status="ok")}
+    indexed = set(folder.table(AUDIO).column("video_id").unique().to_pylist())
+    if recorded is None or not indexed <= ok.keys() or videos_fingerprint(ok[v] for v in indexed) != recorded:
+        folder.check_cache(cache)  # another cache, or its videos extracted again: refused as such
+    lacking = sorted(v for v, record in ok.items() if v not in indexed and record.duration >= float(meta.get("window") or 0))
+    if lacking:
+        root = cache.layout.root
+        raise IndexMismatchError(
+            f"the index {folder.path} is older than the cache {root}: it lacks {len(lacking)} of its videos (e.g. {lacking[0]}); "
+            f"run `avfeat index {root} --heads {meta['heads'].get('path', 'HEADS')} --out {folder.path} --update`"
+        )
+
+
 def update_index(cache, checkpoint, out: str | os.PathLike, quiet: bool = True) -> Update:
     """Add the ok videos of ``cache`` that the index folder ``out`` does not hold yet, with the
     index's own window, hop, index type and trained parts (nothing is retrained or re-tuned).
