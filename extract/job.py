@@ -60,6 +60,7 @@ class ExtractSummary:
     ids: IdPlan = field(default_factory=IdPlan)  # duplicates, id collisions and changed files found
     processed: int = 0  # inputs handled by this run (each once)
     failed_before: int = 0  # recorded as failed by an earlier run and not tried again (no --retry-failed)
+    left: int = 0  # inputs past --limit, for a later run
     media_seconds: float = 0.0  # ok videos' duration, whole cache of these inputs
     bytes_written: int = 0
     seconds: float = 0.0
@@ -73,12 +74,24 @@ class ExtractSummary:
         per_hour = self.bytes_written / hours if hours and self.processed else 0.0
         failed = ", ".join(f"{status} {count}" for status, count in sorted(self.failed.items())) or "none"
         return [
-            f"videos: {self.ok} ok, failed: {failed} ({self.processed} processed now, {self.skipped} already in the cache)",
+            f"videos: {self.ok} ok, failed: {failed} ({self.counts()})",
             f"media: {hours:.3f} h ok; wrote {human_bytes(self.bytes_written)} in {self.seconds:.1f} s"
             + (f" ({human_bytes(per_hour)} per media-hour)" if per_hour else ""),
             *([f"{self.failed_before} inputs failed in an earlier run and were not tried again (--retry-failed tries them again)"] if self.failed_before else []),
             *self._id_lines(),
         ]
+
+    def counts(self) -> str:
+        """Where each input went, once: the parts add up to the inputs."""
+        extra = (
+            (len(self.ids.changed), "changed", "changed"),
+            (len(self.ids.duplicates), "duplicate", "duplicates"),
+            (len(self.ids.collisions), "id collision", "id collisions"),
+            (self.left, "left for a later run (--limit)", "left for a later run (--limit)"),
+        )
+        parts = [f"{self.processed} processed now", f"{self.skipped} already in the cache"]
+        parts += [f"{count} {one if count == 1 else many}" for count, one, many in extra if count]
+        return ", ".join(parts)
 
     def _id_lines(self, shown: int = 5) -> list[str]:
         lines = []
@@ -278,7 +291,8 @@ class Extractor:
                 summary.failed_before += not previous.ok
                 continue
             if self.options.limit is not None and planned >= self.options.limit:
-                break
+                summary.left += 1
+                continue
             old = summary.ids.superseded.get(vid)
             if old in recorded:  # in the same shard as its successor, so the old tokens are never read again
                 todo.append(recorded[old].with_(status=Status.SUPERSEDED, error=f"its file changed; extracted again as {vid}"))

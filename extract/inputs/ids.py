@@ -129,6 +129,16 @@ def _never_read(record) -> bool:
     return record.status in _READ_FAILURES and record.size == 0 and record.mtime == 0
 
 
+def _other_file(known, resolved: str, item: MediaInput, stat) -> bool:
+    """Whether the cache's record of an input's id is of another file. Another path may hold the
+    id after a dataset was moved or copied (same bytes): when the recorded file is still there,
+    the bytes themselves are compared. A table's id is checked the same way, so an id it gives
+    to another file is a collision, not a video "already in the cache"."""
+    if known.path == resolved:
+        return False
+    return known.size != stat.size or (sources.exists(known.path) and not _same_bytes(known.path, item.path))
+
+
 def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, retry_failed: bool = False) -> IdPlan:
     """Give every input its id (see the module docstring), checked against the cache's records
     (``{video_id: VideoRecord}``). ``refresh`` and ``retry_failed`` say which changed files
@@ -172,12 +182,9 @@ def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, 
                 plan.collisions.append((item.path, owner[vid], vid))
             continue
         known = recorded.get(vid)
-        if known is not None and item.user_id is None and known.path != resolved and stat is not None:
-            # Another path holds this id in the cache: a moved or copied dataset (same bytes) or
-            # a collision. When the recorded file is still there, compare the bytes themselves.
-            if known.size != stat.size or (sources.exists(known.path) and not _same_bytes(known.path, item.path)):
-                plan.collisions.append((item.path, known.path if sources.is_remote(known.path) else Path(known.path), vid))
-                continue
+        if known is not None and stat is not None and _other_file(known, resolved, item, stat):
+            plan.collisions.append((item.path, known.path if sources.is_remote(known.path) else Path(known.path), vid))
+            continue
         owner[vid] = item.path
         plan.ids.append((item, vid))
     return plan

@@ -68,3 +68,45 @@ def test_copies_are_extracted_once_and_a_collision_is_reported(tmp_path, monkeyp
     shutil.rmtree(tmp_path / "in" / "x")
     result = extract(tmp_path / "in", cache, "--resume", check=3)
     assert "id collision: " in result.stdout and len(Cache(cache).records()) == 1
+
+
+def test_a_resumed_runs_counts_add_up_to_its_inputs(tmp_path):
+    for folder in ("in", "x", "y"):
+        (tmp_path / folder).mkdir()
+    make_clip(tmp_path / "in" / "a.mp4", seconds=1.5)
+    make_clip(tmp_path / "in" / "b.mp4", seconds=2.0)
+    make_clip(tmp_path / "in" / "c.mp4", seconds=2.5)  # other bytes and size than b
+    make_clip(tmp_path / "x" / "d.mp4", seconds=1.5)
+    shutil.copy(tmp_path / "x" / "d.mp4", tmp_path / "y" / "d.mp4")  # a copy: the same id
+    first = tmp_path / "first.csv"
+    first.write_text(f"path,id\n{tmp_path / 'in' / 'a.mp4'},A\n{tmp_path / 'in' / 'b.mp4'},B\n{tmp_path / 'x' / 'd.mp4'},\n")
+    cache = tmp_path / "cache"
+    extract(first, cache, check=0)
+    make_clip(tmp_path / "in" / "b.mp4", seconds=3.0)  # replaced in place
+    make_clip(tmp_path / "in" / "e.mp4", seconds=1.5)
+    rows = [("in/a.mp4", "A"), ("in/b.mp4", ""), ("in/c.mp4", "B"), ("x/d.mp4", ""), ("y/d.mp4", ""), ("in/e.mp4", "")]
+    table = tmp_path / "again.csv"
+    table.write_text("path,id\n" + "".join(f"{tmp_path / path},{vid}\n" for path, vid in rows))
+    result = extract(table, cache, "--resume", check=3)  # the id collision fails the run
+    counts = "(1 processed now, 2 already in the cache, 1 changed, 1 duplicate, 1 id collision)"
+    assert counts in result.stdout, result.stdout
+    assert f"id collision: {tmp_path / 'in' / 'c.mp4'} and {tmp_path / 'in' / 'b.mp4'}" in result.stdout
+    assert Cache(cache).record("B").path.endswith("b.mp4")  # the table's id B never names c's tokens
+    # --refresh retires b's record B in the run that still finds c a collision, never "already in the cache"
+    result = extract(table, cache, "--resume", "--refresh", check=3)
+    assert "(1 processed now, 3 already in the cache, 1 duplicate, 1 id collision)" in result.stdout, result.stdout
+    assert "videos: 4 ok, failed: none" in result.stdout
+    assert "c.mp4" not in {os.path.basename(r.path) for r in Cache(cache).records()}
+    result = extract(table, cache, "--resume", check=0)  # B retired: free for the file the table gives it to
+    assert "(1 processed now, 4 already in the cache, 1 duplicate)" in result.stdout, result.stdout
+    assert Cache(cache).record("B").path.endswith("c.mp4")
+
+
+def test_inputs_past_the_limit_are_counted(tmp_path):
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b", "c"):
+        make_clip(tmp_path / "in" / f"{name}.mp4", seconds=1.5)
+    result = extract(tmp_path / "in", tmp_path / "cache", "--limit", 1, check=0)
+    assert "(1 processed now, 0 already in the cache, 2 left for a later run (--limit))" in result.stdout, result.stdout
+    result = extract(tmp_path / "in", tmp_path / "cache", "--resume", "--limit", 1, check=0)
+    assert "(1 processed now, 1 already in the cache, 1 left for a later run (--limit))" in result.stdout, result.stdout
