@@ -28,7 +28,12 @@ MAX_NAME = 4096  # characters: a video id, path or file name is never longer (PA
 
 
 class UnknownVideoName(CacheError):
-    """A name that stands for no video, or for several (the message lists the closest ids)."""
+    """A name that stands for no video, or for several (``ambiguous``); ``candidates``: the
+    videos it names, or the closest ids."""
+
+    def __init__(self, message: str, candidates: list[str] = (), ambiguous: bool = False):
+        super().__init__(message)
+        self.candidates, self.ambiguous = list(candidates), ambiguous
 
 
 def resolve_video_name(name: str, paths: Mapping[str, str], listing: str) -> str:
@@ -53,11 +58,12 @@ def resolve_video_name(name: str, paths: Mapping[str, str], listing: str) -> str
             return found[0]
         if found:
             shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-            raise UnknownVideoName(f"{name!r} names {len(found)} videos ({shown}); give one video id")
+            raise UnknownVideoName(f"{name!r} names {len(found)} videos ({shown}); give one video id", found, ambiguous=True)
     stems = {Path(_file_name(path)).stem: video for video, path in paths.items() if path}
     close = [stems.get(match, match) for match in difflib.get_close_matches(name, [*paths, *stems], n=3, cutoff=0.5)]
-    hint = f"; did you mean {', '.join(dict.fromkeys(close))}?" if close else f"; {listing}"
-    raise UnknownVideoName(f"no video {name!r}{hint}")
+    close = list(dict.fromkeys(close))
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; {listing}"
+    raise UnknownVideoName(f"no video {name!r}{hint}", close)
 
 
 def _file_name(path: str) -> str:

@@ -46,7 +46,7 @@ def add_query_routes(app: FastAPI, service: Service) -> None:
         from avfeat.index.search import parse_where
 
         if exclude_video is not None:
-            service.video(exclude_video)
+            exclude_video = service.video(exclude_video).video_id
         service.searcher.matching_rows("audio", parse_where(where))  # a bad condition is refused before any upload is read
         return await run_query(service, request, True, lambda query: service.search(
             str(query) if isinstance(query, Path) else query, side, k, rerank, one_per_video, exclude_video, where))
@@ -82,13 +82,14 @@ def add_video_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/api/videos/{video_id}", summary="One video's span, window count and metadata")
     def api_video(video_id: str):
-        info = service.video(video_id).public()
+        video = service.video(video_id)
+        info = video.public()
         try:
-            record = service.cached().record(video_id)
+            record = service.cached().record(video.video_id)
             info.update(duration=record.duration, fps=record.fps, width=record.width, height=record.height, status=record.status)
         except CacheError:
             pass  # the cache is gone: what the index table holds is still worth showing
-        info["media"] = media_url(video_id) if is_local_file(service.video(video_id).path) else None
+        info["media"] = media_url(video.video_id) if is_local_file(video.path) else None
         return info
 
     @app.get("/api/attention/{video_id}", summary="PNG: where the sound of [time, time + window) is in the frame at time",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from avfeat.core.errors import CacheError, InputError, QueryError
-from avfeat.core.values import did_you_mean
+from avfeat.data.cache import UnknownVideoName, resolve_video_name
 
 
 class UnknownVideo(QueryError):
@@ -162,7 +162,13 @@ class Service:
         check_video_id(video_id)
         hint = "GET /api/videos lists the ids"
         if len(video_id) <= 4 * SHOWN_ID:  # a long one is no typo (and costly to compare)
-            hint = did_you_mean(video_id, self.videos, hint).removeprefix("; ")
+            try:  # a file name or stem that names one video (ids are stem-<hash>)
+                names = {v: Path(known.path).name for v, known in self.videos.items()}  # the server's folders stay private
+                return self.videos[resolve_video_name(video_id, names, hint)]
+            except UnknownVideoName as error:
+                if error.ambiguous:
+                    raise QueryError(f"{shown_id(video_id)} names {len(error.candidates)} videos ({', '.join(error.candidates[:5])}); give one video id") from None
+                hint = f"did you mean {', '.join(error.candidates)}?" if error.candidates else hint
         raise UnknownVideo(f"video id {shown_id(video_id)} is not in the index; {hint}")
 
     def hide_paths(self, message: str) -> str:
@@ -194,7 +200,7 @@ class Service:
         last = info.end if end in (None, "") else parse_time(end)
         if not last > first:
             raise QueryError(f"end ({last:g} s) must be after start ({first:g} s)")
-        return f"{video_id}@{_seconds(first)}-{_seconds(last)}"
+        return f"{info.video_id}@{_seconds(first)}-{_seconds(last)}"
 
     # ---- work (call with self.lock held: see the module docstring) ----
 
@@ -243,8 +249,7 @@ class Service:
         if isinstance(query, Path):
             result = sync_file(query, self.searcher.checkpoint, max_offset=max_offset, backbones=self.searcher.backbones)
         else:
-            self.video(query)
-            result = sync_cached(self.cached(), query, self.searcher.heads, max_offset=max_offset)
+            result = sync_cached(self.cached(), self.video(query).video_id, self.searcher.heads, max_offset=max_offset)
         return {**result.to_dict(), "lags": [round(float(x), 4) for x in result.lags], "curve": _clean([float(x) for x in result.curve])}
 
     def locate(self, query, side: str | None, k: int) -> dict:
@@ -273,8 +278,8 @@ class Service:
         info = self.video(video_id)
         for name, value in (("time", at), ("frame", frame_at)):
             if value is not None and not info.start - 1e-6 <= value <= info.end:
-                raise QueryError(f"{name} {value:g} is outside video {video_id} ({info.start:.2f}-{info.end:.2f} s)")
-        drawn = attention_heat(self.searcher.heads, self.cached(), video_id, at, float(self.searcher.meta["window"]), frame_at)
+                raise QueryError(f"{name} {value:g} is outside video {info.video_id} ({info.start:.2f}-{info.end:.2f} s)")
+        drawn = attention_heat(self.searcher.heads, self.cached(), info.video_id, at, float(self.searcher.meta["window"]), frame_at)
         heat, image = drawn.heat, drawn.image
         span = float(heat.max() - heat.min())
         level = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)

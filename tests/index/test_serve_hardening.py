@@ -143,3 +143,21 @@ def test_a_port_in_use_fails_in_one_line_before_loading(index, monkeypatch):
         port = taken.getsockname()[1]
         result = avfeat("serve", index, "--port", port, check=1)
     one_line_error(result, f"port {port} on 127.0.0.1 is in use")
+
+
+def test_a_video_is_named_by_its_file_name_or_stem(client, service):
+    from pathlib import Path
+
+    video = sorted(service.videos)[0]
+    name = Path(service.videos[video].path).name
+    for given in (name, Path(name).stem):  # ids are stem-<hash>; a person types the stem
+        answer = client.get(f"/api/videos/{given}")
+        assert answer.status_code == 200 and answer.json()["video_id"] == video, answer.text
+    by_id = client.post("/api/search", json={"video_id": video, "start": 0, "end": 1}).json()
+    by_stem = client.post("/api/search", json={"video_id": Path(name).stem, "start": 0, "end": 1}).json()
+    assert by_stem == by_id
+    typo = Path(name).stem.replace("i", "", 1)  # vdeo_00000: closest to its own id
+    answer = client.get(f"/api/videos/{typo}")
+    assert answer.status_code == 404 and f"did you mean {video}" in answer.json()["error"], answer.text
+    # the server's folders stay private: a full path names nothing
+    assert client.get(f"/api/videos/{service.videos[video].path}").status_code == 404
