@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from avfeat.core.errors import AvfeatError, InputError, QueryError
+from avfeat.core.errors import AvfeatError, CacheError, InputError, QueryError
 
 
 @dataclass
@@ -154,10 +154,15 @@ def search_queries(
     sheets = _sheets(thumbs, len(texts), batch)
     searcher = Searcher(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)), mmap=mmap)
     searcher.matching_rows("audio", conditions)  # an unknown column is refused before the query is embedded
-    for text in texts:  # every VIDEO_ID is looked up in the cache before the first search
+    for text in texts:  # every video (an id, or its file's path, name or stem) is looked up before the first search
         parsed = None if Path(text).is_file() else parse_id_query(text)
-        if parsed is not None and parsed[0] not in {r.video_id for r in searcher.cache.records(status="ok")}:
-            raise QueryError(f"query {text!r}: the cache has no video {parsed[0]!r} with tokens")
+        if parsed is not None:
+            try:
+                searcher.cache.ok_record(searcher.cache.resolve(parsed[0]))
+            except CacheError as error:
+                raise QueryError(f"query {text!r}: {error}") from None
+    if exclude_video is not None:
+        exclude_video = searcher.cache.resolve(exclude_video)
     for text, sheet in zip(texts, sheets):
         try:
             result = _answer(searcher, text, side, k, rerank, locate, conditions, per_video, exclude_video)

@@ -192,3 +192,19 @@ def test_a_keyframes_cache_is_queried_with_keyframes(corpus, tmp_path):
     np.testing.assert_allclose(query.visual, cached, atol=1e-2)  # the cache stores float16
     exact = Backbones(TrainedOn.from_dict({**searcher.meta["cache"], "decode_mode": "exact"}), device="cpu").encode(record.path)
     assert exact.visual.shape != cached.shape or np.abs(exact.visual - cached).max() > 0.1  # 15 frames against 7 keyframes here
+
+
+def test_a_video_is_named_by_its_stem_or_file_name(index, cache):
+    from pathlib import Path
+
+    from avfeat.testing.runner import one_line_error
+
+    record = Cache(cache).records(status="ok")[1]
+    stem, own = Path(record.path).stem, record.video_id
+    by_id = json.loads(avfeat("search", index, f"{own}@1-3", "-k", 4, "--json", check=0).stdout)
+    for name in (stem, Path(record.path).name):  # `avfeat search INDEX STEM@1-3`
+        assert json.loads(avfeat("search", index, f"{name}@1-3", "-k", 4, "--json", check=0).stdout) == by_id
+    hits = json.loads(avfeat("search", index, f"{stem}@1-3", "-k", 4, "--per-video", "--exclude-video", stem, "--json", check=0).stdout)
+    assert hits and own not in {hit["video_id"] for hit in hits}
+    typo = stem.replace("i", "", 1)  # vdeo_00001: closest to its own id
+    one_line_error(avfeat("search", index, f"{typo}@1-3"), f"no video {typo!r}; did you mean {own}")
