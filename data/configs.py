@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from avfeat.core.errors import CacheError
+from avfeat.data.codecs import STORAGES
 from avfeat.data.records import BackboneSpec
 
 # 1: the first versioned files (cache.json, a checkpoint's "cache", an index's "cache").
@@ -46,6 +47,9 @@ def _known(cls, values: dict[str, Any]) -> dict[str, Any]:
 
 # Keys of a cache description whose number must be above zero (rates); other numbers may be 0 or -1.
 POSITIVE_KEYS = ("fps", "audio_token_rate", "sample_rate")
+READ_DTYPES = ("float16", "float32")  # storage_dtype: what reads return (numpy and torch both have them)
+# Keys whose value is one of a few: anything else fails later, deep in a reader or the decoder.
+CHOICES = {"storage": STORAGES, "decode_mode": DECODE_MODES, "pool_patches": POOL_FACTORS, "storage_dtype": READ_DTYPES}
 
 
 def _fits(kind: str, value: Any) -> bool:
@@ -78,6 +82,7 @@ def spec_problem(values: Any, cls: type | None = None) -> str | None:
             continue
         value = values[f.name]
         bad = not _fits(str(f.type), value) or (f.name in POSITIVE_KEYS and value is not None and value <= 0)
+        bad = bad or (f.name in CHOICES and value not in CHOICES[f.name])
         if bad:
             return f"{f.name} is {str(value)[:60]!r}" if isinstance(value, str) else f"{f.name} is {value!r:.60}"
     return None
@@ -103,6 +108,9 @@ class CacheConfig(BackboneSpec):
         if missing:
             what = "is empty" if not values else f"lacks {', '.join(missing)}"
             raise CacheError(f"{cache} is not an avfeat cache (its cache.json {what}); restore it from a copy, or re-extract into a new --out")
+        problem = spec_problem({k: v for k, v in values.items() if v is not None}, cls)  # null: the default, as _known reads it
+        if problem is not None:
+            raise CacheError(f"{cache} is not an avfeat cache (its cache.json's {problem}); restore it from a copy, or re-extract into a new --out")
         try:
             return cls(**_known(cls, values))
         except TypeError as error:
