@@ -146,6 +146,7 @@ class HeadsConfig:
     avfeat_version: str = ""
     config_version: int = 0
     output_id: str = ""  # the id of the folder's owner record (avfeat.core.outputs); "" before it had one
+    best_epoch: int | None = None  # the epoch whose heads heads.safetensors holds (the best validation loss); None before it was recorded
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "HeadsConfig":
@@ -156,7 +157,7 @@ class HeadsConfig:
             cache=TrainedOn.from_dict(values.get("cache") or {}), hop=values.get("hop"),
             training=dict(values.get("training") or {}), split=dict(values.get("split") or {}),
             avfeat_version=str(values.get("avfeat_version", "")), config_version=int(values.get("config_version", 0)),
-            output_id=str(values.get("output_id") or ""),
+            output_id=str(values.get("output_id") or ""), best_epoch=values.get("best_epoch"),
         )
         for name in ("audio_dim", "visual_dim", "dim"):
             value = getattr(config.heads, name)
@@ -172,6 +173,7 @@ class HeadsConfig:
             "heads": self.heads.to_dict(), "window": self.window, "hop": self.hop, "cache": self.cache.to_dict(),
             "training": self.training, "split": self.split, "avfeat_version": self.avfeat_version, "config_version": CONFIG_VERSION,
             **({"output_id": self.output_id} if self.output_id else {}),
+            **({"best_epoch": self.best_epoch} if self.best_epoch is not None else {}),
         }
 
 

@@ -59,6 +59,15 @@ class EpochLog:
         return self._writer
 
 
+def best_epoch(history: list[dict]) -> int:
+    """The epoch with the lowest validation loss (the later one on a tie), or the last epoch when
+    the run validates nothing: the epoch heads.safetensors keeps (a later epoch can overfit)."""
+    scored = [r for r in history if "val_loss" in r and math.isfinite(r["val_loss"])]
+    if not scored:
+        return history[-1]["epoch"]
+    return min(reversed(scored), key=lambda r: r["val_loss"])["epoch"]
+
+
 def summary_line(record: dict) -> str:
     """One epoch as a line: losses and validation R@1/5/10 both ways."""
     line = f"epoch {record['epoch']:>3}  step {record['step']:>6}  train {record['train_loss']:.4f}"

@@ -44,11 +44,15 @@ def train_config(settings: dict, exclude: Path | None = None, min_correspondence
 
 
 def summary(out: Path, result: TrainResult) -> str:
-    """``wrote OUT: N epochs, final train loss ...`` (with the last validation R@1 both ways)."""
+    """``wrote OUT: N epochs, final train loss ...`` (with the last validation R@1 both ways),
+    and the epoch heads.safetensors keeps (the best validation loss)."""
     last = result.history[-1] if result.history else {}
     line = f"wrote {out}: {len(result.history)} epochs, final train loss {last.get('train_loss', float('nan')):.4f}"
     if "val" in last:
         line += f", validation R@1 a2v {last['val']['a2v']['R@1']:.3f} v2a {last['val']['v2a']['R@1']:.3f}"
+    best = next((r for r in result.history if r["epoch"] == result.best_epoch), None)
+    if best is not None and "val_loss" in best:
+        line += f"; kept epoch {best['epoch']} (best validation loss {best['val_loss']:.4f}) as heads.safetensors"
     return line
 
 

@@ -2,8 +2,8 @@
 learning rate at each step.
 
 Fixed defaults (B = 64, one pass per epoch, 10 epochs) gave 10 optimizer steps on 80 videos of
-4 s: held-out class R@1 0.25. Derived from the collection, the schedule there is 270 steps of
-B = 8 (R@1 0.97-1.0 both ways over 5 corpora; tests/align/test_defaults.py).
+4 s: held-out class R@1 0.25. Derived from the collection, the schedule there is 200 steps of
+B = 32 (tests/align/test_defaults.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ def steps_per_pass(n_videos: int, batch_size: int) -> int:
 
 
 AUTO_BATCH = 64  # the automatic batch size is at most this ...
-BATCHES_PER_PASS = 8  # ... and leaves at least this many batches in a pass over the training videos
+BATCHES_PER_PASS = 8  # ... and leaves at least this many batches in a pass over the training videos ...
+MIN_AUTO_BATCH = 32  # ... but is never below this (or every training video): 31 videos once gave B = 2, one negative per positive
 AUTO_EPOCHS = 10
 MIN_STEPS = 200  # an automatic schedule takes at least this many optimizer steps
 SHORT_RUN_STEPS = 100  # a run with fewer steps is flagged as too short to learn
@@ -41,16 +42,16 @@ class Schedule:
 
 def auto_batch_size(n_videos: int, world_size: int = 1) -> int:
     """The largest power of two up to ``AUTO_BATCH`` that leaves ``BATCHES_PER_PASS`` batches in
-    a pass over ``n_videos`` (at least 2; a multiple of ``world_size``, which shares each batch).
+    a pass over ``n_videos``, but at least ``min(MIN_AUTO_BATCH, n_videos)`` (then a multiple of
+    ``world_size``, which shares each batch).
 
-    A small collection thus gets several steps per pass (72 videos: B = 8, 9 steps) instead of
-    one batch holding every video, whose negatives would be the same at every step. On 80
-    synthetic videos of 8 classes, B = 8 also beat B = 16 at half the compute: fewer negatives
-    of the query's own class.
+    A large collection thus gets several steps per pass, and a small one still gets enough
+    negatives per positive (72 videos: B = 32, 2 steps per pass; the schedule adds passes).
     """
     batch = 2
     while batch * 2 <= min(AUTO_BATCH, n_videos // BATCHES_PER_PASS):
         batch *= 2
+    batch = max(batch, min(MIN_AUTO_BATCH, n_videos))
     return max(world_size, batch - batch % world_size)
 
 

@@ -35,7 +35,7 @@ from avfeat.align.distributed import Group, check_batch
 from avfeat.align.distributed import start as start_group
 from avfeat.align.heads import AVHeads, HeadConfig
 from avfeat.align.loss import LossWeights, contrastive_loss
-from avfeat.align.epoch_log import EpochLog, summary_line
+from avfeat.align.epoch_log import EpochLog, best_epoch, summary_line
 from avfeat.align.evaluate import validation_loss, window_scores
 from avfeat.align.metrics import both_directions
 from avfeat.align.scores import paired_scores, pairwise_scores
@@ -57,6 +57,7 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
     rank: int = 0  # this process's rank when several train together (only rank 0 wrote files)
     warnings: list[str] = field(default_factory=list)  # e.g. a run too short to learn
+    best_epoch: int | None = None  # the epoch heads.safetensors holds
 
 
 def window_loss(heads: AVHeads, audio: torch.Tensor, visual: torch.Tensor, config: TrainConfig, shifted: torch.Tensor | None = None, group: Group | None = None,
@@ -158,6 +159,7 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(self.heads.parameters(), lr=config.lr, weight_decay=config.weight_decay)
             self.generator = torch.Generator().manual_seed(config.seed + 1)
             self.epoch, self.step, self.history = 0, 0, []
+            self.best_epoch: int | None = None  # the epoch heads.safetensors holds
             self.epoch_log = EpochLog(self.out)
             if options.resume:
                 self._restore()
@@ -196,6 +198,9 @@ class Trainer:
         world, batch, videos = self.group.world_size, self.config.batch_size, len(self.train_videos)
         if batch is None:
             batch = schedule.auto_batch_size(videos, world)
+            if batch < schedule.MIN_AUTO_BATCH:
+                self.warnings.append(f"batch size {batch}, below {schedule.MIN_AUTO_BATCH}: only {videos} training videos can hold a "
+                                     f"{self.config.window:g} s window (a batch holds distinct videos), so each positive has {batch - 1} negatives")
         check_batch(batch, world)
         if videos < batch:
             batch = videos - videos % world
@@ -228,7 +233,7 @@ class Trainer:
         return ckpt.HeadsConfig(
             heads=self.heads.config, window=self.config.window, cache=trained_on,
             hop=self.config.hop if self.config.hop else self.config.window / 2,
-            training=self.config.to_dict(self.audit), split=self.split, avfeat_version=__version__,
+            training=self.config.to_dict(self.audit), split=self.split, avfeat_version=__version__, best_epoch=self.best_epoch,
             output_id=claim_output(self.out, ckpt.KIND, [*ckpt.OWN_FILES, ckpt.TENSORBOARD_DIR]).id,
         ).to_dict()
 
@@ -245,6 +250,7 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+        self.best_epoch = best_epoch(self.history) if self.history else None
 
     # ---- training ----------------------------------------------------------------------
 
@@ -323,7 +329,8 @@ class Trainer:
                 on_epoch(record)
         if self.group.is_main:
             self.epoch_log.plot(self.history)
-        return TrainResult(self.out, self.history, losses, self.in_memory, self.data_bytes, self.notes, self.group.rank, self.warnings)
+        return TrainResult(self.out, self.history, losses, self.in_memory, self.data_bytes, self.notes, self.group.rank, self.warnings,
+                           best_epoch(self.history) if self.history else None)
 
     def _stop_if_diverged(self, epoch_losses: list[float]) -> None:
         """A non-finite loss or weight ends the run with one line: the step, the likely cause."""
@@ -352,10 +359,16 @@ class Trainer:
         return {"val_loss": validation_loss(scores, video, self.batch_size, self.heads.logit_scale), "val": metrics}
 
     def save(self) -> None:
-        """State first (self-contained), then the heads, then metrics (and curves, throttled)."""
+        """State first (self-contained, the last epoch's: resume continues from it), then the
+        heads and config.json when this epoch is the best so far (lowest validation loss), then
+        metrics (and curves, throttled)."""
         meta = {"epoch": self.epoch, "step": self.step, "history": self.history}
         ckpt.save_state(self.out, self.heads, self.optimizer, self._rng_states(), meta)
-        ckpt.save_heads(self.out, self.heads, self.checkpoint_config())
+        if best_epoch(self.history) == self.epoch:
+            self.best_epoch = self.epoch
+            config = self.checkpoint_config()
+            ckpt.save_heads(self.out, self.heads, config)
+            ckpt.save_config(self.out, config)
         self.epoch_log.save(self.history)
 
 

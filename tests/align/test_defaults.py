@@ -3,8 +3,7 @@
 The corpus is the one where the fixed defaults failed (issue 10): 80 synthetic videos of 4 s,
 8 classes, the tiny random backbones at 2 fps. B = 64, one pass per epoch and 10 epochs made
 10 optimizer steps there (held-out class R@1 0.25 sound → picture). The schedule sized to the
-collection makes 270 steps of B = 8: class R@1 0.969 / 1.000 on this corpus (seed 0), 0.969 or
-more both ways on seeds 0-4. About 40 s with the corpus on one CPU thread, so not marked slow.
+collection makes 200 steps of B = 32 (never below 32 when there are 32 training videos).
 """
 
 import json
@@ -26,8 +25,8 @@ def test_train_head_with_no_options_reaches_class_r1_of_0_9(tmp_path):
     result = avfeat("train-head", cache, "--out", heads, "--quiet", "--device", "cpu", check=0, threads=1)
     assert "warning" not in result.stderr, result.stderr
     training = json.loads((heads / "config.json").read_text())["training"]  # the resolved schedule, for --resume and eval
-    assert (training["batch_size"], training["passes_per_epoch"], training["epochs"], training["steps"]) == (8, 3, 10, None)
-    assert json.loads((heads / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 270
+    assert (training["batch_size"], training["passes_per_epoch"], training["epochs"], training["steps"]) == (32, 10, 10, None)
+    assert json.loads((heads / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 200
     a2v, v2a, windows = align_class_recall(corpus, cache, heads)
     assert windows == 32  # 8 held-out videos x 4 windows
     assert a2v >= 0.9 and v2a >= 0.9, (a2v, v2a)
@@ -42,8 +41,8 @@ def test_a_run_too_short_to_learn_warns_in_one_line(small_cache, tmp_path):
 
 def test_the_schedule_fills_in_only_what_is_unset():
     # 72 training videos holding 144 windows end to end (4 s videos, 2 s windows)
-    assert [schedule.auto_batch_size(n) for n in (6, 72, 160, 1000)] == [2, 8, 16, 64]
-    assert schedule.auto_batch_size(72, world_size=3) == 6
+    assert [schedule.auto_batch_size(n) for n in (6, 72, 160, 1000)] == [6, 32, 32, 64]  # never below min(32, videos)
+    assert schedule.auto_batch_size(72, world_size=3) == 30
     auto = schedule.plan_schedule(72, 144, 8)
     assert (auto.passes_per_epoch, auto.epochs, auto.total_steps) == (3, 10, 270)  # 2 passes cover the windows; 200 steps at least
     big = schedule.plan_schedule(1000, 300_000, 64)  # an epoch covers the windows: 313 passes of 15 steps
@@ -71,7 +70,29 @@ def test_an_automatic_schedule_is_stored_resolved_and_resumed(small_cache, tmp_p
         stored = json.loads((tmp_path / "heads" / "config.json").read_text())["training"]
         # the resumed run takes the resolved values from config.json, whatever it is given
         rest = train(small_cache, tmp_path / "heads", TrainConfig(batch_size=3, epochs=1), RunOptions(quiet=True, device="cpu", resume=True), log=lambda _: None)
-    assert (stored["batch_size"], stored["passes_per_epoch"], stored["epochs"]) == (2, 7, 10)  # 6 training videos: 3 steps per pass
-    assert first.warnings == [] and rest.warnings == []  # left to the schedule, the run is long enough to learn
-    assert len(first.losses) == 2 * 21 and len(first.losses) + len(rest.losses) == 210 >= schedule.MIN_STEPS
+    assert (stored["batch_size"], stored["passes_per_epoch"], stored["epochs"]) == (6, 20, 10)  # 6 training videos: 1 step per pass
+    # left to the schedule, the run is long enough to learn: the one warning is the small batch the 6 videos force
+    assert [line.split(":")[0] for line in first.warnings] == ["batch size 6, below 32"] and rest.warnings == []
+    assert len(first.losses) == 2 * 20 and len(first.losses) + len(rest.losses) == 200 >= schedule.MIN_STEPS
     assert json.loads((tmp_path / "heads" / "config.json").read_text())["training"] == stored
+
+
+def test_the_automatic_batch_is_never_below_32_or_the_training_videos():
+    # 31 training videos once gave B = 2: one negative per positive
+    assert [schedule.auto_batch_size(n) for n in (2, 5, 31, 32, 72, 255, 256, 512)] == [2, 5, 31, 32, 32, 32, 32, 64]
+    assert schedule.auto_batch_size(31, world_size=2) == 30 and schedule.auto_batch_size(72, world_size=4) == 32
+    auto = schedule.plan_schedule(72, 144, 32)  # 2 steps per pass: the schedule adds passes to reach 200 steps
+    assert (auto.passes_per_epoch, auto.epochs, auto.total_steps) == (10, 10, 200)
+    assert schedule.short_run_warning(auto, 144) is None
+
+
+def test_a_collection_that_forces_the_batch_below_32_says_so(small_cache, tmp_path):
+    result = avfeat("train-head", small_cache, "--out", tmp_path / "heads", "--window", 1, "--dim", 16, "--epochs", 1, "--val-fraction", 0.25,
+                    "--device", "cpu", "--quiet", check=0)
+    lines = [line for line in result.stderr.splitlines() if "batch size" in line]
+    assert lines == ["avfeat: warning: batch size 6, below 32: only 6 training videos can hold a 1 s window (a batch holds distinct videos), "
+                     "so each positive has 5 negatives"], result.stderr
+    assert json.loads((tmp_path / "heads" / "config.json").read_text())["training"]["batch_size"] == 6
+    given = avfeat("train-head", small_cache, "--out", tmp_path / "given", "--window", 1, "--dim", 16, "--epochs", 1, "--batch-size", 4,
+                   "--val-fraction", 0.25, "--device", "cpu", "--quiet", check=0)
+    assert "batch size" not in given.stderr  # a batch size asked for is not remarked on
