@@ -48,7 +48,9 @@ def cache_summary(path: str | Path) -> dict[str, Any]:
             "audio_tokens": sum(r.audio_length for r in ok),
             "frames": sum(r.visual_length for r in ok),
             "failures": [{"video_id": r.video_id, "path": r.path, "status": r.status, "error": r.error} for r in records if not r.ok],
-            "video_list": [{"video_id": r.video_id, "status": r.status, "duration": r.duration, "path": r.path} for r in records],
+            "metadata_columns": sorted({name for r in records for name in r.metadata}),  # the input table's other columns
+            "video_list": [{"video_id": r.video_id, "status": r.status, "duration": r.duration, "path": r.path, "metadata": r.metadata}
+                           for r in records],
             "damaged": [_damage_entry(d) for d in damaged],
         }
 

@@ -120,7 +120,7 @@ def info(
         return _verify(cache, as_json)
     report = cache_summary(cache)
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(json.dumps(report, indent=2, default=str))  # default: metadata dates and such
     elif videos:
         for entry in report["video_list"]:
             typer.echo(f"{entry['video_id']}\t{entry['status']}\t{entry['duration']:.2f}\t{entry['path']}")
