@@ -52,9 +52,10 @@ class SyncDone:
 
 def plan_sync(videos: list[Path] | None, cache: Path | None = None, max_offset: float = 2.0, out: Path | None = None,
               fix: Path | None = None, overwrite: bool = False, plot: Path | None = None,
-              min_confidence: float = DEFAULT_FIX_CONFIDENCE) -> SyncJob:
+              min_confidence: float = DEFAULT_FIX_CONFIDENCE, heads: Path | None = None) -> SyncJob:
     """Check everything a sync job is given before any model loads: a refusal costs nothing."""
     from avfeat.core.io import prepare_output_file
+    from avfeat.core.outputs import refuse_inside
     from avfeat.core.values import check_number
     from avfeat.index.sync import check_remux_target, check_table_path, list_videos
 
@@ -74,6 +75,7 @@ def plan_sync(videos: list[Path] | None, cache: Path | None = None, max_offset: 
         raise InputError("--fix repairs one VIDEO; for a corpus, `avfeat audit CACHE --heads HEADS --fix-dir DIR` repairs every video it finds out of sync")
     for path, option in ((out, "--out"), (fix, "--fix"), (plot, "--plot")):
         if path is not None:
+            refuse_inside(path, ((cache, "cache"), (heads, "heads")), option)  # would change what sync reads
             prepare_output_file(path, option)
     if out is not None:
         check_table_path(out)
@@ -156,7 +158,7 @@ def sync_videos(
     estimate's confidence reaches ``min_confidence`` (else ``unfixed`` says why not)."""
     from avfeat.core.devices import resolve_device
 
-    job = plan_sync(videos, cache, max_offset, out, fix, overwrite, plot, min_confidence)
+    job = plan_sync(videos, cache, max_offset, out, fix, overwrite, plot, min_confidence, heads)
     device = str(resolve_device(device))
     if not job.single:
         done = _sync_many(job, heads, max_offset, device, quiet, begin, report)

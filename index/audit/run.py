@@ -61,6 +61,7 @@ def run_audit(
     """
     from avfeat.core.devices import resolve_device
     from avfeat.core.io import prepare_output_file
+    from avfeat.core.outputs import refuse_inside
     from avfeat.core.values import check_number
     from avfeat.data.cache import Cache
     from avfeat.index.store import load_heads
@@ -69,6 +70,10 @@ def run_audit(
     check_number("--min-confidence", min_confidence, inclusive=True, maximum=1.0)
     out = Path(out)
     report = None if report is not None and str(report) == "none" else Path(report or out.with_suffix(".html"))
+    inputs = ((cache, "cache"), (heads, "heads"))
+    for path, option in ((out, "--out"), (report, "--report"), (fix_dir, "--fix-dir")):
+        if path is not None:
+            refuse_inside(path, inputs, option)  # a write there would change what the audit reads
     prepare_output_file(out, "--out")
     if report is not None:
         prepare_output_file(report, "--report")

@@ -110,3 +110,20 @@ def test_an_output_inside_an_input_is_refused(corpus, cache, heads, tmp_path):
         result = avfeat(*args)
         assert result.returncode == 1 and "lies inside the" in result.stderr and len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
     assert snapshot(cache) == before and not (corpus / "cache").exists() and not (heads / "index").exists()
+
+
+def test_audit_and_sync_outputs_inside_or_around_an_input_are_refused(corpus, cache, heads, tmp_path):
+    from avfeat.testing.runner import one_line_error
+
+    before, heads_before = snapshot(cache), snapshot(heads)
+    video = corpus / "video_00003.mp4"
+    for args in (("audit", cache, "--heads", heads, "--out", cache / "audit.parquet"),
+                 ("audit", cache, "--heads", heads, "--out", tmp_path / "a.parquet", "--report", heads / "r.html"),
+                 ("audit", cache, "--heads", heads, "--out", tmp_path / "b.parquet", "--fix-dir", cache.parent),
+                 ("sync", "--cache", cache, "--heads", heads, "--out", cache / "sync.csv"),
+                 ("sync", video, "--heads", heads, "--fix", heads / "fixed.mp4", "--min-confidence", 0),
+                 ("sync", video, "--heads", heads, "--plot", heads / "curve.png")):
+        line = one_line_error(avfeat(*args))
+        assert "lies inside the" in line or "contains the" in line, (args, line)
+    assert snapshot(cache) == before and snapshot(heads) == heads_before
+    assert not (tmp_path / "a.parquet").exists() and not (tmp_path / "b.parquet").exists()
