@@ -46,6 +46,8 @@ from avfeat.data.configs import TrainedOn
 from avfeat.data.shards import compute_dtype
 from avfeat.core.errors import CheckpointError, InputError, TrainingDiverged
 
+MIN_HELD_OUT = 20  # fewer validation videos than this: their figures (and the best epoch) are noisy
+
 
 @dataclass
 class TrainResult:
@@ -135,6 +137,9 @@ class Trainer:
             self.video_weights = self.audit_tables.video_weights(self.table, self.train_videos) if config.weight_by else None
             self.batch_size = self._global_batch_size()
             self.val_ids = torch.as_tensor(self.table.evenly_spaced(self.val_videos, config.val_windows))
+            if not options.resume and config.val_fraction > 0 and len(self.val_videos) < MIN_HELD_OUT:
+                self.warnings.append(f"only {len(self.val_videos)} videos held out for validation (fewer than {MIN_HELD_OUT}): the validation "
+                                     "figures and the epoch kept as best are noisy; raise --val-fraction or add videos")
             self.split = {"seed": config.seed, "val_fraction": config.val_fraction, "val_videos": sorted(val_ids)}
 
             # The schedule: what was left unset is sized to the collection and stored resolved

@@ -23,7 +23,10 @@ def test_train_head_with_no_options_reaches_class_r1_of_0_9(tmp_path):
     corpus, cache = build_cache(tmp_path, **DEFAULTS_CORPUS, seed=0, threads=1)
     heads = tmp_path / "heads"
     result = avfeat("train-head", cache, "--out", heads, "--quiet", "--device", "cpu", check=0, threads=1)
-    assert "warning" not in result.stderr, result.stderr
+    # the one warning: 8 videos held out (10%); the batch (32) and the schedule need none
+    assert [line for line in result.stderr.splitlines() if "warning" in line] == [
+        "avfeat: warning: only 8 videos held out for validation (fewer than 20): the validation figures and the epoch kept as best are noisy; "
+        "raise --val-fraction or add videos"], result.stderr
     training = json.loads((heads / "config.json").read_text())["training"]  # the resolved schedule, for --resume and eval
     assert (training["batch_size"], training["passes_per_epoch"], training["epochs"], training["steps"]) == (32, 10, 10, None)
     assert json.loads((heads / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 200
@@ -35,8 +38,9 @@ def test_train_head_with_no_options_reaches_class_r1_of_0_9(tmp_path):
 def test_a_run_too_short_to_learn_warns_in_one_line(small_cache, tmp_path):
     short = ["--window", 1, "--dim", 16, "--batch-size", 3, "--epochs", 1, "--passes-per-epoch", 1, "--val-fraction", 0.25]
     result = avfeat("train-head", small_cache, "--out", tmp_path / "short", *short, "--device", "cpu", "--quiet", check=0)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("avfeat: warning: this run is too short to learn: 2 optimizer steps"), result.stderr
+    lines = result.stderr.strip().splitlines()  # the 2 videos held out are warned about too, in their own line
+    assert len(lines) == 2 and lines[0].startswith("avfeat: warning: only 2 videos held out"), result.stderr
+    assert lines[1].startswith("avfeat: warning: this run is too short to learn: 2 optimizer steps"), result.stderr
 
 
 def test_the_schedule_fills_in_only_what_is_unset():
@@ -72,7 +76,7 @@ def test_an_automatic_schedule_is_stored_resolved_and_resumed(small_cache, tmp_p
         rest = train(small_cache, tmp_path / "heads", TrainConfig(batch_size=3, epochs=1), RunOptions(quiet=True, device="cpu", resume=True), log=lambda _: None)
     assert (stored["batch_size"], stored["passes_per_epoch"], stored["epochs"]) == (6, 20, 10)  # 6 training videos: 1 step per pass
     # left to the schedule, the run is long enough to learn: the one warning is the small batch the 6 videos force
-    assert [line.split(":")[0] for line in first.warnings] == ["batch size 6, below 32"] and rest.warnings == []
+    assert [line.split(":")[0] for line in first.warnings] == ["batch size 6, below 32", "only 2 videos held out for validation (fewer than 20)"] and rest.warnings == []
     assert len(first.losses) == 2 * 20 and len(first.losses) + len(rest.losses) == 200 >= schedule.MIN_STEPS
     assert json.loads((tmp_path / "heads" / "config.json").read_text())["training"] == stored
 
@@ -96,3 +100,15 @@ def test_a_collection_that_forces_the_batch_below_32_says_so(small_cache, tmp_pa
     given = avfeat("train-head", small_cache, "--out", tmp_path / "given", "--window", 1, "--dim", 16, "--epochs", 1, "--batch-size", 4,
                    "--val-fraction", 0.25, "--device", "cpu", "--quiet", check=0)
     assert "batch size" not in given.stderr  # a batch size asked for is not remarked on
+
+
+def test_a_held_out_set_under_20_videos_warns_once(small_cache, tmp_path):
+    options = ["--window", 1, "--dim", 16, "--epochs", 1, "--batch-size", 4, "--device", "cpu", "--quiet"]
+    result = avfeat("train-head", small_cache, "--out", tmp_path / "heads", *options, "--val-fraction", 0.25, check=0)
+    lines = [line for line in result.stderr.splitlines() if "held out" in line]
+    assert lines == ["avfeat: warning: only 2 videos held out for validation (fewer than 20): the validation figures and the epoch kept "
+                     "as best are noisy; raise --val-fraction or add videos"], result.stderr
+    resumed = avfeat("train-head", small_cache, "--out", tmp_path / "heads", "--resume", "--quiet", "--device", "cpu", check=0)
+    assert "held out" not in resumed.stderr  # said once, when the split is made
+    none = avfeat("train-head", small_cache, "--out", tmp_path / "none", *options, "--val-fraction", 0, check=0)
+    assert "held out" not in none.stderr  # no validation asked for
