@@ -7,6 +7,7 @@ queries (search, sync), so a query's tokens are the ones ``extract`` would have 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import numpy as np
 from avfeat.data.configs import POOL_FACTORS
 from avfeat.data.codecs import STORAGES
 from avfeat.extract.media import DecodedMedia, DecodeSpec, decode
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Encoder:
         self.config, self.batch_size = config, batch_size
         self.device = "meta" if device == "meta" else str(resolve_device(device))
         self.dtype = resolve_dtype(dtype, self.device)
+        log.info("backbones on %s in %s (asked: --device %s, --dtype %s)", self.device, self.dtype, device, dtype)
         self.audio = load_audio_backbone(config.audio_model, config.audio_layer, device=self.device, dtype=self.dtype)
         self.visual = load_visual_backbone(config.visual_model, config.visual_layer, device=self.device, dtype=self.dtype)
         self.spec = DecodeSpec(sample_rate=self.audio.sample_rate, fps=config.fps, mode=config.decode_mode, **self.visual.decode_spec_geometry())

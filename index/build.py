@@ -28,6 +28,7 @@ trained once and each shard is a copy of the trained empty index holding its ran
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -48,6 +49,8 @@ ADD_BATCH = 1 << 18
 TARGET_RECALL = 0.95
 TUNE_QUERIES = 1000
 RECALL_K = 10
+
+log = logging.getLogger(__name__)
 
 
 
@@ -141,6 +144,7 @@ def build_faiss(
     ranges = shard_ranges(n, shards)
     automatic = factory is None
     factory = factory or choose_factory(n, dim, memory_budget)
+    log.info("index %s for %d vectors of dimension %d (%s)", factory, n, dim, "chosen from the size" if automatic else "--factory")
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -52,6 +53,8 @@ LOCATE_NULL_VIDEOS = 8
 WHERE_GROWTH = 4
 # FAISS GPU indexes return at most this many hits per query.
 GPU_MAX_K = 2048
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -161,6 +164,7 @@ class Searcher:
         from avfeat.index.update import check_search_cache
 
         check_search_cache(self.folder, cache)  # the index's cache, even after extract --resume added videos
+        log.info("cache %s opened for the index %s", cache.layout.root, self.folder.path)
         return cache
 
     @property

@@ -8,6 +8,7 @@ stays instant.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -34,11 +35,38 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class _StderrLines(logging.Handler):
+    """``LEVEL name: message`` on the current ``sys.stderr`` (looked up per record: tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"{record.levelname} {record.name}: {record.getMessage()}\n")
+        except Exception:  # logging must never break a command
+            self.handleError(record)
+
+
+def set_verbosity(count: int) -> None:
+    """``-v``: INFO, ``-vv``: DEBUG for the ``avfeat`` loggers; none: as before (warnings and up
+    through Python's last-resort handler). Idempotent, as in-process runs call it per command."""
+    logger = logging.getLogger("avfeat")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrLines)]:
+        logger.removeHandler(handler)
+    if count <= 0:
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+        return
+    logger.addHandler(_StderrLines())
+    logger.setLevel(logging.INFO if count == 1 else logging.DEBUG)
+    logger.propagate = False  # one line per record, not another from a root handler
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, show_default=False, help="Log the choices made (device, dtype, index kind, cache opened) on stderr: -v INFO, -vv DEBUG."),
 ) -> None:
     """avfeat: cache frozen HuBERT + DINOv2 tokens once, then train, index and search cheaply."""
+    set_verbosity(verbose)
 
 
 def _register() -> None:
