@@ -159,10 +159,10 @@ def attention_map_file(cache_path: str | Path, video_id: str, heads: str | Path,
     cache are read, then the map is drawn (``attention_map``); returns its notes."""
     from avfeat.align.checkpoint import load_checkpoint
     from avfeat.core.devices import resolve_device
-    from avfeat.core.io import prepare_output_file
+    from avfeat.core.io import PLOT_SUFFIXES, prepare_output_file
     from avfeat.data.cache import Cache
 
-    prepare_output_file(out, "--out")
+    prepare_output_file(out, "--out", PLOT_SUFFIXES, "a picture; no suffix: PNG", bare=True)
     checkpoint = load_checkpoint(heads, resolve_device(device))
     with Cache(cache_path) as store:
         return attention_map(checkpoint, store, store.resolve(video_id), time, out)

@@ -91,13 +91,13 @@ def _checked_queries(query: list[str] | None, queries: Path | None, side: str | 
 
 def _sheets(thumbs: Path | None, count: int, batch: bool) -> list[Path | None]:
     """The contact sheet of each query (None: none), each path checked."""
-    from avfeat.core.io import prepare_output_file
+    from avfeat.core.io import IMAGE_SUFFIXES, prepare_output_file
 
     if thumbs is None:
         return [None] * count
     sheets = [numbered(thumbs, n) for n in range(1, count + 1)] if batch else [thumbs]
     for sheet in sheets:
-        prepare_output_file(sheet, "--thumbs")
+        prepare_output_file(sheet, "--thumbs", IMAGE_SUFFIXES, "a picture; no suffix: PNG", bare=True)
     return sheets
 
 

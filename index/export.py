@@ -194,7 +194,8 @@ def export(
     """Write the export (see the module docstring); returns a summary: files, rows, dim, videos,
     and the ok videos left out for being shorter than one window."""
     from avfeat.align.data import open_cache
-    from avfeat.core.io import prepare_output_file
+    from avfeat.core.io import check_output_suffix, prepare_output_file
+    from avfeat.core.outputs import refuse_inside
     from avfeat.core.values import check_number
     from avfeat.index.store import load_heads
 
@@ -204,14 +205,11 @@ def export(
         raise InputError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     check_number("--hop", hop)
     out = Path(out)
-    if out.suffix.lower() != ".parquet":
-        raise InputError(f"--out {out} must name a .parquet file (the export is a Parquet table)")
-    for source, what in ((Path(cache_path), "cache"), (Path(heads), "heads")):
-        if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
-            raise InputError(f"--out {out} lies inside the {what} {source}, which the export reads; choose a path outside it")
+    check_output_suffix(out, "--out", (".parquet",), "the export is a Parquet table")
     files = output_files(out, fmt)
     # The output rule is checked before the (long) embedding.
     for path in files.values():
+        refuse_inside(path, ((cache_path, "cache"), (heads, "heads")))
         prepare_output_file(path, "--out")
         if path.exists() and not overwrite:
             raise InputError(f"{path} exists; pass --overwrite to replace it")

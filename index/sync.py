@@ -48,7 +48,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from avfeat.core.io import replace_durably, temp_path, write_output_file
+from avfeat.core.io import check_output_suffix, replace_durably, temp_path, write_output_file
 from avfeat.core.values import one_line
 from avfeat.data.records import nearest_index, nearest_indices, token_count
 from avfeat.core.errors import AvfeatError, InputError, QueryError
@@ -294,8 +294,7 @@ def sync_cache(cache, checkpoint, max_offset: float = DEFAULT_MAX_OFFSET) -> Ite
 
 def check_table_path(path: str | os.PathLike) -> None:
     """Refuse an ``--out`` suffix that names no table format (before any work is done)."""
-    if Path(path).suffix.lower() not in TABLE_SUFFIXES:
-        raise InputError(f"--out {path}: the suffix picks the format; use one of {', '.join(TABLE_SUFFIXES)}")
+    check_output_suffix(path, "--out", TABLE_SUFFIXES, "the suffix picks the table's format")
 
 
 def write_table(rows: list[SyncRow], path: str | os.PathLike, with_id: bool = False) -> None:

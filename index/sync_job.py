@@ -54,7 +54,7 @@ def plan_sync(videos: list[Path] | None, cache: Path | None = None, max_offset: 
               fix: Path | None = None, overwrite: bool = False, plot: Path | None = None,
               min_confidence: float = DEFAULT_FIX_CONFIDENCE, heads: Path | None = None) -> SyncJob:
     """Check everything a sync job is given before any model loads: a refusal costs nothing."""
-    from avfeat.core.io import prepare_output_file
+    from avfeat.core.io import PLOT_SUFFIXES, check_output_suffix, prepare_output_file
     from avfeat.core.outputs import refuse_inside
     from avfeat.core.values import check_number
     from avfeat.index.sync import check_remux_target, check_table_path, list_videos
@@ -79,6 +79,8 @@ def plan_sync(videos: list[Path] | None, cache: Path | None = None, max_offset: 
             prepare_output_file(path, option)
     if out is not None:
         check_table_path(out)
+    if plot is not None:
+        check_output_suffix(plot, "--plot", PLOT_SUFFIXES, "a picture; no suffix: PNG", bare=True)
     if fix is not None:
         if os.path.realpath(fix) == os.path.realpath(videos[0]):
             raise InputError(f"--fix {fix} is the input video itself; write the repaired copy to another file")

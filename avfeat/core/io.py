@@ -98,15 +98,35 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
 # ---- output files (--thumbs, --plot, attention-map --out) ----------------------------------
 
 
-def prepare_output_file(path: str | os.PathLike, option: str) -> Path:
+# The picture formats every plot and contact sheet can be written as (by the file's suffix);
+# a name without a suffix is written as PNG.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+PLOT_SUFFIXES = (*IMAGE_SUFFIXES, ".pdf", ".svg")  # matplotlib's plots also as documents
+
+
+def check_output_suffix(path: str | os.PathLike, option: str, suffixes: tuple[str, ...], what: str, bare: bool = False) -> None:
+    """Refuse an output file whose suffix is not one of ``suffixes`` (the formats its writer
+    writes; ``bare``: a name without a suffix is accepted too), before any work: bytes of one
+    format under another's name mislead every reader."""
+    suffix = Path(path).suffix.lower()
+    if suffix in suffixes or (bare and not suffix):
+        return
+    listed = ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
+    raise InputError(f"{option} {path} must name a {listed} file ({what})")
+
+
+def prepare_output_file(path: str | os.PathLike, option: str, suffixes: tuple[str, ...] = (), what: str = "", bare: bool = False) -> Path:
     """Make an output file's place ready before the work that fills it: missing parent folders
     are created (as ``--out`` folders are); a path that is a folder, or under a file, or in a
-    folder avfeat may not write, or a file name too long for the file system, is one line naming
-    ``option`` and the path."""
+    folder avfeat may not write, or a file name too long for the file system, or (with
+    ``suffixes``) a suffix of a format it is not written in (:func:`check_output_suffix`), is one
+    line naming ``option`` and the path."""
     path = Path(path)
     check_name_length(path, option)
     if path.is_dir():
         raise InputError(f"{option} {path} is a folder; give a file name such as {path / 'out.png'}")
+    if suffixes:
+        check_output_suffix(path, option, suffixes, what, bare)
     # The nearest existing ancestor must be a folder: "notes.txt/map.png" cannot be made.
     ancestor = path.parent
     while not ancestor.exists() and ancestor != ancestor.parent:

@@ -74,9 +74,9 @@ def run_audit(
     for path, option in ((out, "--out"), (report, "--report"), (fix_dir, "--fix-dir")):
         if path is not None:
             refuse_inside(path, inputs, option)  # a write there would change what the audit reads
-    prepare_output_file(out, "--out")
+    prepare_output_file(out, "--out", (".parquet",), "the audit table is Parquet")
     if report is not None:
-        prepare_output_file(report, "--report")
+        prepare_output_file(report, "--report", (".html", ".htm"), "the report is an HTML page")
     checkpoint = load_heads(heads, device=str(resolve_device(device)))
     with Cache(cache) as store:
         checkpoint.check_cache(store)

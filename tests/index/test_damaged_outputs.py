@@ -143,3 +143,25 @@ def test_a_broken_index_file_is_one_line(index, corpus, tmp_path, damage):
         path.unlink()
     result = avfeat("search", copy, corpus / "video_00000.mp4", "-k", 3)
     _one_line_error(result, path.name)
+
+
+def test_an_output_file_named_for_another_format_is_refused_before_any_work(index, cache, heads, corpus, tmp_path):
+    # Bytes of one format under another's name mislead every reader: a PNG named .csv, a Parquet
+    # table named .csv, an HTML page named .json. Refused before a model or the cache is read.
+    video = Cache(cache).records(status="ok")[0].video_id
+    for args, option in (
+        (("search", index, corpus / "video_00000.mp4", "-k", 2, "--thumbs", tmp_path / "hits.csv"), "--thumbs"),
+        (("attention-map", cache, video, "--heads", heads, "--time", 0.5, "--out", tmp_path / "map.parquet"), "--out"),
+        (("sync", corpus / "video_00001.mp4", "--heads", heads, "--plot", tmp_path / "curve.txt"), "--plot"),
+        (("audit", cache, "--heads", heads, "--out", tmp_path / "audit.csv"), "--out"),
+        (("audit", cache, "--heads", heads, "--out", tmp_path / "a.parquet", "--report", tmp_path / "r.json"), "--report"),
+    ):
+        _one_line_error(avfeat(*args), option, "must name a")
+    assert not list(tmp_path.iterdir())
+
+
+def test_pictures_keep_the_formats_they_had(cache, heads, tmp_path):
+    video = Cache(cache).records(status="ok")[0].video_id
+    for name in ("map.svg", "map.jpg", "MAP.PNG"):
+        avfeat("attention-map", cache, video, "--heads", heads, "--time", 0.5, "--out", tmp_path / name, check=0)
+        assert (tmp_path / name).stat().st_size > 0
