@@ -17,9 +17,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from torch.nn import functional as F
 from avfeat.align.windows import WindowGeometry
 from avfeat.data.configs import TrainedOn
 from avfeat.core.errors import CacheError, InputError, QueryError, SearchIndexError
+from avfeat.index.hits import Hit
 from avfeat.index.locate import Candidate, clip_seconds, refine, vote
 from avfeat.index.query import Backbones, QueryTokens, cached_query, mean_vector, window_vectors
 from avfeat.index.store import TABLE_COLUMNS, IndexFolder, load_heads
@@ -55,20 +55,6 @@ WHERE_GROWTH = 4
 GPU_MAX_K = 2048
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Hit:
-    rank: int
-    score: float
-    video_id: str
-    path: str
-    start: float
-    end: float
-    metadata: dict[str, Any] = field(default_factory=dict)  # the video's metadata columns (label, split, ...)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def parse_where(where) -> list[tuple[str, str]]:

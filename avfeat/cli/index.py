@@ -66,10 +66,10 @@ def _print_candidates(candidates, threshold: float, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps([c.to_dict() for c in candidates], indent=2))
         if not candidates:  # stdout stays a JSON list; the reason goes beside it
-            typer.echo(f"not found: no indexed video holds this clip (calibrated threshold {threshold:.4f})", err=True)
+            typer.echo("not found: no indexed video holds this clip" + (f" (calibrated threshold {threshold:.4f})" if threshold is not None else ""), err=True)
         return
-    if not candidates:
-        typer.echo(f"not found: no indexed video holds this clip (best score below the calibrated threshold {threshold:.4f})")
+    if not candidates:  # a --server answer carries no threshold
+        typer.echo("not found: no indexed video holds this clip" + (f" (best score below the calibrated threshold {threshold:.4f})" if threshold is not None else ""))
         return
     typer.echo(f"{'rank':>4}  {'score':>7}  {'votes':>5}  {'time':>8}  path")
     for rank, c in enumerate(candidates, 1):
@@ -102,7 +102,7 @@ def _print_result(result, as_json: bool) -> None:
 
 
 def search(
-    index_dir: Path = typer.Argument(..., metavar="INDEX", help="An index folder written by `avfeat index`."),
+    index_dir: Optional[Path] = typer.Argument(None, metavar="INDEX", help="An index folder written by `avfeat index` (none with --server: every argument is a query)."),
     query: Optional[List[str]] = typer.Argument(
         None, metavar="QUERY",
         help="Videos, audio files (wav, flac, mp3), images (png, jpg), or VIDEO_ID@START-END from the cache; several are searched with one load.",
@@ -130,14 +130,38 @@ def search(
         None, "--mmap/--no-mmap",
         help="Map the index files into memory and read pages from disk on demand (--mmap), or load them (--no-mmap). Default: map the IVF shards of an index built with --shards when there is no GPU.",
     ),
+    server: Optional[str] = typer.Option(
+        None, "--server", metavar="URL", envvar="AVFEAT_SERVER",
+        help="Ask a running `avfeat serve` at URL (no INDEX, no models loaded here); hits' path is the URL that plays them.",
+    ),
+    token: Optional[str] = typer.Option(None, "--token", envvar="AVFEAT_TOKEN", help="The --server's token, if it has one."),
 ) -> None:
     """Cross-modal search: which videos sound like this, which sounds fit this picture."""
+    if server:
+        from avfeat.index.serve.remote import refuse_local_options, search_queries_remote
+
+        given = {"--thumbs": thumbs, "--mmap": mmap, "--cache": cache, "--heads": heads, "--device": None if device == "auto" else device}
+        refuse_local_options([name for name, value in given.items() if value is not None])
+        results = search_queries_remote(server, ([str(index_dir)] if index_dir else []) + list(query or []), queries, side=side, k=k,
+                                        rerank=rerank, locate=locate, where=where, per_video=per_video, exclude_video=exclude_video, token=token)
+    else:
+        results = _local_results(index_dir, query, queries, side, k, rerank, locate, where, per_video, exclude_video, thumbs, heads, cache, device, mmap)
+    _print_results(results, as_json)
+
+
+def _local_results(index_dir, query, queries, side, k, rerank, locate, where, per_video, exclude_video, thumbs, heads, cache, device, mmap):
+    from avfeat.core.errors import InputError
     from avfeat.index.batch import search_queries
 
-    results = search_queries(
+    if index_dir is None:
+        raise InputError("give INDEX (an index folder) and a query, or --server URL")
+    return search_queries(
         index_dir, query, queries, side=side, k=k, rerank=rerank, locate=locate, where=where, per_video=per_video,
         exclude_video=exclude_video, thumbs=thumbs, heads=heads, cache=cache, device=device, mmap=mmap,
     )
+
+
+def _print_results(results, as_json: bool) -> None:
     failed = 0
     for result in results:
         _print_result(result, as_json)

@@ -230,3 +230,50 @@ def make_shard(path, samples: dict) -> str:
             with open(media, "rb") as handle:
                 tar.addfile(info, handle)
     return os.fspath(path)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_index(index, *args, wait: float = 120.0):
+    """`avfeat serve INDEX ARGS` in a child process on a free loopback port, warm (its /health
+    answered); yields its URL and stops it when the block ends."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    command = [sys.executable, "-m", "avfeat", "serve", str(index), "--port", str(port), "--device", "cpu", "--quiet", *map(str, args)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"avfeat serve exited {process.returncode}: {process.stderr.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as answer:
+                    if json.loads(answer.read()).get("status") in ("ok", "ready", None):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"avfeat serve did not answer within {wait:g} s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -18,6 +18,10 @@ class RemoteError(AvfeatError):
     """An avfeat service answered a client call with an error."""
 
 
+class Unreachable(RemoteError):
+    """No avfeat service answered at the URL (refused, timed out, unknown host)."""
+
+
 def _call(url: str, route: str, query, params: dict, token: str | None, timeout: float, allow_vector: bool = True):
     """POST ``query`` (a local file: uploaded; ``VIDEO_ID@START-END`` or ``VIDEO_ID``; a vector)
     to ``url + route`` with ``params`` in the query string; the JSON answer."""
@@ -51,7 +55,9 @@ def _call(url: str, route: str, query, params: dict, token: str | None, timeout:
             message = error.reason
         raise RemoteError(f"{target}: {error.code} {message}") from None
     except urllib.error.URLError as error:
-        raise RemoteError(f"cannot reach {url}: {error.reason}") from None
+        raise Unreachable(f"cannot reach {url}: {error.reason}") from None
+    except (TimeoutError, ConnectionError) as error:  # raised while the answer is read
+        raise Unreachable(f"cannot reach {url}: {error}") from None
 
 
 def search_remote(url: str, query, k: int = 10, side: str | None = None, rerank: int = 0, one_per_video: bool = True,
@@ -72,10 +78,16 @@ def search_remote(url: str, query, k: int = 10, side: str | None = None, rerank:
     Raises:
         RemoteError: the service answered with an error (its one-line message) or is unreachable.
     """
+    return search_answer(url, query, k, side, rerank, one_per_video, exclude_video, where, token, timeout)["hits"]
+
+
+def search_answer(url: str, query, k: int = 10, side: str | None = None, rerank: int = 0, one_per_video: bool = True,
+                  exclude_video: str | None = None, where=None, token: str | None = None, timeout: float = 300) -> dict:
+    """``search_remote``'s whole answer: ``{"side": the query's side, "searched": ..., "hits": [...]}``."""
     if isinstance(where, dict):
         where = [f"{column}={value}" for column, value in where.items()]
     params = {"k": k, "side": side, "rerank": rerank, "one_per_video": one_per_video, "exclude_video": exclude_video, "where": where}
-    return _call(url, "/api/search", query, params, token, timeout)["hits"]
+    return _call(url, "/api/search", query, params, token, timeout)
 
 
 def sync_remote(url: str, video, max_offset: float = 2.0, token: str | None = None, timeout: float = 300) -> dict:

@@ -256,7 +256,7 @@ class Service:
         self.cached()  # locate refines its candidates on the cached tokens
         candidates = self.searcher.locate(query, side=side, k=k)
         return {"candidates": [
-            {"rank": rank, "video_id": c.video_id, "time": round(float(c.time), 4), "votes": int(c.votes),
+            {"rank": rank, "video_id": c.video_id, "time": round(float(c.time), 4), "votes": int(c.votes), "score": _clean(float(c.score)),
              "metadata": _clean(self.videos[c.video_id].metadata) if c.video_id in self.videos else {},
              "media": media_url(c.video_id, float(c.time))}
             for rank, c in enumerate(candidates, 1)
