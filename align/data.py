@@ -59,6 +59,45 @@ def split_videos(video_ids: list[str], val_fraction: float, seed: int) -> tuple[
     return train, val
 
 
+SPLIT_COLUMN = "split"  # an input table's column naming each video's part
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}  # its values (any case) → part
+
+
+def column_split(cache, video_ids: list[str]) -> dict[str, list[str]] | None:
+    """{"train", "val", "test": sorted ids} from the input table's split column, or None when no
+    video has one; a value that names no part is an ``InputError``."""
+    records = [cache.record(v) for v in video_ids]
+    if not any(SPLIT_COLUMN in r.metadata for r in records):
+        return None
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for record in records:
+        value = record.metadata.get(SPLIT_COLUMN)
+        part = SPLIT_NAMES.get(value.strip().lower()) if isinstance(value, str) else None
+        if part is None:
+            raise InputError(f"video {record.video_id} has split {value!r} in the input table's split column: use train, val, validation or test")
+        parts[part].append(record.video_id)
+    return {name: sorted(ids) for name, ids in parts.items()}
+
+
+def choose_split(cache, video_ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str], dict, str | None]:
+    """(train ids, validation ids, the checkpoint's "split" record, a note saying where the split
+    came from or None). The input table's split column wins: train on its train videos, validate
+    on its val ones (without any, ``val_fraction`` of the train videos), never train on its test
+    ones; otherwise ``split_videos``."""
+    record = {"seed": seed, "val_fraction": val_fraction}
+    parts = column_split(cache, video_ids)
+    if parts is None:
+        train, val = split_videos(video_ids, val_fraction, seed)
+        return train, val, {**record, "val_videos": val}, None
+    train, val = parts["train"], parts["val"]
+    how = "validation"
+    if not val:
+        train, val = split_videos(train, val_fraction, seed)
+        how = f"validation (--val-fraction {val_fraction:g} of train: no val rows)"
+    note = f"split from the input table's split column: {len(train)} train, {len(val)} {how}, {len(parts['test'])} test videos (never trained on)"
+    return train, val, {**record, "val_videos": val, "test_videos": parts["test"], "source": "split column"}, note
+
+
 def default_memory_limit(device: torch.device) -> int:
     """Half the free GPU memory on a GPU, else half the available RAM."""
     if device.type == "cuda":

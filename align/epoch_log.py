@@ -59,10 +59,14 @@ class EpochLog:
         return self._writer
 
 
-def best_epoch(history: list[dict]) -> int:
+MIN_CHOOSING_VIDEOS = 4  # fewer validation videos: their loss is noise (2 videos: one negative), the last epoch is kept
+
+
+def best_epoch(history: list[dict], by_validation: bool = True) -> int:
     """The epoch with the lowest validation loss (the later one on a tie), or the last epoch when
-    the run validates nothing: the epoch heads.safetensors keeps (a later epoch can overfit)."""
-    scored = [r for r in history if "val_loss" in r and math.isfinite(r["val_loss"])]
+    the run validates nothing or not ``by_validation``: the epoch heads.safetensors keeps (a later
+    epoch can overfit)."""
+    scored = [r for r in history if by_validation and "val_loss" in r and math.isfinite(r["val_loss"])]
     if not scored:
         return history[-1]["epoch"]
     return min(reversed(scored), key=lambda r: r["val_loss"])["epoch"]

@@ -43,11 +43,12 @@ def validation_loss(scores: torch.Tensor, video: torch.Tensor, batch_size: int, 
     return sum(losses) / len(losses) if losses else float("nan")
 
 
-def held_out_scores(checkpoint, cache_path: str | Path, per_video: int | None = None) -> tuple[torch.Tensor, list[str], np.ndarray]:
-    """Scores of the checkpoint's validation windows: (scores, video id of each window, start
-    times). ``per_video`` defaults to the training run's ``val_windows``."""
+def held_out_scores(checkpoint, cache_path: str | Path, per_video: int | None = None,
+                    video_ids: list[str] | None = None) -> tuple[torch.Tensor, list[str], np.ndarray]:
+    """Scores of the checkpoint's validation windows (or those of ``video_ids``): (scores, video
+    id of each window, start times). ``per_video`` defaults to the training run's ``val_windows``."""
     cache = data.open_cache(cache_path)
-    val_ids = checkpoint.config.split["val_videos"]
+    val_ids = checkpoint.config.split["val_videos"] if video_ids is None else list(video_ids)
     per_video = per_video or checkpoint.config.training["val_windows"]
     _, table = data.check_window(cache, val_ids, checkpoint.window)
     ids = torch.as_tensor(table.evenly_spaced(list(range(len(val_ids))), per_video))

@@ -51,8 +51,8 @@ def summary(out: Path, result: TrainResult) -> str:
     if "val" in last:
         line += f", validation R@1 a2v {last['val']['a2v']['R@1']:.3f} v2a {last['val']['v2a']['R@1']:.3f}"
     best = next((r for r in result.history if r["epoch"] == result.best_epoch), None)
-    if best is not None and "val_loss" in best:
-        line += f"; kept epoch {best['epoch']} (best validation loss {best['val_loss']:.4f}) as heads.safetensors"
+    if best is not None:
+        line += f"; heads.safetensors: epoch {best['epoch']}" + (", the last" if best is last else f" (best validation loss {best['val_loss']:.4f})")
     return line
 
 

@@ -35,7 +35,7 @@ from avfeat.align.distributed import Group, check_batch
 from avfeat.align.distributed import start as start_group
 from avfeat.align.heads import AVHeads, HeadConfig
 from avfeat.align.loss import LossWeights, contrastive_loss
-from avfeat.align.epoch_log import EpochLog, best_epoch, summary_line
+from avfeat.align.epoch_log import MIN_CHOOSING_VIDEOS, EpochLog, best_epoch, summary_line
 from avfeat.align.evaluate import validation_loss, window_scores
 from avfeat.align.metrics import both_directions
 from avfeat.align.scores import paired_scores, pairwise_scores
@@ -125,7 +125,9 @@ class Trainer:
 
             ok_ids = [r.video_id for r in self.cache.records(status="ok")]
             kept_ids = self.audit_tables.exclude(ok_ids) if config.exclude else ok_ids
-            train_ids, val_ids = data.split_videos(kept_ids, config.val_fraction, config.seed)
+            train_ids, val_ids, self.split, split_note = data.choose_split(self.cache, kept_ids, config.val_fraction, config.seed)
+            if split_note:
+                self.notes.append(split_note)
             if config.exclude:
                 self.audit_tables.report_exclusion(len(ok_ids), len(train_ids))
             self.geometry, self.table = data.check_window(self.cache, train_ids + val_ids, config.window)
@@ -137,10 +139,10 @@ class Trainer:
             self.video_weights = self.audit_tables.video_weights(self.table, self.train_videos) if config.weight_by else None
             self.batch_size = self._global_batch_size()
             self.val_ids = torch.as_tensor(self.table.evenly_spaced(self.val_videos, config.val_windows))
+            self.by_validation = len(self.val_videos) >= MIN_CHOOSING_VIDEOS  # else the last epoch is kept
             if not options.resume and config.val_fraction > 0 and len(self.val_videos) < MIN_HELD_OUT:
                 self.warnings.append(f"only {len(self.val_videos)} videos held out for validation (fewer than {MIN_HELD_OUT}): the validation "
                                      "figures and the epoch kept as best are noisy; raise --val-fraction or add videos")
-            self.split = {"seed": config.seed, "val_fraction": config.val_fraction, "val_videos": sorted(val_ids)}
 
             # The schedule: what was left unset is sized to the collection and stored resolved
             # (config.json's "training"), so a resume and eval see the values this run used.
@@ -255,7 +257,7 @@ class Trainer:
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
-        self.best_epoch = best_epoch(self.history) if self.history else None
+        self.best_epoch = best_epoch(self.history, self.by_validation) if self.history else None
 
     # ---- training ----------------------------------------------------------------------
 
@@ -335,7 +337,7 @@ class Trainer:
         if self.group.is_main:
             self.epoch_log.plot(self.history)
         return TrainResult(self.out, self.history, losses, self.in_memory, self.data_bytes, self.notes, self.group.rank, self.warnings,
-                           best_epoch(self.history) if self.history else None)
+                           self.best_epoch)
 
     def _stop_if_diverged(self, epoch_losses: list[float]) -> None:
         """A non-finite loss or weight ends the run with one line: the step, the likely cause."""
@@ -369,7 +371,7 @@ class Trainer:
         metrics (and curves, throttled)."""
         meta = {"epoch": self.epoch, "step": self.step, "history": self.history}
         ckpt.save_state(self.out, self.heads, self.optimizer, self._rng_states(), meta)
-        if best_epoch(self.history) == self.epoch:
+        if best_epoch(self.history, self.by_validation) == self.epoch:
             self.best_epoch = self.epoch
             config = self.checkpoint_config()
             ckpt.save_heads(self.out, self.heads, config)

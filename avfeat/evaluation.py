@@ -218,11 +218,20 @@ def _number(value: Any, default: float = 0.0) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else default
 
 
-def retrieval(checkpoint, cache, cache_path, labels: Labels | None) -> dict:
+def held_out_videos(split: dict, cache) -> tuple[list[str], str]:
+    """(the videos eval measures, where they come from): the test videos of the input table's
+    split column when training recorded some (never trained on), else the checkpoint's
+    validation videos; only those in ``cache``."""
+    if split.get("test_videos"):
+        return [vid for vid in split["test_videos"] if vid in cache], "test videos of the input table's split column"
+    return [vid for vid in split["val_videos"] if vid in cache], "the checkpoint's validation videos"
+
+
+def retrieval(checkpoint, cache, cache_path, labels: Labels | None, video_ids: list[str] | None = None) -> dict:
     from avfeat.align.evaluate import held_out_scores
     from avfeat.align.metrics import both_directions
 
-    scores, video_ids, _ = held_out_scores(checkpoint, cache_path)
+    scores, video_ids, _ = held_out_scores(checkpoint, cache_path, video_ids=video_ids)
     result = both_directions(scores)
     if labels is not None:
         # Class-level retrieval needs one class per window: single-label, every held-out video labelled.
@@ -351,7 +360,7 @@ def evaluate(
     checkpoint = load_checkpoint(heads, device=resolve_device(device))
     cache = open_cache(cache_path)
     checkpoint.check_cache(cache)
-    held_out = [vid for vid in checkpoint.config.split["val_videos"] if vid in cache]
+    held_out, held_out_from = held_out_videos(checkpoint.config.split, cache)
     if not held_out:
         raise IndexMismatchError(f"none of the held-out videos of {heads} is in the cache {cache_path}")
     labels = load_labels(cache, labels_path, label_column)
@@ -361,14 +370,14 @@ def evaluate(
     elif 2 <= labelled < folds:  # fewer than 2: classification is skipped with a note
         raise InputError(f"--folds {folds} is more than the {len(labels.labels)} labelled videos (a fold holds whole videos); give at most {len(labels.labels)}")
     stages = ["retrieval", "sync"] + (["localization", "classification"] if labels is not None else [])
-    report: dict = {"held_out_videos": len(held_out)}
+    report: dict = {"held_out_videos": len(held_out), "held_out_from": held_out_from}
     if labels is not None:
         report["labels"] = labels.summary()
     with tqdm(stages, desc="eval", unit="stage", disable=quiet, dynamic_ncols=True) as bar:
         for stage in bar:
             bar.set_postfix_str(stage, refresh=True)
             if stage == "retrieval":
-                report["retrieval"] = retrieval(checkpoint, cache, cache_path, labels)
+                report["retrieval"] = retrieval(checkpoint, cache, cache_path, labels, held_out)
             elif stage == "sync":
                 report["sync"] = synchronization(checkpoint, cache, held_out, labels)
             elif stage == "localization":
@@ -384,7 +393,8 @@ def evaluate(
 
 
 def format_report(report: dict) -> list[str]:
-    lines = ["direction        R@1     R@5     R@10    median rank"]
+    lines = [f"held out         {report['held_out_videos']} {report['held_out_from']}"] if "held_out_from" in report else []
+    lines.append("direction        R@1     R@5     R@10    median rank")
     for key, metrics in report["retrieval"].items():
         lines.append(f"{key:<16} {metrics['R@1']:<7.3f} {metrics['R@5']:<7.3f} {metrics['R@10']:<7.3f} {metrics['median_rank']:g}")
     sync = report["sync"]

@@ -12,7 +12,7 @@ from avfeat.align.epoch_log import best_epoch
 from avfeat.align.run import summary
 from avfeat.align.train import Trainer, train
 
-CONFIG = TrainConfig(window=1.0, dim=16, batch_size=3, passes_per_epoch=2, epochs=4, val_fraction=0.25, val_windows=3)
+CONFIG = TrainConfig(window=1.0, dim=16, batch_size=3, passes_per_epoch=2, epochs=4, val_fraction=0.5, val_windows=3)  # 4 validation videos
 VAL_LOSSES = [1.0, 0.5, 0.9, 0.8]  # validation loss rises after epoch 2
 
 
@@ -31,6 +31,14 @@ def test_best_epoch_is_the_lowest_validation_loss_or_the_last():
     assert best_epoch([{"epoch": 1, "val_loss": 2.0}, {"epoch": 2, "val_loss": 1.0}, {"epoch": 3, "val_loss": 1.5}]) == 2
     assert best_epoch([{"epoch": 1, "val_loss": 1.0}, {"epoch": 2, "val_loss": 1.0}]) == 2  # a tie: the later one
     assert best_epoch([{"epoch": 1}, {"epoch": 2}]) == 2  # nothing validated: the last
+    assert best_epoch([{"epoch": 1, "val_loss": 1.0}, {"epoch": 2, "val_loss": 2.0}], by_validation=False) == 2
+
+
+def test_fewer_than_4_validation_videos_keep_the_last_epoch(small_cache, tmp_path, scripted_validation):
+    # 2 validation videos: their loss compares each window with one negative, too noisy to choose by
+    result = train(small_cache, tmp_path / "heads", TrainConfig(**{**CONFIG.__dict__, "val_fraction": 0.25}), RunOptions(quiet=True, device="cpu"), log=lambda _: None)
+    assert result.best_epoch == 4 and json.loads((tmp_path / "heads" / "config.json").read_text())["best_epoch"] == 4
+    assert summary(tmp_path / "heads", result).endswith("; heads.safetensors: epoch 4, the last")
 
 
 def test_the_best_validation_epoch_is_kept_and_named(small_cache, tmp_path, scripted_validation):
@@ -40,7 +48,7 @@ def test_the_best_validation_epoch_is_kept_and_named(small_cache, tmp_path, scri
     assert json.loads((tmp_path / "heads" / "config.json").read_text())["best_epoch"] == 2
     kept, after_two = load_file(tmp_path / "heads" / "heads.safetensors"), load_file(tmp_path / "two" / "heads.safetensors")
     assert all(torch.equal(kept[k], after_two[k]) for k in kept)
-    assert "; kept epoch 2 (best validation loss 0.5000) as heads.safetensors" in summary(tmp_path / "heads", result)
+    assert "; heads.safetensors: epoch 2 (best validation loss 0.5000)" in summary(tmp_path / "heads", result)
 
 
 def test_a_resume_continues_from_the_last_epoch_and_keeps_the_best(small_cache, tmp_path, scripted_validation):
