@@ -72,6 +72,9 @@ def with_media(record: VideoRecord, media: DecodedMedia, token_rate: float, fps:
 
 # The quietest level recorded: digital silence (all zeros) reads as this, not as -inf.
 SILENCE_FLOOR_DB = -120.0
+# Silent: the decoded sound's RMS below this (dBFS), for the audit and sync alike. Speech and
+# music sit near -20 to -30; a room with nobody in it near -50 to -60.
+SILENT_DB = -60.0
 
 
 def audio_level(waveform: np.ndarray) -> float:

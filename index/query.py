@@ -51,6 +51,7 @@ class QueryTokens:
     audio_rate: float = 50.0
     visual: np.ndarray | None = None  # (F, 1 + P, D_v)
     frame_times: np.ndarray | None = None  # (F,)
+    audio_level: float | None = None  # dBFS of a video file's decoded sound (sync refuses silence)
 
     def sides(self) -> list[str]:
         return [side for side, tokens in ((AUDIO, self.audio), (VISUAL, self.visual)) if tokens is not None and len(tokens)]
@@ -161,7 +162,10 @@ class Backbones:
             media, audio, visual = encoder.encode_file(path)
         except MediaError as error:
             raise QueryError(f"cannot use query {path}: {error.message} ({error.status})") from None
-        return QueryTokens(path, kind, audio, media.audio_start, encoder.audio.token_rate, visual, media.frame_times)
+        from avfeat.extract.tasks import audio_level
+
+        return QueryTokens(path, kind, audio, media.audio_start, encoder.audio.token_rate, visual, media.frame_times,
+                           audio_level(media.audio) if media.audio is not None else None)
 
 
 @torch.no_grad()

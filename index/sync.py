@@ -62,13 +62,27 @@ CENTRE_REACH = 2
 
 @dataclass
 class SyncResult:
-    offset: float  # seconds, positive = audio late
+    offset: float | None  # seconds, positive = audio late; None when the sound is silent
     confidence: float  # in [0, 1]
     lags: np.ndarray  # (L,) seconds
     curve: np.ndarray  # (L,) score at each lag
+    silent: bool = False  # the sound is below SILENT_DB: no offset, confidence 0
 
     def to_dict(self) -> dict:
+        if self.silent:
+            return {"offset": None, "confidence": 0.0, "silent": True}
         return {"offset": round(float(self.offset), 4), "confidence": round(float(self.confidence), 4)}
+
+
+def silent_result(level: float | None) -> SyncResult | None:
+    """The result for a sound below ``SILENT_DB`` dBFS (None: not silent, or level unknown).
+    The tokens cannot tell silence (HuBERT normalises it into noise), so its curve would still
+    have a peak, and a confident offset for nothing to hear is wrong."""
+    from avfeat.extract.tasks import SILENT_DB
+
+    if level is None or not level < SILENT_DB:
+        return None
+    return SyncResult(None, 0.0, np.zeros(0), np.zeros(0), silent=True)
 
 
 def sync_curve(
@@ -174,6 +188,9 @@ def sync_tokens(heads, audio_tokens, audio_start, audio_rate, visual_tokens, fra
 def sync_cached(cache, video_id: str, heads, max_offset: float = DEFAULT_MAX_OFFSET) -> SyncResult:
     """Offset of a video whose tokens are in ``cache`` (no decoding, no backbones)."""
     record = cache.ok_record(video_id)
+    silent = silent_result(record.audio_level)
+    if silent is not None:
+        return silent
     return sync_tokens(
         heads, cache.read_audio(record), record.audio_start, record.audio_rate, cache.read_frames(record),
         cache.frame_times(record), record.fps, max_offset,
@@ -188,6 +205,9 @@ def sync_file(path: str | os.PathLike, checkpoint, max_offset: float = DEFAULT_M
     tokens = backbones.encode(path)
     if tokens.audio is None or tokens.visual is None:
         raise QueryError(f"{path} needs both sound and picture to be synchronised")
+    silent = silent_result(tokens.audio_level)
+    if silent is not None:
+        return silent
     return sync_tokens(
         checkpoint.heads.eval(), tokens.audio, tokens.audio_start, tokens.audio_rate, tokens.visual, tokens.frame_times,
         float(checkpoint.config.cache.fps), max_offset,
@@ -204,11 +224,14 @@ def plot_curve(result: SyncResult, path: str | os.PathLike, title: str = "") -> 
     figure, axis = plt.subplots(figsize=(7, 3.2), dpi=100)
     finite = np.isfinite(result.curve)
     axis.plot(result.lags[finite], result.curve[finite], lw=1.2)
-    axis.axvline(result.offset, color="tab:red", ls="--", lw=1, label=f"offset {result.offset:+.3f} s (confidence {result.confidence:.2f})")
+    if result.silent:
+        axis.text(0.5, 0.5, "silent: no offset", transform=axis.transAxes, ha="center", va="center")
+    else:
+        axis.axvline(result.offset, color="tab:red", ls="--", lw=1, label=f"offset {result.offset:+.3f} s (confidence {result.confidence:.2f})")
+        axis.legend(loc="lower right", fontsize=8)
     axis.set_xlabel("lag (s), positive = audio late")
     axis.set_ylabel("centred score")
     axis.set_title(title or "audio-visual sync")
-    axis.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     # Through a buffer: exactly ``path`` (savefig would add ".png" to a name without a suffix),
     # written atomically, and an unusable path is one line. The suffix picks the format (png
@@ -223,8 +246,10 @@ def plot_curve(result: SyncResult, path: str | os.PathLike, title: str = "") -> 
 # ---- many videos ---------------------------------------------------------------------------
 
 
-def direction(offset: float) -> str:
-    """The words for an offset's sign, as the CLI prints them."""
+def direction(offset: float | None) -> str:
+    """The words for an offset's sign, as the CLI prints them ("silent": no offset)."""
+    if offset is None:
+        return "silent"
     return "audio late" if offset > 0 else "audio early" if offset < 0 else "in sync"
 
 

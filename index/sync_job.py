@@ -174,7 +174,9 @@ def sync_videos(
         from avfeat.index.sync import remux_shifted
 
         result = done.rows[0].result
-        if result.confidence < min_confidence:
+        if result.silent:
+            done.unfixed = f"{job.videos[0]}: not fixed: its sound is silent, there is no offset to correct; {fix} not written"
+        elif result.confidence < min_confidence:
             # Another lag scores nearly as well: moving the audio by this guess may make it worse.
             done.unfixed = (f"{job.videos[0]}: not fixed: confidence {result.confidence:.2f} is below --min-confidence "
                             f"{min_confidence:g} (another offset scores nearly as well); {fix} not written")

@@ -183,7 +183,8 @@ def _sync_line(job, row, as_json: bool) -> str:
     if row.error is not None:
         return f"{'-':>8}  {'-':>10}  {'failed':<11}  {name}: {row.error}"
     r = row.result
-    return f"{r.offset:>+8.3f}  {r.confidence:>10.2f}  {direction(r.offset):<11}  {name}"
+    offset = f"{'-':>8}" if r.offset is None else f"{r.offset:>+8.3f}"
+    return f"{offset}  {r.confidence:>10.2f}  {direction(r.offset):<11}  {name}"
 
 
 def sync(
@@ -209,6 +210,7 @@ def sync(
     """Audio-visual offset of videos; positive = audio late (the sound comes after the picture)."""
     from tqdm import tqdm
 
+    from avfeat.extract.tasks import SILENT_DB
     from avfeat.index.sync import direction
     from avfeat.index.sync_job import sync_videos
 
@@ -221,6 +223,8 @@ def sync(
             tqdm.write(_sync_line(job, row, as_json))
         elif as_json:
             typer.echo(json.dumps(row.result.to_dict()))
+        elif row.result.silent:
+            typer.echo(f"silent: no offset (the sound is below {SILENT_DB:g} dBFS), confidence 0.00")
         else:
             typer.echo(f"offset {row.result.offset:+.3f} s ({direction(row.result.offset)}), confidence {row.result.confidence:.2f}")
 

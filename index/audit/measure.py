@@ -24,14 +24,12 @@ import numpy as np
 from avfeat.core.errors import InputError, QueryError
 from avfeat.data.audit_table import AuditRow, WorstWindow
 from avfeat.data.records import nearest_index
+from avfeat.extract.tasks import SILENT_DB
 from avfeat.index.audit.calibration import MatchCalibration, fit_sync_calibration
 
 # Each video's sound is set against the pictures of this many others of its group of
 # GROUP_SIZE (read together, so each video is read once), over their first CROSS_SECONDS.
 CROSS_PAIRS, GROUP_SIZE, CROSS_SECONDS = 4, 8, 120.0
-# Silent: the decoded sound's RMS below this (dBFS). Speech and music sit near -20 to -30;
-# a room with nobody in it near -50 to -60.
-SILENT_DB = -60.0
 # Static: frames whose tokens spread less than this share of the cache's median spread, or
 # not at all (a still picture).
 FLAT_SHARE, FLAT_FLOOR = 0.05, 1e-5
