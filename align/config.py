@@ -29,7 +29,7 @@ class TrainConfig:
     warmup: float = 0.05  # fraction of the steps spent warming up linearly
     clip: float = 1.0  # max gradient norm (0: no clipping)
     temperature: float = 0.07  # initial; learned, clamped at 0.01
-    temporal_negatives: bool = False
+    temporal_negatives: bool | None = None  # None: on when most training videos hold window + min_shift seconds (data.temporal_negatives_fit)
     min_shift: float = 1.0
     offdiag_weight: float = 0.0
     centroid_weight: float = 0.0

@@ -164,6 +164,18 @@ class WindowTable:
         return np.asarray(ids, dtype=np.int64)
 
 
+def temporal_negatives_fit(table: "WindowTable", videos: list[int], min_shift: float) -> tuple[bool, str]:
+    """Whether automatic temporal negatives go on, and a line saying why: on when at least half
+    of ``videos`` hold two windows ``min_shift`` seconds apart (window + min_shift seconds of
+    tokens), since a video without one gets no temporal negative."""
+    starts = [table.start[table.first[k] : table.first[k] + table.count[k]] for k in videos]
+    fit = sum(1 for s in starts if len(s) and s[-1] - s[0] >= min_shift - 1e-6)
+    need = f"{table.geometry.seconds + min_shift:g} s (window + --min-shift)"
+    if 2 * fit >= len(videos):
+        return True, f"temporal negatives on: {fit} of {len(videos)} training videos last {need} or more (--no-temporal-negatives turns them off)"
+    return False, f"temporal negatives off: only {fit} of {len(videos)} training videos last {need} or more"
+
+
 def check_window(cache, video_ids: list[str], seconds: float) -> tuple[WindowGeometry, WindowTable]:
     """Geometry and window table, refusing a window no video can hold."""
     if not seconds > 0:

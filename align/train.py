@@ -146,6 +146,10 @@ class Trainer:
 
             # The schedule: what was left unset is sized to the collection and stored resolved
             # (config.json's "training"), so a resume and eval see the values this run used.
+            if config.temporal_negatives is None:  # automatic: resolved here and stored, as the schedule is
+                on, why = data.temporal_negatives_fit(self.table, self.train_videos, config.min_shift)
+                config = replace(config, temporal_negatives=on)
+                self.notes.append(why)
             train_windows = self.table.disjoint_count(self.train_videos)
             planned = schedule.plan_schedule(len(self.train_videos), train_windows, self.batch_size, config.passes_per_epoch, config.epochs, config.steps)
             self.config = config = replace(

@@ -35,7 +35,11 @@ def train_head(
     warmup: float = typer.Option(0.05, help="Fraction of the steps spent warming up."),
     clip: float = typer.Option(1.0, help="Gradient-norm clipping (0: off)."),
     temperature: float = typer.Option(0.07, help="Initial InfoNCE temperature (learned, clamped at 0.01)."),
-    temporal_negatives: bool = typer.Option(False, "--temporal-negatives", help="Add the same video shifted in time as an extra negative (teaches synchronization)."),
+    temporal_negatives: Optional[bool] = typer.Option(
+        None, "--temporal-negatives/--no-temporal-negatives", show_default=False,
+        help="Add the same video shifted in time as an extra negative (teaches synchronization). "
+        "Default: on when most training videos last the window plus --min-shift or more.",
+    ),
     min_shift: float = typer.Option(1.0, help="Smallest shift in seconds of a temporal negative."),
     offdiag_weight: float = typer.Option(0.0, help="Regulariser: weight of the mean off-diagonal score."),
     centroid_weight: float = typer.Option(0.0, help="Regulariser: weight of the squared norm of the mean projected token (against collapse)."),

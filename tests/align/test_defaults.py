@@ -112,3 +112,18 @@ def test_a_held_out_set_under_20_videos_warns_once(small_cache, tmp_path):
     assert "held out" not in resumed.stderr  # said once, when the split is made
     none = avfeat("train-head", small_cache, "--out", tmp_path / "none", *options, "--val-fraction", 0, check=0)
     assert "held out" not in none.stderr  # no validation asked for
+
+
+def test_temporal_negatives_are_on_when_the_videos_are_long_enough(small_cache, tmp_path):
+    options = ["--dim", 16, "--epochs", 1, "--batch-size", 4, "--val-fraction", 0.25, "--device", "cpu"]
+
+    def trained(name, *flags):
+        result = avfeat("train-head", small_cache, "--out", tmp_path / name, *options, *flags, check=0)
+        return json.loads((tmp_path / name / "config.json").read_text())["training"]["temporal_negatives"], result.stderr
+
+    on, stderr = trained("on", "--window", 1)  # 3 s videos hold 1 s windows 1 s apart
+    assert on is True and "note: temporal negatives on: 6 of 6 training videos last 2 s (window + --min-shift) or more" in stderr, stderr
+    off, stderr = trained("off", "--window", 2.5)  # 3.5 s needed
+    assert off is False and "note: temporal negatives off: only 0 of 6 training videos last 3.5 s (window + --min-shift) or more" in stderr, stderr
+    assert trained("asked", "--window", 1, "--no-temporal-negatives")[0] is False
+    assert trained("forced", "--window", 2.5, "--temporal-negatives")[0] is True
