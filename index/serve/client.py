@@ -97,4 +97,9 @@ def sync_remote(url: str, video, max_offset: float = 2.0, token: str | None = No
 
 def locate_remote(url: str, clip, k: int = 5, side: str | None = None, token: str | None = None, timeout: float = 300) -> list[dict]:
     """Where a local clip (uploaded) was cut from: candidates with video_id, time and votes."""
-    return _call(url, "/api/locate", clip, {"k": k, "side": side}, token, timeout, allow_vector=False)["candidates"]
+    return locate_answer(url, clip, k, side, token, timeout)["candidates"]
+
+
+def locate_answer(url: str, clip, k: int = 5, side: str | None = None, token: str | None = None, timeout: float = 300) -> dict:
+    """``locate_remote``'s whole answer: the candidates and the server's calibrated threshold."""
+    return _call(url, "/api/locate", clip, {"k": k, "side": side}, token, timeout, allow_vector=False)

@@ -14,7 +14,7 @@ from avfeat.core.errors import InputError, QueryError
 from avfeat.index.batch import QueryResult, read_query_list
 from avfeat.index.hits import Hit
 from avfeat.index.locate import Candidate
-from avfeat.index.serve.client import RemoteError, Unreachable, locate_remote, search_answer
+from avfeat.index.serve.client import RemoteError, Unreachable, locate_answer, search_answer
 
 # Options that read the index, heads, cache or models here; the server has its own.
 LOCAL_ONLY = ("--thumbs", "--mmap", "--cache", "--heads", "--device")
@@ -45,9 +45,9 @@ def _hit(url: str, row: dict) -> Hit:
 
 def _answer(url: str, text: str, side, k, rerank, locate, where, per_video, exclude_video, token) -> QueryResult:
     if locate:
-        rows = locate_remote(url, text, k=k, side=side, token=token)
-        candidates = [Candidate(r["video_id"], url + r["media"], r["time"], r["votes"], r.get("score") or 0.0) for r in rows]
-        return QueryResult(text, side or "audio+visual", [], candidates=candidates)
+        answer = locate_answer(url, text, k=k, side=side, token=token)
+        candidates = [Candidate(r["video_id"], url + r["media"], r["time"], r["votes"], r.get("score") or 0.0) for r in answer["candidates"]]
+        return QueryResult(text, side or "audio+visual", [], candidates=candidates, threshold=answer.get("threshold"))
     answer = search_answer(url, text, k=k, side=side, rerank=rerank, one_per_video=per_video, exclude_video=exclude_video,
                            where=list(where or []), token=token)
     return QueryResult(text, answer["side"], [_hit(url, row) for row in answer["hits"]])

@@ -87,3 +87,12 @@ def test_server_refusals_are_one_line(index, server, video, tmp_path):
     assert "give no INDEX" in one_line_error(avfeat("search", "--server", server, index, f"{video}@0-2", check=1))
     assert "cannot reach" in one_line_error(avfeat("search", "--server", f"http://127.0.0.1:{free_port()}", f"{video}@0-2", check=1))
     assert "404" in one_line_error(avfeat("search", "--server", server, "nope@0-2", check=1))
+
+
+def test_server_with_a_token(index, video, monkeypatch):
+    query = f"{video}@0.0-2.0"
+    with serve_index(index, "--token", "s3cret") as url:
+        assert "401" in one_line_error(avfeat("search", "--server", url, query, check=1))
+        assert json.loads(avfeat("search", "--server", url, query, "--token", "s3cret", "--json", check=0).stdout)
+        monkeypatch.setenv("AVFEAT_TOKEN", "s3cret")
+        assert json.loads(avfeat("search", "--server", url, query, "--json", check=0).stdout)
