@@ -61,9 +61,12 @@ FORMAT = 1  # one FAISS file per modality, fixed names
 SHARDED_FORMAT = 2  # one FAISS file per shard, listed in meta.json
 LISTED_FORMAT = 3  # every file listed in meta.json, named by the write that made it
 FORMATS = (FORMAT, SHARDED_FORMAT, LISTED_FORMAT)
-# The names of avfeat's own index files (any format, any write) and of its temp files: the only
-# names a write ever deletes, and only when the new meta.json does not list them.
-OWN_FILE = re.compile(r"^(audio|visual)(-\d{5})?(\.[0-9a-f]{8})?\.(faiss|parquet)$")
+# The names of index files of one write (``<gen>``: only avfeat's writes make them) and of temp
+# files: with the files the replaced meta.json listed, the only names a write ever deletes, and
+# only when the new meta.json does not list them. A fixed name (audio.faiss) that no meta.json
+# listed is not provably avfeat's, so it stays.
+OWN_FILE = re.compile(r"^(audio|visual)(-\d{5})?\.[0-9a-f]{8}\.(faiss|parquet)$")
+INDEX_NAME = re.compile(r"^(audio|visual)(-\d{5})?(\.[0-9a-f]{8})?\.(faiss|parquet)$")  # any format's
 OWN_TEMP = re.compile(rf"^{re.escape(META_FILE)}\.\d+\.tmp$")
 # The columns every table starts with; any after them are the videos' metadata.
 TABLE_COLUMNS = ("id", "video_id", "path", "start", "end")
@@ -130,14 +133,30 @@ def _listed(meta: dict[str, Any]) -> set[str]:
     return {name for info in meta["modalities"].values() for name in (info["table"], *(s["file"] for s in info["shards"]))}
 
 
-def _remove_unlisted(out: Path, meta: dict[str, Any]) -> None:
-    """After the commit: delete the files of older writes (avfeat's own names only, never a file
-    the new meta.json lists) and temp files of writers that are gone. A file that cannot be
-    deleted stays for the next write to remove: the new index is complete either way."""
+def _previous_files(out: Path) -> set[str]:
+    """The files the current meta.json of ``out`` names (format 1: its fixed names), read before
+    a write replaces it; empty when there is none or it cannot be read."""
+    try:
+        meta = json.loads((out / META_FILE).read_text())
+        names = {name for modality, info in meta["modalities"].items()
+                 for name in (info.get("table", table_file(modality)),
+                              *(s["file"] for s in info.get("shards", [{"file": index_file(modality)}])))}
+        # A crash after the commit left the files the index replaced: its meta.json names them.
+        names.update(meta.get("replaced", []))
+        return {name for name in names if isinstance(name, str) and INDEX_NAME.match(name)}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+
+
+def _remove_unlisted(out: Path, meta: dict[str, Any], previous: set[str]) -> None:
+    """After the commit: delete the files of older writes (those the replaced meta.json listed
+    and leftovers of interrupted writes, never a file the new meta.json lists) and temp files of
+    writers that are gone. A file that cannot be deleted stays for the next write to remove: the
+    new index is complete either way."""
     keep = _listed(meta)
     for entry in out.iterdir():
         name = entry.name
-        stale = OWN_FILE.match(name) and name not in keep
+        stale = (name in previous or OWN_FILE.match(name)) and name not in keep
         stale_temp = OWN_TEMP.match(name) and not pid_alive(temp_pid(name) or 0)
         if (stale or stale_temp) and entry.is_file() and not entry.is_symlink():
             try:
@@ -167,6 +186,7 @@ def write_index(out: str | os.PathLike, meta: dict[str, Any], shards: dict, tabl
     _claim_folder(out)
     record = claim_output(out, KIND, (META_FILE, MARKER_FILE))  # an index of an older avfeat gets one too
     existing = [entry.name for entry in out.iterdir()]
+    previous = _previous_files(out)  # proven avfeat's: the record's index names them
     generation = secrets.token_hex(4)
     while any(f".{generation}." in name for name in existing):  # never overwrite a file in use
         generation = secrets.token_hex(4)
@@ -189,9 +209,10 @@ def write_index(out: str | os.PathLike, meta: dict[str, Any], shards: dict, tabl
         pq.write_table(tables[modality], out / table)
         _synced_size(out / table)
         meta["modalities"][modality].update(table=table, shards=listed)
+    meta["replaced"] = sorted(previous - _listed(meta))  # for a rerun to delete after a crash
     fsync_dir(out)  # the new names are on disk before meta.json names them
     write_atomic(out / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")  # the commit
-    _remove_unlisted(out, meta)
+    _remove_unlisted(out, meta, previous)
     return meta
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from avfeat.core.errors import InputError, SearchIndexError
 from avfeat.index.build import build_index
+from avfeat.core.outputs import OWNER_FILE
 from avfeat.index.store import MARKER_FILE, META_FILE, IndexFolder, is_unfinished, write_index
 
 MODALITIES = ("audio", "visual")
@@ -96,7 +97,7 @@ def only_listed_files(out) -> bool:
     """The folder holds meta.json, the marker and the files meta.json lists, nothing else of avfeat's."""
     meta = json.loads((out / META_FILE).read_text())
     listed = {name for info in meta["modalities"].values() for name in (info["table"], *(s["file"] for s in info["shards"]))}
-    return {p.name for p in out.iterdir()} == {META_FILE, MARKER_FILE, *listed}
+    return {p.name for p in out.iterdir()} == {META_FILE, MARKER_FILE, OWNER_FILE, *listed}
 
 
 @pytest.fixture
@@ -245,16 +246,20 @@ def test_build_index_takes_an_unfinished_folder_without_overwrite(tmp_path, monk
         raise Stop  # past the output checks: enough for this test
 
     monkeypatch.setattr("avfeat.index.shards.check_count", check_count)
+    from types import SimpleNamespace
+
+    # Stand-ins past the checks that read them: a cache and heads elsewhere (not on disk).
+    cache, heads = SimpleNamespace(layout=SimpleNamespace(root=tmp_path / "cache")), SimpleNamespace(path=tmp_path / "heads")
     out = tmp_path / "index"
     out.mkdir()
     (out / MARKER_FILE).write_text("")
     with pytest.raises(Stop):
-        build_index(None, None, out)
+        build_index(cache, heads, out)
     Version("a", 4).write(out)
     with pytest.raises(InputError, match="already holds an avfeat index"):
-        build_index(None, None, out)
+        build_index(cache, heads, out)
     with pytest.raises(Stop):
-        build_index(None, None, out, overwrite=True)
+        build_index(cache, heads, out, overwrite=True)
     assert calls == [1, 1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]  # the lock beside is gone
 

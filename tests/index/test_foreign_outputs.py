@@ -127,3 +127,23 @@ def test_audit_and_sync_outputs_inside_or_around_an_input_are_refused(corpus, ca
         assert "lies inside the" in line or "contains the" in line, (args, line)
     assert snapshot(cache) == before and snapshot(heads) == heads_before
     assert not (tmp_path / "a.parquet").exists() and not (tmp_path / "b.parquet").exists()
+
+
+def test_index_overwrite_keeps_files_its_index_never_listed(cache, heads, index, tmp_path):
+    # audio.faiss / audio.parquet are names of older index formats, but this index's meta.json
+    # does not list them: avfeat cannot prove it wrote them, so --overwrite leaves them.
+    import shutil
+
+    from avfeat.index import Searcher
+
+    out = tmp_path / "index"
+    shutil.copytree(index, out)
+    old = json.loads((out / "meta.json").read_text())
+    old_files = {old["modalities"]["audio"]["table"], *(s["file"] for s in old["modalities"]["audio"]["shards"])}
+    for name in ("audio.faiss", "audio.parquet", "visual-00000.faiss"):
+        (out / name).write_text("mine\n")
+    avfeat("index", cache, "--heads", heads, "--out", out, "--overwrite", "--quiet", check=0)
+    for name in ("audio.faiss", "audio.parquet", "visual-00000.faiss"):
+        assert (out / name).read_text() == "mine\n", name
+    assert not any((out / name).exists() for name in old_files)  # the replaced index's own files are gone
+    Searcher(out)  # the new index loads
