@@ -101,7 +101,7 @@ def _sheets(thumbs: Path | None, count: int, batch: bool) -> list[Path | None]:
     return sheets
 
 
-def _answer(searcher, text: str, side: str | None, k: int, rerank: int, locate: bool, conditions, per_video: bool,
+def _answer(searcher, text: str, side: str | None, k: int, rerank: int | None, locate: bool, conditions, per_video: bool,
             exclude_video: str | None) -> QueryResult:
     tokens = searcher.tokens(text)
     if not locate:
@@ -126,7 +126,7 @@ def search_queries(
     queries: Path | None = None,
     side: str | None = None,
     k: int = 10,
-    rerank: int = 0,
+    rerank: int | None = None,
     locate: bool = False,
     where: list[str] | None = None,
     per_video: bool = False,
@@ -139,6 +139,7 @@ def search_queries(
 ) -> Iterator[QueryResult]:
     """Search (or with ``locate``, locate) each of ``query`` then the queries listed in the file
     ``queries`` in the index folder ``index_dir``; yields each query's ``QueryResult`` in turn.
+    ``rerank`` None: the searcher's default (audio queries rerank, see ``Searcher.default_rerank``).
     With ``thumbs``, a contact sheet of each query's hits is drawn there (``NAME-1.png``, ... for
     a batch) once its result has been taken. In a batch, a query that fails yields a result
     with its ``error`` and the others go on."""
