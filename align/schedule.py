@@ -8,10 +8,14 @@ B = 32 (tests/align/test_defaults.py).
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 from avfeat.align.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
 
 def steps_per_pass(n_videos: int, batch_size: int) -> int:
     return max(1, n_videos // batch_size)
@@ -81,6 +85,8 @@ def plan_schedule(n_videos: int, n_windows: int, batch_size: int, passes_per_epo
         if epochs is None:
             epochs = max(AUTO_EPOCHS, math.ceil(MIN_STEPS / per_epoch))
         total = epochs * per_epoch
+    log.info("schedule: %d epochs of %d passes (%d steps each), %d steps of %d windows, for %d training videos",
+             epochs, passes_per_epoch, per_epoch, total, batch_size, n_videos)
     return Schedule(batch_size, passes_per_epoch, epochs, total, per_pass)
 
 

@@ -19,3 +19,9 @@ def test_verbose_logs_the_cache_search_opens_and_plain_runs_log_nothing(index, c
 def test_verbose_logs_the_index_kind(cache, heads, tmp_path):
     done = avfeat("-v", "index", cache, "--heads", heads, "--out", tmp_path / "index", "--quiet", check=0)
     assert any(line.startswith("INFO avfeat.index.build: index ") for line in done.stderr.splitlines()), done.stderr
+
+
+def test_verbose_logs_the_training_schedule(cache, tmp_path):
+    done = avfeat("-v", "train-head", cache, "--out", tmp_path / "heads", "--window", 1.0, "--hop", 0.2, "--dim", 16, "--steps", 2,
+                  "--batch-size", 4, "--val-fraction", 0.25, "--workers", 0, "--quiet", check=0)
+    assert any(line.startswith("INFO avfeat.align.schedule: schedule: ") for line in done.stderr.splitlines()), done.stderr
