@@ -50,12 +50,7 @@ def write_report(path: str | Path, rows: list[AuditRow], meta: dict, worst: int 
     offset = np.array([r.offset for r in rows], dtype=float)
 
     def draw(axes):
-        axes[0].hist(score, bins=40, color="tab:blue")
-        axes[0].set_title("correspondence")
-        axes[1].hist(p_match, bins=20, range=(0, 1), color="tab:green")
-        axes[1].set_title("P(sound belongs to the pictures)")
-        axes[2].hist(offset[np.isfinite(offset)], bins=41, color="tab:orange")
-        axes[2].set_title("estimated offset (s, + = audio late)")
+        draw_distributions(axes, score, p_match, offset)
 
     lowest = sorted(rows, key=lambda r: (r.p_match, r.correspondence))[:worst]
     page = _template().render(
@@ -64,6 +59,21 @@ def write_report(path: str | Path, rows: list[AuditRow], meta: dict, worst: int 
         match_calibration=json.dumps(meta["match_calibration"]), sync_calibration=json.dumps(meta["sync_calibration"]),
     )
     write_output_file(path, page.encode())
+
+
+def draw_distributions(axes, score, p_match, offset) -> None:
+    """The report's three histograms, each axis named (what is counted, and in what unit)."""
+    axes[0].hist(score, bins=40, color="tab:blue")
+    axes[0].set_title("correspondence")
+    axes[0].set_xlabel("correspondence score")
+    axes[1].hist(p_match, bins=20, range=(0, 1), color="tab:green")
+    axes[1].set_title("P(sound belongs to the pictures)")
+    axes[1].set_xlabel("p_match")
+    axes[2].hist(offset[np.isfinite(offset)], bins=41, color="tab:orange")
+    axes[2].set_title("estimated offset")
+    axes[2].set_xlabel("offset (s), positive = audio late")
+    for axis in axes:
+        axis.set_ylabel("videos")
 
 
 def _worst_line(row: AuditRow) -> dict:
