@@ -34,7 +34,7 @@ def _same_hits(local: list, remote: list) -> None:
     assert all(set(a) == set(b) and a["metadata"] == b["metadata"] for a, b in zip(local, remote))  # one shape
 
 
-@pytest.mark.parametrize("extra", [[], ["-k", "5", "--per-video"], ["--from", "visual", "--rerank", "4"]])
+@pytest.mark.parametrize("extra", [[], ["-k", "5", "--per-video"], ["--from", "visual", "--rerank", "4"], ["--rerank", "20"], ["--rerank", "0"]])
 def test_server_and_local_search_give_the_same_hits(index, server, video, extra):
     query = f"{video}@0.0-2.0"
     local = json.loads(avfeat("search", index, query, "--json", *extra, check=0).stdout)
