@@ -59,7 +59,9 @@ class EpochLog:
         return self._writer
 
 
-MIN_CHOOSING_VIDEOS = 4  # fewer validation videos: their loss is noise (2 videos: one negative), the last epoch is kept
+# Fewer validation videos: their loss is too noisy to choose an epoch by, the last one is kept. On
+# the 80-video synthetic corpus (8 held out), the lowest validation loss picked epoch 4 of 10.
+MIN_CHOOSING_VIDEOS = 20
 
 
 def best_epoch(history: list[dict], by_validation: bool = True) -> int:

@@ -46,8 +46,6 @@ from avfeat.data.configs import TrainedOn
 from avfeat.data.shards import compute_dtype
 from avfeat.core.errors import CheckpointError, InputError, TrainingDiverged
 
-MIN_HELD_OUT = 20  # fewer validation videos than this: their figures (and the best epoch) are noisy
-
 
 @dataclass
 class TrainResult:
@@ -140,9 +138,9 @@ class Trainer:
             self.batch_size = self._global_batch_size()
             self.val_ids = torch.as_tensor(self.table.evenly_spaced(self.val_videos, config.val_windows))
             self.by_validation = len(self.val_videos) >= MIN_CHOOSING_VIDEOS  # else the last epoch is kept
-            if not options.resume and config.val_fraction > 0 and len(self.val_videos) < MIN_HELD_OUT:
-                self.warnings.append(f"only {len(self.val_videos)} videos held out for validation (fewer than {MIN_HELD_OUT}): the validation "
-                                     "figures and the epoch kept as best are noisy; raise --val-fraction or add videos")
+            if not options.resume and config.val_fraction > 0 and len(self.val_videos) < MIN_CHOOSING_VIDEOS:
+                self.warnings.append(f"only {len(self.val_videos)} videos held out for validation (fewer than {MIN_CHOOSING_VIDEOS}): their figures "
+                                     "are noisy and the last epoch is kept, not the best; raise --val-fraction or add videos")
 
             # The schedule: what was left unset is sized to the collection and stored resolved
             # (config.json's "training"), so a resume and eval see the values this run used.

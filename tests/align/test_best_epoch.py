@@ -21,6 +21,7 @@ def scripted_validation(monkeypatch):
     def validate(self):
         return {"val_loss": VAL_LOSSES[self.epoch - 1]}
     monkeypatch.setattr(Trainer, "validate", validate)
+    monkeypatch.setattr("avfeat.align.train.MIN_CHOOSING_VIDEOS", 4)  # small_cache's 8 videos cannot hold out 20
 
 
 def run(cache, out, **options):
@@ -34,7 +35,7 @@ def test_best_epoch_is_the_lowest_validation_loss_or_the_last():
     assert best_epoch([{"epoch": 1, "val_loss": 1.0}, {"epoch": 2, "val_loss": 2.0}], by_validation=False) == 2
 
 
-def test_fewer_than_4_validation_videos_keep_the_last_epoch(small_cache, tmp_path, scripted_validation):
+def test_too_few_validation_videos_keep_the_last_epoch(small_cache, tmp_path, scripted_validation):
     # 2 validation videos: their loss compares each window with one negative, too noisy to choose by
     result = train(small_cache, tmp_path / "heads", TrainConfig(**{**CONFIG.__dict__, "val_fraction": 0.25}), RunOptions(quiet=True, device="cpu"), log=lambda _: None)
     assert result.best_epoch == 4 and json.loads((tmp_path / "heads" / "config.json").read_text())["best_epoch"] == 4

@@ -25,8 +25,8 @@ def test_train_head_with_no_options_reaches_class_r1_of_0_9(tmp_path):
     result = avfeat("train-head", cache, "--out", heads, "--quiet", "--device", "cpu", check=0, threads=1)
     # the one warning: 8 videos held out (10%); the batch (32) and the schedule need none
     assert [line for line in result.stderr.splitlines() if "warning" in line] == [
-        "avfeat: warning: only 8 videos held out for validation (fewer than 20): the validation figures and the epoch kept as best are noisy; "
-        "raise --val-fraction or add videos"], result.stderr
+        "avfeat: warning: only 8 videos held out for validation (fewer than 20): their figures are noisy and the last epoch is kept, "
+        "not the best; raise --val-fraction or add videos"], result.stderr
     training = json.loads((heads / "config.json").read_text())["training"]  # the resolved schedule, for --resume and eval
     assert (training["batch_size"], training["passes_per_epoch"], training["epochs"], training["steps"]) == (32, 10, 10, None)
     assert json.loads((heads / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 200
@@ -106,8 +106,8 @@ def test_a_held_out_set_under_20_videos_warns_once(small_cache, tmp_path):
     options = ["--window", 1, "--dim", 16, "--epochs", 1, "--batch-size", 4, "--device", "cpu", "--quiet"]
     result = avfeat("train-head", small_cache, "--out", tmp_path / "heads", *options, "--val-fraction", 0.25, check=0)
     lines = [line for line in result.stderr.splitlines() if "held out" in line]
-    assert lines == ["avfeat: warning: only 2 videos held out for validation (fewer than 20): the validation figures and the epoch kept "
-                     "as best are noisy; raise --val-fraction or add videos"], result.stderr
+    assert lines == ["avfeat: warning: only 2 videos held out for validation (fewer than 20): their figures are noisy "
+                     "and the last epoch is kept, not the best; raise --val-fraction or add videos"], result.stderr
     resumed = avfeat("train-head", small_cache, "--out", tmp_path / "heads", "--resume", "--quiet", "--device", "cpu", check=0)
     assert "held out" not in resumed.stderr  # said once, when the split is made
     none = avfeat("train-head", small_cache, "--out", tmp_path / "none", *options, "--val-fraction", 0, check=0)
