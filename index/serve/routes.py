@@ -38,7 +38,8 @@ def add_query_routes(app: FastAPI, service: Service) -> None:
         request: Request,
         k: int = Query(10, ge=1, le=MAX_K, description="Hits to return."),
         side: Side = Query(None, description="The query's side (audio or visual; default: audio when it has sound); the other modality is searched."),
-        rerank: int = Query(0, ge=0, le=MAX_K, description="Rescore the top N hits with the heads' exact clip score (needs the cache)."),
+        rerank: Optional[int] = Query(None, ge=0, le=MAX_K, description="Rescore the top N hits with the heads' exact clip score (needs the cache). "
+                                      "Default: 20 for an audio file or span query when the cache is there, else 0."),
         one_per_video: bool = Query(True, description="Keep only each video's best window."),
         exclude_video: Optional[str] = Query(None, description="Leave this video's windows out (e.g. the query's own)."),
         where: List[str] = Query([], description="COLUMN=VALUE metadata conditions, all required (repeat the parameter)."),
@@ -137,5 +138,10 @@ def add_page(app: FastAPI, token: Optional[str]) -> None:
             response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict")
             return response
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        # Browsers ask for it whatever the page declares: an answer, not a 404 in the log.
+        return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")

@@ -204,7 +204,7 @@ class Service:
 
     # ---- work (call with self.lock held: see the module docstring) ----
 
-    def search(self, query, side: str | None, k: int, rerank: int, one_per_video: bool, exclude_video: str | None, where) -> dict:
+    def search(self, query, side: str | None, k: int, rerank: int | None, one_per_video: bool, exclude_video: str | None, where) -> dict:
         """Hits for a query: a file path or ``VIDEO_ID@START-END`` text, or a vector (a list).
 
         ``side`` is the query's side (as ``--from``); the other modality is searched.
@@ -220,12 +220,15 @@ class Service:
         if isinstance(query, list):
             if rerank:
                 raise InputError("rerank needs the query's tokens; a vector query cannot be reranked (use rerank=0)")
+            rerank = 0
             vector = unit_vector(query, self.searcher.meta["dim"])
             side = side or AUDIO
         else:
             tokens = self.searcher.tokens(query)
             side = side or tokens.default_side()
             vector = self.searcher.embed(tokens, side)
+        if rerank is None:  # as `avfeat search`: audio queries rerank when the cache is there
+            rerank = self.searcher.default_rerank(side)
         searched = other(side)
         self.searcher.matching_rows(searched, conditions)  # an unknown column is one line (400)
         hits = self.searcher.best_hits(vector, searched, max(k, rerank), conditions or None, one_per_video, exclude_video)
@@ -253,9 +256,14 @@ class Service:
         return {**result.to_dict(), "lags": [round(float(x), 4) for x in result.lags], "curve": _clean([float(x) for x in result.curve])}
 
     def locate(self, query, side: str | None, k: int) -> dict:
+        from avfeat.index.locate import clip_seconds
+
         self.cached()  # locate refines its candidates on the cached tokens
-        candidates = self.searcher.locate(query, side=side, k=k)
-        return {"candidates": [
+        tokens = self.searcher.tokens(query)
+        candidates = self.searcher.locate(tokens, side=side, k=k)
+        # The score a candidate must reach (calibrated once per sides and length, then kept).
+        threshold = self.searcher.locate_threshold([side] if side else tokens.sides(), clip_seconds(tokens))
+        return {"threshold": _clean(float(threshold)), "candidates": [
             {"rank": rank, "video_id": c.video_id, "time": round(float(c.time), 4), "votes": int(c.votes), "score": _clean(float(c.score)),
              "metadata": _clean(self.videos[c.video_id].metadata) if c.video_id in self.videos else {},
              "media": media_url(c.video_id, float(c.time))}

@@ -114,7 +114,39 @@ async function runSearch(describe, request) {
   }
 }
 
+// The query above the hits: the chosen file plays from a local object URL (nothing is fetched
+// again), an indexed span shows its id and times with its own player.
+let queryUrl = null;
+
+function showQuery(kind, source, name, what) {
+  const view = $("query-view");
+  if (queryUrl) URL.revokeObjectURL(queryUrl);
+  queryUrl = source && source.startsWith("blob:") ? source : null;
+  const player = document.createElement(kind);
+  if (kind !== "img") { player.controls = true; player.preload = "metadata"; }
+  player.src = source;
+  player.className = "query-media";
+  const caption = document.createElement("figcaption");
+  const label = document.createElement("div");
+  label.className = "what";
+  label.textContent = what;
+  const title = document.createElement("code");
+  title.className = "name";
+  title.textContent = name;
+  title.title = name;
+  caption.append(label, title);
+  view.replaceChildren(player, caption);
+  view.hidden = false;
+}
+
+function showFile(file) {
+  const type = file.type.split("/")[0];
+  const kind = type === "audio" ? "audio" : type === "image" ? "img" : "video";
+  showQuery(kind, URL.createObjectURL(file), file.name, `searching with this ${type === "image" ? "image" : type === "audio" ? "sound" : "video"}`);
+}
+
 function searchFile(file) {
+  showFile(file);
   return runSearch(file.name, () => filePost(`/api/search?${searchParams(null)}`, file));
 }
 
@@ -123,6 +155,8 @@ function searchSpan(videoId, start, end, excludeOwn) {
   if (start !== "" && start !== undefined) payload.start = Number(start);
   if (end !== "" && end !== undefined) payload.end = Number(end);
   const span = payload.start !== undefined ? ` ${seconds(payload.start)}–${payload.end !== undefined ? seconds(payload.end) : "end"}` : "";
+  const fragment = payload.start !== undefined ? `#t=${payload.start}${payload.end !== undefined ? `,${payload.end}` : ""}` : "";
+  showQuery("video", `/media/${encodeURIComponent(videoId)}${fragment}`, videoId, `searching with the indexed span${span || " (whole video)"}`);
   return runSearch(`${videoId}${span}`, () => jsonPost(`/api/search?${searchParams(excludeOwn ? videoId : null)}`, payload));
 }
 
@@ -132,8 +166,14 @@ async function locateFile(file) {
   setStatus($("status"), `looking for where ${file.name} was cut from…`);
   try {
     const answer = await filePost(`/api/locate?k=5`, file);
-    setStatus($("status"), `${answer.candidates.length} candidate sources for ${file.name}, best first`);
-    renderTiles(answer.candidates.map((c) => ({ ...c, start: c.time, end: null, label: `#${c.rank} · starts at ${seconds(c.time)} · ${c.votes} votes` })));
+    const threshold = answer.threshold === null || answer.threshold === undefined ? "–" : answer.threshold.toFixed(3);
+    setStatus($("status"), answer.candidates.length
+      ? `${answer.candidates.length} candidate sources for ${file.name}, best first (the best must score ≥ ${threshold} to count as found)`
+      : `${file.name} was not found: no indexed video scores ≥ ${threshold}`);
+    renderTiles(answer.candidates.map((c) => ({
+      ...c, start: c.time, end: null,
+      label: `#${c.rank} · starts at ${seconds(c.time)} · ${c.votes} ${c.votes === 1 ? "vote" : "votes"} · score ${c.score === null ? "–" : c.score.toFixed(3)} (threshold ${threshold})`,
+    })));
     hits.dataset.state = "done";
   } catch (error) {
     setStatus($("status"), error.message, true);
@@ -170,6 +210,7 @@ function renderTiles(items) {
     const id = document.createElement("code");
     id.className = "video-id";
     id.textContent = item.video_id;
+    id.title = item.video_id;  // the whole id where the tile cuts it short
     const span = document.createElement("div");
     span.className = "span";
     span.textContent = item.end === null ? `from ${seconds(item.start)}` : `${seconds(item.start)} – ${seconds(item.end)}`;
@@ -243,6 +284,13 @@ async function runSync(describe, request) {
   $("sync-result").textContent = "";
   try {
     const answer = await request();
+    if (answer.silent) {  // nothing to hear: no offset, no curve
+      $("sync-result").textContent = `silent: no offset, confidence ${answer.confidence.toFixed(2)}`;
+      setStatus($("sync-status"), describe);
+      canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+      canvas.dataset.state = "done";
+      return;
+    }
     const late = answer.offset > 0 ? "audio late" : answer.offset < 0 ? "audio early" : "in sync";
     $("sync-result").textContent = `offset ${answer.offset >= 0 ? "+" : ""}${answer.offset.toFixed(3)} s (${late}), confidence ${answer.confidence.toFixed(2)}`;
     setStatus($("sync-status"), describe);
@@ -254,7 +302,17 @@ async function runSync(describe, request) {
   }
 }
 
-// The lag curve, drawn by hand: axes, ticks every half second, the curve, and the offset.
+// Round tick values from lo to hi, about ``count`` of them, a 1, 2 or 5 times a power of ten apart.
+function niceTicks(lo, hi, count) {
+  const raw = (hi - lo) / Math.max(1, count);
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw) || 10 * power;
+  const ticks = [];
+  for (let i = Math.ceil(lo / step - 1e-9); i * step <= hi + step * 1e-9; i += 1) ticks.push(i * step);
+  return { ticks, step, digits: Math.max(0, -Math.floor(Math.log10(step) + 1e-9)) };
+}
+
+// The lag curve, drawn by hand: axes with round, evenly spaced ticks and their names, the curve, and the offset.
 function drawCurve(canvas, lags, curve, offset) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || canvas.width;
@@ -267,7 +325,7 @@ function drawCurve(canvas, lags, curve, offset) {
 
   const points = lags.map((lag, i) => [lag, curve[i]]).filter(([, value]) => value !== null && Number.isFinite(value));
   if (!points.length) return;
-  const pad = { left: 56, right: 16, top: 16, bottom: 40 };
+  const pad = { left: 70, right: 16, top: 16, bottom: 40 };
   const xMin = lags[0], xMax = lags[lags.length - 1];
   let yMin = Math.min(...points.map((p) => p[1])), yMax = Math.max(...points.map((p) => p[1]));
   if (yMax === yMin) { yMax += 1; yMin -= 1; }
@@ -280,22 +338,34 @@ function drawCurve(canvas, lags, curve, offset) {
   g.font = "12px system-ui, sans-serif";
   g.lineWidth = 1;
 
-  // Grid and ticks: every 0.5 s on x, five steps on y.
+  // Grid and ticks: round values, evenly spaced, as many as the width holds (about one per 70 px).
   g.strokeStyle = faint;
   g.fillStyle = ink;
   g.textAlign = "center";
-  for (let lag = Math.ceil(xMin * 2) / 2; lag <= xMax + 1e-9; lag += 0.5) {
+  const xs = niceTicks(xMin, xMax, Math.max(2, Math.floor((width - pad.left - pad.right) / 70)));
+  for (const lag of xs.ticks) {
     g.beginPath(); g.moveTo(x(lag), pad.top); g.lineTo(x(lag), height - pad.bottom); g.stroke();
-    g.fillText(lag.toFixed(1), x(lag), height - pad.bottom + 16);
+    g.fillText(lag.toFixed(xs.digits), x(lag), height - pad.bottom + 16);
   }
   g.textAlign = "right";
-  for (let step = 0; step <= 4; step += 1) {
-    const value = yMin + ((yMax - yMin) * step) / 4;
+  const ys = niceTicks(yMin, yMax, 4);
+  for (const value of ys.ticks) {
     g.beginPath(); g.moveTo(pad.left, y(value)); g.lineTo(width - pad.right, y(value)); g.stroke();
-    g.fillText(value.toFixed(3), pad.left - 6, y(value) + 4);
+    g.fillText(value.toFixed(ys.digits), pad.left - 6, y(value) + 4);
   }
+  const xName = "lag (s), positive = audio late", yName = "score";
   g.textAlign = "center";
-  g.fillText("lag (s), positive = audio late", (pad.left + width - pad.right) / 2, height - 6);
+  g.fillText(xName, (pad.left + width - pad.right) / 2, height - 6);
+  g.save();
+  g.translate(14, (pad.top + height - pad.bottom) / 2);
+  g.rotate(-Math.PI / 2);
+  g.fillText(yName, 0, 0);
+  g.restore();
+  // What was drawn, for assistive technology and checks: the axis names and tick labels.
+  canvas.dataset.xTicks = JSON.stringify(xs.ticks.map((t) => t.toFixed(xs.digits)));
+  canvas.dataset.yTicks = JSON.stringify(ys.ticks.map((t) => t.toFixed(ys.digits)));
+  canvas.dataset.xName = xName;
+  canvas.dataset.yName = yName;
 
   // The curve.
   g.strokeStyle = "#2563eb";

@@ -9,6 +9,7 @@ serve_sync.png, which the README shows), else to a temp folder: a test run chang
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -115,6 +116,16 @@ const check = () => {
 video.play().then(check).catch((e) => done({ failed: String(e), error: video.error && video.error.code }));
 """
 
+# Each matching element after its text is made six times longer: how many lines it takes (its
+# height over its line height), and its text and tooltip.
+ONE_LINE = """
+return Array.from(document.querySelectorAll(arguments[0])).map((e) => {
+  e.textContent = e.textContent.repeat(6);
+  e.title = e.textContent;
+  const lines = Math.round(e.getBoundingClientRect().height / parseFloat(getComputedStyle(e).lineHeight));
+  return { lines: lines, text: e.textContent, title: e.title };
+});"""
+
 LOADED = "return Array.from(document.querySelectorAll('#hits video')).every((v) => v.readyState >= 2);"
 
 
@@ -133,6 +144,12 @@ def test_page_finds_the_class_of_an_uploaded_video_and_plays_the_hits(browser, s
     assert len(set(ids)) == 8  # one hit per video
     assert setup.class_of(ids[0]) == setup.held_classes[name]
     assert "#1 · score" in tiles[0].text and ids[0] in tiles[0].text
+    # The query itself sits above the hits, playing from the browser's own copy of the file.
+    query = browser.find_element(By.CSS_SELECTOR, "#query-view video")
+    assert query.get_attribute("src").startswith("blob:") and name in browser.find_element(By.ID, "query-view").text
+    # An id stays whole on one line (cut with an ellipsis, the whole of it in the tooltip), even a long one.
+    shapes = browser.execute_script(ONE_LINE, "#hits .video-id")
+    assert shapes and all(s["lines"] == 1 and s["title"] == s["text"] for s in shapes), shapes
 
     # The rank-1 player starts at its hit (the #t= media fragment) and plays on.
     start = float(tiles[0].get_attribute("data-start"))
@@ -163,6 +180,10 @@ def test_page_searches_with_an_indexed_span(browser, server, setup):
     assert wait_for_state(browser, "hits") == "done", browser.find_element(By.ID, "status").text
     ids = [tile.get_attribute("data-video-id") for tile in browser.find_elements(By.CSS_SELECTOR, "#hits .hit")]
     assert len(ids) == 8 and video_id not in ids  # "leave this video out" is on by default
+    # The query above the hits: the span's id and times, and its player.
+    view = browser.find_element(By.ID, "query-view")
+    assert video_id in view.text and "0.50 s–2.00 s" in view.text, view.text
+    assert "/media/" in view.find_element(By.TAG_NAME, "video").get_attribute("src")
     # A mistake shows the server's one-line message, not a broken page.
     browser.find_element(By.ID, "where").send_keys("colour=red")
     browser.find_element(By.ID, "search-video").click()
@@ -186,4 +207,55 @@ for (let i = 0; i < d.length; i += 4) {
 }
 return [blue, red];""")
     assert colours[0] > 200 and colours[1] > 50, colours
+    # Both axes are named, and their tick labels are round values evenly spaced.
+    curve = browser.find_element(By.ID, "sync-curve")
+    assert curve.get_attribute("data-x-name") == "lag (s), positive = audio late" and curve.get_attribute("data-y-name") == "score"
+    for axis in ("data-x-ticks", "data-y-ticks"):
+        ticks = [float(t) for t in json.loads(curve.get_attribute(axis))]
+        steps = {round(b - a, 6) for a, b in zip(ticks, ticks[1:])}
+        assert len(ticks) >= 3 and len(steps) == 1, (axis, ticks)
     browser.save_screenshot(str(SHOTS / "serve_sync.png"))
+
+
+def test_locate_shows_votes_score_and_threshold(browser, server, setup):
+    browser.get(server + "/")
+    WebDriverWait(browser, 30).until(lambda d: "videos" in d.find_element(By.ID, "index-info").text)
+    browser.find_element(By.ID, "file").send_keys(str(setup.corpus / sorted(setup.classes)[1]))
+    assert wait_for_state(browser, "hits") == "done", browser.find_element(By.ID, "status").text
+    browser.find_element(By.ID, "locate").click()
+    WebDriverWait(browser, 60).until(lambda d: "candidate" in d.find_element(By.ID, "status").text or "not found" in d.find_element(By.ID, "status").text
+                                     or d.find_element(By.ID, "hits").get_attribute("data-state") == "error")
+    assert wait_for_state(browser, "hits") == "done", browser.find_element(By.ID, "status").text
+    title = browser.find_element(By.CSS_SELECTOR, "#hits .hit .title").text
+    assert re.search(r"· (1 vote|\d+ votes) · score \d\.\d{3} \(threshold \d\.\d{3}\)$", title), title
+    assert not re.search(r"(?<!\d)1 votes", browser.find_element(By.ID, "hits").text)
+
+
+def test_page_has_a_favicon(browser, server):
+    browser.get(server + "/")
+    icon = browser.find_element(By.CSS_SELECTOR, "link[rel='icon']").get_attribute("href")
+    for url in (icon, server + "/favicon.ico"):  # the declared icon, and what browsers ask for anyway
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            assert answer.status == 200 and answer.headers["content-type"].startswith("image/svg+xml"), url
+
+
+def test_page_fits_a_420_px_window(browser, server, setup):
+    size = browser.get_window_size()
+    browser.set_window_size(420, 900)
+    try:
+        browser.get(server + "/")
+        WebDriverWait(browser, 30).until(lambda d: "videos" in d.find_element(By.ID, "index-info").text)
+        browser.find_element(By.ID, "file").send_keys(str(setup.held / sorted(setup.held_classes)[0]))
+        assert wait_for_state(browser, "hits") == "done", browser.find_element(By.ID, "status").text
+        width = browser.execute_script("return [document.scrollingElement.scrollWidth, window.innerWidth];")
+        assert width[1] <= 420 and width[0] <= width[1], width
+        # The controls are stacked: the file drop above the indexed-video form, both full width.
+        drop, form = (browser.find_element(By.ID, name).rect for name in ("drop", "by-video"))
+        assert form["y"] >= drop["y"] + drop["height"] and abs(form["x"] - drop["x"]) < 2, (drop, form)
+        # and the form's fields one under another, each starting at the form's left edge.
+        lefts = {round(label.rect["x"]) for label in browser.find_elements(By.CSS_SELECTOR, "#by-video label")}
+        assert len(lefts) == 1, lefts
+        browser.find_element(By.CSS_SELECTOR, ".tab[data-panel='sync-panel']").click()
+        assert browser.execute_script("return document.scrollingElement.scrollWidth;") <= width[1]
+    finally:
+        browser.set_window_size(size["width"], size["height"])

@@ -160,8 +160,11 @@ def test_sync_and_locate(client, service, setup, tmp_path):
     cached = client.post("/api/sync", json={"video_id": video}, params={"max_offset": 1.0}).json()
     assert len(cached["lags"]) == 101
     cut_clip(source, tmp_path / "clip.mp4", 0.6, 2.0)
-    best = client.post("/api/locate", files=upload(tmp_path / "clip.mp4"), params={"k": 2}).json()["candidates"][0]
+    located = client.post("/api/locate", files=upload(tmp_path / "clip.mp4"), params={"k": 2}).json()
+    best = located["candidates"][0]
     assert best["video_id"] == video and abs(best["time"] - 0.6) <= 0.2
+    # Each candidate's score and the threshold the service held the best one to.
+    assert 0.0 <= located["threshold"] <= best["score"] <= 1.0 + 1e-6
 
 
 def test_attention_map_is_a_png(client, service):
