@@ -19,7 +19,7 @@ from avfeat.core.values import did_you_mean
 from avfeat.data.codecs import codec_of
 from avfeat.data.configs import CacheConfig
 from avfeat.data.layout import CONFIG_FILE, CacheLayout, read_config, shard_name
-from avfeat.data.manifest import read_manifest
+from avfeat.data.manifest import ManifestRecords, read_manifest
 from avfeat.data.records import VideoRecord
 from avfeat.data.shards import ShardDamage, file_sha256
 
@@ -88,9 +88,9 @@ class Cache:
         self._config_json = read_config(self.layout)  # as written: the fingerprint hashes it
         self.config = CacheConfig.from_dict(self._config_json, str(path))
         self.manifest = read_manifest(self.layout.root)
-        self._records = {row["video_id"]: VideoRecord.from_row(row) for row in self.manifest.to_pylist()}
+        self._records = ManifestRecords(self.manifest)
         # What each shard was when committed (from its manifest part; None for older caches).
-        self._sizes = {r.shard: r.shard_bytes for r in self._records.values()}
+        self._sizes = dict(zip(self._records.column("shard"), self._records.column("shard_bytes")))
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
 
@@ -107,7 +107,7 @@ class Cache:
 
     def records(self, status: str | None = None) -> list[VideoRecord]:
         """Every video's record in manifest order, optionally only those of one status."""
-        return [r for r in self._records.values() if status is None or r.status == status]
+        return [r for r in self._records.all() if status is None or r.status == status]
 
     def record(self, video_id: str) -> VideoRecord:
         """The video's record; an unknown id is a :class:`CacheError` naming the closest ids."""
@@ -120,7 +120,7 @@ class Cache:
     def resolve(self, name: str) -> str:
         """The id of the video ``name`` stands for: an id, or the path, file name or stem of
         one video's file (see :func:`resolve_video_name`)."""
-        paths = {video: record.path for video, record in self._records.items()}
+        paths = dict(zip(self._records.ids, self._records.column("path")))
         return resolve_video_name(name, paths, "`avfeat info CACHE --videos` lists the ids")
 
     def ok_record(self, video_id: str) -> VideoRecord:
@@ -131,9 +131,7 @@ class Cache:
         return record
 
     def status_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for record in self._records.values():
-            counts[record.status] = counts.get(record.status, 0) + 1
+        counts = {entry["values"]: entry["counts"] for entry in self.manifest.column("status").value_counts().to_pylist()}
         return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
     def _shard(self, shard: int):
@@ -228,32 +226,41 @@ class Cache:
         the damaged ones, with the videos they hold (empty when all are whole). ``hashes=False``
         checks only that each shard is there with its size (no reading: what `info` does)."""
         damaged = []
+        rows = self._rows_by_shard()
+        sha256, size = self._records.column("shard_sha256"), self._records.column("shard_bytes")
         for index, part in sorted(self.layout.parts().items()):
-            records = [r for r in self._records.values() if r.shard == index]
-            if not records:
+            if index not in rows:
                 continue  # every video of this part was recorded again later
             path = self.layout.shard_dir / shard_name(index)
-            expected = records[0].shard_sha256
+            first = rows[index][0]
+            expected = sha256[first]
             if not path.is_file():
                 problem = "missing"
             elif expected is None:
                 continue  # committed by an avfeat that recorded no checksums
-            elif path.stat().st_size != records[0].shard_bytes:
-                problem = f"{path.stat().st_size} bytes, {records[0].shard_bytes} recorded"
+            elif path.stat().st_size != size[first]:
+                problem = f"{path.stat().st_size} bytes, {size[first]} recorded"
             elif hashes and file_sha256(path) != expected:
                 problem = "its SHA-256 differs from the recorded one"
             else:
                 continue
-            damaged.append(ShardDamage(index, path, part, problem, [r.video_id for r in records]))
+            damaged.append(ShardDamage(index, path, part, problem, [self._records.ids[row] for row in rows[index]]))
         return damaged
+
+    def _rows_by_shard(self) -> dict[int, np.ndarray]:
+        """Each shard's rows, in manifest order."""
+        shards = self.manifest.column("shard").to_numpy(zero_copy_only=False)
+        order = np.argsort(shards, kind="stable")
+        found, starts = np.unique(shards[order], return_index=True)
+        return {int(index): rows for index, rows in zip(found, np.split(order, starts[1:]))}
 
     def fingerprint(self) -> str:
         """A short hash of the config and of what the manifest records, to tie heads and
         indexes to the exact cache contents they were built from."""
         digest = hashlib.sha1(json.dumps({k: v for k, v in self._config_json.items() if k != "avfeat_version"}, sort_keys=True).encode())
-        for vid in sorted(self._records):
-            r = self._records[vid]
-            digest.update(f"{vid}|{r.status}|{r.shard}|{r.audio_length}|{r.visual_length}\n".encode())
+        columns = zip(self._records.ids, *(self._records.column(name) for name in ("status", "shard", "audio_length", "visual_length")))
+        for vid, status, shard, audio, frames in sorted(columns):
+            digest.update(f"{vid}|{status}|{shard}|{audio}|{frames}\n".encode())
         return digest.hexdigest()[:16]
 
     def shard_attrs(self) -> dict[str, Any]:

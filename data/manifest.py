@@ -7,12 +7,13 @@ record in the highest part wins.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Iterator, NamedTuple
 
 from avfeat.core.errors import CacheError
 from avfeat.core.values import one_line
 from avfeat.data.layout import CacheLayout, shard_name
-from avfeat.data.records import Status
+from avfeat.data.records import Status, VideoRecord
 
 
 def manifest_schema():
@@ -73,19 +74,33 @@ def part_table(rows: list[dict[str, Any]]):
     return table
 
 
+_READERS = 4  # threads reading parts: a part's read waits on the disk and on pyarrow, not the GIL
+
+
+def _read_part(path: Path):
+    import pyarrow.parquet as pq
+
+    return _conform(pq.ParquetFile(path, page_checksum_verification=True).read(use_threads=False))
+
+
 def read_manifest(root: str | Path):
     """All committed manifest rows as a pyarrow Table, latest record per video."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow.compute as pc
 
     layout = CacheLayout(Path(root))
     parts = layout.parts()
     if not parts:
         return manifest_schema().empty_table()
+    order = sorted(parts)
+    with ThreadPoolExecutor(min(_READERS, len(order))) as pool:
+        reads = [pool.submit(_read_part, parts[index]) for index in order]
     tables = []
-    for index in sorted(parts):
+    for index, read in zip(order, reads):
         try:
-            tables.append(_conform(pq.read_table(parts[index], page_checksum_verification=True)))
+            tables.append(read.result())
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise CacheError(
                 f"manifest part {parts[index]} is damaged ({one_line(error)}); restore it, or remove it and "
@@ -95,8 +110,76 @@ def read_manifest(root: str | Path):
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise CacheError(f"the manifest parts of {layout.root} hold one metadata column with two types ({one_line(error)})") from None
+    retired = pc.equal(table.column("status"), Status.SUPERSEDED.value)
+    if pc.count_distinct(table.column("video_id")).as_py() == table.num_rows:  # no video recorded twice
+        return table.filter(pc.invert(retired)) if pc.any(retired).as_py() else table
     # A retried video appears in several parts; keep its last record, unless that retires it.
     ids, statuses = table.column("video_id").to_pylist(), table.column("status").to_pylist()
     last = {video_id: row for row, video_id in enumerate(ids)}
     keep = sorted(row for row in last.values() if statuses[row] != Status.SUPERSEDED)
     return table if len(keep) == len(ids) else table.take(keep)
+
+
+class Recorded(NamedTuple):
+    """What deciding an input's id and whether to extract it needs of a record (the fields of
+    :class:`VideoRecord` of those names): a million of these build in a second, not ten."""
+
+    video_id: str
+    path: str
+    size: int
+    mtime: float
+    status: str
+    duration: float
+    segment_start: float | None
+    segment_end: float | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+
+class ManifestRecords(Mapping):
+    """A manifest table as ``{video_id: VideoRecord}`` in manifest order, each record built when
+    asked for: opening a cache of a million videos builds none of them."""
+
+    _SINGLE = 1000  # records built one by one before building them all at once is cheaper
+
+    def __init__(self, table):
+        self.table = table
+        self.ids: list[str] = table.column("video_id").to_pylist()
+        self._row = dict(zip(self.ids, range(len(self.ids))))
+        self._all: list[VideoRecord] | None = None
+        self._some: dict[str, VideoRecord] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __contains__(self, video_id: object) -> bool:
+        return video_id in self._row
+
+    def __getitem__(self, video_id: str) -> VideoRecord:
+        row = self._row[video_id]
+        if self._all is not None:
+            return self._all[row]
+        if len(self._some) >= self._SINGLE:
+            return self.all()[row]
+        if video_id not in self._some:
+            self._some[video_id] = VideoRecord.from_row(self.table.slice(row, 1).to_pylist()[0])
+        return self._some[video_id]
+
+    def all(self) -> list[VideoRecord]:
+        """Every record, in manifest order."""
+        if self._all is None:
+            self._all = [VideoRecord.from_row(row) for row in self.table.to_pylist()]
+        return self._all
+
+    def column(self, name: str) -> list:
+        """One manifest column as a list, in manifest order."""
+        return self.table.column(name).to_pylist()
+
+    def recorded(self) -> dict[str, Recorded]:
+        """``{video_id: Recorded}`` of every row, built column by column."""
+        return dict(zip(self.ids, map(Recorded._make, zip(*(self.column(name) for name in Recorded._fields)))))

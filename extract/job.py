@@ -25,7 +25,7 @@ from avfeat.core.outputs import OutputMode, prepare_output, refuse_inside
 from avfeat.core.values import check_number, human_bytes
 from avfeat.data.configs import CONFIG_DEFAULTS
 from avfeat.data.layout import CACHE_OWN, CONFIG_FILE, CONFIG_MARKS, CacheLayout
-from avfeat.data.manifest import read_manifest
+from avfeat.data.manifest import ManifestRecords, read_manifest
 from avfeat.data.shards import ShardWriter, check_compute_dtype, check_config, compute_dtype, new_record, open_for_writing
 from avfeat.data.records import Status, VideoRecord
 from avfeat.extract.models.devices import COMPUTE_DTYPES
@@ -280,26 +280,9 @@ class Extractor:
     def _run(self, inputs, out, progress, on_plan, ray_address) -> ExtractSummary:
         started = time.perf_counter()
         layout = open_for_writing(out, self.encoder.cache_config())
-        recorded = _records(layout)
-        summary = ExtractSummary(ids=assign_ids(inputs, recorded, refresh=self.options.refresh, retry_failed=self.options.retry_failed))
-        todo: list[VideoRecord] = []
-        planned = 0
-        for item, vid in summary.ids.ids:
-            previous = recorded.get(vid)
-            if previous is not None and vid not in summary.ids.again and (previous.ok or not self.options.retry_failed):
-                summary.skipped += 1
-                summary.failed_before += not previous.ok
-                continue
-            if self.options.limit is not None and planned >= self.options.limit:
-                summary.left += 1
-                continue
-            old = summary.ids.superseded.get(vid)
-            if old in recorded:  # in the same shard as its successor, so the old tokens are never read again
-                todo.append(recorded[old].with_(status=Status.SUPERSEDED, error=f"its file changed; extracted again as {vid}"))
-            todo.append(_new_record(vid, item))
-            planned += 1
+        summary, todo = plan_run(layout, inputs, self.options)
         if on_plan:
-            on_plan(planned)  # inputs, not the retired records that go with them
+            on_plan(len(todo) - sum(record.status == Status.SUPERSEDED for record in todo))  # inputs, not the retired records that go with them
 
         if ray_address is None:
             self._extract(layout, todo, summary, progress)
@@ -308,7 +291,7 @@ class Extractor:
 
             extract_on_ray(self, layout, todo, summary, progress, address=ray_address)
 
-        final = _records(layout)
+        final = ManifestRecords(read_manifest(layout.root)).recorded()
         statuses = Counter()
         for _, vid in summary.ids.ids:
             record = final.get(vid)
@@ -382,8 +365,32 @@ class Extractor:
         flush()
 
 
-def _records(layout: CacheLayout) -> dict[str, VideoRecord]:
-    return {row["video_id"]: VideoRecord.from_row(row) for row in read_manifest(layout.root).to_pylist()}
+def plan_run(layout: CacheLayout, inputs: list[MediaInput], options: RunOptions) -> tuple[ExtractSummary, list[VideoRecord]]:
+    """What a run of ``inputs`` into the cache does before decoding anything: each input's id,
+    those the cache already records (skipped), those past ``options.limit`` (left), and the
+    records to write, in order (a changed file's retired record before its successor's)."""
+    records = ManifestRecords(read_manifest(layout.root))
+    recorded = records.recorded()  # what deciding needs of each record; full ones only for a changed file
+    summary = ExtractSummary(ids=assign_ids(inputs, recorded, refresh=options.refresh, retry_failed=options.retry_failed))
+    todo: list[VideoRecord] = []
+    planned = 0
+    for item, vid in summary.ids.ids:
+        previous = recorded.get(vid)
+        if previous is not None and vid not in summary.ids.again and (previous.ok or not options.retry_failed):
+            summary.skipped += 1
+            summary.failed_before += not previous.ok
+            continue
+        if options.limit is not None and planned >= options.limit:
+            summary.left += 1
+            continue
+        old = summary.ids.superseded.get(vid)
+        if old in records:  # in the same shard as its successor, so the old tokens are never read again
+            todo.append(records[old].with_(status=Status.SUPERSEDED, error=f"its file changed; extracted again as {vid}"))
+        todo.append(_new_record(vid, item))
+        planned += 1
+    return summary, todo
+
+
 
 
 def _new_record(vid: str, item: MediaInput) -> VideoRecord:

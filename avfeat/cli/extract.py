@@ -118,7 +118,7 @@ def info(
 
     if verify:
         return _verify(cache, as_json)
-    report = cache_summary(cache)
+    report = cache_summary(cache, videos=as_json or videos)
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))  # default: metadata dates and such
     elif videos:

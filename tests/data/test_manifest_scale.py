@@ -1,0 +1,49 @@
+"""A cache of a million videos opens, summarises and plans a resume in seconds: none of these
+builds a VideoRecord per row (benchmarks/manifest.py times them at a million rows)."""
+
+import pytest
+
+from avfeat.data.cache import Cache
+from avfeat.data.records import VideoRecord
+from avfeat.data.summary import cache_summary
+from avfeat.data.shards import ShardWriter, new_record, open_for_writing
+from avfeat.extract.inputs.items import MediaInput
+from avfeat.extract.job import RunOptions, plan_run
+from avfeat.extract.sources.remote import Stat
+
+CONFIG = {"audio_model": "random:hubert-tiny", "visual_model": "random:dinov2-tiny", "audio_layer": -1, "visual_layer": -1,
+          "audio_dim": 4, "audio_token_rate": 50.0, "visual_dim": 2, "visual_tokens": 3, "fps": 2.0}
+
+
+@pytest.fixture
+def cache(tmp_path):
+    layout = open_for_writing(tmp_path / "cache", CONFIG)
+    for index in range(3):
+        with ShardWriter(layout, index, audio_dim=4, visual_tokens_per_frame=3, visual_dim=2, attrs={}) as writer:
+            for n in range(4):
+                vid = f"v{index}{n}"
+                writer.add_failure(new_record(vid, str(tmp_path / f"{vid}.mp4"), 10 + n, 1.0 + n), "decode_error", "broken")
+    return layout
+
+
+@pytest.fixture
+def built(monkeypatch):
+    calls = []
+    original = VideoRecord.from_row.__func__
+    monkeypatch.setattr(VideoRecord, "from_row", classmethod(lambda cls, row: calls.append(row) or original(cls, row)))
+    return calls
+
+
+def test_opening_and_summarising_build_no_record_per_row(cache, built):
+    store = Cache(cache.root)
+    assert len(store) == 12 and "v21" in store and store.status_counts() == {"decode_error": 12}
+    assert not built
+    report = cache_summary(cache.root, videos=False)
+    assert report["videos"] == 12 and len(report["failures"]) == 12 and not built
+    assert store.record("v21").size == 11 and len(built) == 1  # one asked for, one built
+
+
+def test_planning_a_resume_builds_no_record_per_row(cache, built, tmp_path):
+    inputs = [MediaInput(tmp_path / f"v{i}{n}.mp4", stat=Stat(10 + n, 1.0 + n)) for i in range(3) for n in range(4)]
+    summary, todo = plan_run(cache, inputs, RunOptions())
+    assert summary.skipped == 12 and summary.failed_before == 12 and todo == [] and not built
