@@ -17,7 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterable
 
-from avfeat.core.errors import InputError
+from avfeat.core.errors import InputError, disk_full
 from avfeat.core.lock import LOCK_NAME
 from avfeat.core.values import one_line
 
@@ -86,6 +86,8 @@ def claim_output(folder: str | os.PathLike, kind: str, names: Iterable[str]) -> 
         write_atomic(folder / OWNER_FILE, record.to_json())
         fsync_dir(folder)
     except OSError as error:
+        if disk_full(error):  # the CLI's full-disk line: free space, run the same command again
+            raise
         raise InputError(f"cannot write {folder / OWNER_FILE}: {one_line(error)}") from None
     return record
 
