@@ -1,6 +1,7 @@
 """Several processes training one set of heads: ``torchrun --nproc-per-node N -m avfeat
 train-head ...`` or ``avfeat train-head --nproc N ...`` (which hands the same command to torchrun's
-own launcher, ``torch.distributed.run``, in this process).
+own launcher, ``torch.distributed.run``, in this process); on several machines, ``--nnodes N
+--node-rank R --rdzv-endpoint HOST:PORT`` on each (torchrun's c10d rendezvous).
 
 Each process (rank) draws the same epoch plan from the same seed and takes its own equal share
 of every global batch, so N processes see exactly the batches one process sees. The projected
@@ -141,7 +142,25 @@ class Group:
             dist.barrier()
         except Exception:
             pass
+        if self.local_rank == 0:  # the first process of another machine: its terminal shows the line too
+            raise first
         raise PeerFailed(f"rank {failed[0]} failed: {first}")
+
+    def check_same(self, seen: dict) -> None:
+        """Every rank must see the same files: ``seen`` maps what (a path) to a value read from it.
+        Several machines see their own disks, so a cache or checkpoint not on shared storage would
+        otherwise train on something else silently. Differing: an ``InputError`` as ``together``
+        reports it."""
+        if self.world_size == 1:
+            return
+        views = [None] * self.world_size
+        dist.all_gather_object(views, seen)
+        for what in seen:
+            other = next((rank for rank, view in enumerate(views) if view[what] != views[0][what]), None)
+            if other is not None:
+                with self.together():
+                    raise InputError(f"{what} differs between processes (rank {other} sees another than rank 0): "
+                                     "on several machines it must be on storage they share, at the same path")
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -211,7 +230,50 @@ def check_batch(batch_size: int, world_size: int) -> None:
         )
 
 
-# ---- `--nproc`: torchrun's launcher, run in this process -----------------------------------
+# ---- `--nproc`, `--nnodes`: torchrun's launcher, run in this process ----------------------
+
+NODE_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint", "--rdzv-id")
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """This machine's place in a run over ``count`` machines (``--nnodes``, ``--node-rank``,
+    ``--rdzv-endpoint``, ``--rdzv-id``). The machines meet at ``endpoint`` (torchrun's c10d
+    rendezvous), whose store node 0 hosts; which process becomes global rank 0 is the
+    rendezvous's choice, not the node rank's."""
+
+    count: int = 1
+    rank: int | None = None
+    endpoint: str | None = None
+    run_id: str | None = None
+
+    def check(self) -> None:
+        if self.count < 1:
+            raise InputError(f"--nnodes {self.count}: must be 1 or more")
+        if self.count == 1:
+            given = [name for name, value in zip(NODE_OPTIONS[2:], (self.rank, self.endpoint, self.run_id)) if value is not None]
+            if given:
+                raise InputError(f"{given[0]} is for a run over several machines: add --nnodes N (N >= 2)")
+            return
+        if self.endpoint is None:
+            raise InputError(f"--nnodes {self.count} needs --rdzv-endpoint HOST:PORT (node 0's address and a free port, the same on every machine)")
+        if self.rank is None:
+            others = "1 on the other" if self.count == 2 else f"1 to {self.count - 1} on the others"
+            raise InputError(f"--nnodes {self.count} needs --node-rank R (0 on the machine at --rdzv-endpoint, {others})")
+        if not 0 <= self.rank < self.count:
+            raise InputError(f"--node-rank {self.rank}: must be from 0 to {self.count - 1} (--nnodes {self.count})")
+        host, _, port = self.endpoint.rpartition(":")
+        if not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InputError(f"--rdzv-endpoint {self.endpoint!r}: expected HOST:PORT with a port from 1 to 65535")
+        if self.run_id is not None and not self.run_id.strip():
+            raise InputError("--rdzv-id is empty: give every machine of the run the same name")
+
+    def torchrun_args(self) -> list[str]:
+        if self.count == 1:
+            return ["--standalone"]
+        return ["--nnodes", str(self.count), "--rdzv-backend", "c10d", "--rdzv-endpoint", self.endpoint,
+                "--rdzv-id", self.run_id or "avfeat", "--rdzv-conf", f"is_host={str(self.rank == 0).lower()}"]
+
 
 
 def without_option(args: list[str], name: str) -> list[str]:
@@ -227,9 +289,17 @@ def without_option(args: list[str], name: str) -> list[str]:
     return kept
 
 
-def launch(args: list[str], nproc: int, module: str = "avfeat") -> int:
+def without_options(args: list[str], names) -> list[str]:
+    for name in names:
+        args = without_option(args, name)
+    return args
+
+
+def launch(args: list[str], nproc: int, module: str = "avfeat", nodes: Nodes = Nodes()) -> int:
     """Run ``python -m MODULE ARGS`` as ranks 0..nproc-1 on this machine, as
-    ``torchrun --standalone --nproc-per-node N -m MODULE ARGS`` does, and wait for them.
+    ``torchrun --standalone --nproc-per-node N -m MODULE ARGS`` does, and wait for them; with
+    ``nodes`` (several machines), as ``nproc`` of the run's processes, joining the other
+    machines through the c10d rendezvous instead of ``--standalone``.
 
     torchrun stops the other processes as soon as one fails. Returns 0, or the failing
     process's exit status (128 + N for one killed by signal N, as a shell reports it). The
@@ -248,17 +318,18 @@ def launch(args: list[str], nproc: int, module: str = "avfeat") -> int:
     try:
         # torchrun's per-run folder of the processes' error files, removed afterwards
         with tempfile.TemporaryDirectory(prefix="avfeat-torchrun-") as logs:
-            torchrun(["--standalone", "--nproc-per-node", str(nproc), "--log-dir", logs, "-m", module, *args])
+            torchrun([*nodes.torchrun_args(), "--nproc-per-node", str(nproc), "--log-dir", logs, "-m", module, *args])
     except ChildFailedError as error:
         rank, failure = first_failure(error.failures)
         if failure.exitcode >= 0:
             return failure.exitcode
-        print(f"{module}: error: process {rank} of {nproc} was killed by {_signal_name(-failure.exitcode)}", file=sys.stderr)
+        print(f"{module}: error: process {rank} of {nproc * nodes.count} was killed by {_signal_name(-failure.exitcode)}", file=sys.stderr)
         return 128 - failure.exitcode
     except SignalException as stopped:  # the launcher was stopped; torchrun has stopped the processes
         return 128 + int(stopped.sigval)
     except RendezvousError as error:
-        raise InputError(f"torchrun could not start {nproc} processes: {(str(error).strip().splitlines() or [type(error).__name__])[0]}") from None
+        where = f" (rendezvous at {nodes.endpoint}, node {nodes.rank} of {nodes.count})" if nodes.count > 1 else ""
+        raise InputError(f"torchrun could not start {nproc * nodes.count} processes{where}: {(str(error).strip().splitlines() or [type(error).__name__])[0]}") from None
     finally:
         logging.disable(previous)
     return 0

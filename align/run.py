@@ -1,6 +1,6 @@
 """`train-head` as one call: the command's flags become a ``TrainConfig`` and ``RunOptions``,
-the heads train in this process or in ``--nproc`` processes started here, and the run is summed
-up in one line."""
+the heads train in this process or in ``--nproc`` processes started here (joining other
+machines' with ``--nnodes``), and the run is summed up in one line."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def train_heads(
     overwrite: bool = False,
     quiet: bool = False,
     nproc: int = 1,
+    nodes: distributed.Nodes = distributed.Nodes(),
     args: list[str] | None = None,
     log: Callable[[str], None] = print,
     warn: Callable[[str], None] | None = None,
@@ -77,7 +78,8 @@ def train_heads(
     """`avfeat train-head`: check the flags, then train (see ``avfeat.align.train.train``).
 
     ``nproc`` > 1 runs ``avfeat ARGS`` (``args``: the command line, default ``sys.argv[1:]``,
-    without its ``--nproc``) as that many processes here and returns their exit status."""
+    without its ``--nproc``) as that many processes here and returns their exit status; with
+    ``nodes`` (``--nnodes`` > 1) they are this machine's share of a run over several."""
     if resume and overwrite:
         raise InputError("--resume and --overwrite exclude each other")
     config = train_config(settings, exclude, min_correspondence, weight_by)
@@ -85,14 +87,15 @@ def train_heads(
         device=device, memory_limit=None if memory_limit is None else parse_size(memory_limit), workers=workers,
         resume=resume, overwrite=overwrite, quiet=quiet,
     )
-    if nproc > 1:
+    nodes.check()
+    if nproc > 1 or nodes.count > 1:
         if distributed.env_world_size() > 1:
-            raise InputError("--nproc cannot be used under torchrun (WORLD_SIZE is set already): let torchrun start the processes")
+            raise InputError("--nproc and --nnodes cannot be used under torchrun (WORLD_SIZE is set already): let torchrun start the processes")
         if not resume and config.batch_size is not None:  # a resumed run divides the checkpoint's batch size, an automatic one is made to divide; each process checks that
-            distributed.check_batch(config.batch_size, nproc)
-        distributed.check_device(resolve_device(device), nproc)
+            distributed.check_batch(config.batch_size, nproc * nodes.count)
+        distributed.check_device(resolve_device(device), nproc)  # --nproc is per machine: this one's GPUs
         command = sys.argv[1:] if args is None else list(args)
-        return TrainRun(exit_code=distributed.launch(distributed.without_option(command, "--nproc"), nproc))
+        return TrainRun(exit_code=distributed.launch(distributed.without_options(command, distributed.NODE_OPTIONS), nproc, nodes=nodes))
     try:
         result = train(cache, out, config, options, log=log, warn=warn)
     except distributed.PeerFailed:

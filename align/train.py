@@ -174,6 +174,7 @@ class Trainer:
                 self._restore()
             elif self.group.is_main:
                 ckpt.save_config(self.out, self.checkpoint_config())
+        self.group.check_same({f"the cache {cache_path}": self.cache.fingerprint(), f"the checkpoint {self.out} to resume": (self.options.resume, self.step)})
         self.group.broadcast_parameters(self.heads)
 
     # ---- setup -------------------------------------------------------------------------

@@ -10,6 +10,11 @@ import typer
 from avfeat.cli.options import device_option, overwrite_option, quiet_option, resume_option
 from avfeat.data.configs import AGGREGATIONS, HEAD_KINDS
 
+NPROC_HELP = ("Train with N processes on this machine (one per GPU, or gloo on the CPU), as `torchrun --nproc-per-node N -m avfeat train-head ...` does; "
+              "--batch-size stays the global batch and must divide by N.")
+NNODES_HELP = ("Machines in the run: start the same command on each, with its --node-rank and the same --rdzv-endpoint "
+               "(torchrun's c10d rendezvous); --nproc is per machine and --batch-size must divide by nnodes x nproc.")
+
 
 def train_head(
     cache: Path = typer.Argument(..., help="A cache folder written by `avfeat extract`."),
@@ -58,18 +63,19 @@ def train_head(
     resume: bool = resume_option("Continue the run in --out exactly where its last epoch ended."),
     overwrite: bool = overwrite_option("Replace an existing checkpoint in --out."),
     quiet: bool = quiet_option("No progress bar or per-epoch lines."),
-    nproc: int = typer.Option(
-        1, min=1,
-        help="Train with N processes on this machine (one per GPU, or gloo on the CPU), as `torchrun --nproc-per-node N -m avfeat train-head ...` does; "
-        "--batch-size stays the global batch and must divide by N.",
-    ),
+    nproc: int = typer.Option(1, min=1, help=NPROC_HELP),
+    nnodes: int = typer.Option(1, "--nnodes", help=NNODES_HELP),
+    node_rank: Optional[int] = typer.Option(None, "--node-rank", help="With --nnodes: this machine's number, 0 on the machine at --rdzv-endpoint, 1 .. N-1 on the others."),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint", help="With --nnodes: HOST:PORT of node 0, where the machines meet (a free port every machine can reach)."),
+    rdzv_id: Optional[str] = typer.Option(None, "--rdzv-id", help="With --nnodes: the run's name, the same on every machine (default: avfeat)."),
 ) -> None:
     """Train contrastive projection heads on cached HuBERT and DINOv2 tokens.
 
-    Several GPUs: add --nproc N, or start the command under torchrun.
+    Several GPUs: add --nproc N, or start the command under torchrun; several machines: add --nnodes.
     """
     import sys
 
+    from avfeat.align.distributed import Nodes
     from avfeat.align.run import train_heads
 
     settings = dict(
@@ -82,7 +88,7 @@ def train_head(
     run = train_heads(
         cache, out, settings, exclude=exclude, min_correspondence=min_correspondence, weight_by=weight_by,
         device=device, memory_limit=memory_limit, workers=workers, resume=resume, overwrite=overwrite, quiet=quiet,
-        nproc=nproc, args=sys.argv[1:],
+        nproc=nproc, nodes=Nodes(nnodes, node_rank, rdzv_endpoint, rdzv_id), args=sys.argv[1:],
         log=lambda line: typer.echo(line, err=True) if not quiet else None,
         warn=lambda line: typer.echo(f"avfeat: warning: {line}", err=True),
     )

@@ -5,6 +5,7 @@ resume, the errors, and what the `--nproc` launcher does when one process fails.
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from avfeat.align import distributed
 from avfeat.align.heads import AVHeads, HeadConfig
 from avfeat.align.config import RunOptions, TrainConfig
 from avfeat.align.train import train, window_loss
+from avfeat.core.errors import AvfeatError
 
 from avfeat.testing.runner import run_avfeat_process as avfeat
 from .test_align_cli import one_line_error
@@ -237,3 +239,100 @@ def test_the_failure_reported_is_the_one_that_stopped_the_others():
     assert distributed.first_failure(failures)[0] == 1
     failures = {0: Failure(exitcode=1, timestamp=101), 1: Failure(exitcode=-9, timestamp=100), 2: Failure(exitcode=-15, timestamp=100)}
     assert distributed.first_failure(failures)[0] == 1
+
+
+# ---- several machines (--nnodes) ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_train_like_one_process(small_cache, tmp_path):
+    """Two "machines" (two launchers here, one process each) meet through c10d on loopback."""
+    pytest.importorskip("torch.distributed.elastic.rendezvous.c10d_rendezvous_backend")
+    import subprocess
+
+    one = avfeat("train-head", small_cache, "--out", tmp_path / "one", *TRAIN, threads=1, check=0)
+    assert "world size" not in one.stderr
+    endpoint = f"127.0.0.1:{get_free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    nodes = []
+    for rank in (0, 1):
+        command = ["train-head", small_cache, "--out", tmp_path / "two", *TRAIN, "--memory-limit", 0, "--workers", 0,
+                   "--nnodes", 2, "--node-rank", rank, "--nproc", 1, "--rdzv-endpoint", endpoint, "--rdzv-id", "test"]
+        nodes.append(subprocess.Popen([sys.executable, "-m", "avfeat", *map(str, command)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    try:
+        outputs = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:  # a hung rendezvous must not outlive the test
+            if node.poll() is None:
+                node.kill()
+                node.wait()
+    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    stderr = "".join(err for _, err in outputs)
+    assert stderr.count("world size 2 (gloo): global batch 4, 2 windows per process") == 1  # global rank 0 alone speaks
+    assert "".join(out for out, _ in outputs).count("wrote") == 1
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["processes"] for r in records] == [2] * 5
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--nnodes", 0], ["--nnodes 0: must be 1 or more"]),
+    (["--nnodes", -2], ["--nnodes -2"]),
+    (["--nnodes", 2, "--node-rank", 0], ["--nnodes 2 needs --rdzv-endpoint HOST:PORT"]),
+    (["--nnodes", 2, "--rdzv-endpoint", "127.0.0.1:29400"], ["--nnodes 2 needs --node-rank"]),
+    (["--nnodes", 2, "--node-rank", 2, "--rdzv-endpoint", "127.0.0.1:29400"], ["--node-rank 2: must be from 0 to 1"]),
+    (["--nnodes", 2, "--node-rank", -1, "--rdzv-endpoint", "127.0.0.1:29400"], ["--node-rank -1: must be from 0 to 1"]),
+    (["--nnodes", 2, "--node-rank", 1, "--rdzv-endpoint", "127.0.0.1"], ["--rdzv-endpoint '127.0.0.1': expected HOST:PORT"]),
+    (["--nnodes", 2, "--node-rank", 1, "--rdzv-endpoint", "host:70000"], ["expected HOST:PORT with a port from 1 to 65535"]),
+    (["--nnodes", 2, "--node-rank", 1, "--rdzv-endpoint", "host:1", "--rdzv-id", " "], ["--rdzv-id is empty"]),
+    (["--node-rank", 1], ["--node-rank is for a run over several machines"]),
+    (["--rdzv-endpoint", "127.0.0.1:29400"], ["--rdzv-endpoint is for a run over several machines"]),
+    (["--nnodes", 2, "--node-rank", 0, "--rdzv-endpoint", "127.0.0.1:29400", "--batch-size", 6, "--nproc", 2], ["--batch-size 6 is not divisible by the 4 processes"]),
+])
+def test_bad_node_options_are_one_line_errors(small_cache, tmp_path, flags, words):
+    from avfeat.testing.runner import run_avfeat
+
+    result = run_avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, *flags)
+    one_line_error(result, *words)
+    assert not (tmp_path / "heads").exists()
+
+
+def test_the_node_flags_become_torchruns_rendezvous_and_are_dropped_for_the_children():
+    nodes = distributed.Nodes(2, 1, "node0:29400", "job7")
+    assert nodes.torchrun_args() == ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", "node0:29400", "--rdzv-id", "job7", "--rdzv-conf", "is_host=false"]
+    assert distributed.Nodes(2, 0, "node0:29400").torchrun_args()[-3:] == ["avfeat", "--rdzv-conf", "is_host=true"]
+    assert distributed.Nodes().torchrun_args() == ["--standalone"]
+    args = ["train-head", "c", "--nnodes", "2", "--node-rank=1", "--rdzv-endpoint", "h:1", "--rdzv-id", "x", "--nproc", "2", "--dim", "8"]
+    assert distributed.without_options(args, distributed.NODE_OPTIONS) == ["train-head", "c", "--dim", "8"]
+    assert "--nnodes" in avfeat("train-head", "--help", check=0).stdout
+    from avfeat.testing.runner import one_line_error as usage_error, run_avfeat
+
+    usage_error(run_avfeat("train-head", "c", "--out", "o", "--nnodes", "nan"), "Invalid value for '--nnodes'")  # a usage error (status 2)
+
+
+def _check_same_rank(rank: int, world: int, folder: str) -> None:
+    """One rank of the check that every process sees the same cache: rank 1 sees another."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        group = distributed.Group(device=torch.device("cpu"), rank=rank, world_size=world, local_rank=rank)
+        group.check_same({"the cache c": "same"})  # agreeing: passes
+        try:
+            group.check_same({"the cache c": f"fingerprint {rank}"})
+            outcome = "passed"
+        except distributed.PeerFailed:
+            outcome = "peer"
+        except AvfeatError as error:
+            outcome = str(error)
+        (Path(folder) / f"rank{rank}.txt").write_text(outcome)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_processes_that_see_another_cache_stop_with_one_line(tmp_path):
+    """Machines without shared storage could see another cache (or none of the checkpoint) at
+    the same path: the run stops instead of training on it silently."""
+    torch.multiprocessing.spawn(_check_same_rank, args=(2, str(tmp_path)), nprocs=2)
+    rank0, rank1 = ((tmp_path / f"rank{r}.txt").read_text() for r in range(2))
+    assert rank0.startswith("the cache c differs between processes (rank 1 sees another than rank 0)"), rank0
+    assert "storage they share, at the same path" in rank0
+    assert rank1 == "peer"  # printed once, by rank 0
