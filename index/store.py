@@ -18,7 +18,10 @@ Layout (format 3)::
 ``modalities.<modality>``: ``"table"`` and ``"shards"``, a list of ``{"file", "begin", "end",
 "bytes"}``: the rows [begin, end) of the table each FAISS file holds (under their global ids) and
 its size on disk. A folder built with ``--shards N`` (N > 1) has N FAISS files per modality
-(``audio-00000.<gen>.faiss``, ...; see ``avfeat.index.shards``), others one. Folders of older
+(``audio-00000.<gen>.faiss``, ...; see ``avfeat.index.shards``), others one. `avfeat index
+--update` appends delta files after them (``"deltas"``: how many of the last files are deltas)
+and the new rows' tables as ``"table_parts"`` (the table is ``"table"`` then each part, in
+order; see ``avfeat.index.update``). Folders of older
 versions still load: format 1 (fixed names ``audio.faiss``, ``audio.parquet``) and format 2
 (format 1's table, the shard list naming ``audio-00000.faiss``, ...).
 
@@ -129,8 +132,13 @@ def _claim_folder(out: Path) -> None:
         fsync_dir(out)
 
 
+def table_names(info: dict[str, Any]) -> list[str]:
+    """A format-3 modality's table files, in row order: the table, then the parts `--update` added."""
+    return [info["table"], *info.get("table_parts", [])]
+
+
 def _listed(meta: dict[str, Any]) -> set[str]:
-    return {name for info in meta["modalities"].values() for name in (info["table"], *(s["file"] for s in info["shards"]))}
+    return {name for info in meta["modalities"].values() for name in (*table_names(info), *(s["file"] for s in info["shards"]))}
 
 
 def _previous_files(out: Path) -> set[str]:
@@ -139,7 +147,7 @@ def _previous_files(out: Path) -> set[str]:
     try:
         meta = json.loads((out / META_FILE).read_text())
         names = {name for modality, info in meta["modalities"].items()
-                 for name in (info.get("table", table_file(modality)),
+                 for name in (info.get("table", table_file(modality)), *info.get("table_parts", []),
                               *(s["file"] for s in info.get("shards", [{"file": index_file(modality)}])))}
         # A crash after the commit left the files the index replaced: its meta.json names them.
         names.update(meta.get("replaced", []))
@@ -171,8 +179,10 @@ def write_index(out: str | os.PathLike, meta: dict[str, Any], shards: dict, tabl
     contents (``meta`` with the format and the file lists added).
 
     A shard may also be an entry of the current meta.json (``{"file", "begin", "end", ...}``):
-    that file is kept as it is and listed again (`avfeat index --update` rewrites only the shard
-    it adds to). Both the old and the new meta.json list it, so it is never deleted.
+    that file is kept as it is and listed again (`avfeat index --update` adds files and keeps
+    the others). Both the old and the new meta.json list it, so it is never deleted. Likewise a
+    table may be a list of parts, each a file name of the current index (kept) or a new table;
+    parts after the first are listed as ``"table_parts"``.
 
     An existing index is replaced atomically (see the module docstring): the new files are
     written beside the old ones under names of this write, fsynced, and committed by replacing
@@ -205,10 +215,18 @@ def write_index(out: str | os.PathLike, meta: dict[str, Any], shards: dict, tabl
                 count = part.ntotal
             listed.append({"file": name, "begin": begin, "end": begin + count, "bytes": _synced_size(out / name)})
             begin += count
-        table = table_file(modality, generation)
-        pq.write_table(tables[modality], out / table)
-        _synced_size(out / table)
-        meta["modalities"][modality].update(table=table, shards=listed)
+        names = []
+        for part in tables[modality] if isinstance(tables[modality], list) else [tables[modality]]:
+            if not isinstance(part, str):  # a new table (one per modality and write)
+                name = table_file(modality, generation)
+                pq.write_table(part, out / name)
+                _synced_size(out / name)
+                part = name
+            names.append(part)
+        meta["modalities"][modality].update(table=names[0], shards=listed)
+        meta["modalities"][modality].pop("table_parts", None)
+        if names[1:]:
+            meta["modalities"][modality]["table_parts"] = names[1:]
     meta["replaced"] = sorted(previous - _listed(meta))  # for a rerun to delete after a crash
     fsync_dir(out)  # the new names are on disk before meta.json names them
     write_atomic(out / META_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")  # the commit
@@ -233,7 +251,9 @@ def _modality_fields(modality: str, info: Any) -> list[tuple[str, Any, bool, str
         return [(f"modalities.{modality}", info, False, "a JSON object")]
     fields = [(f"modalities.{modality}.count", info.get("count"), _whole(info.get("count")), "a count")]
     for key, test, what in (("factory", _text, "a FAISS factory string"), ("params", lambda v: isinstance(v, dict), "a JSON object"),
-                            ("table", _text, "a file name"), ("shards", lambda v: isinstance(v, list), "a list")):
+                            ("table", _text, "a file name"), ("shards", lambda v: isinstance(v, list), "a list"),
+                            ("table_parts", lambda v: isinstance(v, list) and all(map(_text, v)), "a list of file names"),
+                            ("deltas", lambda v: _whole(v) and v <= len(info.get("shards") or []), "a count of its shards")):
         if key in info:
             fields.append((f"modalities.{modality}.{key}", info[key], test(info[key]), what))
     for number, entry in enumerate(info.get("shards") if isinstance(info.get("shards"), list) else []):
@@ -323,7 +343,7 @@ class IndexFolder:
             for modality, info in self.meta["modalities"].items():
                 count = int(info["count"])
                 listed = self.shards(modality)
-                for name in (self.table_name(modality), *(entry["file"] for entry in listed)):
+                for name in (*self.table_names(modality), *(entry["file"] for entry in listed)):
                     if not isinstance(name, str):
                         raise TypeError(f"file name {name!r}")
                     if Path(name).name != name or name in ("", ".", ".."):
@@ -349,23 +369,36 @@ class IndexFolder:
         """The id → (video_id, path, start, end, metadata...) table, as a pyarrow Table whose
         row i has id i."""
         if modality not in self._tables:
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            path = self.path / self.table_name(modality)
+            parts = []
+            for name in self.table_names(modality):
+                path = self.path / name
+                try:
+                    parts.append(pq.read_table(path))
+                except (OSError, ValueError) as error:
+                    raise SearchIndexError(f"cannot read {path}: {error}") from None
+            # Parts `--update` added may lack metadata columns or add some: null where absent.
             try:
-                table = pq.read_table(path)
-            except (OSError, ValueError) as error:
-                raise SearchIndexError(f"cannot read {path}: {error}") from None
+                table = parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+                raise SearchIndexError(f"the {modality} table parts of {self.path} do not fit together ({one_line(error)}); rebuild the index") from None
             if table.num_rows != self.count(modality):
-                raise SearchIndexError(f"{path} has {table.num_rows} rows, meta.json says {self.count(modality)}; rebuild the index")
+                where = path if len(parts) == 1 else f"the {modality} table of {self.path}"
+                raise SearchIndexError(f"{where} has {table.num_rows} rows, meta.json says {self.count(modality)}; rebuild the index")
             self._tables[modality] = table
         return self._tables[modality]
 
     def table_name(self, modality: str) -> str:
-        """The file of the modality's table (fixed before format 3)."""
+        """The (first) file of the modality's table (fixed before format 3)."""
+        return self.table_names(modality)[0]
+
+    def table_names(self, modality: str) -> list[str]:
+        """The files of the modality's table, in row order (`--update` appends parts)."""
         if self.meta["format"] == LISTED_FORMAT:
-            return self.meta["modalities"][modality]["table"]
-        return table_file(modality)
+            return table_names(self.meta["modalities"][modality])
+        return [table_file(modality)]
 
     def shards(self, modality: str) -> list[dict[str, Any]]:
         """The modality's FAISS files with the rows they hold: ``{"file", "begin", "end"}`` (and

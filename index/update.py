@@ -1,10 +1,12 @@
 """Adding videos to an existing index (`avfeat index --update`).
 
-``update_index`` adds the videos a cache gained since the index was built to the index's last
-file, with its trained parts and tuned parameters as they are: the IVF lists were trained on the
-old vectors, which stay a fair sample of the collection while the additions are small; after
-large growth (say, half the collection again) a rebuild re-balances the lists.
-"""
+``update_index`` adds the videos a cache gained since the index was built, with the index's
+trained parts and tuned parameters as they are: the IVF lists were trained on the old vectors,
+which stay a fair sample of the collection while the additions are small; after large growth
+(say, half the collection again) a rebuild re-balances the lists. The new windows go into a new
+delta file per modality and a new table part (``append_to_index``), so an update costs what its
+new rows cost, not what the index costs; deltas are compacted now and then (``compact``).
+Videos removed from the cache or extracted again are refused (a rebuild takes them)."""
 
 from __future__ import annotations
 
@@ -140,34 +142,142 @@ def append_to_index(folder, vectors: dict[str, np.ndarray], table, meta: dict[st
     (``avfeat.index.store.IndexFolder``) under the ids that follow its rows, and write it with
     ``meta`` (counts set here); returns the new meta.json contents.
 
-    The vectors go into the last FAISS file of the modality, with its trained quantizer and
-    codebooks (an IVF index assigns them to its lists as it would have at build time); the
-    other files are kept, not rewritten. ``table`` is appended to the modality's table
-    (metadata columns one side lacks are null on that side).
+    The vectors go into a new delta file per modality, an empty copy of the index's trained
+    parts (IVF: its coarse quantizer and codebooks, so they land in the lists a rebuild would
+    use; Flat: an exact index) holding only them, and ``table`` into a new table part: the files
+    already there are kept, not rewritten, so the cost follows the new rows. Searching merges
+    every file's top-k (as for ``--shards``). Deltas are compacted (see ``compact``) when more
+    than ``MAX_DELTAS`` pile up or they hold more than ``FOLD_SHARE`` of the base's rows.
     """
     import pyarrow as pa
-
-    from avfeat.core.values import one_line
-    from avfeat.index.store import write_index
 
     meta = json.loads(json.dumps(meta))
     shards, tables = {}, {}
     for modality, new in vectors.items():
         count = folder.count(modality)
         new = np.ascontiguousarray(new, dtype=np.float32)
-        entries = folder.shards(modality)
-        work = to_gpu(folder.read_shard(entries[-1], mmap=False))  # loaded: a mapped index cannot grow
-        for start in range(0, len(new), ADD_BATCH):
-            chunk = new[start : start + ADD_BATCH]
-            work.add_with_ids(chunk, np.arange(count + start, count + start + len(chunk), dtype=np.int64))
-        shards[modality] = [*entries[:-1], to_cpu(work)]
         rows = table.set_column(table.column_names.index("id"), "id", pa.array(np.arange(count, count + len(new), dtype=np.int64)))
-        try:
-            tables[modality] = pa.concat_tables([folder.table(modality), rows], promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-            raise SearchIndexError(
-                f"the new videos' metadata does not fit the {modality} table of index {folder.path} ({one_line(error)}); "
-                f"rebuild it with `avfeat index --overwrite`"
-            ) from None
-        meta["modalities"][modality]["count"] = count + len(new)
+        _check_fits(folder, modality, rows)
+        entries = folder.shards(modality)
+        info = folder.meta["modalities"][modality]
+        deltas = int(info.get("deltas", 0))
+        base = entries[: len(entries) - deltas]
+        delta = _filled(_empty_like(folder, base[-1], info.get("factory")), new, count)
+        shards[modality], tables[modality], deltas = compact(folder, modality, base, entries[len(base):], delta, rows)
+        meta["modalities"][modality].update(count=count + len(new), deltas=deltas)
+    from avfeat.index.store import write_index
+
     return write_index(folder.path, meta, shards, tables)
+
+
+MAX_DELTAS = 8  # more delta files than this per modality are merged into one
+FOLD_SHARE = 0.2  # deltas holding more rows than this share of the base are folded into its last file
+
+
+def compact(folder, modality: str, base: list, deltas: list, delta, rows) -> tuple[list, list, int]:
+    """The modality's FAISS files and table parts once the new ``delta`` (a FAISS index) and its
+    ``rows`` join the kept ``base`` and ``deltas`` entries, and how many files are deltas:
+
+    - by default the delta is one more file and ``rows`` one more table part;
+    - when the deltas would hold more than ``FOLD_SHARE`` of the base's rows, they are merged
+      into the base's last file (its lists rebuilt with the same quantizer) and the table is
+      written whole: a rewrite of that file, now and then, so searches probe one set of lists;
+    - when there would be more than ``MAX_DELTAS`` deltas, they are merged into one delta file
+      and one table part (cost: the deltas' rows, not the base's).
+
+    Index types FAISS cannot merge (HNSW) keep their deltas as they are.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = folder.table_names(modality)
+    if not _can_merge(delta):
+        return [*base, *deltas, delta], [*names, rows], len(deltas) + 1
+    base_rows = base[-1]["end"]
+    delta_rows = sum(e["end"] - e["begin"] for e in deltas) + delta.ntotal
+    if delta_rows > FOLD_SHARE * base_rows:
+        merged = _merged([folder.read_shard(e) for e in (base[-1], *deltas)], delta)
+        whole = pa.concat_tables([folder.table(modality), rows], promote_options="permissive")
+        return [*base[:-1], merged], [whole], 0
+    if len(deltas) + 1 > MAX_DELTAS:
+        merged = _merged([folder.read_shard(e) for e in deltas], delta)
+        parts = [pq.read_table(folder.path / name) for name in names[1:]]
+        return [*base, merged], [names[0], pa.concat_tables([*parts, rows], promote_options="permissive")], 1
+    return [*base, *deltas, delta], [*names, rows], len(deltas) + 1
+
+
+def _can_merge(delta) -> bool:
+    """Whether FAISS merges indexes of ``delta``'s type (tried on empty copies: cheap)."""
+    import faiss
+
+    empty = faiss.clone_index(delta)
+    empty.reset()
+    try:
+        empty.merge_from(faiss.clone_index(empty), 0)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _check_fits(folder, modality: str, rows) -> None:
+    """Refuse new table rows whose metadata columns cannot join the table's (reading only the
+    parts' schemas)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from avfeat.core.values import one_line
+
+    try:
+        schemas = [pq.read_schema(folder.path / name) for name in folder.table_names(modality)]
+        pa.concat_tables([*(schema.empty_table() for schema in schemas), rows], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise SearchIndexError(
+            f"the new videos' metadata does not fit the {modality} table of index {folder.path} ({one_line(error)}); "
+            f"rebuild it with `avfeat index --overwrite`"
+        ) from None
+    except OSError as error:
+        raise SearchIndexError(f"cannot read the {modality} table of index {folder.path}: {one_line(error)}; rebuild it") from None
+
+
+def _empty_like(folder, entry: dict[str, Any], factory: str | None):
+    """An empty index with the trained parts of the FAISS file ``entry`` (a CPU index)."""
+    import faiss
+
+    mapped = folder.read_shard(entry, mmap=True)  # maps the file: its lists are never read
+    ivf = faiss.try_extract_index_ivf(mapped)
+    if ivf is not None:  # the quantizer and codebooks, with empty lists of its own
+        lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+        lists.this.disown()
+        ivf.replace_invlists(lists, True)
+        mapped.reset()
+        return mapped
+    inner = faiss.downcast_index(mapped.index) if isinstance(mapped, faiss.IndexIDMap2) else None
+    if isinstance(inner, faiss.IndexFlat):  # of the same class, for merge_from
+        return faiss.IndexIDMap2(faiss.IndexFlat(mapped.d, mapped.metric_type) if type(inner) is faiss.IndexFlat else type(inner)(mapped.d))
+    try:  # HNSW: nothing trained, a fresh one is the same index
+        fresh = faiss.index_factory(mapped.d, factory, mapped.metric_type) if factory else None
+    except RuntimeError:
+        fresh = None
+    if fresh is not None and fresh.is_trained:
+        return faiss.IndexIDMap2(fresh)  # as build_faiss wraps them
+    loaded = folder.read_shard(entry, mmap=False)  # trained codebooks without lists (PQ): a copy emptied
+    loaded.reset()
+    return loaded
+
+
+def _filled(empty, vectors: np.ndarray, first: int):
+    """``empty`` holding ``vectors`` under ids ``first``, ``first + 1``, ... (added on the GPU
+    when there is one); a CPU index."""
+    work = to_gpu(empty)
+    for start in range(0, len(vectors), ADD_BATCH):
+        chunk = vectors[start : start + ADD_BATCH]
+        work.add_with_ids(chunk, np.arange(first + start, first + start + len(chunk), dtype=np.int64))
+    return to_cpu(work)
+
+
+def _merged(indexes: list, delta):
+    """``indexes`` (loaded CPU indexes sharing trained parts) and ``delta`` merged into the first, ids kept."""
+    target = indexes[0]
+    for other in (*indexes[1:], delta):
+        target.merge_from(other, 0)
+    return target

@@ -81,7 +81,7 @@ def test_update_adds_the_new_videos_windows(updated, cache, index):
         assert set(table.column("video_id").to_pylist()[count:]) == new_ids
         assert IndexFolder(out).faiss_index(modality).ntotal == count + added
     # Only the files the new meta.json lists remain (the replaced ones are gone).
-    listed = {after["modalities"][m]["table"] for m in after["modalities"]}
+    listed = {name for m in after["modalities"] for name in (after["modalities"][m]["table"], *after["modalities"][m].get("table_parts", []))}
     listed |= {s["file"] for m in after["modalities"] for s in after["modalities"][m]["shards"]}
     assert {p.name for p in out.iterdir() if p.suffix in (".faiss", ".parquet")} == listed
 
@@ -152,7 +152,7 @@ def test_update_refuses_a_cache_without_or_with_changed_indexed_videos(cache, he
     assert (out / "meta.json").read_bytes() == before
 
 
-def test_append_to_a_sharded_ivf_index_rewrites_only_its_last_shard(tmp_path):
+def test_append_to_a_sharded_ivf_index_keeps_its_shards_and_adds_a_delta(tmp_path):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((630, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -169,9 +169,9 @@ def test_append_to_a_sharded_ivf_index_rewrites_only_its_last_shard(tmp_path):
     append_to_index(opened, {"audio": vectors[600:]}, rows(0, 30), opened.meta)
     folder = IndexFolder(tmp_path)
     after = folder.shards("audio")
-    assert after[:2] == before[:2] and after[2]["file"] != before[2]["file"]  # full shards kept as they were
-    assert (after[2]["begin"], after[2]["end"]) == (before[2]["begin"], 630) and folder.count("audio") == 630
-    assert not (tmp_path / before[2]["file"]).exists()
+    assert after[:3] == before[:3] and after[3]["file"] not in {entry["file"] for entry in before}  # shards kept as they were
+    assert (after[3]["begin"], after[3]["end"]) == (600, 630) and folder.count("audio") == 630
+    assert all((tmp_path / entry["file"]).exists() for entry in before)
     assert folder.table("audio").column("id").to_pylist() == list(range(630))
     assert folder.table("audio").column("video_id").to_pylist()[600:] == [f"v{i}" for i in range(30)]
     # A vector's nearest IVF list is the one it was added to, so it finds itself under its row id.
