@@ -244,20 +244,16 @@ def test_the_failure_reported_is_the_one_that_stopped_the_others():
 # ---- several machines (--nnodes) ---------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_two_nodes_on_loopback_train_like_one_process(small_cache, tmp_path):
-    """Two "machines" (two launchers here, one process each) meet through c10d on loopback."""
-    pytest.importorskip("torch.distributed.elastic.rendezvous.c10d_rendezvous_backend")
+def two_nodes(*args) -> list[tuple[int, str, str]]:
+    """``avfeat train-head ARGS`` as node 0 and node 1 of a run on loopback, one process each:
+    (exit status, stdout, stderr) of each launcher."""
     import subprocess
 
-    one = avfeat("train-head", small_cache, "--out", tmp_path / "one", *TRAIN, threads=1, check=0)
-    assert "world size" not in one.stderr
     endpoint = f"127.0.0.1:{get_free_port()}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     nodes = []
     for rank in (0, 1):
-        command = ["train-head", small_cache, "--out", tmp_path / "two", *TRAIN, "--memory-limit", 0, "--workers", 0,
-                   "--nnodes", 2, "--node-rank", rank, "--nproc", 1, "--rdzv-endpoint", endpoint, "--rdzv-id", "test"]
+        command = ["train-head", *args, "--nnodes", 2, "--node-rank", rank, "--nproc", 1, "--rdzv-endpoint", endpoint, "--rdzv-id", "test"]
         nodes.append(subprocess.Popen([sys.executable, "-m", "avfeat", *map(str, command)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     try:
         outputs = [node.communicate(timeout=300) for node in nodes]
@@ -266,13 +262,35 @@ def test_two_nodes_on_loopback_train_like_one_process(small_cache, tmp_path):
             if node.poll() is None:
                 node.kill()
                 node.wait()
-    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    return [(node.returncode, out, err) for node, (out, err) in zip(nodes, outputs)]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_train_like_one_process(small_cache, tmp_path):
+    """Two "machines" (two launchers here, one process each) meet through c10d on loopback."""
+    one = avfeat("train-head", small_cache, "--out", tmp_path / "one", *TRAIN, threads=1, check=0)
+    assert "world size" not in one.stderr
+    results = two_nodes(small_cache, "--out", tmp_path / "two", *TRAIN, "--memory-limit", 0, "--workers", 0)
+    outputs = [(out, err) for _, out, err in results]
+    assert [status for status, _, _ in results] == [0, 0], [err[-3000:] for _, err in outputs]
     stderr = "".join(err for _, err in outputs)
     assert stderr.count("world size 2 (gloo): global batch 4, 2 windows per process") == 1  # global rank 0 alone speaks
     assert "".join(out for out, _ in outputs).count("wrote") == 1
     assert_same_run(tmp_path / "one", tmp_path / "two")
     records = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["processes"] for r in records] == [2] * 5
+
+
+@pytest.mark.slow
+def test_a_setup_error_is_printed_on_every_node(small_cache, tmp_path):
+    """Rank 0 may run on another machine: each machine's terminal shows the error once."""
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "heads" / "mine.txt").write_text("keep")
+    for status, out, err in two_nodes(small_cache, "--out", tmp_path / "heads", *TRAIN):
+        assert status == 1 and out == ""
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("avfeat: error:") and "is a non-empty folder" in lines[0], err[-3000:]
+    assert [p.name for p in (tmp_path / "heads").iterdir()] == ["mine.txt"]
 
 
 @pytest.mark.parametrize("flags, words", [
