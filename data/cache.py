@@ -74,6 +74,40 @@ def _absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
+class TokenView:
+    """One video's tokens of one modality, read on demand: ``view[a:b]`` reads rows [a, b)
+    (one contiguous slice of the shard), so a long video can be walked a chunk at a time
+    instead of held whole. Any other index reads the whole track first."""
+
+    def __init__(self, read, length: int):
+        self._read, self._length = read, int(length)
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._length, *self._read(0, 0).shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key):
+        rest = ()
+        if isinstance(key, tuple):
+            key, rest = key[0], key[1:]
+        if not (isinstance(key, slice) and key.step in (None, 1)):
+            return self._read(0, self._length)[(key, *rest)]
+        first, stop, _ = key.indices(self._length)
+        rows = self._read(first, max(first, stop))
+        return rows[(slice(None), *rest)] if rest else rows
+
+    def __array__(self, dtype=None, copy=None):
+        rows = self._read(0, self._length)
+        return rows if dtype is None else rows.astype(dtype)
+
+
 class Cache:
     """Read access to a token cache: records, and tokens by time or by index.
 
@@ -185,6 +219,16 @@ class Cache:
         stop = record.visual_length if stop is None else stop
         begin = record.visual_offset
         return self._tokens(record.shard, "visual", begin + first, begin + stop)
+
+    def audio_view(self, video: str | VideoRecord) -> "TokenView":
+        """The video's audio tokens as a :class:`TokenView` (read a slice at a time)."""
+        record = self._resolve(video)
+        return TokenView(lambda first, stop: self.read_audio(record, first, stop), record.audio_length)
+
+    def frame_view(self, video: str | VideoRecord) -> "TokenView":
+        """The video's visual tokens as a :class:`TokenView` (read a slice of frames at a time)."""
+        record = self._resolve(video)
+        return TokenView(lambda first, stop: self.read_frames(record, first, stop), record.visual_length)
 
     def read_windows(self, windows, geometry) -> tuple[np.ndarray, np.ndarray]:
         """A batch of windows (``avfeat.align.windows.Window``) → audio (B, T, D_a) and visual

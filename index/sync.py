@@ -26,7 +26,8 @@ is the best score more than one frame interval from the peak: 1 when nothing els
 the peak, 0 when another lag scores as well.
 
 Only a band of ±2·max_offset of audio around each frame is ever compared with it, in chunks of
-frames, so a 10-minute video costs seconds and little memory.
+frames, and a cached video is read CHUNK_SECONDS of frames at a time (with the audio their bands
+reach), so what stays in memory is a few numbers per frame: an hour costs well under 1 GB.
 
 Many videos (``sync_files``, ``sync_cache``) share one load of the backbones and heads; a video
 that fails is a row with its error, not the end of the run. ``remux_shifted`` repairs a video by
@@ -58,6 +59,9 @@ DEFAULT_MAX_OFFSET = 2.0
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")  # what ``--out`` writes, by the file's suffix
 # The band each frame is centred over, in multiples of max_offset (see sync_curve).
 CENTRE_REACH = 2
+# Frames are scored this many seconds at a time, with the audio their bands reach, so an
+# hour-long cached video is never held whole (``_best_patches``).
+CHUNK_SECONDS = 60.0
 
 
 @dataclass
@@ -113,8 +117,7 @@ def frame_scores(
     the frame can take that lag (its shifted span of audio lies inside the track). With
     ``projected``, the tokens are the heads' outputs already (the audit pairs each video's
     sound with several videos' pictures and projects each once)."""
-    audio = torch.as_tensor(audio_tokens) if projected else project_audio(heads, audio_tokens)
-    total = len(audio)
+    total = len(audio_tokens)
     reach = nearest_index(max_offset, audio_rate)
     span = token_count(1.0 / fps, audio_rate)
     lags = np.arange(-reach, reach + 1) / audio_rate
@@ -126,15 +129,7 @@ def frame_scores(
     bases = torch.as_tensor(nearest_indices(np.asarray(frame_times) - audio_start, audio_rate))
     if total == 0 or len(visual_tokens) == 0:
         raise QueryError("the video is too short to compare its audio and frames")
-    best = []
-    device = heads_device(heads)  # the products run where the heads are (a GPU when present)
-    audio_there = audio.to(device)
-    for begin in range(0, len(visual_tokens), chunk):
-        frames = visual_tokens[begin : begin + chunk]
-        patches = (torch.as_tensor(frames) if projected else project_visual(heads, frames))[:, 1:].to(device)  # (c, P, D)
-        band = audio_there[(bases[begin : begin + chunk, None] + steps).clamp(0, total - 1).to(device)]  # (c, band, D)
-        best.append(torch.einsum("cld,cpd->clp", band, patches).amax(dim=-1).double().cpu())  # best patch per token
-    best = torch.cat(best)  # (F, band): small, F × (4·max_offset·rate + span)
+    best = torch.cat(list(_best_patches(heads, audio_tokens, visual_tokens, bases, steps, fps, chunk, projected)))
     positions = bases[:, None] + steps
     inside = (positions >= 0) & (positions < total)
     token = positions.clamp(0, total - 1)
@@ -155,6 +150,28 @@ def frame_scores(
     first = positions[:, : len(lags)]
     valid = (first >= 0) & (first + span <= total)
     return lags, scores, valid
+
+
+def _best_patches(heads, audio_tokens, visual_tokens, bases: torch.Tensor, steps: torch.Tensor, fps: float, chunk: int,
+                  projected: bool) -> Iterator[torch.Tensor]:
+    """Each frame's best-patch cosine with each audio token of its band, (c, band) per chunk of
+    frames. The video is walked CHUNK_SECONDS of frames at a time, each with the span of audio
+    its frames' bands reach (read and projected per time chunk): memory holds one time chunk
+    of tokens, not the video (``audio_tokens`` and ``visual_tokens`` may be cache views)."""
+    total = len(audio_tokens)
+    device = heads_device(heads)  # the products run where the heads are (a GPU when present)
+    per_chunk = max(1, int(round(CHUNK_SECONDS * fps)))
+    for start in range(0, len(visual_tokens), per_chunk):
+        stop = min(start + per_chunk, len(visual_tokens))
+        tokens = (bases[start:stop, None] + steps).clamp(0, total - 1)
+        low, high = int(tokens.min()), int(tokens.max()) + 1
+        raw = audio_tokens[low:high]
+        audio = (torch.as_tensor(raw) if projected else project_audio(heads, raw)).to(device)
+        for begin in range(start, stop, chunk):
+            frames = visual_tokens[begin : min(begin + chunk, stop)]
+            patches = (torch.as_tensor(frames) if projected else project_visual(heads, frames))[:, 1:].to(device)  # (c, P, D)
+            band = audio[(tokens[begin - start : begin - start + len(frames)] - low).to(device)]  # (c, band, D)
+            yield torch.einsum("cld,cpd->clp", band, patches).amax(dim=-1).double().cpu()  # best patch per token
 
 
 def estimate(lags: np.ndarray, curve: np.ndarray, fps: float) -> SyncResult:
@@ -192,7 +209,7 @@ def sync_cached(cache, video_id: str, heads, max_offset: float = DEFAULT_MAX_OFF
     if silent is not None:
         return silent
     return sync_tokens(
-        heads, cache.read_audio(record), record.audio_start, record.audio_rate, cache.read_frames(record),
+        heads, cache.audio_view(record), record.audio_start, record.audio_rate, cache.frame_view(record),
         cache.frame_times(record), record.fps, max_offset,
     )
 

@@ -48,7 +48,15 @@ class Tokens:
 
     @classmethod
     def read(cls, cache, record) -> "Tokens":
-        return cls(cache.read_audio(record), record.audio_start, record.audio_rate, cache.read_frames(record), cache.frame_times(record), record.fps)
+        """The video's tokens as cache views: read a time chunk at a time, never held whole."""
+        return cls(cache.audio_view(record), record.audio_start, record.audio_rate, cache.frame_view(record), cache.frame_times(record), record.fps)
+
+    def first_tokens(self, chunk: int = 256) -> np.ndarray:
+        """(F, D_v) each frame's first token (CLS), read ``chunk`` frames at a time."""
+        if self.frames.ndim != 3:
+            return np.asarray(self.frames[:])
+        parts = [np.asarray(self.frames[i : i + chunk])[:, 0] for i in range(0, len(self.frames), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.frames.shape[-1]), np.float32)
 
     def excerpt(self, heads, seconds: float) -> "Tokens":
         """The first ``seconds`` of the video, projected through the heads once."""
@@ -56,9 +64,10 @@ class Tokens:
 
         begin = self.frame_times[0] if len(self.frame_times) else 0.0
         frames = self.frame_times < begin + seconds
+        reach = int(np.flatnonzero(frames)[-1]) + 1 if frames.any() else 0  # read only up to the last frame kept
         audio = min(max(0, nearest_index(begin + seconds - self.audio_start, self.audio_rate)), len(self.audio))
         return Tokens(project_audio(heads, self.audio[:audio]), self.audio_start, self.audio_rate,
-                      project_visual(heads, self.frames[frames]), self.frame_times[frames], self.fps)
+                      project_visual(heads, np.asarray(self.frames[:reach])[frames[:reach]]), self.frame_times[frames], self.fps)
 
 
 @dataclass
@@ -191,7 +200,7 @@ def _measure_all(cache, heads, records, max_offset: float, seed: int, progress):
                 skipped.append(record.video_id)
             else:
                 measured.append(Measure(record, correspondence, peak, result.offset, result.confidence, tokens.frame_times, per_frame,
-                                        spread(tokens.frames[:, 0] if tokens.frames.ndim == 3 else tokens.frames)))
+                                        spread(tokens.first_tokens())))
                 excerpts[int(k)] = tokens.excerpt(heads, CROSS_SECONDS)
             if bar is not None:
                 bar.update(1)
