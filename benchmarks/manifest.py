@@ -7,13 +7,15 @@ and a small placeholder shard per part whose size and SHA-256 the parts record (
 of these timings reads any). Then times, median of ``--repeats``:
 
 - open: ``Cache(path)``;
-- info: ``cache_summary`` (what `avfeat info` prints), and ``info --videos`` written to /dev/null;
+- info: `avfeat info CACHE`, and `avfeat info CACHE --videos`, in-process, written to /dev/null;
 - resume plan: what `avfeat extract --resume` decides before it decodes anything
   (``avfeat.extract.job.plan_run``) for ``--rows`` inputs, all recorded but the last 1%. The
   recorded inputs carry their size and mtime as a listing that knows them does (a tar's
   headers, an S3 listing); the last 1% are real tiny files, stat'ed and hashed for their ids.
 
-Each figure is printed with the rows and the 10 s goal, then the process's peak RSS.
+Each stage runs in a fresh interpreter, so its peak RSS is its own (interpreter and imports
+included); a stage that fails (an exit status other than 0) stops the benchmark with its error.
+Each figure is printed with the rows and the 10 s goal, then each stage's peak RSS.
 
     python benchmarks/manifest.py                 # 1,000,000 rows (~ minutes to write)
     python benchmarks/manifest.py --rows 100000
@@ -22,6 +24,7 @@ Each figure is printed with the rows and the 10 s goal, then the process's peak 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import resource
@@ -108,50 +111,89 @@ def resume_inputs(root: Path, rows: int) -> list:
     return inputs
 
 
+STAGES = ("open", "info", "info_videos", "resume_plan")
+
+
+def _cli(*argv: str) -> None:
+    """``avfeat ARGV`` in this process, its output to /dev/null; any exit status but 0 fails."""
+    import os
+
+    from avfeat.cli import main
+
+    code = 0
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        try:
+            main(list(argv))
+        except SystemExit as exit_:
+            code = exit_.code
+    if code not in (0, None):
+        raise SystemExit(f"avfeat {' '.join(argv)} exited {code}")
+
+
+def run_stage(stage: str, root: Path, rows: int, repeats: int) -> None:
+    """One stage, timed in this (fresh) process; prints its figures as one JSON line."""
+    import json
+
+    from avfeat.data.cache import Cache
+    from avfeat.data.layout import CacheLayout
+    from avfeat.extract.job import RunOptions, plan_run
+
+    cache = root / "cache"
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    extra = {}
+    if stage == "open":
+        seconds, store = median_time(lambda: Cache(cache), repeats)
+        assert len(store) == rows, (len(store), rows)
+    elif stage == "info":
+        seconds, _ = median_time(lambda: _cli("info", str(cache)), repeats)
+    elif stage == "info_videos":
+        seconds, _ = median_time(lambda: _cli("info", str(cache), "--videos"), repeats)
+    else:
+        inputs = resume_inputs(root, rows)
+        seconds, (summary, todo) = median_time(lambda: plan_run(CacheLayout(cache), inputs, RunOptions()), repeats)
+        assert summary.skipped == len(inputs) - len(todo) and len(todo) == len(inputs) - (rows - max(1, int(rows * NEW_SHARE)))
+        extra = {"new": len(todo)}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": round(peak / 1024), "start_rss_mb": round(rss_before / 1024), **extra}))
+
+
+def _stage_in_child(stage: str, root: Path, args) -> dict:
+    """Run one stage in a fresh interpreter (its own peak RSS); a failure stops the benchmark."""
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, __file__, "--stage", stage, "--work", str(root), "--rows", str(args.rows),
+               "--per-part", str(args.per_part), "--repeats", str(args.repeats)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"stage {stage} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     args_parser = parser(__doc__, repeats=3)
     args_parser.add_argument("--rows", type=int, default=1_000_000, help="videos in the manifest")
     args_parser.add_argument("--per-part", type=int, default=1000, help="rows per manifest part (videos per shard)")
     args_parser.add_argument("--work", type=Path, default=None, help="folder to write the cache in (kept; reused when it holds one of --rows)")
+    args_parser.add_argument("--stage", choices=STAGES, default=None, help=argparse.SUPPRESS)  # the parent runs each stage so
     args = parse(args_parser, {"rows": 20_000})
 
-    from avfeat.data.cache import Cache
-    from avfeat.data.layout import CacheLayout
-    from avfeat.data.summary import cache_summary
-    from avfeat.extract.job import RunOptions, plan_run
-
     root = work_folder(args.work.resolve() if args.work else None, "avfeat-manifest-").resolve()
+    if args.stage is not None:
+        return run_stage(args.stage, root, args.rows, args.repeats)
     marker = root / f"rows-{args.rows}-{args.per_part}"
     if not marker.exists():
         seconds, _ = timed(lambda: write_cache(root, args.rows, args.per_part))
         marker.touch()
         print(f"wrote a synthetic cache of {args.rows} rows in {args.rows // args.per_part} parts in {seconds:.1f} s")
-    cache = root / "cache"
-    inputs = resume_inputs(root, args.rows)
-
-    def info_videos() -> None:
-        from avfeat.testing.runner import run_avfeat
-
-        with open("/dev/null", "w") as sink, contextlib.redirect_stdout(sink):
-            run_avfeat(["info", str(cache), "--videos"])
-
-    opened, store = median_time(lambda: Cache(cache), args.repeats)
-    summary, report = median_time(lambda: cache_summary(cache), args.repeats)
-    listing, _ = median_time(info_videos, args.repeats)
-    planning, (summary_plan, todo) = median_time(lambda: plan_run(CacheLayout(cache), inputs, RunOptions()), args.repeats)
-    assert len(store) == args.rows and report["videos"] == args.rows
-    assert summary_plan.skipped == len(inputs) - len(todo)
-    print(f"machine: {machine()}; {args.rows} rows in {args.rows // args.per_part} parts; goal {GOAL_S:g} s each")
-    figures = {
-        "rows": args.rows,
-        "open_s": round(opened, 2),
-        "info_s": round(summary, 2),
-        "info_videos_s": round(listing, 2),
-        "resume_plan_s": round(planning, 2),
-        "resume_plan_new": len(todo),
-        "goal_s": GOAL_S,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-    }
+    resume_inputs(root, args.rows)  # the new files, written before any stage times them
+    stages = {stage: _stage_in_child(stage, root, args) for stage in STAGES}
+    print(f"machine: {machine()}; {args.rows} rows in {args.rows // args.per_part} parts; goal {GOAL_S:g} s each; "
+          "each stage in a fresh process (its peak RSS includes the interpreter and imports)")
+    figures = {"rows": args.rows, **{f"{stage}_s": round(stages[stage]["seconds"], 2) for stage in STAGES},
+               "resume_plan_new": stages["resume_plan"]["new"], "goal_s": GOAL_S,
+               **{f"{stage}_peak_rss_mb": stages[stage]["peak_rss_mb"] for stage in STAGES}}
     print_figures(figures)
 
 

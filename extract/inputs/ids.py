@@ -150,8 +150,9 @@ def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, 
     by_path = {(record.path, record.segment_start, record.segment_end): record for record in recorded.values()}
     plan = IdPlan()
     owner: dict[str, str | Path] = {}  # id → the input of this run that has it
+    resolve = sources.resolver()
     for item in inputs:
-        resolved = sources.resolve(item.path)
+        resolved = resolve(item.path)
         previous = by_path.get((resolved, item.start, item.end))
         try:
             stat = item.stat or sources.stat(item.path)

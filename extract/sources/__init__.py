@@ -24,7 +24,7 @@ compare any input). This package's namespace is their public API.
 
 from avfeat.extract.sources.access import exists, open_bytes, read_bytes, same_bytes, stat
 from avfeat.extract.sources.files import BLOCK_SIZE, HEADER_BLOCK, Slice, open_local
-from avfeat.extract.sources.paths import is_plain_local, is_remote, join, name, parent, protocol, resolve, split_member, suffix
+from avfeat.extract.sources.paths import is_plain_local, is_remote, join, name, parent, protocol, resolve, resolver, split_member, suffix
 from avfeat.extract.sources.remote import (
     DEFAULT_TIMEOUT,
     TIMEOUT_ENV,
@@ -42,6 +42,6 @@ from avfeat.extract.sources.tars import Member, TruncatedTar, scan_tar, tar_inde
 __all__ = [
     "BLOCK_SIZE", "DEFAULT_TIMEOUT", "HEADER_BLOCK", "TIMEOUT_ENV", "Member", "Slice", "Stat", "as_os_error",
     "check_protocol", "describe", "exists", "filesystem", "is_plain_local", "is_remote", "join", "list_files",
-    "name", "open_bytes", "open_local", "parent", "protocol", "read_bytes", "remote_timeout", "resolve",
+    "name", "open_bytes", "open_local", "parent", "protocol", "read_bytes", "remote_timeout", "resolve", "resolver",
     "same_bytes", "scan_tar", "split_member", "stat", "status_of", "suffix", "tar_index", "TruncatedTar",
 ]

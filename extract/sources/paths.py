@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
 from pathlib import Path, PurePosixPath
+from typing import Callable
 from urllib.parse import unquote, urljoin, urlsplit
 
 URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -60,6 +62,31 @@ def resolve(path: str | os.PathLike) -> str:
     if is_remote(path):
         return os.fspath(path)
     return str(Path(path).resolve())
+
+
+def resolver() -> Callable[[str | os.PathLike], str]:
+    """``resolve`` for many paths, with the same answers: each folder's real path is worked out
+    once, then a file costs one lstat (to follow it if it is a link), not one per folder above it."""
+    folders: dict[str, str] = {}
+
+    def fast(path: str | os.PathLike) -> str:
+        text = os.fspath(path)
+        if "://" in text or "/../" in f"/{text}/" or split_member(text) is not None:  # '..' after a link is not textual
+            return resolve(text)
+        if not text.startswith("/") or "//" in text or "/./" in text or text.endswith(("/", "/.")):
+            text = os.path.abspath(text)  # string work only: no folder is read
+        folder, _, file = text.rpartition("/")
+        real = folders.get(folder)
+        if real is None:
+            real = folders[folder] = str(Path(folder or "/").resolve())
+        found = f"{real.rstrip('/')}/{file}"
+        try:
+            link = stat.S_ISLNK(os.lstat(found).st_mode)
+        except OSError:  # missing: nothing to follow, as resolve() finds
+            link = False
+        return resolve(found) if link else found
+
+    return fast
 
 
 def join(base: str, entry: str) -> str:

@@ -110,3 +110,39 @@ def test_inputs_past_the_limit_are_counted(tmp_path):
     assert "(1 processed now, 0 already in the cache, 2 left for a later run (--limit))" in result.stdout, result.stdout
     result = extract(tmp_path / "in", tmp_path / "cache", "--resume", "--limit", 1, check=0)
     assert "(1 processed now, 1 already in the cache, 1 left for a later run (--limit))" in result.stdout, result.stdout
+
+
+def test_many_paths_resolve_as_one_does(tmp_path, monkeypatch):
+    """assign_ids resolves a million inputs with ``sources.resolver`` (each folder once): every
+    kind of path gets what ``sources.resolve`` gives, so a resume finds the same records."""
+    from avfeat.data.manifest import Recorded
+    from avfeat.extract import sources
+    from avfeat.extract.inputs.ids import assign_ids
+    from avfeat.extract.inputs.items import MediaInput
+
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (real / "clip.mp4").write_bytes(b"bytes")
+    (tmp_path / "linked").symlink_to(real)  # a folder link
+    (real / "alias.mp4").symlink_to(real / "clip.mp4")  # a file link
+    (real / "relative.mp4").symlink_to("sub/../clip.mp4")
+    (real / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    (tmp_path / "loop.mp4").symlink_to(tmp_path / "loop.mp4")
+    monkeypatch.chdir(tmp_path / "linked")
+    paths = [real / "clip.mp4", tmp_path / "linked" / "clip.mp4", tmp_path / "linked" / "alias.mp4", "clip.mp4", "./sub/../clip.mp4",
+             "sub/../alias.mp4", "linked/../real/clip.mp4", str(real) + "//clip.mp4", real / "relative.mp4", real / "dangling.mp4",
+             real / "missing.mp4", tmp_path / "linked" / "sub" / "nothing" / "x.mp4", "", ".", "/", "file.tar#member.mp4"]
+    fast = sources.resolver()
+    for path in paths:
+        assert fast(path) == sources.resolve(path), path
+    try:
+        sources.resolve(tmp_path / "loop.mp4")
+    except RuntimeError:  # a link loop: the same error either way
+        import pytest
+
+        with pytest.raises(RuntimeError):
+            fast(tmp_path / "loop.mp4")
+    stat = sources.stat(real / "clip.mp4")
+    recorded = {"clip-0000000000000000": Recorded("clip-0000000000000000", str(real / "clip.mp4"), stat.size, stat.mtime, "ok", 1.0, None, None)}
+    plan = assign_ids([MediaInput(tmp_path / "linked" / "alias.mp4")], recorded)
+    assert [vid for _, vid in plan.ids] == ["clip-0000000000000000"]  # the recorded id, the file not read
