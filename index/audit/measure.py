@@ -52,10 +52,11 @@ class Tokens:
         return cls(cache.audio_view(record), record.audio_start, record.audio_rate, cache.frame_view(record), cache.frame_times(record), record.fps)
 
     def first_tokens(self, chunk: int = 256) -> np.ndarray:
-        """(F, D_v) each frame's first token (CLS), read ``chunk`` frames at a time."""
+        """(F, D_v) each frame's first token (CLS), read ``chunk`` frames at a time (copied out: a
+        view would keep each chunk's whole frames alive)."""
         if self.frames.ndim != 3:
             return np.asarray(self.frames[:])
-        parts = [np.asarray(self.frames[i : i + chunk])[:, 0] for i in range(0, len(self.frames), chunk)]
+        parts = [np.asarray(self.frames[i : i + chunk])[:, 0].copy() for i in range(0, len(self.frames), chunk)]
         return np.concatenate(parts) if parts else np.zeros((0, self.frames.shape[-1]), np.float32)
 
     def excerpt(self, heads, seconds: float) -> "Tokens":
