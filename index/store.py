@@ -291,7 +291,7 @@ def meta_problem(meta: dict[str, Any], searchable: bool = False) -> str | None:
         ("aggregation", _get(meta, "aggregation"), meta.get("aggregation") in AGGREGATIONS, " or ".join(AGGREGATIONS), True),
         ("geometry", geometry, isinstance(geometry, dict), "a JSON object", True),
         ("videos", _get(meta, "videos"), _whole(meta.get("videos")), "a count", False),
-        ("modalities", names, isinstance(names, list) and names and set(names) <= set(both) and (names == both or not searchable),
+        ("modalities", names, isinstance(names, list) and names and all(isinstance(n, str) for n in names) and set(names) <= set(both) and (names == both or not searchable),
          "audio and visual", True),
     ]
     fields += [(f"geometry.{key}", _get(geometry, key), _positive(_get(geometry, key)), "a positive rate", True) for key in ("audio_rate", "fps")]

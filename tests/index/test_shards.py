@@ -74,7 +74,7 @@ def test_shard_ranges_are_contiguous_and_balanced():
 def test_shard_files_are_listed_in_meta(flat_sharded):
     meta = json.loads((flat_sharded / "meta.json").read_text())
     assert meta["format"] == 3
-    files = {"meta.json", ".avfeat-index"}
+    files = {"meta.json", ".avfeat-index", "avfeat-output.json"}  # and the owner record
     for modality in ("audio", "visual"):
         info = meta["modalities"][modality]
         assert info["factory"] == "Flat"
@@ -166,7 +166,7 @@ def test_search_cli_same_hits_sharded_and_not(ivf, cache):
     one = avfeat("search", ivf[1], f"{video}@0.0-2.0", "-k", 8, "--json", "--mmap", check=0).stdout
     sharded = avfeat("search", ivf[3], f"{video}@0.0-2.0", "-k", 8, "--json", "--no-mmap", check=0).stdout
     assert len(json.loads(one)) == 8 and json.loads(sharded) == json.loads(one)
-    hits = Searcher(ivf[3]).search(f"{video}@0.0-2.0", k=8)
+    hits = Searcher(ivf[3]).search(f"{video}@0.0-2.0", k=8, rerank=20)  # the CLI's default for sound
     assert [h.to_dict() for h in hits] == json.loads(one)
 
 
