@@ -67,7 +67,7 @@ def embed_windows(cache, checkpoint, hop: float | None = None, quiet: bool = Tru
     if next(heads.parameters()).device.type != "cpu":
         heads = copy.deepcopy(heads).cpu()
     geometry = WindowGeometry.for_cache(cache, checkpoint.window)
-    windows, audio, visual = embed_cache(cache, heads, geometry, checkpoint.hop if hop is None else hop, checkpoint.aggregation, quiet)
+    windows, audio, visual = embed_cache(cache, heads, geometry, checkpoint.hop if hop is None else hop, checkpoint.aggregation, quiet, label="export")
     seen = {w.video_id for w in windows}
     skipped = [r.video_id for r in cache.records(status="ok") if r.video_id not in seen]
     return WindowVectors(windows, {"audio": _unit(audio), "visual": _unit(visual)}, skipped)
