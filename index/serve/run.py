@@ -26,14 +26,16 @@ def run_server(
     allow_host: Iterable[str] = (),
     quiet: bool = False,
     say: Optional[Callable[[str], None]] = None,
+    workers: int = 1,
 ) -> None:
     """`avfeat serve`: load the service for ``index_dir`` and answer on ``host:port`` until
     stopped. ``say`` gets the lines for the console (a note on what is off, where it listens)
-    before the server starts; ``quiet`` drops the access log.
+    before the server starts; ``quiet`` drops the access log. ``workers`` > 1 forks that many
+    processes that each load the service and accept on the one socket (``workers.run_workers``).
 
     Raises:
         InputError: FastAPI or uvicorn is missing, ``host`` is beyond loopback without ``token``,
-            or ``port`` is in use (found before the index and models load).
+            or ``port`` is in use (found before the index and models load), or ``workers`` < 1.
     """
     from avfeat.core.devices import resolve_device
     from avfeat.core.values import parse_size
@@ -51,16 +53,31 @@ def run_server(
     from avfeat.index.serve.service import Service
 
     limit = parse_size(max_upload)
+    if workers < 1:
+        raise InputError(f"--workers must be 1 or more, not {workers}")
+    hosts = served_hosts(host, allow_host)
+
+    def load():
+        """The uvicorn server around a loaded service, and the lines for the console."""
+        service = Service(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)))
+        lines = [f"note: {service.cache_problem}; VIDEO_ID queries, rerank, locate and attention maps are off"] if service.cache_problem else []
+        app = create_app(service, max_upload=limit, token=token, hosts=hosts)
+        shown = "localhost" if host in ("127.0.0.1", "::1") else host
+        many = f", {workers} workers" if workers > 1 else ""
+        lines.append(f"avfeat serve: {index_dir} ({len(service.videos)} videos{many}) on http://{shown}:{port}/ (API schema: /openapi.json)")
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet, log_config=log_config())
+        return uvicorn.Server(config), lines
+
     listening = listen_socket(host, port)  # a port in use fails now, not after minutes of loading
     try:
-        service = Service(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)))
-        if service.cache_problem:
-            say(f"note: {service.cache_problem}; VIDEO_ID queries, rerank, locate and attention maps are off")
-        app = create_app(service, max_upload=limit, token=token, hosts=served_hosts(host, allow_host))
-        shown = "localhost" if host in ("127.0.0.1", "::1") else host
-        say(f"avfeat serve: {index_dir} ({len(service.videos)} videos) on http://{shown}:{port}/ (API schema: /openapi.json)")
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet, log_config=log_config())
-        uvicorn.Server(config).run(sockets=[listening])
+        if workers > 1:
+            from avfeat.index.serve.workers import run_workers
+
+            return run_workers(load, listening, workers, say)
+        server, lines = load()
+        for line in lines:
+            say(line)
+        server.run(sockets=[listening])
     finally:
         listening.close()
 

@@ -305,5 +305,5 @@ class Service:
         return {
             "status": "ok", "index": self.index_path.name, "videos": len(self.videos), "windows": self.counts,
             "window": self.searcher.meta["window"], "device": self.device, "cache": self.cache_problem is None,
-            "uptime_s": round(time.time() - self.started, 1),
+            "uptime_s": round(time.time() - self.started, 1), "pid": os.getpid(),
         }
