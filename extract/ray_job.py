@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import queue
 import re
+import threading
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +39,8 @@ from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError
 
 INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'ray[data]' (the ray extra of avfeat's wheel)"
 LOCAL = "local"  # start a Ray on this machine
+STALL_ENV = "AVFEAT_RAY_STALL_SECONDS"
+DEFAULT_STALL = 900.0  # no shard committed for this long: stop (model loading on a cold node included)
 
 _ADDRESS_RE = re.compile(r"^(auto|local|ray://\S+|[\w.\-]+:\d+)$")
 
@@ -84,16 +89,28 @@ class Placement:
     write_cpus: float
 
 
-def plan_placement(resources: dict[str, float], device: str) -> Placement:
+def plan_placement(resources: dict[str, float], device: str, node_cpus: float | None = None) -> Placement:
     """With GPUs each one hosts an audio and a visual actor (half a GPU each), and decoding
-    uses the CPUs; without, one actor per backbone shares the CPUs with decoding."""
+    uses the CPUs; without, one actor per backbone shares the CPUs with decoding.
+
+    ``node_cpus`` is the smallest node's CPU count (default: all on one node). Every stage must
+    fit on any one node, alongside the others: when a node dies, its actors and tasks are
+    placed again on the nodes left, and a share that fits nowhere would wait for ever."""
     gpus = 0 if device == "cpu" else int(resources.get("GPU", 0))
     cpus = max(1.0, float(resources.get("CPU", 1)))
+    node = min(cpus, max(1.0, float(node_cpus or cpus)))
     if gpus:
-        return Placement(actors=gpus, actor_gpus=0.5, actor_cpus=1.0, decode_cpus=1.0, write_cpus=0.5)
+        return Placement(actors=gpus, actor_gpus=0.5, actor_cpus=min(1.0, node / 4), decode_cpus=min(1.0, node / 2), write_cpus=min(0.5, node / 4))
     # Decoding asks for a different CPU share than the actors: Ray Data would otherwise fuse the
     # decode step into the audio actor and decode one shard at a time.
-    return Placement(actors=1, actor_gpus=0.0, actor_cpus=max(0.5, cpus / 4), decode_cpus=1.0, write_cpus=0.25)
+    return Placement(actors=1, actor_gpus=0.0, actor_cpus=max(min(0.5, node / 4), node / 4), decode_cpus=min(1.0, node / 2), write_cpus=0.25)
+
+
+def smallest_node_cpus(ray) -> float | None:
+    """The CPU count of the smallest live node that has CPUs (None when Ray reports none)."""
+    counts = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
+    counts = [count for count in counts if count > 0]
+    return min(counts) if counts else None
 
 
 def _decode_shard(item: dict[str, Any], spec: DecodeSpec, timeout: float, token_rate: float, fps: float) -> dict[str, Any]:
@@ -174,6 +191,49 @@ def _write_shard(item: dict[str, Any], writer_args: dict[str, Any]) -> dict[str,
     }
 
 
+def stall_seconds() -> float:
+    """How long the job waits for the next committed shard before it stops (``AVFEAT_RAY_STALL_SECONDS``)."""
+    raw = os.environ.get(STALL_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_STALL
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise InputError(f"{STALL_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _watched(rows, stall: float):
+    """Yield ``rows``, read in a thread of their own; no row for ``stall`` seconds stops the job.
+
+    Ray waits for ever for resources that no live node has (work of a lost node that fits
+    nowhere else), so without this a job could hang with no progress and no error."""
+    box: queue.Queue = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for row in rows:
+                box.put(("row", row))
+            box.put(("end", None))
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            box.put(("error", error))
+
+    threading.Thread(target=pump, name="avfeat-ray-rows", daemon=True).start()
+    while True:
+        try:
+            kind, value = box.get(timeout=stall)
+        except queue.Empty:
+            raise RayJobError(
+                f"the Ray pipeline made no progress for {stall:g} s (no shard committed: a lost node's work that fits "
+                f"on no live node?); committed shards are kept, run again to resume (or raise {STALL_ENV})"
+            ) from None
+        if kind == "end":
+            return
+        if kind == "error":
+            raise value
+        yield value
+
+
 def _user_error(error: BaseException) -> BaseException:
     """The exception our code raised inside a Ray task, under Ray's wrappers (or the Ray error
     itself when nothing of ours failed, e.g. a lost node)."""
@@ -210,6 +270,7 @@ def extract_on_ray(extractor, layout: CacheLayout, todo: list[VideoRecord], summ
     if not todo:
         return
     shards = plan_shards(layout, todo, extractor.options.shard_size)
+    stall = stall_seconds()  # a bad setting stops the job before Ray starts
     started = _start(ray, address)
     ray_logger = logging.getLogger("ray.data")
     previous_level = ray_logger.level
@@ -218,7 +279,7 @@ def extract_on_ray(extractor, layout: CacheLayout, todo: list[VideoRecord], summ
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.raise_original_map_exception = True  # our exception, not Ray's "UDF failed" wrapper
-        placement = plan_placement(ray.cluster_resources(), extractor.options.device)
+        placement = plan_placement(ray.cluster_resources(), extractor.options.device, smallest_node_cpus(ray))
         config, options = extractor.config, extractor.options
         actor_resources = dict(
             num_cpus=placement.actor_cpus,
@@ -241,7 +302,7 @@ def extract_on_ray(extractor, layout: CacheLayout, todo: list[VideoRecord], summ
             .map(BackboneStage, fn_constructor_kwargs=dict(config=config, options=options, modality="visual"), **actor_resources)
             .map(_write_shard, fn_kwargs=dict(writer_args=writer_args), num_cpus=placement.write_cpus)
         )
-        for result in dataset.iter_rows():
+        for result in _watched(dataset.iter_rows(), stall):
             summary.processed += result["videos"]
             summary.bytes_written += result["bytes"]
             if progress:

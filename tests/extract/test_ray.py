@@ -131,3 +131,45 @@ def test_a_failing_stage_is_one_line_and_keeps_the_cache(corpus, tmp_path):
     assert errors == ["avfeat: error: the Ray pipeline stopped (OSError: disk full); committed shards are kept, run again to resume"]
     assert "Traceback" not in result.stderr
     assert (out / "cache.json").is_file() and not list((out / "manifest").iterdir())
+
+
+def test_placement_fits_every_stage_on_the_smallest_node():
+    # Three 1-CPU nodes: once one is lost, its actor must fit beside the decode and write tasks
+    # on a node left (an actor of 0.75 CPU and decoding of 1 CPU left the job waiting for ever).
+    plan = plan_placement({"CPU": 3}, device="auto", node_cpus=1)
+    assert plan.actor_cpus + plan.decode_cpus + plan.write_cpus <= 1
+    assert plan.decode_cpus != plan.actor_cpus
+    assert plan_placement({"CPU": 40}, device="auto", node_cpus=4).actor_cpus <= 1  # not a quarter of the cluster
+    assert plan_placement({"CPU": 64}, device="auto") == plan_placement({"CPU": 64}, device="auto", node_cpus=64)
+
+
+def test_a_pipeline_without_progress_stops_in_one_line():
+    import threading
+
+    from avfeat.extract.ray_job import RayJobError, _watched
+
+    release = threading.Event()
+
+    def rows():
+        yield {"index": 0}
+        release.wait(30)  # a job whose next shard never comes
+        yield {"index": 1}
+
+    watched = _watched(rows(), stall=0.2)
+    assert next(watched) == {"index": 0}
+    with pytest.raises(RayJobError, match=r"no progress for 0.2 s .* run again to resume") as caught:
+        next(watched)
+    release.set()
+    assert "\n" not in str(caught.value)
+    assert list(_watched(iter([1, 2]), stall=5)) == [1, 2]
+
+
+def test_stall_setting_must_be_a_positive_number(monkeypatch):
+    from avfeat.core.errors import InputError
+    from avfeat.extract.ray_job import STALL_ENV, stall_seconds
+
+    monkeypatch.setenv(STALL_ENV, "soon")
+    with pytest.raises(InputError, match="AVFEAT_RAY_STALL_SECONDS must be a positive number of seconds, got 'soon'"):
+        stall_seconds()
+    monkeypatch.setenv(STALL_ENV, "30")
+    assert stall_seconds() == 30
