@@ -21,7 +21,7 @@ HELPER = "_bench"  # benchmarks/_bench.py: shared by the scripts, not a benchmar
 # Every script under benchmarks/ (test_every_benchmark_has_a_smoke_test holds this list to the folder).
 BENCHMARKS = [
     "acceptance", "audit", "cpu_inference", "decode", "extract", "gpu_check", "index_update", "long_video", "manifest",
-    "remote", "search", "search_latency", "segments", "storage", "stream", "train",
+    "ray_cluster", "remote", "search", "search_latency", "segments", "storage", "stream", "train",
 ]
 # gpu_check's --smoke is its `--device cpu --small` mode, which test_gpu_check.py runs and checks
 # stage by stage; running it here again would cost a minute for nothing.
