@@ -285,24 +285,26 @@ class Searcher:
         """The top ``k`` hits of one vector (see ``search_vectors``), with ``one_per_video`` only
         each video's best window and without ``exclude_video``'s windows (e.g. the query's own):
         FAISS is asked for more hits until ``k`` are left or none remain."""
-        from avfeat.index.faiss_gpu import gpu_count
-
         if not one_per_video and exclude_video is None:
             return self.search_vectors(vector, modality, k=k, where=where)[0]
+        for fetch in self.fetch_sizes(modality, k):
+            kept = keep_best(self.search_vectors(vector, modality, k=fetch, where=where)[0], k, one_per_video, exclude_video)
+            if len(kept) >= k:
+                break
+        return kept
+
+    def fetch_sizes(self, modality: str, k: int):
+        """How many hits ``best_hits`` asks FAISS for, round after round: ``k`` times
+        ``WHERE_GROWTH``, growing, up to every row it can return."""
+        from avfeat.index.faiss_gpu import gpu_count
+
         count = self.folder.count(modality)
         limit = count if gpu_count() == 0 else min(count, GPU_MAX_K)
         fetch = max(1, k) * WHERE_GROWTH
-        while True:
-            fetch = min(fetch, limit)
-            kept, seen = [], set()
-            for hit in self.search_vectors(vector, modality, k=fetch, where=where)[0]:
-                if hit.video_id == exclude_video or (one_per_video and hit.video_id in seen):
-                    continue
-                seen.add(hit.video_id)
-                kept.append(replace(hit, rank=len(kept) + 1))
-            if len(kept) >= k or fetch >= limit:
-                return kept[:k]
+        while fetch < limit:
+            yield fetch
             fetch *= WHERE_GROWTH
+        yield limit
 
     def default_rerank(self, side: str) -> int:
         """How many top hits a query of ``side`` reranks when not told: ``AUDIO_RERANK`` for
@@ -446,3 +448,15 @@ class Searcher:
                         nulls.append(found[0].score)
             self._thresholds[key] = min(nulls) if nulls else 0.0
         return self._thresholds[key]
+
+
+def keep_best(hits: list[Hit], k: int, one_per_video: bool, exclude_video: str | None) -> list[Hit]:
+    """The first ``k`` of ranked ``hits`` without ``exclude_video``'s windows and, with
+    ``one_per_video``, only each video's best one; ranks renumbered."""
+    kept, seen = [], set()
+    for hit in hits:
+        if hit.video_id == exclude_video or (one_per_video and hit.video_id in seen):
+            continue
+        seen.add(hit.video_id)
+        kept.append(replace(hit, rank=len(kept) + 1))
+    return kept[:k]

@@ -24,12 +24,13 @@ def serve(
     allow_host: List[str] = typer.Option([], "--allow-host", help="Another name the server answers to in the Host header (repeatable); on loopback only localhost, 127.0.0.1 and ::1 are answered."),
     quiet: bool = quiet_option("No access log."),
     workers: int = typer.Option(1, min=1, max=64, help="Processes that each load the service and answer on the one port (metrics are per process)."),
+    batch_ms: float = typer.Option(2.0, min=0, max=1000, help="Milliseconds a search vector waits for concurrent ones to share one FAISS search."),
 ) -> None:
     """A warm search service: JSON API, metrics and a web page at / (needs the serve extra)."""
     from avfeat.index.serve.run import run_server
 
     run_server(index_dir, cache=cache, heads=heads, host=host, port=port, device=device, max_upload=max_upload, token=token,
-               allow_host=allow_host, quiet=quiet, workers=workers, say=lambda line: typer.echo(line, err=True))
+               allow_host=allow_host, quiet=quiet, workers=workers, batch_ms=batch_ms, say=lambda line: typer.echo(line, err=True))
 
 
 def register(app: typer.Typer) -> None:

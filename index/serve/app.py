@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from avfeat.core.values import parse_size
 from avfeat.index.serve.access import DEFAULT_MAX_UPLOAD
+from avfeat.index.serve.batching import DEFAULT_WINDOW
 from avfeat.index.serve.errors import add_error_handlers
 from avfeat.index.serve.guard import Guard
 from avfeat.index.serve.metrics import Metrics
@@ -16,7 +17,8 @@ from avfeat.index.serve.routes import add_page, add_query_routes, add_state_rout
 from avfeat.index.serve.service import Service
 
 
-def create_app(service: Service, max_upload: int | str = DEFAULT_MAX_UPLOAD, token: str | None = None, hosts: Iterable[str] | None = None) -> Guard:
+def create_app(service: Service, max_upload: int | str = DEFAULT_MAX_UPLOAD, token: str | None = None, hosts: Iterable[str] | None = None,
+               batch_window: float = DEFAULT_WINDOW) -> Guard:
     """The ASGI app around a loaded ``Service``.
 
     ``max_upload``: the largest request body accepted (bytes, or a size such as ``200MB``).
@@ -24,7 +26,8 @@ def create_app(service: Service, max_upload: int | str = DEFAULT_MAX_UPLOAD, tok
     it (``Authorization: Bearer TOKEN``, the cookie that ``/?token=TOKEN`` sets, or ``?token=``).
     ``hosts``: the names a request's Host header may give (None: any). A loopback server
     answers only to loopback names, so a web page cannot reach it by pointing a name of its own
-    at 127.0.0.1 (DNS rebinding). Whatever ``hosts``, a request whose Origin header names
+    at 127.0.0.1 (DNS rebinding). ``batch_window``: seconds a search vector waits for others to
+    share its FAISS search (``batching``). Whatever ``hosts``, a request whose Origin header names
     another site than its Host is refused: a page elsewhere cannot post to the service.
     """
     limit = parse_size(max_upload)
@@ -36,6 +39,7 @@ def create_app(service: Service, max_upload: int | str = DEFAULT_MAX_UPLOAD, tok
         # offline machine cannot reach. The schema stays at /openapi.json.
         docs_url=None, redoc_url=None,
     )
+    service.batch_window = batch_window
     app.state.service = service
     app.state.metrics = metrics
     add_error_handlers(app, metrics)

@@ -117,14 +117,15 @@ async def locked(service: Service, work, *args):
     return await anyio.to_thread.run_sync(run, limiter=_model_queue(service))
 
 
-async def run_query(service: Service, request: Request, allow_vector: bool, work):
+async def run_query(service: Service, request: Request, allow_vector: bool, work, run=None):
     """Read the request's query into a private temp folder (removed whatever happens), then
-    run ``work(query)`` under the model lock. Messages name an upload "the uploaded file",
+    run ``work(query)`` under the model lock (or await ``run(query)``, which takes the lock
+    itself where it needs it). Messages name an upload "the uploaded file",
     not its temp path."""
     with tempfile.TemporaryDirectory(prefix="avfeat-serve-") as folder:
         try:
             query = await read_query(service, request, Path(folder), allow_vector)
-            return await locked(service, work, query)
+            return await (run(query) if run else locked(service, work, query))
         except AvfeatError as error:
             message = re.sub(r"(query )?" + re.escape(os.path.join(folder, "query")) + r"(\.[a-z0-9]+)?", "the uploaded file", str(error))
             if message == str(error):

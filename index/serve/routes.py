@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from avfeat.core.errors import CacheError, QueryError
 from avfeat.index.serve.access import TOKEN_COOKIE
+from avfeat.index.serve.batching import search as batched_search
 from avfeat.index.serve.metrics import CONTENT_TYPE, Metrics
 from avfeat.index.serve.queries import SpanBody, content_type, locked, read_body, run_query
 from avfeat.index.serve.service import Service, is_local_file, media_url
@@ -49,8 +50,8 @@ def add_query_routes(app: FastAPI, service: Service) -> None:
         if exclude_video is not None:
             exclude_video = service.video(exclude_video).video_id
         service.searcher.matching_rows("audio", parse_where(where))  # a bad condition is refused before any upload is read
-        return await run_query(service, request, True, lambda query: service.search(
-            str(query) if isinstance(query, Path) else query, side, k, rerank, one_per_video, exclude_video, where))
+        return await run_query(service, request, True, None, run=lambda query: batched_search(
+            service, str(query) if isinstance(query, Path) else query, side, k, rerank, one_per_video, exclude_video, where))
 
     @app.post("/api/sync", openapi_extra=BODY_DOC, summary="Audio-visual offset of a video (positive: audio late)")
     async def api_sync(request: Request, max_offset: float = Query(2.0, gt=0, le=30, description="Largest offset searched, seconds either way.")):

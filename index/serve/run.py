@@ -27,11 +27,13 @@ def run_server(
     quiet: bool = False,
     say: Optional[Callable[[str], None]] = None,
     workers: int = 1,
+    batch_ms: float = 2.0,
 ) -> None:
     """`avfeat serve`: load the service for ``index_dir`` and answer on ``host:port`` until
     stopped. ``say`` gets the lines for the console (a note on what is off, where it listens)
     before the server starts; ``quiet`` drops the access log. ``workers`` > 1 forks that many
-    processes that each load the service and accept on the one socket (``workers.run_workers``).
+    processes that each load the service and accept on the one socket (``workers.run_workers``). ``batch_ms``: how long a search vector waits for
+    others to share its FAISS search.
 
     Raises:
         InputError: FastAPI or uvicorn is missing, ``host`` is beyond loopback without ``token``,
@@ -55,13 +57,15 @@ def run_server(
     limit = parse_size(max_upload)
     if workers < 1:
         raise InputError(f"--workers must be 1 or more, not {workers}")
+    if not 0 <= batch_ms <= 1000:
+        raise InputError(f"--batch-ms must be between 0 and 1000, not {batch_ms:g}")
     hosts = served_hosts(host, allow_host)
 
     def load():
         """The uvicorn server around a loaded service, and the lines for the console."""
         service = Service(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)))
         lines = [f"note: {service.cache_problem}; VIDEO_ID queries, rerank, locate and attention maps are off"] if service.cache_problem else []
-        app = create_app(service, max_upload=limit, token=token, hosts=hosts)
+        app = create_app(service, max_upload=limit, token=token, hosts=hosts, batch_window=batch_ms / 1000)
         shown = "localhost" if host in ("127.0.0.1", "::1") else host
         many = f", {workers} workers" if workers > 1 else ""
         lines.append(f"avfeat serve: {index_dir} ({len(service.videos)} videos{many}) on http://{shown}:{port}/ (API schema: /openapi.json)")

@@ -102,6 +102,18 @@ def is_local_file(path: str) -> bool:
     return "://" not in path and Path(path).is_file()
 
 
+@dataclass
+class SearchPlan:
+    """A search after its model work: the query vector, its side, the side searched, the rerank."""
+
+    vector: Any
+    side: str
+    searched: str
+    rerank: int
+    conditions: list
+    tokens: Any = None
+
+
 class Service:
     """Backbones, heads, FAISS indexes and tables, loaded once; the work behind each endpoint.
 
@@ -211,6 +223,12 @@ class Service:
         ``one_per_video`` keeps each video's best window only and ``exclude_video`` drops one
         video's windows: FAISS is asked for more hits until ``k`` are left (or none remain).
         """
+        plan = self.plan_search(query, side, rerank, where)
+        hits = self.searcher.best_hits(plan.vector, plan.searched, max(k, plan.rerank), plan.conditions or None, one_per_video, exclude_video)
+        return self.answer(plan, hits, k)
+
+    def plan_search(self, query, side: str | None, rerank: int | None, where) -> SearchPlan:
+        """A search's query vector, sides and rerank (the model work before FAISS; none for a vector)."""
         from avfeat.index.query import unit_vector
         from avfeat.index.search import parse_where
         from avfeat.index.vectors import AUDIO, other
@@ -231,13 +249,16 @@ class Service:
             rerank = self.searcher.default_rerank(side)
         searched = other(side)
         self.searcher.matching_rows(searched, conditions)  # an unknown column is one line (400)
-        hits = self.searcher.best_hits(vector, searched, max(k, rerank), conditions or None, one_per_video, exclude_video)
-        if rerank:
-            hits = self.searcher.rerank(tokens, side, hits, rerank)
+        return SearchPlan(vector, side, searched, rerank, conditions, tokens)
+
+    def answer(self, plan: SearchPlan, hits: list, k: int) -> dict:
+        """The JSON of a search: ``hits`` reranked as ``plan`` says (model work when it does), cut to ``k``."""
+        if plan.rerank:
+            hits = self.searcher.rerank(plan.tokens, plan.side, hits, plan.rerank)
         hits = hits[:k]
         return {
-            "side": side,
-            "searched": searched,
+            "side": plan.side,
+            "searched": plan.searched,
             "hits": [
                 {"rank": rank, "score": _clean(float(hit.score)), "video_id": hit.video_id, "start": hit.start, "end": hit.end,
                  "metadata": _clean(hit.metadata), "media": media_url(hit.video_id, hit.start, hit.end)}

@@ -225,6 +225,7 @@ def test_an_unexpected_failure_is_a_one_line_500(service, monkeypatch):
         raise RuntimeError("internal detail\nsecond line")
 
     monkeypatch.setattr(service, "search", broken)
+    monkeypatch.setattr(service, "plan_search", broken)  # the route's first step (then FAISS, batched)
     client = TestClient(create_app(service), raise_server_exceptions=False)
     message = assert_one_error(client.post("/api/search", json={"vector": [0.1] * service.searcher.meta["dim"]}), 500)
     assert "RuntimeError" in message and "internal detail" not in message
