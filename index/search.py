@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from avfeat.align.windows import WindowGeometry
 from avfeat.data.configs import TrainedOn
 from avfeat.core.errors import AvfeatError, CacheError, InputError, QueryError, SearchIndexError
+from avfeat.index.calibration import store_thresholds, stored_thresholds
 from avfeat.index.hits import Hit
 from avfeat.index.locate import Candidate, clip_seconds, refine, vote
 from avfeat.index.query import Backbones, QueryTokens, cached_query, mean_vector, window_vectors
@@ -422,13 +423,15 @@ class Searcher:
         left out: the best score each gets is what a clip whose source is not indexed scores
         (same sides, same length, same search). The threshold is the lowest of those: media
         less like the corpus than any indexed video is like another is not found.
-        Computed once per (sides, length) and kept. 0 (everything found) when the index holds
+        Computed once per (sides, length) and kept, in the index folder too (``calibration``). 0 (everything found) when the index holds
         fewer than 2 videos.
         """
         from avfeat.index.query import cached_query
 
         length = max(0.5, float(np.ceil(seconds * 2) / 2))
         key = (tuple(sorted(sides)), length)
+        if key not in self._thresholds:
+            self._thresholds.update(stored_thresholds(self.folder.path, self.meta))
         if key not in self._thresholds:
             records = self.cache.records(status="ok")
             indexed = set(self.folder.table(sorted(sides)[0]).column("video_id").unique().to_pylist())
@@ -447,6 +450,7 @@ class Searcher:
                     if found:
                         nulls.append(found[0].score)
             self._thresholds[key] = min(nulls) if nulls else 0.0
+            store_thresholds(self.folder.path, self.meta, self._thresholds)
         return self._thresholds[key]
 
 
