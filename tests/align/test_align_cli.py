@@ -98,10 +98,17 @@ def test_window_longer_than_every_video(small_cache, tmp_path):
 
 @pytest.mark.parametrize(
     "args, fragment",
-    [(["--aggregation", "best"], "unknown aggregation"), (["--memory-limit", "lots"], "cannot read the size"), (["--resume", "--overwrite"], "exclude each other")],
+    [(["--memory-limit", "lots"], "cannot read the size"), (["--resume", "--overwrite"], "exclude each other")],
 )
 def test_bad_options(small_cache, tmp_path, args, fragment):
     one_line_error(avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, *args), fragment)
+
+
+def test_an_unknown_aggregation_is_a_usage_error_listing_the_choices(small_cache, tmp_path):
+    result = avfeat("train-head", small_cache, "--out", tmp_path / "heads", *TRAIN, "--aggregation", "best")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("avfeat: error:"), result.stderr
+    assert "'best' is not one of 'max-mean', 'mean-pool', 'cls'" in lines[0] and not (tmp_path / "heads").exists()
 
 
 def test_resume_without_a_checkpoint_and_attention_map_of_missing_heads(small_cache, tmp_path):

@@ -23,10 +23,15 @@ def test_root_help_has_no_bool_and_offers_completion():
     assert "<bool>" not in text and "--show-completion" in text and "--install-completion" in text
 
 
-def test_show_completion_prints_a_script(monkeypatch):
-    monkeypatch.setenv("SHELL", "/bin/bash")
-    result = avfeat("--show-completion", "bash", check=0)
-    assert "complete" in result.stdout and "_AVFEAT_COMPLETE" in result.stdout
+def test_show_completion_prints_a_script():
+    # As a user types it in bash: typer finds the shell among the command's parent processes.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = f"'{Path(sys.executable).parent / 'avfeat'}' --show-completion; exit $?"  # two commands: bash stays the parent
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "complete" in result.stdout and "_AVFEAT_COMPLETE" in result.stdout, result.stderr
 
 
 @pytest.mark.parametrize("args, words", [
