@@ -29,6 +29,7 @@ def _worker(load: Callable[[], tuple], sock: socket.socket, conn, threads: int) 
     """One worker: load the app (sending the console lines or the error up ``conn``), then serve."""
     for number in STOP_SIGNALS:  # the parent's handlers are no worker's: uvicorn installs its own
         signal.signal(number, signal.SIG_DFL)
+    _stop_with_parent()
     try:
         import torch
 
@@ -44,6 +45,19 @@ def _worker(load: Callable[[], tuple], sock: socket.socket, conn, threads: int) 
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _stop_with_parent() -> None:
+    """Linux: SIGTERM this worker when the parent dies, even of SIGKILL (which it cannot forward)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: SIGTERM and SIGINT to the parent still stop every worker
+    if os.getppid() == 1:  # the parent died before the call: nothing would signal
+        os._exit(1)
 
 
 class _Stop(Exception):

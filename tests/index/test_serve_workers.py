@@ -4,13 +4,14 @@ and SIGTERM to the parent stops them all."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -50,11 +51,11 @@ def workers(index):
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited and not yet reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
-    return True
 
 
 def test_two_workers_answer_guard_alike_and_stop_on_sigterm(workers, cache):
@@ -80,6 +81,24 @@ def test_two_workers_answer_guard_alike_and_stop_on_sigterm(workers, cache):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     assert not any(_alive(pid) for pid in pids)  # no worker outlives the parent
+
+
+def test_workers_stop_when_the_parent_is_killed(index):
+    """SIGKILL cannot be forwarded: each worker asks the kernel to stop it when the parent dies."""
+    port = free_port()
+    command = [sys.executable, "-m", "avfeat", "serve", str(index), "--port", str(port), "--device", "cpu", "--quiet", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert any(line.startswith("avfeat serve:") for line in process.stderr)
+        pid = _get(f"http://127.0.0.1:{port}/health")["pid"]
+    finally:
+        process.kill()
+        process.wait()
+    for _ in range(600):  # the worker finishes its shutdown
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    assert not _alive(pid)
 
 
 def test_a_bad_index_is_one_line_with_workers(tmp_path):
