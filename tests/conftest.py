@@ -42,3 +42,16 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(items):
     rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest keep their order
+
+
+@pytest.fixture
+def one_ray_at_a_time():
+    """Each Ray test starts a Ray of its own on this machine; two at once (two pytest-xdist
+    workers, or two test runs) starve each other's actors of the CPUs they wait for. They take
+    turns through a lock file shared by every run on the machine."""
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "avfeat-tests-ray.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

@@ -38,7 +38,9 @@ def test_every_benchmark_has_a_smoke_test():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(BENCHMARKS) - SMOKED_ELSEWHERE))
-def test_benchmark_smoke_run(name):
+def test_benchmark_smoke_run(name, request):
+    if name == "ray_cluster":  # a Ray cluster of its own: one Ray at a time on this machine
+        request.getfixturevalue("one_ray_at_a_time")
     result = subprocess.run(
         [sys.executable, f"benchmarks/{name}.py", "--smoke"],
         cwd=REPO, capture_output=True, text=True, timeout=TIMEOUTS.get(name, TIMEOUT),

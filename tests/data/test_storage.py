@@ -292,6 +292,7 @@ def test_int8_kill_at_random_moments_then_resume_gives_identical_cache(corpus, i
 
 
 @pytest.mark.slow  # a local Ray starts: about a minute
+@pytest.mark.usefixtures("one_ray_at_a_time")
 def test_ray_int8_pooled_cache_equals_local(corpus, tmp_path):
     if subprocess.run([sys.executable, "-c", "import ray.data"], capture_output=True).returncode != 0:
         pytest.skip("Ray is not installed")

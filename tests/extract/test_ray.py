@@ -51,6 +51,7 @@ def local_cache(corpus, tmp_path_factory):
 
 @pytest.mark.slow  # a local Ray starts in each run: about a minute
 @needs_ray
+@pytest.mark.usefixtures("one_ray_at_a_time")
 def test_ray_cache_equals_local_and_resumes(corpus, local_cache, tmp_path):
     out = tmp_path / "cache"
     result = extract(corpus, out, "--ray", check=3)  # a local Ray on this machine's CPUs
@@ -111,6 +112,7 @@ def test_placement_shares_each_gpu_between_the_backbones():
 
 @pytest.mark.slow  # a local Ray starts in each run: about a minute
 @needs_ray
+@pytest.mark.usefixtures("one_ray_at_a_time")
 def test_a_failing_stage_is_one_line_and_keeps_the_cache(corpus, tmp_path):
     out = tmp_path / "cache"
     code = (

@@ -37,6 +37,7 @@ def wait_for_commit(out, process, timeout):
 
 
 @pytest.mark.slow  # a 3-node Ray cluster on this machine: about two minutes
+@pytest.mark.usefixtures("one_ray_at_a_time")
 def test_losing_a_worker_node_mid_job_keeps_the_cache_exact(tmp_path):
     src = tmp_path / "videos"
     make_corpus(src, videos=24, seconds=1.0, classes=3, seed=2, size=64)
