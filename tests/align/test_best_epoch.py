@@ -28,11 +28,15 @@ def run(cache, out, **options):
     return train(cache, out, CONFIG, RunOptions(quiet=True, device="cpu", **options), log=lambda _: None)
 
 
-def test_best_epoch_is_the_lowest_validation_loss_or_the_last():
+def test_best_epoch_is_the_best_validation_r1_then_loss_or_the_last():
     assert best_epoch([{"epoch": 1, "val_loss": 2.0}, {"epoch": 2, "val_loss": 1.0}, {"epoch": 3, "val_loss": 1.5}]) == 2
     assert best_epoch([{"epoch": 1, "val_loss": 1.0}, {"epoch": 2, "val_loss": 1.0}]) == 2  # a tie: the later one
     assert best_epoch([{"epoch": 1}, {"epoch": 2}]) == 2  # nothing validated: the last
     assert best_epoch([{"epoch": 1, "val_loss": 1.0}, {"epoch": 2, "val_loss": 2.0}], by_validation=False) == 2
+    # Retrieval decides before the loss: the higher validation R@1 wins over a lower loss.
+    r1 = lambda a2v, v2a: {"a2v": {"R@1": a2v}, "v2a": {"R@1": v2a}}  # noqa: E731
+    assert best_epoch([{"epoch": 1, "val_loss": 1.0, "val": r1(0.5, 0.6)}, {"epoch": 2, "val_loss": 1.2, "val": r1(0.7, 0.6)}]) == 2
+    assert best_epoch([{"epoch": 1, "val_loss": 1.0, "val": r1(0.7, 0.6)}, {"epoch": 2, "val_loss": 1.2, "val": r1(0.6, 0.7)}]) == 1
 
 
 def test_too_few_validation_videos_keep_the_last_epoch(small_cache, tmp_path, scripted_validation):
