@@ -44,6 +44,17 @@ class PeerFailed(Exception):
     """Another rank failed during setup; rank 0 reports the error, this rank ends quietly."""
 
 
+# Set by ``launch`` for the processes it starts: the folder where a process notes that it printed
+# the run's error, so that the launcher adds nothing of its own.
+LAUNCH_DIR = "AVFEAT_LAUNCH_DIR"
+
+
+def _note_reported() -> None:
+    folder = os.environ.get(LAUNCH_DIR)
+    if folder and os.path.isdir(folder):
+        open(os.path.join(folder, "reported"), "w").close()
+
+
 @dataclass
 class Group:
     """This process's place among the training processes (one process: rank 0 of 1)."""
@@ -134,15 +145,20 @@ class Group:
         if not failed:
             return
         first = errors[failed[0]]
-        if self.is_main:
-            raise first
-        # Wait until rank 0 has printed its line and left (its leaving breaks this barrier), so
-        # that a launcher reacting to this rank's exit cannot stop rank 0 before it reports.
+        # Global rank 0 and the first process of every other machine print the line (rank 0 may
+        # run on another machine: each terminal shows it once), then every process waits until
+        # all of them have: a launcher stops its machine's processes as soon as one of them ends,
+        # and the run's store leaves with machine 0's launcher, so no process may end earlier.
+        reporter = self.is_main or self.local_rank == 0
+        if reporter:
+            print(f"avfeat: error: {first}", file=sys.stderr, flush=True)
+            first.printed = True
+            _note_reported()
         try:
             dist.barrier()
         except Exception:
             pass
-        if self.local_rank == 0:  # the first process of another machine: its terminal shows the line too
+        if reporter:
             raise first
         raise PeerFailed(f"rank {failed[0]} failed: {first}")
 
@@ -318,7 +334,18 @@ def launch(args: list[str], nproc: int, module: str = "avfeat", nodes: Nodes = N
     try:
         # torchrun's per-run folder of the processes' error files, removed afterwards
         with tempfile.TemporaryDirectory(prefix="avfeat-torchrun-") as logs:
-            torchrun([*nodes.torchrun_args(), "--nproc-per-node", str(nproc), "--log-dir", logs, "-m", module, *args])
+            os.environ[LAUNCH_DIR] = logs
+            try:
+                torchrun([*nodes.torchrun_args(), "--nproc-per-node", str(nproc), "--log-dir", logs, "-m", module, *args])
+            except RendezvousError:
+                # Machine 0's launcher (and the run's store with it) ends once its processes end;
+                # another machine's launcher may learn so from the store before it sees its own
+                # processes end. They printed the run's error already.
+                if os.path.exists(os.path.join(logs, "reported")):
+                    return 1
+                raise
+            finally:
+                del os.environ[LAUNCH_DIR]
     except ChildFailedError as error:
         rank, failure = first_failure(error.failures)
         if failure.exitcode >= 0:

@@ -45,13 +45,17 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture
-def one_ray_at_a_time():
+def one_ray_at_a_time(tmp_path_factory):
     """Each Ray test starts a Ray of its own on this machine; two at once (two pytest-xdist
-    workers, or two test runs) starve each other's actors of the CPUs they wait for. They take
-    turns through a lock file shared by every run on the machine."""
+    workers) starve each other's actors of the CPUs they wait for. The workers of one run take
+    turns through a lock file in the run's temporary root, which they share. The lock is the
+    run's, not the machine's: waiting on another run would count against this test's timeout."""
     import fcntl
-    import tempfile
+    import os
 
-    with open(Path(tempfile.gettempdir()) / "avfeat-tests-ray.lock", "w") as handle:
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # each worker's base is a folder of the run's root
+    with open(root / "ray.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield

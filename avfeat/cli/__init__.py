@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("Aborted!", err=True)
         sys.exit(1)
     except AvfeatError as error:
-        typer.echo(f"avfeat: error: {error}", err=True)
+        if not getattr(error, "printed", False):  # a training process may have printed it for the run
+            typer.echo(f"avfeat: error: {error}", err=True)
         sys.exit(1)
     except (OSError, RuntimeError) as error:
         # A full disk can strike any write; what was committed stays whole (README "Crash-safe").

@@ -16,7 +16,7 @@ from avfeat.align import distributed
 from avfeat.align.heads import AVHeads, HeadConfig
 from avfeat.align.config import RunOptions, TrainConfig
 from avfeat.align.train import train, window_loss
-from avfeat.core.errors import AvfeatError
+from avfeat.core.errors import AvfeatError, InputError
 
 from avfeat.testing.runner import run_avfeat_process as avfeat
 from .test_align_cli import one_line_error
@@ -354,3 +354,26 @@ def test_processes_that_see_another_cache_stop_with_one_line(tmp_path):
     assert rank0.startswith("the cache c differs between processes (rank 1 sees another than rank 0)"), rank0
     assert "storage they share, at the same path" in rank0
     assert rank1 == "peer"  # printed once, by rank 0
+
+
+def test_a_store_gone_after_the_error_was_printed_adds_no_line(monkeypatch):
+    """Machine 0's launcher, and the run's store with it, ends once its processes have printed the
+    error; another machine's launcher may then fail to reach the store before it sees its own
+    processes end. Its processes printed the error: the launcher adds nothing and exits 1."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError
+
+    def store_gone(printed):
+        def main(args):
+            if printed:
+                distributed._note_reported()  # what a process does when it prints the run's error
+            raise RendezvousConnectionError("The connection to the C10d store has failed.")
+        return main
+
+    nodes = distributed.Nodes(2, 1, "127.0.0.1:29400")
+    monkeypatch.setattr(torchrun, "main", store_gone(printed=True))
+    assert distributed.launch(["train-head"], 1, nodes=nodes) == 1
+    assert distributed.LAUNCH_DIR not in os.environ
+    monkeypatch.setattr(torchrun, "main", store_gone(printed=False))  # nothing printed: the launcher says why
+    with pytest.raises(InputError, match=r"could not start 2 processes \(rendezvous at 127.0.0.1:29400, node 1 of 2\): The connection"):
+        distributed.launch(["train-head"], 1, nodes=nodes)
