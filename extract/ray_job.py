@@ -35,6 +35,7 @@ import numpy as np
 from avfeat.data.layout import CacheLayout
 from avfeat.data.records import Status, VideoRecord
 from avfeat.core.errors import AvfeatError, InputError
+from avfeat.core.values import seconds_from_env
 from avfeat.extract.media import DecodedMedia, DecodeSpec, MediaError
 
 INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'ray[data]' (the ray extra of avfeat's wheel)"
@@ -193,14 +194,7 @@ def _write_shard(item: dict[str, Any], writer_args: dict[str, Any]) -> dict[str,
 
 def stall_seconds() -> float:
     """How long the job waits for the next committed shard before it stops (``AVFEAT_RAY_STALL_SECONDS``)."""
-    raw = os.environ.get(STALL_ENV, "").strip()
-    try:
-        value = float(raw) if raw else DEFAULT_STALL
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise InputError(f"{STALL_ENV} must be a positive number of seconds, got {raw!r}")
-    return value
+    return seconds_from_env(STALL_ENV, DEFAULT_STALL)
 
 
 def _watched(rows, stall: float):

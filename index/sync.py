@@ -41,6 +41,7 @@ import io
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -370,6 +371,26 @@ def write_table(rows: list[SyncRow], path: str | os.PathLike, with_id: bool = Fa
 # ---- repair --------------------------------------------------------------------------------
 
 
+@contextmanager
+def _open_streams(source: Path):
+    """``(reader, video, audio)`` of ``source``, open for the ``with`` block.
+
+    Raises:
+        QueryError: ``source`` cannot be read or lacks an audio or a video stream.
+    """
+    import av
+
+    try:
+        reader = av.open(str(source))
+    except (av.error.FFmpegError, OSError) as error:
+        raise QueryError(f"cannot read {source}: {one_line(error)}") from None
+    with reader:
+        video, audio = reader.streams.best("video"), reader.streams.best("audio")
+        if video is None or audio is None:
+            raise QueryError(f"{source} has no {'video' if video is None else 'audio'} stream; there is nothing to put in sync")
+        yield reader, video, audio
+
+
 def check_remux_target(source: str | os.PathLike, out: str | os.PathLike) -> None:
     """Refuse, before any model loads, an ``out`` whose container (chosen by its suffix) cannot
     hold ``source``'s streams: the header of an empty copy is written to a temp file and removed.
@@ -381,16 +402,9 @@ def check_remux_target(source: str | os.PathLike, out: str | os.PathLike) -> Non
     import av
 
     source, out = Path(source), Path(out)
-    try:
-        reader = av.open(str(source))
-    except (av.error.FFmpegError, OSError) as error:
-        raise QueryError(f"cannot read {source}: {one_line(error)}") from None
     tmp = temp_path(out, keep_suffix=True)
     try:
-        with reader:
-            video, audio = reader.streams.best("video"), reader.streams.best("audio")
-            if video is None or audio is None:
-                raise QueryError(f"{source} has no {'video' if video is None else 'audio'} stream; there is nothing to put in sync")
+        with _open_streams(source) as (_, video, audio):
             with av.open(str(tmp), mode="w") as writer:
                 writer.add_stream_from_template(video)
                 writer.add_stream_from_template(audio)
@@ -426,17 +440,10 @@ def remux_shifted(source: str | os.PathLike, out: str | os.PathLike, offset: flo
         raise InputError(f"cannot shift the audio of {source} by {offset} s")
     if os.path.realpath(source) == os.path.realpath(out):
         raise InputError(f"{out} is the input video itself; write the repaired copy to another file")
-    try:
-        reader = av.open(str(source))
-    except (av.error.FFmpegError, OSError) as error:
-        raise QueryError(f"cannot read {source}: {one_line(error)}") from None
     # The temp name keeps out's suffix: FFmpeg picks the container from it.
     tmp = temp_path(out, keep_suffix=True)
     try:
-        with reader:
-            video, audio = reader.streams.best("video"), reader.streams.best("audio")
-            if video is None or audio is None:
-                raise QueryError(f"{source} has no {'video' if video is None else 'audio'} stream; there is nothing to put in sync")
+        with _open_streams(source) as (reader, video, audio):
             shift = round(Fraction(offset).limit_denominator(10**9) / audio.time_base)  # in audio time-base units
             try:
                 with av.open(str(tmp), mode="w") as writer:

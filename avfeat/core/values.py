@@ -78,6 +78,21 @@ def parse_time(text: str | float) -> float:
     return int(match["h"] or 0) * 3600 + int(match["m"] or 0) * 60 + float(match["s"])
 
 
+def seconds_from_env(name: str, default: float) -> float:
+    """A positive, finite number of seconds from the environment variable ``name`` (``default``
+    when it is unset or blank)."""
+    import os
+
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise InputError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
 # ---- error text ----------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 
 from avfeat.core.errors import InputError
+from avfeat.core.values import seconds_from_env
 from avfeat.data.records import Status
 from avfeat.extract.sources.paths import URL_SCHEME, is_remote, protocol
 
@@ -34,14 +35,7 @@ class Stat(NamedTuple):
 
 
 def remote_timeout() -> float:
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    try:
-        value = float(raw) if raw else DEFAULT_TIMEOUT
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise InputError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
-    return value
+    return seconds_from_env(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 
 
 def _storage_options(scheme: str) -> dict:

@@ -10,15 +10,13 @@ serve_sync.png, which the README shows), else to a temp folder: a test run chang
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from avfeat.testing.servers import serve_index
 
 from .test_serve import serve_setup
 
@@ -43,36 +41,10 @@ def setup(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(setup, tmp_path_factory):
+def server(setup):
     """`avfeat serve INDEX --port P` in a child process; its base URL once /health answers."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = tmp_path_factory.mktemp("serve_log") / "serve.log"
-    with open(log, "wb") as out:
-        child = subprocess.Popen([sys.executable, "-m", "avfeat", "serve", str(setup.index), "--port", str(port), "--device", "cpu", "--quiet"],
-                                 stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert child.poll() is None, f"avfeat serve exited: {log.read_text()[-2000:]}"
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as answer:
-                    if json.loads(answer.read())["status"] == "ok":
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, f"avfeat serve did not answer in 120 s: {log.read_text()[-2000:]}"
-            time.sleep(0.25)
+    with serve_index(setup.index) as url:
         yield url
-    finally:
-        child.terminate()
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 @pytest.fixture(scope="module")
