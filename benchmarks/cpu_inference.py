@@ -2,14 +2,17 @@
 int8 (dynamically quantized linears, ``--dtype int8``).
 
 Prints the CPU's relevant flags, which path ``--dtype auto`` picks here, then per path the
-visual rate (frames/s through DINOv2), the audio rate (audio-seconds/s through HuBERT) and the
-tokens' cosine against float32 on the same inputs (mean and min over tokens). Asserts nothing.
+visual rate (frames/s through DINOv2), the audio rate (audio-seconds/s through HuBERT), each
+model's achieved FLOP/s as a share of the CPU's peak for the path (``_flops.py`` says how both
+are counted) and the tokens' cosine against float32 on the same inputs (mean and min over
+tokens). ``--profile`` adds each model's ops with the most CPU time per path. Asserts nothing.
 Paths are timed interleaved (one repeat of each in turn) and medians reported, so a shared
 machine's load drifts over all of them alike.
 
     python benchmarks/cpu_inference.py                      # random:hubert-base + random:dinov2-small
     python benchmarks/cpu_inference.py --isa avx2           # the same with torch's kernels held to AVX2
     python benchmarks/cpu_inference.py --json
+    python benchmarks/cpu_inference.py --profile            # where the time goes, op by op
     python benchmarks/cpu_inference.py --smoke              # tiny models, 2 frames, 1 s of audio: does it run?
 
 ``--isa avx2`` re-runs this script with ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2,
@@ -30,6 +33,7 @@ import sys
 import numpy as np
 
 from _bench import parse, parser, timed
+from _flops import clock_ghz, count_flops, peak_flops, top_ops
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -84,6 +88,8 @@ def main() -> None:
     options.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     options.add_argument("--isa", choices=("native", "avx2"), default="native", help="avx2: emulate an AVX2-only CPU (see the module docstring)")
     options.add_argument("--json", action="store_true")
+    options.add_argument("--profile", action="store_true", help="print each model's ops with the most CPU time, per path")
+    options.add_argument("--ghz", type=float, default=None, help="the clock for the peak (default: cpu MHz of /proc/cpuinfo)")
     args = parse(options, smoke=dict(audio_model="random:hubert-tiny", visual_model="random:dinov2-tiny", frames=2, audio_seconds=1.0, batch_size=2))
 
     if args.isa == "avx2" and os.environ.get("AVFEAT_BENCH_ISA") != "avx2":
@@ -124,10 +130,15 @@ def main() -> None:
 
     def run(path):
         audio, visual = backbones[path]
-        tv, v = timed(lambda: visual.encode(frames, batch_size=args.batch_size))
-        ta, (a,) = timed(lambda: audio.encode([wave], batch_size=max(1, args.batch_size // 4)))
+        tv, v = timed(lambda: encode_visual(visual))
+        ta, (a,) = timed(lambda: encode_audio(audio))
         return tv, ta, a, v
 
+    encode_visual = lambda visual: visual.encode(frames, batch_size=args.batch_size)  # noqa: E731
+    encode_audio = lambda audio: audio.encode([wave], batch_size=max(1, args.batch_size // 4))  # noqa: E731
+    flops = {"visual": count_flops(lambda: encode_visual(visual0)), "audio": count_flops(lambda: encode_audio(audio0))}
+    report["gflops_per_repeat"] = {side: round(count / 1e9, 3) for side, count in flops.items()}
+    ghz = args.ghz or clock_ghz()
     tokens, times = {}, {path: ([], []) for path in paths}
     for path in paths:  # warm-up (first calls pack weights and pick kernels), also the tokens compared
         _, _, a, v = run(path)
@@ -139,7 +150,16 @@ def main() -> None:
             times[path][1].append(ta)
     for path in paths:
         tv, ta = statistics.median(times[path][0]), statistics.median(times[path][1])
-        entry = {"frames_per_s": args.frames / tv, "audio_s_per_s": args.audio_seconds / ta}
+        entry = {"frames_per_s": args.frames / tv, "audio_s_per_s": args.audio_seconds / ta,
+                 "visual_gflop_per_s": flops["visual"] / tv / 1e9, "audio_gflop_per_s": flops["audio"] / ta / 1e9}
+        peak, entry["peak_basis"] = peak_flops(path, cpu["flags"], report["threads"], ghz)
+        if peak:
+            entry["peak_gflop_per_s"] = peak / 1e9
+            entry["visual_share_of_peak"] = flops["visual"] / tv / peak
+            entry["audio_share_of_peak"] = flops["audio"] / ta / peak
+        if args.profile:
+            audio, visual = backbones[path]
+            entry["profile"] = {"visual": top_ops(lambda: encode_visual(visual)), "audio": top_ops(lambda: encode_audio(audio))}
         if path != "float32":
             entry["audio_cosine"] = cosines(tokens[path][0], tokens["float32"][0])
             entry["visual_cosine"] = cosines(tokens[path][1], tokens["float32"][1])
@@ -152,13 +172,22 @@ def main() -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"\n{'path':<9} {'frames/s':>9} {'x f32':>6} {'audio-s/s':>10} {'x f32':>6}   cosine vs float32 (mean / min): visual, audio")
+    print(f"\nper repeat: visual {report['gflops_per_repeat']['visual']:.1f} GFLOP, audio {report['gflops_per_repeat']['audio']:.1f} GFLOP")
+    print(f"\n{'path':<9} {'frames/s':>9} {'x f32':>6} {'audio-s/s':>10} {'x f32':>6} {'visual GFLOP/s':>15} {'audio GFLOP/s':>14}   cosine vs float32 (mean / min): visual, audio")
     for path, e in report["paths"].items():
         cos = ""
         if "visual_cosine" in e:
             vc, ac = e["visual_cosine"], e["audio_cosine"]
             cos = f"{vc['mean']:.5f} / {vc['min']:.5f},  {ac['mean']:.5f} / {ac['min']:.5f}"
-        print(f"{path:<9} {e['frames_per_s']:>9.2f} {e['visual_speedup']:>6.2f} {e['audio_s_per_s']:>10.2f} {e['audio_speedup']:>6.2f}   {cos}")
+        shares = [f"{e[side + '_gflop_per_s']:.1f} ({e[side + '_share_of_peak']:.1%})" if "peak_gflop_per_s" in e else f"{e[side + '_gflop_per_s']:.1f}"
+                  for side in ("visual", "audio")]
+        print(f"{path:<9} {e['frames_per_s']:>9.2f} {e['visual_speedup']:>6.2f} {e['audio_s_per_s']:>10.2f} {e['audio_speedup']:>6.2f} {shares[0]:>15} {shares[1]:>14}   {cos}")
+    print("\n(share of peak) peaks: " + "; ".join(f"{path} {e.get('peak_gflop_per_s', float('nan')):.0f} GFLOP/s = {e['peak_basis']}" for path, e in report["paths"].items()))
+    for path, e in report["paths"].items():
+        for side, ops in e.get("profile", {}).items():
+            print(f"\n{path} {side}: ops by self CPU time")
+            for name, ms, share in ops:
+                print(f"  {share:6.1%} {ms:9.1f} ms  {name}")
 
 
 if __name__ == "__main__":
