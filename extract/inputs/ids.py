@@ -139,6 +139,18 @@ def _other_file(known, resolved: str, item: MediaInput, stat) -> bool:
     return known.size != stat.size or (sources.exists(known.path) and not _same_bytes(known.path, item.path))
 
 
+def _by_path(recorded: dict) -> tuple[dict, dict]:
+    """The records of whole files by path, and those of segments by ``(path, start, end)``:
+    a plain string key is the cheaper lookup for the million inputs of a resume."""
+    whole, segments = {}, {}
+    for record in recorded.values():
+        if record.segment_start is None and record.segment_end is None:
+            whole[record.path] = record
+        else:
+            segments[(record.path, record.segment_start, record.segment_end)] = record
+    return whole, segments
+
+
 def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, retry_failed: bool = False) -> IdPlan:
     """Give every input its id (see the module docstring), checked against the cache's records
     (``{video_id: VideoRecord}``). ``refresh`` and ``retry_failed`` say which changed files
@@ -147,45 +159,59 @@ def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, 
     A record of the same path with the same size and mtime gives its id without reading the
     file, so resuming a large job reads nothing twice.
     """
-    by_path = {(record.path, record.segment_start, record.segment_end): record for record in recorded.values()}
+    whole, segments = _by_path(recorded)
     plan = IdPlan()
     owner: dict[str, str | Path] = {}  # id → the input of this run that has it
     resolve = sources.resolver()
     for item in inputs:
-        resolved = resolve(item.path)
-        previous = by_path.get((resolved, item.start, item.end))
+        resolved = resolve(item.path, item.link)
+        start, end = item.start, item.end
+        previous = whole.get(resolved) if start is None and end is None else segments.get((resolved, start, end))
         try:
             stat = item.stat or sources.stat(item.path)
         except OSError:
             stat = None
-        if previous is not None and stat is not None and _never_read(previous) and previous.status != Status.MISSING and not retry_failed:
-            stat = None  # it failed before it could be read: not a changed file, a failed one (--retry-failed)
-        if item.user_id is not None:
-            vid = item.user_id
-        elif previous is not None and (stat is None or (previous.size, previous.mtime) == stat):
-            vid = previous.video_id
-        else:
-            vid = video_id(item.path) + item.segment_suffix()
-        if previous is not None and stat is not None and (previous.size, previous.mtime) != stat:
-            # Cached tokens are replaced only with --refresh; a failed record also with
-            # --retry-failed; a missing file that is back is simply extracted.
-            allowed = refresh or previous.status == Status.MISSING or (retry_failed and previous.status != "ok")
-            if not allowed:
-                plan.changed.append((item.path, previous.video_id))
-                continue
-            plan.again.add(vid)  # a changed file with --refresh, or a missing one that is back
-            if previous.video_id != vid:
-                plan.superseded[vid] = previous.video_id
-        if vid in owner:
-            if item.user_id is None and _same_bytes(owner[vid], item.path):
-                plan.duplicates.append((item.path, owner[vid]))
-            else:
-                plan.collisions.append((item.path, owner[vid], vid))
+        if (previous is not None and stat is not None and stat[0] == previous.size and stat[1] == previous.mtime
+                and (item.user_id is None or item.user_id == previous.video_id) and previous.video_id not in owner):
+            # The common case of a resume: the recorded file, unchanged, under its recorded id
+            # (the checks below would decide the same).
+            owner[previous.video_id] = item.path
+            plan.ids.append((item, previous.video_id))
             continue
-        known = recorded.get(vid)
-        if known is not None and stat is not None and _other_file(known, resolved, item, stat):
-            plan.collisions.append((item.path, known.path if sources.is_remote(known.path) else Path(known.path), vid))
-            continue
-        owner[vid] = item.path
-        plan.ids.append((item, vid))
+        _decide(plan, owner, item, resolved, previous, stat, recorded, refresh, retry_failed)
     return plan
+
+
+def _decide(plan: IdPlan, owner: dict, item: MediaInput, resolved: str, previous, stat, recorded: dict, refresh: bool, retry_failed: bool) -> None:
+    """One input's id (in ``plan`` and ``owner``), or why it gets none: ``previous`` is the
+    record of its path (None: none), ``stat`` its size and mtime (None: unreadable)."""
+    if previous is not None and stat is not None and _never_read(previous) and previous.status != Status.MISSING and not retry_failed:
+        stat = None  # it failed before it could be read: not a changed file, a failed one (--retry-failed)
+    if item.user_id is not None:
+        vid = item.user_id
+    elif previous is not None and (stat is None or (previous.size, previous.mtime) == stat):
+        vid = previous.video_id
+    else:
+        vid = video_id(item.path) + item.segment_suffix()
+    if previous is not None and stat is not None and (previous.size, previous.mtime) != stat:
+        # Cached tokens are replaced only with --refresh; a failed record also with
+        # --retry-failed; a missing file that is back is simply extracted.
+        allowed = refresh or previous.status == Status.MISSING or (retry_failed and previous.status != "ok")
+        if not allowed:
+            plan.changed.append((item.path, previous.video_id))
+            return
+        plan.again.add(vid)  # a changed file with --refresh, or a missing one that is back
+        if previous.video_id != vid:
+            plan.superseded[vid] = previous.video_id
+    if vid in owner:
+        if item.user_id is None and _same_bytes(owner[vid], item.path):
+            plan.duplicates.append((item.path, owner[vid]))
+        else:
+            plan.collisions.append((item.path, owner[vid], vid))
+        return
+    known = recorded.get(vid)
+    if known is not None and stat is not None and _other_file(known, resolved, item, stat):
+        plan.collisions.append((item.path, known.path if sources.is_remote(known.path) else Path(known.path), vid))
+        return
+    owner[vid] = item.path
+    plan.ids.append((item, vid))

@@ -39,6 +39,9 @@ class MediaInput:
     stat: Stat | None = field(default=None, compare=False, hash=False)
     # (status, message) when the listing found the input unusable (a shard without media).
     problem: tuple[str, str] | None = field(default=None, compare=False, hash=False)
+    # False when the listing saw a local file that is no link: spares an lstat per input when
+    # a resume of a million files resolves their paths (None: not known).
+    link: bool | None = field(default=None, compare=False, hash=False)
 
     @property
     def is_segment(self) -> bool:

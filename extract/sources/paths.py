@@ -64,22 +64,25 @@ def resolve(path: str | os.PathLike) -> str:
     return str(Path(path).resolve())
 
 
-def resolver() -> Callable[[str | os.PathLike], str]:
+def resolver() -> Callable[..., str]:
     """``resolve`` for many paths, with the same answers: each folder's real path is worked out
-    once, then a file costs one lstat (to follow it if it is a link), not one per folder above it."""
-    folders: dict[str, str] = {}
+    once, then a file costs one lstat (to follow it if it is a link), not one per folder above it.
+    ``link=False`` says the listing saw a file that is no link: then not even that lstat."""
+    folders: dict[str, str] = {}  # folder as given → its real path and '/'
 
-    def fast(path: str | os.PathLike) -> str:
-        text = os.fspath(path)
-        if "://" in text or "/../" in f"/{text}/" or split_member(text) is not None:  # '..' after a link is not textual
-            return resolve(text)
+    def fast(path: str | os.PathLike, link: bool | None = None) -> str:
+        text = path if isinstance(path, str) else os.fspath(path)
+        if "://" in text or (".." in text and "/../" in f"/{text}/") or ("#" in text and split_member(text) is not None):
+            return resolve(text)  # '..' after a link is not textual
         if not text.startswith("/") or "//" in text or "/./" in text or text.endswith(("/", "/.")):
             text = os.path.abspath(text)  # string work only: no folder is read
         folder, _, file = text.rpartition("/")
         real = folders.get(folder)
         if real is None:
-            real = folders[folder] = str(Path(folder or "/").resolve())
-        found = f"{real.rstrip('/')}/{file}"
+            real = folders[folder] = str(Path(folder or "/").resolve()).rstrip("/") + "/"
+        found = real + file
+        if link is False:
+            return found
         try:
             link = stat.S_ISLNK(os.lstat(found).st_mode)
         except OSError:  # missing: nothing to follow, as resolve() finds

@@ -146,3 +146,54 @@ def test_many_paths_resolve_as_one_does(tmp_path, monkeypatch):
     recorded = {"clip-0000000000000000": Recorded("clip-0000000000000000", str(real / "clip.mp4"), stat.size, stat.mtime, "ok", 1.0, None, None)}
     plan = assign_ids([MediaInput(tmp_path / "linked" / "alias.mp4")], recorded)
     assert [vid for _, vid in plan.ids] == ["clip-0000000000000000"]  # the recorded id, the file not read
+
+
+def test_a_resume_decides_each_input_as_the_full_checks_do(tmp_path, monkeypatch):
+    """assign_ids' shortcut for an unchanged recorded file gives what the full checks give:
+    a relative path, a link, a segment, an input table's id, a changed mtime, a repeat."""
+    from avfeat.data.manifest import Recorded
+    from avfeat.extract import sources
+    from avfeat.extract.inputs.ids import assign_ids
+    from avfeat.extract.inputs.items import MediaInput
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.mp4").write_bytes(name.encode() * 10)
+    (tmp_path / "link.mp4").symlink_to(tmp_path / "a.mp4")
+    monkeypatch.chdir(tmp_path)
+    a, b, c = (sources.stat(tmp_path / f"{name}.mp4") for name in "abc")
+    records = [Recorded("A", str(tmp_path / "a.mp4"), a.size, a.mtime, "ok", 1.0, None, None),
+               Recorded("B", str(tmp_path / "b.mp4"), b.size, b.mtime - 5, "ok", 1.0, None, None),
+               Recorded("C1", str(tmp_path / "c.mp4"), c.size, c.mtime, "ok", 1.0, 0.0, 1.0)]
+    inputs = [MediaInput(tmp_path / "a.mp4", link=False), MediaInput("b.mp4"), MediaInput(tmp_path / "c.mp4", start=0.0, end=1.0),
+              MediaInput(tmp_path / "c.mp4", start=1.0, end=2.0), MediaInput("a.mp4"), MediaInput(tmp_path / "link.mp4", user_id="L"),
+              MediaInput(tmp_path / "c.mp4", user_id="C1", start=0.0, end=1.0)]
+    plan = assign_ids(inputs, {record.video_id: record for record in records})
+    ids = [vid for _, vid in plan.ids]
+    assert ids[:2] == ["A", "C1"] and ids[2].startswith("c-") and ids[2].endswith("_1-2") and ids[3:] == ["L"], ids
+    assert plan.changed == [(inputs[1].path, "B")]
+    assert plan.duplicates == [("a.mp4", tmp_path / "a.mp4")] and plan.collisions == [(inputs[6].path, inputs[2].path, "C1")]
+
+
+def test_an_input_its_listing_says_is_no_link_is_not_lstat_ed(tmp_path, monkeypatch):
+    """A resume of a million listed files resolves each path without an lstat when the listing
+    said it is no link; a link's listing (or none) still has it followed."""
+    import os
+
+    from avfeat.data.manifest import Recorded
+    from avfeat.extract.sources import paths
+    from avfeat.extract.inputs.ids import assign_ids
+    from avfeat.extract.inputs.items import MediaInput
+
+    (tmp_path / "a.mp4").write_bytes(b"a")
+    (tmp_path / "link.mp4").symlink_to(tmp_path / "a.mp4")
+    seen = []
+    lstat = os.lstat
+    monkeypatch.setattr(paths.os, "lstat", lambda path: seen.append(os.fspath(path)) or lstat(path))
+    resolve = paths.resolver()
+    assert resolve(tmp_path / "a.mp4", False) == str(tmp_path / "a.mp4") and str(tmp_path / "a.mp4") not in seen  # its folder, once
+    assert resolve(tmp_path / "link.mp4") == str(tmp_path / "a.mp4") and str(tmp_path / "link.mp4") in seen
+    seen.clear()
+    stat = paths.os.stat(tmp_path / "a.mp4")
+    recorded = {"A": Recorded("A", str(tmp_path / "a.mp4"), stat.st_size, stat.st_mtime, "ok", 1.0, None, None)}
+    plan = assign_ids([MediaInput(tmp_path / "a.mp4", link=False)], recorded)
+    assert [vid for _, vid in plan.ids] == ["A"] and str(tmp_path / "a.mp4") not in seen
