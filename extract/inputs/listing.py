@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from stat import S_ISLNK, S_ISREG
 from pathlib import Path
 
 from braceexpand import UnbalancedBracesError, braceexpand
@@ -112,7 +113,7 @@ def _list_one(spec: str, many: bool) -> tuple[list[MediaInput], str]:
         return _list_remote(spec, many)
     path = Path(spec).expanduser()
     if path.is_dir():
-        found = [MediaInput(p) for p in sorted(path.rglob("*")) if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file()]
+        found = [item for p in sorted(path.rglob("*")) if p.suffix.lower() in MEDIA_EXTENSIONS for item in _listed_file(p)]
         where = f"folder {path} (extensions: {' '.join(sorted(MEDIA_EXTENSIONS))})"
         if not found and any(path.glob(f"*{SHARD_SUFFIX}")):
             where += f"; for the WebDataset shards in it, give '{path / ('*' + SHARD_SUFFIX)}'"
@@ -135,6 +136,18 @@ def _list_one(spec: str, many: bool) -> tuple[list[MediaInput], str]:
     else:
         raise InputError(f"input {spec} does not exist")
     return found, where
+
+
+def _listed_file(path: Path) -> list[MediaInput]:
+    """A file a folder holds (a link to one included), told by one lstat where ``is_file``
+    would stat: the input then says it is no link, sparing its resolve an lstat on resume."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return []
+    if S_ISREG(mode):
+        return [MediaInput(path, link=False)]
+    return [MediaInput(path)] if S_ISLNK(mode) and path.is_file() else []
 
 
 def _from_match(path: str | Path, stat: Stat | None = None) -> list[MediaInput]:

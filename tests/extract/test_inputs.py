@@ -207,3 +207,19 @@ def test_a_file_name_with_a_bidi_override_is_refused(tree):
     (tree / "a" / "x\u202e4pm.mp4").write_bytes(b"x")
     with pytest.raises(InputError, match=r"file name '.*x\\u202e4pm.mp4' has control or bidi characters"):
         list_inputs(str(tree / "a"))
+
+
+def test_a_folder_listing_says_which_files_are_no_links(tree, tmp_path):
+    """A folder's files are listed with ``link=False`` (their resolve on resume needs no lstat);
+    a link to a file is listed without it and still resolves to its target, a dangling one not at all."""
+    from avfeat.extract import sources
+
+    (tmp_path / "elsewhere.mp4").write_bytes(b"y")
+    (tree / "a" / "alias.mp4").symlink_to(tmp_path / "elsewhere.mp4")
+    (tree / "a" / "gone.mp4").symlink_to(tmp_path / "nothing.mp4")
+    found = {item.path.name: item for item in list_inputs(str(tree / "a"))}
+    assert sorted(found) == ["alias.mp4", "one.mp4", "three.webm", "two.MKV"]
+    assert found["one.mp4"].link is False and found["alias.mp4"].link is None
+    resolve = sources.resolver()
+    assert [resolve(item.path, item.link) for item in found.values()] == [sources.resolve(item.path) for item in found.values()]
+    assert resolve(found["alias.mp4"].path, found["alias.mp4"].link) == str(tmp_path / "elsewhere.mp4")
