@@ -11,7 +11,8 @@ of these timings reads any). Then times, median of ``--repeats``:
 - resume plan: what `avfeat extract --resume` decides before it decodes anything
   (``avfeat.extract.job.plan_run``) for ``--rows`` inputs, all recorded but the last 1%. The
   recorded inputs carry their size and mtime as a listing that knows them does (a tar's
-  headers, an S3 listing); the last 1% are real tiny files, stat'ed and hashed for their ids.
+  headers, an S3 listing) and, as a folder listing does, that they are no links; the last 1% are
+  real tiny files, stat'ed and hashed for their ids.
 
 Each stage runs in a fresh interpreter, so its peak RSS is its own (interpreter and imports
 included); a stage that fails (an exit status other than 0) stops the benchmark with its error.
@@ -94,13 +95,13 @@ def write_cache(root: Path, rows: int, per_part: int) -> None:
 
 
 def resume_inputs(root: Path, rows: int) -> list:
-    """``rows`` inputs: the cache's first ones as recorded (size and mtime from the listing),
-    then 1% new tiny files on disk."""
+    """``rows`` inputs: the cache's first ones as recorded (size and mtime from the listing,
+    which saw no links), then 1% new tiny files on disk."""
     from avfeat.extract.inputs.items import MediaInput
     from avfeat.extract.sources.remote import Stat
 
     new = max(1, int(rows * NEW_SHARE))
-    inputs = [MediaInput(root / "videos" / f"video_{n:07d}.mp4", stat=Stat(1000 + n, 1.7e9 + n)) for n in range(rows - new)]
+    inputs = [MediaInput(root / "videos" / f"video_{n:07d}.mp4", stat=Stat(1000 + n, 1.7e9 + n), link=False) for n in range(rows - new)]
     fresh = root / "new"
     fresh.mkdir(exist_ok=True)
     for n in range(new):

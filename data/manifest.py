@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from collections.abc import Mapping
+from functools import cached_property, partial
 from typing import Any, Iterator, NamedTuple
 
 from avfeat.core.errors import CacheError
@@ -55,11 +56,16 @@ def _conform(table):
     import pyarrow as pa
 
     schema = manifest_schema()
+    names = set(table.column_names)  # a list built per call: once per part, not per field
     for field in schema:
-        if field.name not in table.column_names:
+        if field.name not in names:
             table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
-    metadata = [table.schema.field(name) for name in table.column_names if name not in schema.names]
-    return table.select(schema.names + [f.name for f in metadata]).cast(pa.schema([*schema, *metadata]))
+    known = set(schema.names)
+    metadata = [field for field in table.schema if field.name not in known]
+    target = pa.schema([*schema, *metadata])
+    if table.schema.equals(target, check_metadata=True):  # as this avfeat writes a part: a thousand casts cost a second
+        return table
+    return table.select(schema.names + [f.name for f in metadata]).cast(target)
 
 
 def part_table(rows: list[dict[str, Any]]):
@@ -138,6 +144,9 @@ class Recorded(NamedTuple):
         return self.status == Status.OK
 
 
+_new_recorded = partial(tuple.__new__, Recorded)  # Recorded._make without a Python call per row
+
+
 class ManifestRecords(Mapping):
     """A manifest table as ``{video_id: VideoRecord}`` in manifest order, each record built when
     asked for: opening a cache of a million videos builds none of them."""
@@ -147,9 +156,12 @@ class ManifestRecords(Mapping):
     def __init__(self, table):
         self.table = table
         self.ids: list[str] = table.column("video_id").to_pylist()
-        self._row = dict(zip(self.ids, range(len(self.ids))))
         self._all: list[VideoRecord] | None = None
         self._some: dict[str, VideoRecord] = {}
+
+    @cached_property
+    def _row(self) -> dict[str, int]:  # built when first asked: a resume plan never asks
+        return dict(zip(self.ids, range(len(self.ids))))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -182,4 +194,5 @@ class ManifestRecords(Mapping):
 
     def recorded(self) -> dict[str, Recorded]:
         """``{video_id: Recorded}`` of every row, built column by column."""
-        return dict(zip(self.ids, map(Recorded._make, zip(*(self.column(name) for name in Recorded._fields)))))
+        columns = [self.ids, *(self.column(name) for name in Recorded._fields[1:])]
+        return dict(zip(self.ids, map(_new_recorded, zip(*columns))))

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from avfeat.core.bulk import collector_paused
 from avfeat.core.errors import InputError
 from avfeat.core.lock import writer_lock
 from avfeat.core.outputs import OutputMode, prepare_output, refuse_inside
@@ -369,35 +370,44 @@ def plan_run(layout: CacheLayout, inputs: list[MediaInput], options: RunOptions)
     """What a run of ``inputs`` into the cache does before decoding anything: each input's id,
     those the cache already records (skipped), those past ``options.limit`` (left), and the
     records to write, in order (a changed file's retired record before its successor's)."""
+    with collector_paused():  # a million inputs and records: see collector_paused
+        return _plan(layout, inputs, options)
+
+
+def _plan(layout: CacheLayout, inputs: list[MediaInput], options: RunOptions) -> tuple[ExtractSummary, list[VideoRecord]]:
     records = ManifestRecords(read_manifest(layout.root))
     recorded = records.recorded()  # what deciding needs of each record; full ones only for a changed file
     summary = ExtractSummary(ids=assign_ids(inputs, recorded, refresh=options.refresh, retry_failed=options.retry_failed))
     todo: list[VideoRecord] = []
     planned = 0
+    again, retry_failed = summary.ids.again, options.retry_failed
+    resolve = sources.resolver()  # each folder once, as assign_ids resolves them
     for item, vid in summary.ids.ids:
         previous = recorded.get(vid)
-        if previous is not None and vid not in summary.ids.again and (previous.ok or not options.retry_failed):
-            summary.skipped += 1
-            summary.failed_before += not previous.ok
-            continue
+        if previous is not None and vid not in again:
+            ok = previous.status == Status.OK
+            if ok or not retry_failed:
+                summary.skipped += 1
+                summary.failed_before += not ok
+                continue
         if options.limit is not None and planned >= options.limit:
             summary.left += 1
             continue
         old = summary.ids.superseded.get(vid)
-        if old in records:  # in the same shard as its successor, so the old tokens are never read again
+        if old is not None and old in records:  # in the same shard as its successor, so the old tokens are never read again
             todo.append(records[old].with_(status=Status.SUPERSEDED, error=f"its file changed; extracted again as {vid}"))
-        todo.append(_new_record(vid, item))
+        todo.append(_new_record(vid, item, resolve(item.path, item.link)))
         planned += 1
     return summary, todo
 
 
 
 
-def _new_record(vid: str, item: MediaInput) -> VideoRecord:
+def _new_record(vid: str, item: MediaInput, resolved: str) -> VideoRecord:
     """The record of an input before decoding: its path (a URL or ``<tar>#<member>`` as given),
     size and mtime, or the status that says why it cannot be read (``missing``; for URLs also
     ``access_denied``, ``remote_timeout``; a problem its listing found, such as ``no_media``)."""
-    record = new_record(vid, sources.resolve(item.path), 0, 0.0).with_(
+    record = new_record(vid, resolved, 0, 0.0).with_(
         segment_start=item.start, segment_end=item.end, metadata=dict(item.metadata))
     try:
         stat = item.stat or sources.stat(item.path)

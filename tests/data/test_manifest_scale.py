@@ -47,3 +47,31 @@ def test_planning_a_resume_builds_no_record_per_row(cache, built, tmp_path):
     inputs = [MediaInput(tmp_path / f"v{i}{n}.mp4", stat=Stat(10 + n, 1.0 + n)) for i in range(3) for n in range(4)]
     summary, todo = plan_run(cache, inputs, RunOptions())
     assert summary.skipped == 12 and summary.failed_before == 12 and todo == [] and not built
+
+
+def test_a_part_in_the_current_schema_is_read_as_it_is(cache):
+    """A part as this avfeat writes it needs no cast (a thousand of them cost a second); one of
+    an older avfeat, lacking a column, is still conformed."""
+    import pyarrow.parquet as pq
+
+    from avfeat.data.manifest import _conform, manifest_schema
+
+    part = pq.read_table(sorted(cache.parts().values())[0])
+    assert _conform(part) is part
+    older = _conform(part.drop_columns(["shard_bytes"]))
+    assert older.schema.equals(manifest_schema()) and older.column("shard_bytes").null_count == part.num_rows
+
+
+def test_planning_a_resume_holds_off_the_cycle_collector(cache, tmp_path, monkeypatch):
+    """The collector would walk the million records and inputs again every few thousand new
+    objects; it is paused for the plan and on again after it."""
+    import gc
+
+    from avfeat.extract import job
+
+    seen = []
+    assign = job.assign_ids
+    monkeypatch.setattr(job, "assign_ids", lambda *args, **kwargs: seen.append(gc.isenabled()) or assign(*args, **kwargs))
+    inputs = [MediaInput(tmp_path / "v00.mp4", stat=Stat(10, 1.0))]
+    summary, _ = plan_run(cache, inputs, RunOptions())
+    assert seen == [False] and gc.isenabled() and summary.skipped == 1
