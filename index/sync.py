@@ -130,7 +130,11 @@ def frame_scores(
     bases = torch.as_tensor(nearest_indices(np.asarray(frame_times) - audio_start, audio_rate))
     if total == 0 or len(visual_tokens) == 0:
         raise QueryError("the video is too short to compare its audio and frames")
-    best = torch.cat(list(_best_patches(heads, audio_tokens, visual_tokens, bases, steps, fps, chunk, projected)))
+    # Filled in place: small per-chunk results kept between each chunk's large temporaries
+    # would pin the allocator's freed memory, and resident memory would grow with the video.
+    best = torch.empty(len(visual_tokens), len(steps), dtype=torch.float64)
+    for begin, part in _best_patches(heads, audio_tokens, visual_tokens, bases, steps, fps, chunk, projected):
+        best[begin : begin + len(part)] = part
     positions = bases[:, None] + steps
     inside = (positions >= 0) & (positions < total)
     token = positions.clamp(0, total - 1)
@@ -154,9 +158,9 @@ def frame_scores(
 
 
 def _best_patches(heads, audio_tokens, visual_tokens, bases: torch.Tensor, steps: torch.Tensor, fps: float, chunk: int,
-                  projected: bool) -> Iterator[torch.Tensor]:
-    """Each frame's best-patch cosine with each audio token of its band, (c, band) per chunk of
-    frames. The video is walked CHUNK_SECONDS of frames at a time, each with the span of audio
+                  projected: bool) -> Iterator[tuple[int, torch.Tensor]]:
+    """Each frame's best-patch cosine with each audio token of its band: (first frame, (c, band))
+    per chunk of frames. The video is walked CHUNK_SECONDS of frames at a time, each with the span of audio
     its frames' bands reach (read and projected per time chunk): memory holds one time chunk
     of tokens, not the video (``audio_tokens`` and ``visual_tokens`` may be cache views)."""
     total = len(audio_tokens)
@@ -172,7 +176,7 @@ def _best_patches(heads, audio_tokens, visual_tokens, bases: torch.Tensor, steps
             frames = visual_tokens[begin : min(begin + chunk, stop)]
             patches = (torch.as_tensor(frames) if projected else project_visual(heads, frames))[:, 1:].to(device)  # (c, P, D)
             band = audio[(tokens[begin - start : begin - start + len(frames)] - low).to(device)]  # (c, band, D)
-            yield torch.einsum("cld,cpd->clp", band, patches).amax(dim=-1).double().cpu()  # best patch per token
+            yield begin, torch.einsum("cld,cpd->clp", band, patches).amax(dim=-1)  # best patch per token
 
 
 def estimate(lags: np.ndarray, curve: np.ndarray, fps: float) -> SyncResult:
