@@ -11,7 +11,8 @@ of these timings reads any). Then times, median of ``--repeats``:
 - resume plan: what `avfeat extract --resume` decides before it decodes anything
   (``avfeat.extract.job.plan_run``) for ``--rows`` inputs, all recorded but the last 1%. The
   recorded inputs carry their size and mtime as a listing that knows them does (a tar's
-  headers, an S3 listing) and, as a folder listing does, that they are no links; the last 1% are
+  headers, an S3 listing) and, as a folder listing does, that they are no links, their paths
+  already formatted as strings as ``list_inputs`` leaves them; the last 1% are
   real tiny files, stat'ed and hashed for their ids.
 
 Each stage runs in a fresh interpreter, so its peak RSS is its own (interpreter and imports
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import os
 import resource
 from pathlib import Path
 
@@ -102,6 +104,8 @@ def resume_inputs(root: Path, rows: int) -> list:
 
     new = max(1, int(rows * NEW_SHARE))
     inputs = [MediaInput(root / "videos" / f"video_{n:07d}.mp4", stat=Stat(1000 + n, 1.7e9 + n), link=False) for n in range(rows - new)]
+    for item in inputs:  # as a listing leaves its paths: list_inputs formats each one (pathlib keeps the string)
+        os.fspath(item.path)
     fresh = root / "new"
     fresh.mkdir(exist_ok=True)
     for n in range(new):
@@ -117,8 +121,6 @@ STAGES = ("open", "info", "info_videos", "resume_plan")
 
 def _cli(*argv: str) -> None:
     """``avfeat ARGV`` in this process, its output to /dev/null; any exit status but 0 fails."""
-    import os
-
     from avfeat.cli import main
 
     code = 0

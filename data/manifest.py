@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from collections.abc import Mapping
 from functools import cached_property, partial
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple, Sequence
 
 from avfeat.core.errors import CacheError
 from avfeat.core.values import one_line
@@ -50,18 +50,21 @@ def manifest_schema():
 
 
 
-def _conform(table):
+def _conform(table, columns: Sequence[str] | None = None):
     """A manifest part in the current schema (columns a part from an older avfeat lacks are
-    null), followed by its metadata columns as they were written."""
+    null), followed by its metadata columns as they were written; with ``columns``, only those
+    of the schema, in that order."""
     import pyarrow as pa
 
     schema = manifest_schema()
+    if columns is not None:
+        schema = pa.schema([schema.field(name) for name in columns])
     names = set(table.column_names)  # a list built per call: once per part, not per field
     for field in schema:
         if field.name not in names:
             table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
     known = set(schema.names)
-    metadata = [field for field in table.schema if field.name not in known]
+    metadata = [field for field in table.schema if field.name not in known] if columns is None else []
     target = pa.schema([*schema, *metadata])
     if table.schema.equals(target, check_metadata=True):  # as this avfeat writes a part: a thousand casts cost a second
         return table
@@ -83,14 +86,20 @@ def part_table(rows: list[dict[str, Any]]):
 _READERS = 4  # threads reading parts: a part's read waits on the disk and on pyarrow, not the GIL
 
 
-def _read_part(path: Path):
+def _read_part(path: Path, columns: Sequence[str] | None = None):
     import pyarrow.parquet as pq
 
-    return _conform(pq.ParquetFile(path, page_checksum_verification=True).read(use_threads=False))
+    part = pq.ParquetFile(path, page_checksum_verification=True)
+    if columns is None:
+        return _conform(part.read(use_threads=False))
+    present = set(part.schema_arrow.names)  # an older part may lack some: _conform adds them as nulls
+    return _conform(part.read(columns=[name for name in columns if name in present], use_threads=False), columns)
 
 
-def read_manifest(root: str | Path):
-    """All committed manifest rows as a pyarrow Table, latest record per video."""
+def read_manifest(root: str | Path, columns: Sequence[str] | None = None):
+    """All committed manifest rows as a pyarrow Table, latest record per video; with
+    ``columns`` (of :func:`manifest_schema`), only those, and only they are read from disk
+    (``video_id`` and ``status`` always, as picking the latest record needs them)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow as pa
@@ -98,11 +107,13 @@ def read_manifest(root: str | Path):
 
     layout = CacheLayout(Path(root))
     parts = layout.parts()
+    if columns is not None:
+        columns = list(dict.fromkeys(["video_id", "status", *columns]))
     if not parts:
-        return manifest_schema().empty_table()
+        return _conform(pa.table({}), columns) if columns is not None else manifest_schema().empty_table()
     order = sorted(parts)
     with ThreadPoolExecutor(min(_READERS, len(order))) as pool:
-        reads = [pool.submit(_read_part, parts[index]) for index in order]
+        reads = [pool.submit(_read_part, parts[index], columns) for index in order]
     tables = []
     for index, read in zip(order, reads):
         try:

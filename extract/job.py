@@ -26,8 +26,8 @@ from avfeat.core.outputs import OutputMode, prepare_output, refuse_inside
 from avfeat.core.values import check_number, human_bytes
 from avfeat.data.configs import CONFIG_DEFAULTS
 from avfeat.data.layout import CACHE_OWN, CONFIG_FILE, CONFIG_MARKS, CacheLayout
-from avfeat.data.manifest import ManifestRecords, read_manifest
-from avfeat.data.shards import ShardWriter, check_compute_dtype, check_config, compute_dtype, new_record, open_for_writing
+from avfeat.data.manifest import ManifestRecords, Recorded, read_manifest
+from avfeat.data.shards import ShardWriter, check_compute_dtype, check_config, compute_dtype, open_for_writing
 from avfeat.data.records import Status, VideoRecord
 from avfeat.extract.models.devices import COMPUTE_DTYPES
 from avfeat.extract.encoder import Encoder, ExtractConfig, resolve_dtype
@@ -292,7 +292,7 @@ class Extractor:
 
             extract_on_ray(self, layout, todo, summary, progress, address=ray_address)
 
-        final = ManifestRecords(read_manifest(layout.root)).recorded()
+        final = ManifestRecords(read_manifest(layout.root, Recorded._fields)).recorded()
         statuses = Counter()
         for _, vid in summary.ids.ids:
             record = final.get(vid)
@@ -375,9 +375,11 @@ def plan_run(layout: CacheLayout, inputs: list[MediaInput], options: RunOptions)
 
 
 def _plan(layout: CacheLayout, inputs: list[MediaInput], options: RunOptions) -> tuple[ExtractSummary, list[VideoRecord]]:
-    records = ManifestRecords(read_manifest(layout.root))
-    recorded = records.recorded()  # what deciding needs of each record; full ones only for a changed file
+    records = ManifestRecords(read_manifest(layout.root, Recorded._fields))  # a third of the manifest's bytes
+    recorded = records.recorded()  # what deciding needs of each record
     summary = ExtractSummary(ids=assign_ids(inputs, recorded, refresh=options.refresh, retry_failed=options.retry_failed))
+    if summary.ids.superseded:  # a changed file's retired record is written whole, its metadata included
+        records = ManifestRecords(read_manifest(layout.root))
     todo: list[VideoRecord] = []
     planned = 0
     again, retry_failed = summary.ids.again, options.retry_failed
@@ -406,16 +408,15 @@ def _plan(layout: CacheLayout, inputs: list[MediaInput], options: RunOptions) ->
 def _new_record(vid: str, item: MediaInput, resolved: str) -> VideoRecord:
     """The record of an input before decoding: its path (a URL or ``<tar>#<member>`` as given),
     size and mtime, or the status that says why it cannot be read (``missing``; for URLs also
-    ``access_denied``, ``remote_timeout``; a problem its listing found, such as ``no_media``)."""
-    record = new_record(vid, resolved, 0, 0.0).with_(
-        segment_start=item.start, segment_end=item.end, metadata=dict(item.metadata))
+    ``access_denied``, ``remote_timeout``; a problem its listing found, such as ``no_media``).
+    Built in one call: ten thousand new inputs of a resume, each copied twice, took a third of a second."""
+    fields = dict(segment_start=item.start, segment_end=item.end, metadata=dict(item.metadata))
     try:
         stat = item.stat or sources.stat(item.path)
     except OSError as error:
         if sources.is_plain_local(item.path):
-            return record.with_(status=Status.MISSING, error=f"cannot read file: {error.strerror}")
-        return record.with_(status=sources.status_of(error), error=" ".join(str(error).split()))
-    record = record.with_(size=stat.size, mtime=stat.mtime)
+            return VideoRecord(vid, resolved, 0, 0.0, status=Status.MISSING, error=f"cannot read file: {error.strerror}", **fields)
+        return VideoRecord(vid, resolved, 0, 0.0, status=sources.status_of(error), error=" ".join(str(error).split()), **fields)
     if item.problem is not None:
-        return record.with_(status=item.problem[0], error=item.problem[1])
-    return record
+        fields.update(status=item.problem[0], error=item.problem[1])
+    return VideoRecord(vid, resolved, stat.size, stat.mtime, **fields)

@@ -8,6 +8,8 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 
 from avfeat.core.errors import InputError
@@ -142,8 +144,12 @@ def _other_file(known, resolved: str, item: MediaInput, stat) -> bool:
 def _by_path(recorded: dict) -> tuple[dict, dict]:
     """The records of whole files by path, and those of segments by ``(path, start, end)``:
     a plain string key is the cheaper lookup for the million inputs of a resume."""
+    records = list(recorded.values())
+    starts, ends = map(attrgetter("segment_start"), records), map(attrgetter("segment_end"), records)
+    if not set(chain(starts, ends)) - {None}:  # no segments: one dict, built in C
+        return dict(zip(map(attrgetter("path"), records), records)), {}
     whole, segments = {}, {}
-    for record in recorded.values():
+    for record in records:
         if record.segment_start is None and record.segment_end is None:
             whole[record.path] = record
         else:

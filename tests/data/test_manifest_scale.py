@@ -75,3 +75,41 @@ def test_planning_a_resume_holds_off_the_cycle_collector(cache, tmp_path, monkey
     inputs = [MediaInput(tmp_path / "v00.mp4", stat=Stat(10, 1.0))]
     summary, _ = plan_run(cache, inputs, RunOptions())
     assert seen == [False] and gc.isenabled() and summary.skipped == 1
+
+
+def test_reading_some_columns_reads_only_those_and_keeps_the_latest_records(cache, monkeypatch):
+    """A resume plan reads a third of the manifest's bytes: the columns it decides with, from
+    parts of an older avfeat too, with a retried video's latest record as a full read keeps it."""
+    import pyarrow.parquet as pq
+
+    from avfeat.data.manifest import read_manifest
+
+    with ShardWriter(cache, 3, audio_dim=4, visual_tokens_per_frame=3, visual_dim=2, attrs={}) as writer:
+        writer.add_failure(new_record("v01", "/elsewhere/v01.mp4", 99, 9.0), "missing", "gone")  # retried later
+    first = sorted(cache.parts().values())[0]
+    pq.write_table(pq.read_table(first).drop_columns(["segment_start"]), first)  # as an older avfeat wrote it
+    full = read_manifest(cache.root)
+    asked = []
+    read = pq.ParquetFile.read
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda self, columns=None, **kw: asked.append(columns) or read(self, columns=columns, **kw))
+    some = read_manifest(cache.root, ["path", "size", "segment_start"])
+    assert some.column_names == ["video_id", "status", "path", "size", "segment_start"]
+    assert some.to_pylist() == full.select(some.column_names).to_pylist() and some.num_rows == 12
+    assert dict(zip(some.column("video_id").to_pylist(), some.column("path").to_pylist()))["v01"] == "/elsewhere/v01.mp4"
+    assert len(asked) == 4 and all(set(columns) <= set(some.column_names) for columns in asked)
+    assert read_manifest(cache.root / "none", ["path"]).column_names == ["video_id", "status", "path"]
+
+
+def test_a_changed_files_retired_record_is_written_whole(cache, tmp_path):
+    """The plan reads only some columns, but the record it retires for a changed file (--refresh)
+    is the whole recorded one: its shard, sizes and the input table's columns."""
+    from avfeat.data.cache import Cache
+    from avfeat.data.records import Status
+
+    with ShardWriter(cache, 3, audio_dim=4, visual_tokens_per_frame=3, visual_dim=2, attrs={}) as writer:
+        writer.add_failure(new_record("w", str(tmp_path / "w.mp4"), 5, 1.0).with_(metadata={"label": "cat"}), "decode_error", "broken")
+    summary, todo = plan_run(cache, [MediaInput(tmp_path / "w.mp4", stat=Stat(6, 2.0))], RunOptions(refresh=True))
+    recorded = Cache(cache.root).record("w")
+    assert [record.status for record in todo] == [Status.SUPERSEDED, Status.OK] and todo[1].video_id != "w"
+    assert todo[0] == recorded.with_(status=Status.SUPERSEDED, error=todo[0].error) and todo[0].shard == 3
+    assert todo[0].metadata == {"label": "cat"} and recorded.shard_bytes

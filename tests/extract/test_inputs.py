@@ -223,3 +223,16 @@ def test_a_folder_listing_says_which_files_are_no_links(tree, tmp_path):
     resolve = sources.resolver()
     assert [resolve(item.path, item.link) for item in found.values()] == [sources.resolve(item.path) for item in found.values()]
     assert resolve(found["alias.mp4"].path, found["alias.mp4"].link) == str(tmp_path / "elsewhere.mp4")
+
+
+def test_records_by_path_the_same_with_or_without_segments():
+    """A cache without segments is indexed by path in one call; one segment (starting at 0.0,
+    which is falsy) sends it through the record-by-record split, with the same answers."""
+    from avfeat.data.manifest import Recorded
+    from avfeat.extract.inputs.ids import _by_path
+
+    whole = {f"v{n}": Recorded(f"v{n}", f"/d/{n % 3}.mp4", 1, 1.0, "ok", 1.0, None, None) for n in range(5)}
+    expected = {"/d/0.mp4": whole["v3"], "/d/1.mp4": whole["v4"], "/d/2.mp4": whole["v2"]}  # the later record wins
+    assert _by_path(whole) == (expected, {})
+    segment = Recorded("s", "/d/0.mp4", 1, 1.0, "ok", 1.0, 0.0, None)
+    assert _by_path({**whole, "s": segment}) == (expected, {("/d/0.mp4", 0.0, None): segment})
