@@ -89,17 +89,14 @@ _READERS = 4  # threads reading parts: a part's read waits on the disk and on py
 def _read_part(path: Path, columns: Sequence[str] | None = None):
     import pyarrow.parquet as pq
 
-    part = pq.ParquetFile(path, page_checksum_verification=True)
-    if columns is None:
-        return _conform(part.read(use_threads=False))
-    present = set(part.schema_arrow.names)  # an older part may lack some: _conform adds them as nulls
-    return _conform(part.read(columns=[name for name in columns if name in present], use_threads=False), columns)
+    # Columns an older part lacks are left out of the read; _conform adds them as nulls.
+    return _conform(pq.ParquetFile(path, page_checksum_verification=True).read(columns=columns, use_threads=False), columns)
 
 
 def read_manifest(root: str | Path, columns: Sequence[str] | None = None):
     """All committed manifest rows as a pyarrow Table, latest record per video; with
-    ``columns`` (of :func:`manifest_schema`), only those, and only they are read from disk
-    (``video_id`` and ``status`` always, as picking the latest record needs them)."""
+    ``columns`` (of :func:`manifest_schema`), only those, in the schema's order, and only they
+    are read from disk (``video_id`` and ``status`` always: picking the latest record needs them)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow as pa
@@ -107,8 +104,8 @@ def read_manifest(root: str | Path, columns: Sequence[str] | None = None):
 
     layout = CacheLayout(Path(root))
     parts = layout.parts()
-    if columns is not None:
-        columns = list(dict.fromkeys(["video_id", "status", *columns]))
+    if columns is not None:  # in the schema's order, as a part holds them: no part then needs a cast
+        columns = [name for name in manifest_schema().names if name in {"video_id", "status", *columns}]
     if not parts:
         return _conform(pa.table({}), columns) if columns is not None else manifest_schema().empty_table()
     order = sorted(parts)

@@ -381,17 +381,15 @@ def _plan(layout: CacheLayout, inputs: list[MediaInput], options: RunOptions) ->
     if summary.ids.superseded:  # a changed file's retired record is written whole, its metadata included
         records = ManifestRecords(read_manifest(layout.root))
     todo: list[VideoRecord] = []
-    planned = 0
-    again, retry_failed = summary.ids.again, options.retry_failed
+    planned = skipped = failed_before = 0  # counted in locals, names bound once: a million inputs
+    again, retry_failed, find, OK = summary.ids.again, options.retry_failed, recorded.get, Status.OK
     resolve = sources.resolver()  # each folder once, as assign_ids resolves them
     for item, vid in summary.ids.ids:
-        previous = recorded.get(vid)
-        if previous is not None and vid not in again:
-            ok = previous.status == Status.OK
-            if ok or not retry_failed:
-                summary.skipped += 1
-                summary.failed_before += not ok
-                continue
+        previous = find(vid)
+        if previous is not None and vid not in again and (previous.status == OK or not retry_failed):
+            skipped += 1
+            failed_before += previous.status != OK
+            continue
         if options.limit is not None and planned >= options.limit:
             summary.left += 1
             continue
@@ -400,6 +398,7 @@ def _plan(layout: CacheLayout, inputs: list[MediaInput], options: RunOptions) ->
             todo.append(records[old].with_(status=Status.SUPERSEDED, error=f"its file changed; extracted again as {vid}"))
         todo.append(_new_record(vid, item, resolve(item.path, item.link)))
         planned += 1
+    summary.skipped, summary.failed_before = skipped, failed_before
     return summary, todo
 
 

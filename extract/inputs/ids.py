@@ -168,11 +168,11 @@ def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, 
     whole, segments = _by_path(recorded)
     plan = IdPlan()
     owner: dict[str, str | Path] = {}  # id → the input of this run that has it
-    resolve = sources.resolver()
+    resolve, find, take = sources.resolver(), whole.get, plan.ids.append  # bound once: a million inputs
     for item in inputs:
         resolved = resolve(item.path, item.link)
         start, end = item.start, item.end
-        previous = whole.get(resolved) if start is None and end is None else segments.get((resolved, start, end))
+        previous = find(resolved) if start is None and end is None else segments.get((resolved, start, end))
         try:
             stat = item.stat or sources.stat(item.path)
         except OSError:
@@ -182,7 +182,7 @@ def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, 
             # The common case of a resume: the recorded file, unchanged, under its recorded id
             # (the checks below would decide the same).
             owner[previous.video_id] = item.path
-            plan.ids.append((item, previous.video_id))
+            take((item, previous.video_id))
             continue
         _decide(plan, owner, item, resolved, previous, stat, recorded, refresh, retry_failed)
     return plan

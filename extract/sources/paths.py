@@ -72,9 +72,9 @@ def resolver() -> Callable[..., str]:
 
     def fast(path: str | os.PathLike, link: bool | None = None) -> str:
         text = path if isinstance(path, str) else os.fspath(path)
-        if "://" in text or (".." in text and "/../" in f"/{text}/") or ("#" in text and split_member(text) is not None):
-            return resolve(text)  # '..' after a link is not textual
-        if not text.startswith("/") or "//" in text or "/./" in text or text.endswith(("/", "/.")):
+        if "//" in text or "/." in text or "#" in text or text[:1] != "/" or text[-1:] == "/":  # else plainly absolute
+            if "://" in text or (".." in text and "/../" in f"/{text}/") or ("#" in text and split_member(text) is not None):
+                return resolve(text)  # '..' after a link is not textual
             text = os.path.abspath(text)  # string work only: no folder is read
         folder, _, file = text.rpartition("/")
         real = folders.get(folder)

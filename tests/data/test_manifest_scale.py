@@ -93,11 +93,11 @@ def test_reading_some_columns_reads_only_those_and_keeps_the_latest_records(cach
     read = pq.ParquetFile.read
     monkeypatch.setattr(pq.ParquetFile, "read", lambda self, columns=None, **kw: asked.append(columns) or read(self, columns=columns, **kw))
     some = read_manifest(cache.root, ["path", "size", "segment_start"])
-    assert some.column_names == ["video_id", "status", "path", "size", "segment_start"]
+    assert some.column_names == ["video_id", "path", "size", "status", "segment_start"]  # the schema's order
     assert some.to_pylist() == full.select(some.column_names).to_pylist() and some.num_rows == 12
     assert dict(zip(some.column("video_id").to_pylist(), some.column("path").to_pylist()))["v01"] == "/elsewhere/v01.mp4"
     assert len(asked) == 4 and all(set(columns) <= set(some.column_names) for columns in asked)
-    assert read_manifest(cache.root / "none", ["path"]).column_names == ["video_id", "status", "path"]
+    assert read_manifest(cache.root / "none", ["path"]).column_names == ["video_id", "path", "status"]
 
 
 def test_a_changed_files_retired_record_is_written_whole(cache, tmp_path):

@@ -197,3 +197,22 @@ def test_an_input_its_listing_says_is_no_link_is_not_lstat_ed(tmp_path, monkeypa
     recorded = {"A": Recorded("A", str(tmp_path / "a.mp4"), stat.st_size, stat.st_mtime, "ok", 1.0, None, None)}
     plan = assign_ids([MediaInput(tmp_path / "a.mp4", link=False)], recorded)
     assert [vid for _, vid in plan.ids] == ["A"] and str(tmp_path / "a.mp4") not in seen
+
+
+def test_resolving_many_paths_answers_as_resolve_for_odd_spellings(tmp_path, monkeypatch):
+    """The resolver's quick test for a plainly absolute path sends every other spelling (hidden
+    folders, '.', '..', '//', a trailing '/', a '#' that names no tar member) through the full
+    checks, with resolve's answers."""
+    from avfeat.extract import sources
+
+    (tmp_path / ".hidden" / "sub").mkdir(parents=True)
+    (tmp_path / ".hidden" / "a#b.mp4").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    base = str(tmp_path)
+    paths = [f"{base}/.hidden/a#b.mp4", f"{base}/.hidden/./a#b.mp4", f"{base}/.hidden/sub/../a#b.mp4", f"{base}/.hidden/sub/.",
+             f"{base}/.hidden/sub/..", f"{base}//.hidden/a#b.mp4", f"{base}/.hidden/sub/", f"{base}/.hidden/.x.mp4",
+             ".hidden/a#b.mp4", "./.hidden/sub/../a#b.mp4", f"{base}/x.tar#m.mp4", f"{base}/.hidden/.", "s3://b/k.mp4"]
+    for link in (None, False):
+        fast = sources.resolver()
+        for path in paths:
+            assert fast(path, link) == sources.resolve(path), path
