@@ -32,7 +32,7 @@ from avfeat.data.records import Status, VideoRecord
 from avfeat.extract.models.devices import COMPUTE_DTYPES
 from avfeat.extract.encoder import Encoder, ExtractConfig, resolve_dtype
 from avfeat.extract import sources
-from avfeat.extract.inputs import IdPlan, MediaInput, assign_ids, from_layout, list_inputs
+from avfeat.extract.inputs import IdPlan, MediaInput, assign_ids, from_layout, list_inputs, resolve_paths
 from avfeat.extract.media import DecodedMedia, MediaError
 from avfeat.extract.tasks import DecodeTask, decode_task, group_target, plan_shards, with_media
 
@@ -375,9 +375,14 @@ def plan_run(layout: CacheLayout, inputs: list[MediaInput], options: RunOptions)
 
 
 def _plan(layout: CacheLayout, inputs: list[MediaInput], options: RunOptions) -> tuple[ExtractSummary, list[VideoRecord]]:
-    records = ManifestRecords(read_manifest(layout.root, Recorded._fields))  # a third of the manifest's bytes
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # pyarrow reads the parts off the GIL while the inputs' paths are resolved
+        reading = pool.submit(read_manifest, layout.root, Recorded._fields)  # a third of the manifest's bytes
+        resolved = resolve_paths(inputs)
+        records = ManifestRecords(reading.result())
     recorded = records.recorded()  # what deciding needs of each record
-    summary = ExtractSummary(ids=assign_ids(inputs, recorded, refresh=options.refresh, retry_failed=options.retry_failed))
+    summary = ExtractSummary(ids=assign_ids(inputs, recorded, options.refresh, options.retry_failed, resolved))
     if summary.ids.superseded:  # a changed file's retired record is written whole, its metadata included
         records = ManifestRecords(read_manifest(layout.root))
     todo: list[VideoRecord] = []

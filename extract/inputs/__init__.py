@@ -23,12 +23,13 @@ tables and dataset layouts), ``shards`` (WebDataset samples), ``listing`` (``lis
 INPUT names, brace patterns), ``ids`` (``assign_ids``). This package's namespace is their public API.
 """
 
-from avfeat.extract.inputs.ids import IdPlan, assign_ids, content_key, video_id
+from avfeat.extract.inputs.ids import IdPlan, assign_ids, content_key, resolve_paths, video_id
 from avfeat.extract.inputs.items import LIST_EXTENSIONS, MEDIA_EXTENSIONS, SHARD_SUFFIX, TABLE_EXTENSIONS, MediaInput, local_path
 from avfeat.extract.inputs.listing import expand_braces, list_inputs
 from avfeat.extract.inputs.tables import LAYOUTS, from_layout
 
 __all__ = [
     "LAYOUTS", "LIST_EXTENSIONS", "MEDIA_EXTENSIONS", "SHARD_SUFFIX", "TABLE_EXTENSIONS", "IdPlan", "MediaInput",
-    "assign_ids", "content_key", "expand_braces", "from_layout", "list_inputs", "local_path", "video_id",
+    "assign_ids", "content_key", "expand_braces", "from_layout", "list_inputs", "local_path", "resolve_paths",
+    "video_id",
 ]

@@ -157,20 +157,27 @@ def _by_path(recorded: dict) -> tuple[dict, dict]:
     return whole, segments
 
 
-def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, retry_failed: bool = False) -> IdPlan:
+def resolve_paths(inputs: list[MediaInput]) -> list[str]:
+    """Each input's path as the manifest records it (``sources.resolve``), each folder once."""
+    resolve = sources.resolver()
+    return [resolve(item.path, item.link) for item in inputs]
+
+
+def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, retry_failed: bool = False,
+               resolved: list[str] | None = None) -> IdPlan:
     """Give every input its id (see the module docstring), checked against the cache's records
     (``{video_id: VideoRecord}``). ``refresh`` and ``retry_failed`` say which changed files
     may be extracted again (see `avfeat extract --help`).
 
     A record of the same path with the same size and mtime gives its id without reading the
-    file, so resuming a large job reads nothing twice.
+    file, so resuming a large job reads nothing twice. ``resolved``: the inputs' paths from
+    ``resolve_paths`` when the caller has them already.
     """
     whole, segments = _by_path(recorded)
     plan = IdPlan()
     owner: dict[str, str | Path] = {}  # id → the input of this run that has it
-    resolve, find, take = sources.resolver(), whole.get, plan.ids.append  # bound once: a million inputs
-    for item in inputs:
-        resolved = resolve(item.path, item.link)
+    find, take = whole.get, plan.ids.append  # bound once: a million inputs
+    for item, resolved in zip(inputs, resolve_paths(inputs) if resolved is None else resolved, strict=True):
         start, end = item.start, item.end
         previous = find(resolved) if start is None and end is None else segments.get((resolved, start, end))
         try:

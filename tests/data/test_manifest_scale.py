@@ -113,3 +113,19 @@ def test_a_changed_files_retired_record_is_written_whole(cache, tmp_path):
     assert [record.status for record in todo] == [Status.SUPERSEDED, Status.OK] and todo[1].video_id != "w"
     assert todo[0] == recorded.with_(status=Status.SUPERSEDED, error=todo[0].error) and todo[0].shard == 3
     assert todo[0].metadata == {"label": "cat"} and recorded.shard_bytes
+
+
+def test_planning_over_a_damaged_part_says_which_one(cache, tmp_path):
+    """The plan reads the parts on another thread while it resolves the inputs' paths: a damaged
+    part still stops it with its one-line error, and a plan after the part is back runs."""
+    from avfeat.core.errors import CacheError
+
+    part = sorted(cache.parts().values())[1]
+    kept = part.read_bytes()
+    part.write_bytes(b"not parquet")
+    inputs = [MediaInput(tmp_path / "v00.mp4", stat=Stat(10, 1.0))]
+    with pytest.raises(CacheError, match=r"part-00001\.parquet is damaged") as error:
+        plan_run(cache, inputs, RunOptions())
+    assert "\n" not in str(error.value)
+    part.write_bytes(kept)
+    assert plan_run(cache, inputs, RunOptions())[0].skipped == 1
