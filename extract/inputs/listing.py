@@ -92,8 +92,9 @@ def list_inputs(spec: str) -> list[MediaInput]:
     if len(pieces) > 1:
         where = f"pattern {spec}"
     unique: dict[tuple, MediaInput] = {}
+    resolve = sources.resolver()  # each folder once: a folder of a million files is not a million resolves
     for item in found:
-        unique.setdefault((sources.resolve(item.path), item.user_id, item.start, item.end), item)
+        unique.setdefault((resolve(item.path, item.link), item.user_id, item.start, item.end), item)
     if not unique:
         raise InputError(f"no media files found in {where}")
     for item in unique.values():

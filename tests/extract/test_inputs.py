@@ -236,3 +236,19 @@ def test_records_by_path_the_same_with_or_without_segments():
     assert _by_path(whole) == (expected, {})
     segment = Recorded("s", "/d/0.mp4", 1, 1.0, "ok", 1.0, 0.0, None)
     assert _by_path({**whole, "s": segment}) == (expected, {("/d/0.mp4", 0.0, None): segment})
+
+
+def test_listing_a_folder_resolves_each_folder_once(tmp_path, monkeypatch):
+    """Telling a folder's files apart by their real paths resolves each folder once, not each
+    file (a million files, a million resolves); the listing is the same."""
+    for folder in ("a", "b"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        for n in range(3):
+            (tmp_path / "in" / folder / f"{n}.mp4").write_bytes(b"x")
+    (tmp_path / "in" / "b" / "link.mp4").symlink_to(tmp_path / "in" / "a" / "0.mp4")  # the same file twice
+    resolved = []
+    resolve = Path.resolve
+    monkeypatch.setattr(Path, "resolve", lambda self, *args, **kwargs: resolved.append(self) or resolve(self, *args, **kwargs))
+    found = list_inputs(str(tmp_path / "in"))
+    assert [item.path.relative_to(tmp_path / "in").as_posix() for item in found] == ["a/0.mp4", "a/1.mp4", "a/2.mp4", "b/0.mp4", "b/1.mp4", "b/2.mp4"]
+    assert len(resolved) <= 3, resolved  # the two folders (and the link's target)
