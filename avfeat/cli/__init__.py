@@ -9,6 +9,7 @@ stays instant.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     ``argv`` (default ``sys.argv[1:]``) lets tests run a command in-process; it ends, as on the
     command line, with ``SystemExit``.
     """
+    # torch's C++ warnings (a c10d store that closed as a run ended, ...) would print multi-line
+    # C++ stack traces past the one-line errors; read when torch loads, so set before any import.
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     from avfeat.cli.extract import expand_ray_flag
 
     try:
