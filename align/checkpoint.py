@@ -28,15 +28,17 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from avfeat.align.heads import AVHeads, HeadConfig
 from avfeat.core.io import write_atomic
 from avfeat.core.values import one_line
 from avfeat.core.errors import CheckpointError
-from avfeat.data.configs import CONFIG_VERSION, TrainedOn
+from avfeat.data.configs import CONFIG_VERSION, HeadConfig, TrainedOn
+
+if TYPE_CHECKING:  # torch loads only where weights become modules: queries read heads without it
+    import torch
+
+    from avfeat.align.heads import AVHeads
 
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "config.json"
@@ -212,33 +214,38 @@ class Checkpoint:
         self.spec.check_same(cache.spec, f"heads {self.path}", f"cache {cache.layout.root}")
 
 
-def _finite_weights(data: bytes, where: Path) -> dict[str, torch.Tensor]:
-    """The tensors of heads.safetensors bytes ``data``, every one finite.
+def _finite_weights(data: bytes, where: Path, framework: str = "torch") -> dict:
+    """The tensors of heads.safetensors bytes ``data`` (torch tensors, or numpy arrays with
+    ``framework="numpy"``), every one finite.
 
     Raises:
         CheckpointError: the file is truncated or garbled, or a weight holds NaN or infinity
             (a tampered or bit-rotted file would embed everything as NaN).
     """
+    import numpy as np
     from safetensors import SafetensorError
-    from safetensors.torch import load
 
+    if framework == "numpy":
+        from safetensors.numpy import load
+    else:
+        from safetensors.torch import load
     try:
         tensors = load(data)
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"cannot read {where} (truncated or damaged: {one_line(error)}); restore it or train again") from None
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        values = tensor.float().numpy() if framework == "torch" and tensor.is_floating_point() else np.asarray(tensor)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise CheckpointError(f"{where} is damaged: weight {name} holds NaN or infinite values; restore it or train again")
     return tensors
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load ``heads.safetensors`` from a checkpoint folder (eval mode), with the config stored in
-    it (config.json for a file of an earlier version, which has none).
+def read_heads_file(path: str | Path) -> tuple[bytes, HeadsConfig]:
+    """The bytes of a checkpoint folder's heads.safetensors and the config stored in them
+    (config.json for a file of an earlier version, which has none), without torch.
 
     Raises:
-        CheckpointError: the folder, a file, or a weight is missing, damaged, not finite, or does
-            not fit the config.
+        CheckpointError: the folder or file is missing, or the config is damaged.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -250,20 +257,37 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"{folder} has no {HEADS_FILE} (training has not finished an epoch yet?)") from None
     # The config from the same bytes as the weights: config.json may already be a newer run's.
     config = embedded_config(data, folder / HEADS_FILE) or read_config(folder)
+    try:
+        return data, HeadsConfig.from_dict(config)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise CheckpointError(f"{folder / HEADS_FILE} does not match its config: {one_line(error)}") from None
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
+    """Load ``heads.safetensors`` from a checkpoint folder (eval mode), with the config stored in
+    it (see ``read_heads_file``).
+
+    Raises:
+        CheckpointError: the folder, a file, or a weight is missing, damaged, not finite, or does
+            not fit the config.
+    """
+    from avfeat.align.heads import AVHeads
+
+    folder = Path(path)
+    data, config = read_heads_file(folder)
     tensors = _finite_weights(data, folder / HEADS_FILE)
     try:
-        config = HeadsConfig.from_dict(config)
         heads = AVHeads(config.heads)
         heads.load_state_dict(tensors)
     except (ValueError, TypeError, RuntimeError, KeyError, AttributeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{folder / HEADS_FILE} does not match its config: {first_line}") from None
+        raise CheckpointError(f"{folder / HEADS_FILE} does not match its config: {one_line(error)}") from None
     heads.to(device).eval()
     return Checkpoint(heads=heads, config=config, fingerprint=fingerprint_bytes(data), path=folder)
 
 
 def save_state(folder: Path, heads: AVHeads, optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor], meta: dict) -> None:
     """Write state.safetensors: weights, optimizer moments, RNG states and JSON ``meta``."""
+    import torch
     from safetensors.torch import save
 
     tensors = {f"heads.{k}": v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from avfeat.align.heads import HeadConfig
+from avfeat.data.configs import HeadConfig
 from avfeat.core.values import check_number
 
 AUDIT_OPTIONS = {"exclude": "--exclude", "weight_by": "--weight-by"}  # TrainConfig fields that name an audit table

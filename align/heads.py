@@ -1,43 +1,19 @@
-"""Projection heads: frozen audio and visual tokens → one shared, L2-normalised space."""
+"""Projection heads: frozen audio and visual tokens → one shared, L2-normalised space.
+
+Their shape is ``HeadConfig`` (``avfeat.data.configs``, torch-free); ``avfeat.align.numpy_heads``
+runs the same projection without torch for queries."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from avfeat.data.configs import AGGREGATIONS, HEAD_KINDS
+from avfeat.data.configs import HeadConfig
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: temperature never below 0.01
-
-
-@dataclass
-class HeadConfig:
-    """Shape of the heads; stored in a checkpoint's config.json."""
-
-    audio_dim: int
-    visual_dim: int
-    dim: int = 256
-    head: str = "linear"
-    aggregation: str = "max-mean"
-    init_temperature: float = 0.07
-
-    def __post_init__(self):
-        if self.head not in HEAD_KINDS:
-            raise ValueError(f"unknown head {self.head!r} ({', '.join(HEAD_KINDS)})")
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {self.aggregation!r} ({', '.join(AGGREGATIONS)})")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "HeadConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 class ProjectionHead(nn.Module):

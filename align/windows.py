@@ -65,3 +65,20 @@ def cache_windows(cache, geometry: WindowGeometry, hop: float | None = None, vid
     for record in records:
         windows.extend(video_windows(record, cache.frame_times(record), geometry, hop))
     return windows
+
+
+@dataclass
+class Timeline:
+    """Where a video's (or a query's) tokens sit in time; the fields ``video_windows`` reads."""
+
+    video_id: str
+    audio_start: float
+    audio_rate: float
+    audio_length: int
+    frame_times: np.ndarray
+
+    def record(self) -> VideoRecord:
+        return VideoRecord(self.video_id, path="", audio_start=self.audio_start, audio_rate=self.audio_rate, audio_length=self.audio_length)
+
+    def windows(self, geometry: WindowGeometry, hop: float | None) -> list[Window]:
+        return video_windows(self.record(), self.frame_times, geometry, hop)

@@ -13,7 +13,7 @@ dropped on the way (as ``decode_mode`` once was).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from avfeat.core.errors import CacheError
@@ -148,3 +148,29 @@ class TrainedOn(BackboneSpec):
         if values["videos_fingerprint"] is None:
             values.pop("videos_fingerprint")
         return values
+
+
+@dataclass
+class HeadConfig:
+    """Shape of the heads; stored in a checkpoint's config.json."""
+
+    audio_dim: int
+    visual_dim: int
+    dim: int = 256
+    head: str = "linear"
+    aggregation: str = "max-mean"
+    init_temperature: float = 0.07
+
+    def __post_init__(self):
+        if self.head not in HEAD_KINDS:
+            raise ValueError(f"unknown head {self.head!r} ({', '.join(HEAD_KINDS)})")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {self.aggregation!r} ({', '.join(AGGREGATIONS)})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HeadConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

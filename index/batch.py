@@ -65,7 +65,7 @@ def check_query(query: str) -> None:
     if Path(query).is_file():
         return
     if "@" in query:
-        from avfeat.index.query import parse_id_query  # imports torch: only for what may be an id
+        from avfeat.index.query import parse_id_query
 
         if parse_id_query(query) is not None:
             return
@@ -109,7 +109,7 @@ def _answer(searcher, text: str, side: str | None, k: int, rerank: int | None, l
         hits = searcher.search(tokens, side=query_side, k=k, rerank=rerank, where=conditions, one_per_video=per_video, exclude_video=exclude_video)
         return QueryResult(text, query_side, hits)
     from avfeat.index.locate import clip_seconds
-    from avfeat.index.search import Hit
+    from avfeat.index.hits import Hit
 
     sides = [side] if side else tokens.sides()
     candidates = searcher.locate(tokens, side=side, k=k)
@@ -145,15 +145,24 @@ def search_queries(
     with its ``error`` and the others go on."""
     texts, batch = _checked_queries(query, queries, side)
 
-    from avfeat.core.devices import resolve_device
     from avfeat.index.query import parse_id_query
-    from avfeat.index.search import Searcher, parse_where
+    from avfeat.index.vector_search import parse_where
 
     conditions = parse_where(where)
     if conditions and locate:  # --locate votes over every window match; it takes no filter
         raise InputError("--where filters search hits; it cannot be used with --locate")
     sheets = _sheets(thumbs, len(texts), batch)
-    searcher = Searcher(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)), mmap=mmap)
+    spans_only = all(not Path(text).is_file() and parse_id_query(text) is not None for text in texts)
+    if spans_only and not locate and device in ("auto", "cpu"):
+        # Cached spans need no backbone: heads in numpy answer before torch would have imported.
+        from avfeat.index.span_search import SpanSearcher
+
+        searcher = SpanSearcher(index_dir, heads=heads, cache=cache, mmap=mmap)
+    else:
+        from avfeat.core.devices import resolve_device
+        from avfeat.index.search import Searcher
+
+        searcher = Searcher(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)), mmap=mmap)
     searcher.matching_rows("audio", conditions)  # an unknown column is refused before the query is embedded
     for text in texts:  # every video (an id, or its file's path, name or stem) is looked up before the first search
         parsed = None if Path(text).is_file() else parse_id_query(text)

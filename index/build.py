@@ -331,7 +331,7 @@ def _build_index(cache, checkpoint, out, window, hop, factory, memory_budget, qu
     from avfeat.align.windows import WindowGeometry
     from avfeat.index.shards import check_count
     from avfeat.index.store import write_index
-    from avfeat.index.vectors import AUDIO, VISUAL
+    from avfeat.index.hits import AUDIO, VISUAL
 
     check_count(shards)  # before the embedding, which can take long
     checkpoint.check_cache(cache)

@@ -1,9 +1,16 @@
-"""A search hit: torch-free, so that `avfeat search --server` prints hits without the models."""
+"""A search hit and the modalities: torch-free, so that `avfeat search --server` prints hits without the models."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+AUDIO, VISUAL = "audio", "visual"
+MODALITIES = (AUDIO, VISUAL)
+
+
+def other(modality: str) -> str:
+    return VISUAL if modality == AUDIO else AUDIO
 
 
 @dataclass

@@ -5,7 +5,9 @@ frame rate the index was built from), so a query's tokens are the ones ``extract
 cached for it. A query longer than one window is cut into the index's windows
 (``video_windows``) and its vector is the normalised mean of its window vectors: one search
 per query, and a query matches what it shows on average. A query shorter than one window is
-pooled whole. ``--locate`` instead keeps every window's vector (see ``avfeat.index.locate``).
+pooled whole (``avfeat.index.vectors.window_vectors``). ``--locate`` instead keeps every
+window's vector (see ``avfeat.index.locate``). This module imports no torch: a cached span's
+tokens are read without it.
 """
 
 from __future__ import annotations
@@ -16,27 +18,18 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
-from avfeat.align.scores import pooled_audio, pooled_visual
-from avfeat.align.windows import Window, WindowGeometry
+from avfeat.align.windows import Timeline
 from avfeat.core.values import parse_time
 from avfeat.data.records import nearest_index
 from avfeat.data.configs import TrainedOn
 from avfeat.core.errors import CacheError, InputError, QueryError
-from avfeat.index.vectors import (
-    AUDIO,
-    VISUAL,
-    Timeline,
-    audio_window_vectors,
-    frame_summaries,
-    project_audio,
-    visual_window_vectors,
-)
+from avfeat.index.hits import AUDIO, VISUAL
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".oga", ".m4a", ".aac", ".opus", ".wma"}
+# Fraction of a visual query's projected patches that salient pooling keeps (``salient_patches``).
+SALIENT_FRACTION = 0.05
 _ID_RE = re.compile(r"^(?P<video>.+)@(?P<start>[0-9:.]+)-(?P<end>[0-9:.]+)$")
 
 
@@ -166,35 +159,6 @@ class Backbones:
 
         return QueryTokens(path, kind, audio, media.audio_start, encoder.audio.token_rate, visual, media.frame_times,
                            audio_level(media.audio) if media.audio is not None else None)
-
-
-@torch.no_grad()
-def window_vectors(query: QueryTokens, side: str, heads, geometry: WindowGeometry, hop: float | None, aggregation: str):
-    """(windows, (n, dim) unit vectors) of one side of a query.
-
-    A query shorter than one window gives a single window spanning all of it.
-    """
-    if side not in query.sides():
-        raise QueryError(f"query {query.name} has no {side} to search with")
-    timeline = query.timeline(geometry.fps)
-    windows = timeline.windows(geometry, hop)
-    if side == AUDIO:
-        audio = project_audio(heads, query.audio)
-        if windows:
-            return windows, audio_window_vectors(audio, windows, geometry)
-        end = query.audio_start + len(audio) / query.audio_rate
-        return [Window(query.name, 0, 0, query.audio_start, end)], pooled_audio(audio)[None]
-    summaries = frame_summaries(heads, query.visual)
-    if windows:
-        return windows, visual_window_vectors(summaries, windows, geometry, aggregation)
-    times = timeline.frame_times
-    start = float(times[0]) if len(times) else 0.0
-    return [Window(query.name, 0, 0, start, start + len(summaries) / geometry.fps)], pooled_visual(summaries[None], aggregation)
-
-
-def mean_vector(vectors: torch.Tensor) -> torch.Tensor:
-    """One search vector for a whole query: the normalised mean of its window vectors."""
-    return F.normalize(vectors.mean(dim=0, keepdim=True), dim=-1)
 
 
 def unit_vector(values, dim: int) -> np.ndarray:

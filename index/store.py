@@ -278,7 +278,7 @@ def meta_problem(meta: dict[str, Any], searchable: bool = False) -> str | None:
     ``"FIELD is VALUE, not WHAT"``; None when every one fits. A field is checked where present;
     those a search needs (window, hop, geometry, the heads' path, both modalities) must also be
     there when ``searchable``."""
-    from avfeat.align.heads import AGGREGATIONS
+    from avfeat.data.configs import AGGREGATIONS
     from avfeat.data.configs import spec_problem
 
     geometry, heads, cache, modalities = (_get(meta, key) for key in ("geometry", "heads", "cache", "modalities"))

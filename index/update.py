@@ -44,7 +44,7 @@ def check_search_cache(folder, cache) -> None:
         IndexMismatchError: another cache, or one with videos the index lacks.
     """
     from avfeat.core.errors import IndexMismatchError
-    from avfeat.index.vectors import AUDIO
+    from avfeat.index.hits import AUDIO
 
     meta = folder.meta
     if meta["cache"]["fingerprint"] == cache.fingerprint():
@@ -84,7 +84,7 @@ def _update_index(cache, checkpoint, out: Path, quiet: bool) -> Update:
     from avfeat.data.records import BackboneSpec
     from avfeat.core.errors import IndexMismatchError
     from avfeat.index.store import META_FILE, IndexFolder
-    from avfeat.index.vectors import AUDIO, VISUAL
+    from avfeat.index.hits import AUDIO, VISUAL
 
     if not (out / META_FILE).is_file():
         raise SearchIndexError(f"{out} holds no index to update; build one with `avfeat index` (without --update)")

@@ -19,23 +19,15 @@ two-token summary (CLS, mean patch), and ``pooled_visual`` of a stack of summari
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from avfeat.align.scores import pooled_audio, pooled_visual
-from avfeat.align.windows import Window, WindowGeometry, video_windows
-from avfeat.data.records import VideoRecord
-
-AUDIO, VISUAL = "audio", "visual"
-MODALITIES = (AUDIO, VISUAL)
-
-
-def other(modality: str) -> str:
-    return VISUAL if modality == AUDIO else AUDIO
-
+from avfeat.align.windows import Window, WindowGeometry
+from avfeat.core.errors import QueryError
+from avfeat.index.hits import AUDIO
+from avfeat.index.query import SALIENT_FRACTION, QueryTokens
 
 def heads_device(heads) -> torch.device:
     return next(heads.parameters()).device
@@ -76,23 +68,6 @@ def frame_summaries(heads, tokens: np.ndarray, chunk: int = 64) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, 2, heads.config.dim)
 
 
-@dataclass
-class Timeline:
-    """Where a video's (or a query's) tokens sit in time; the fields ``video_windows`` reads."""
-
-    video_id: str
-    audio_start: float
-    audio_rate: float
-    audio_length: int
-    frame_times: np.ndarray
-
-    def record(self) -> VideoRecord:
-        return VideoRecord(self.video_id, path="", audio_start=self.audio_start, audio_rate=self.audio_rate, audio_length=self.audio_length)
-
-    def windows(self, geometry: WindowGeometry, hop: float | None) -> list[Window]:
-        return video_windows(self.record(), self.frame_times, geometry, hop)
-
-
 @torch.no_grad()
 def audio_window_vectors(audio: torch.Tensor, windows: list[Window], geometry: WindowGeometry, chunk: int = 512) -> torch.Tensor:
     """(T, dim) projected audio → (len(windows), dim) pooled unit vectors."""
@@ -115,10 +90,6 @@ def visual_window_vectors(
         starts = torch.tensor([w.frame for w in windows[i : i + chunk]])
         out.append(pooled_visual(summaries[starts[:, None] + steps], aggregation))
     return torch.cat(out) if out else torch.zeros(0, summaries.shape[-1])
-
-
-# Fraction of a visual query's projected patches that salient pooling keeps.
-SALIENT_FRACTION = 0.05
 
 
 def _top_salient(patches: torch.Tensor, background: torch.Tensor, k: int) -> torch.Tensor:
@@ -144,3 +115,32 @@ def salient_patches(heads, visual: np.ndarray, fraction: float = SALIENT_FRACTIO
         patches = project_visual(heads, visual[i : i + chunk])[:, 1:].reshape(-1, summaries.shape[-1])
         kept = _top_salient(torch.cat([kept, patches]), background, k)
     return kept
+
+
+@torch.no_grad()
+def window_vectors(query: QueryTokens, side: str, heads, geometry: WindowGeometry, hop: float | None, aggregation: str):
+    """(windows, (n, dim) unit vectors) of one side of a query.
+
+    A query shorter than one window gives a single window spanning all of it.
+    """
+    if side not in query.sides():
+        raise QueryError(f"query {query.name} has no {side} to search with")
+    timeline = query.timeline(geometry.fps)
+    windows = timeline.windows(geometry, hop)
+    if side == AUDIO:
+        audio = project_audio(heads, query.audio)
+        if windows:
+            return windows, audio_window_vectors(audio, windows, geometry)
+        end = query.audio_start + len(audio) / query.audio_rate
+        return [Window(query.name, 0, 0, query.audio_start, end)], pooled_audio(audio)[None]
+    summaries = frame_summaries(heads, query.visual)
+    if windows:
+        return windows, visual_window_vectors(summaries, windows, geometry, aggregation)
+    times = timeline.frame_times
+    start = float(times[0]) if len(times) else 0.0
+    return [Window(query.name, 0, 0, start, start + len(summaries) / geometry.fps)], pooled_visual(summaries[None], aggregation)
+
+
+def mean_vector(vectors: torch.Tensor) -> torch.Tensor:
+    """One search vector for a whole query: the normalised mean of its window vectors."""
+    return F.normalize(vectors.mean(dim=0, keepdim=True), dim=-1)

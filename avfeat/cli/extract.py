@@ -182,6 +182,8 @@ def _verify(cache: Path, as_json: bool) -> None:
 
 def expand_ray_flag(args: list[str]) -> list[str]:
     """Let ``--ray`` stand alone: give it the value ``local`` unless an address follows it."""
+    if "--ray" not in args:  # the Ray job's module imports the decoders: only for a Ray run
+        return list(args)
     from avfeat.extract.ray_job import LOCAL, looks_like_address
 
     expanded = list(args)

@@ -14,7 +14,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from avfeat.index.search import keep_best
+from avfeat.index.vector_search import keep_best
 from avfeat.index.serve.service import SearchPlan, Service
 
 DEFAULT_WINDOW = 0.002  # seconds a vector waits for others to join its batch

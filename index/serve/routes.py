@@ -45,7 +45,7 @@ def add_query_routes(app: FastAPI, service: Service) -> None:
         exclude_video: Optional[str] = Query(None, description="Leave this video's windows out (e.g. the query's own)."),
         where: List[str] = Query([], description="COLUMN=VALUE metadata conditions, all required (repeat the parameter)."),
     ):
-        from avfeat.index.search import parse_where
+        from avfeat.index.vector_search import parse_where
 
         if exclude_video is not None:
             exclude_video = service.video(exclude_video).video_id

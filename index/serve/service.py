@@ -128,7 +128,7 @@ class Service:
 
     def __init__(self, index, heads=None, cache=None, device: str = "cpu", warm: bool = True):
         from avfeat.index.search import Searcher
-        from avfeat.index.vectors import MODALITIES
+        from avfeat.index.hits import MODALITIES
 
         self.searcher = Searcher(index, heads=heads, cache=cache, device=device)
         self.index_path = Path(index)
@@ -230,8 +230,8 @@ class Service:
     def plan_search(self, query, side: str | None, rerank: int | None, where) -> SearchPlan:
         """A search's query vector, sides and rerank (the model work before FAISS; none for a vector)."""
         from avfeat.index.query import unit_vector
-        from avfeat.index.search import parse_where
-        from avfeat.index.vectors import AUDIO, other
+        from avfeat.index.vector_search import parse_where
+        from avfeat.index.hits import AUDIO, other
 
         conditions = parse_where(where)
         tokens = None

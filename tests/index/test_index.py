@@ -18,7 +18,7 @@ from avfeat.index import Searcher
 from avfeat.core.values import parse_size
 from avfeat.index.build import build_faiss, choose_factory
 from avfeat.index.locate import vote
-from avfeat.index.search import Hit
+from avfeat.index.hits import Hit
 from avfeat.index.sync import sync_cached, sync_tokens
 from avfeat.index.thumbs import contact_sheet
 from avfeat.index.vectors import audio_window_vectors, frame_summaries, project_audio, project_visual, visual_window_vectors

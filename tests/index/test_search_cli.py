@@ -13,7 +13,7 @@ from avfeat.data.cache import Cache
 from avfeat.data.synth import cut_clip
 from avfeat.data.synth_media import write_media
 from avfeat.data.synth_video import make_video
-from avfeat.index.search import Hit
+from avfeat.index.hits import Hit
 from avfeat.index.thumbs import contact_sheet
 from avfeat.testing.media import clip_frames, frame_level
 from avfeat.testing.runner import run_avfeat as avfeat

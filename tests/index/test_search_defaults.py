@@ -3,7 +3,7 @@ sounds with mean-pooled pictures); picture queries are not reranked unless asked
 
 import json
 
-from avfeat.index.search import AUDIO_RERANK
+from avfeat.index.vector_search import AUDIO_RERANK
 from avfeat.testing.runner import run_avfeat as avfeat
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from avfeat.data.cache import Cache
 from avfeat.core.errors import InputError
-from avfeat.index import Searcher
+from avfeat.index.span_search import SpanSearcher
 from avfeat.index.shards import shard_ranges
 from avfeat.index.store import IndexFolder
 from avfeat.testing.runner import run_avfeat as avfeat
@@ -166,7 +166,7 @@ def test_search_cli_same_hits_sharded_and_not(ivf, cache):
     one = avfeat("search", ivf[1], f"{video}@0.0-2.0", "-k", 8, "--json", "--mmap", check=0).stdout
     sharded = avfeat("search", ivf[3], f"{video}@0.0-2.0", "-k", 8, "--json", "--no-mmap", check=0).stdout
     assert len(json.loads(one)) == 8 and json.loads(sharded) == json.loads(one)
-    hits = Searcher(ivf[3]).search(f"{video}@0.0-2.0", k=8, rerank=20)  # the CLI's default for sound
+    hits = SpanSearcher(ivf[3]).search(f"{video}@0.0-2.0", k=8, rerank=20)  # how the CLI answers a span, and its default for sound
     assert [h.to_dict() for h in hits] == json.loads(one)
 
 

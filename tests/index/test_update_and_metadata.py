@@ -19,7 +19,7 @@ from avfeat.core.errors import IndexMismatchError, InputError
 from avfeat.index import Searcher
 from avfeat.index.build import build_faiss
 from avfeat.index.update import append_to_index, update_index
-from avfeat.index.search import parse_where
+from avfeat.index.vector_search import parse_where
 from avfeat.index.store import IndexFolder, write_index
 from avfeat.testing.runner import TINY_MODELS as TINY
 from avfeat.testing.runner import run_avfeat as avfeat

@@ -12,7 +12,7 @@ def test_verbose_logs_the_cache_search_opens_and_plain_runs_log_nothing(index, c
     verbose = avfeat("-v", "search", index, f"{video}@0.0-2.0", "--json", check=0)
     assert verbose.stdout == plain.stdout  # the output itself does not change
     lines = [line for line in verbose.stderr.splitlines() if line.startswith("INFO avfeat.")]
-    assert any(line.startswith("INFO avfeat.index.search: cache ") for line in lines), verbose.stderr
+    assert any(line.startswith("INFO avfeat.index.vector_search: cache ") for line in lines), verbose.stderr
     assert "INFO " not in plain.stderr and "DEBUG " not in plain.stderr
 
 
