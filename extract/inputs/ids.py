@@ -107,6 +107,7 @@ class IdPlan:
     """Each input's id, and what deciding them found."""
 
     ids: list[tuple[MediaInput, str]] = field(default_factory=list)  # inputs to consider, in order
+    paths: list[str] = field(default_factory=list)  # each of those inputs' path as the manifest records it (resolve_paths)
     duplicates: list[tuple[str | Path, str | Path]] = field(default_factory=list)  # (input, the earlier one with the same bytes)
     collisions: list[tuple[str | Path, str | Path, str]] = field(default_factory=list)  # (input, the other file, the id both get)
     changed: list[tuple[str | Path, str]] = field(default_factory=list)  # (input, the id its old tokens have)
@@ -176,7 +177,7 @@ def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, 
     whole, segments = _by_path(recorded)
     plan = IdPlan()
     owner: dict[str, str | Path] = {}  # id → the input of this run that has it
-    find, take = whole.get, plan.ids.append  # bound once: a million inputs
+    find, take, took_path = whole.get, plan.ids.append, plan.paths.append  # bound once: a million inputs
     for item, resolved in zip(inputs, resolve_paths(inputs) if resolved is None else resolved, strict=True):
         start, end = item.start, item.end
         previous = find(resolved) if start is None and end is None else segments.get((resolved, start, end))
@@ -190,6 +191,7 @@ def assign_ids(inputs: list[MediaInput], recorded: dict, refresh: bool = False, 
             # (the checks below would decide the same).
             owner[previous.video_id] = item.path
             take((item, previous.video_id))
+            took_path(resolved)
             continue
         _decide(plan, owner, item, resolved, previous, stat, recorded, refresh, retry_failed)
     return plan
@@ -228,3 +230,4 @@ def _decide(plan: IdPlan, owner: dict, item: MediaInput, resolved: str, previous
         return
     owner[vid] = item.path
     plan.ids.append((item, vid))
+    plan.paths.append(resolved)
