@@ -1,6 +1,7 @@
 """Stage 3: FAISS indexes, retrieval and synchronization search.
 
-``Searcher`` is imported on first use, so `avfeat --help` does not load torch or faiss.
+``Searcher`` and ``SpanSearcher`` are imported on first use, so `avfeat --help` does not load
+torch or faiss.
 """
 
 
@@ -9,4 +10,8 @@ def __getattr__(name):
         from avfeat.index.search import Searcher
 
         return Searcher
+    if name == "SpanSearcher":
+        from avfeat.index.span_search import SpanSearcher
+
+        return SpanSearcher
     raise AttributeError(name)
