@@ -29,6 +29,7 @@ from avfeat.core.errors import QueryError
 from avfeat.index.hits import AUDIO
 from avfeat.index.query import SALIENT_FRACTION, QueryTokens
 
+
 def heads_device(heads) -> torch.device:
     return next(heads.parameters()).device
 
