@@ -62,13 +62,20 @@ class NumpyHeads:
             x = x @ w[f"{side}.proj.2.weight"].T + w[f"{side}.proj.2.bias"]
         return unit_rows(x)
 
-    def project_audio(self, tokens: np.ndarray) -> np.ndarray:
-        """(..., T, D_a) audio tokens → (..., T, dim) float32 unit vectors."""
-        return self._project("audio", tokens)
+    def _chunked(self, side: str, tokens: np.ndarray, chunk: int) -> np.ndarray:
+        """``_project`` a chunk of the first axis at a time: an hour's tokens never make one
+        (T, hidden) float64 block (as ``avfeat.index.vectors.project_audio`` chunks in torch)."""
+        if len(tokens) <= chunk:
+            return self._project(side, tokens)
+        return np.concatenate([self._project(side, tokens[i : i + chunk]) for i in range(0, len(tokens), chunk)])
 
-    def project_visual(self, tokens: np.ndarray) -> np.ndarray:
-        """(..., 1 + P, D_v) visual tokens → (..., 1 + P, dim) float32 unit vectors."""
-        return self._project("visual", tokens)
+    def project_audio(self, tokens: np.ndarray, chunk: int = 16384) -> np.ndarray:
+        """(T, D_a) audio tokens → (T, dim) float32 unit vectors."""
+        return self._chunked("audio", tokens, chunk)
+
+    def project_visual(self, tokens: np.ndarray, chunk: int = 64) -> np.ndarray:
+        """(F, 1 + P, D_v) visual tokens → (F, 1 + P, dim) float32 unit vectors."""
+        return self._chunked("visual", tokens, chunk)
 
 
 def load_numpy_checkpoint(path: str | Path) -> Checkpoint:

@@ -33,7 +33,9 @@ def test_numpy_heads_project_as_the_torch_heads(kind):
     audio = (rng.normal(size=(7, 24)) * 3).astype(np.float32)
     visual = rng.normal(size=(2, 5, 40)).astype(np.float32)
     with torch.no_grad():
-        np.testing.assert_allclose(ours.project_audio(audio), heads.project_audio(torch.from_numpy(audio)).numpy(), atol=2e-6)
+        expected_audio = heads.project_audio(torch.from_numpy(audio)).numpy()
+        np.testing.assert_allclose(ours.project_audio(audio), expected_audio, atol=2e-6)
+        np.testing.assert_allclose(ours.project_audio(audio, chunk=3), expected_audio, atol=2e-6)  # in chunks, the same
         np.testing.assert_allclose(ours.project_visual(visual), heads.project_visual(torch.from_numpy(visual)).numpy(), atol=2e-6)
 
 
