@@ -51,16 +51,19 @@ class NumpyHeads:
     def _project(self, side: str, tokens: np.ndarray) -> np.ndarray:
         w = self.weights
         x = np.asarray(tokens, dtype=np.float32)
-        mean = x.mean(axis=-1, keepdims=True)
-        centred = x - mean
-        variance = (centred * centred).mean(axis=-1, keepdims=True)
-        x = centred / np.sqrt(variance + LAYER_NORM_EPS) * w[f"{side}.norm.weight"] + w[f"{side}.norm.bias"]
-        if self.config.head == "linear":
-            x = x @ w[f"{side}.proj.weight"].T + w[f"{side}.proj.bias"]
-        else:
-            x = _gelu(x @ w[f"{side}.proj.0.weight"].T + w[f"{side}.proj.0.bias"])
-            x = x @ w[f"{side}.proj.2.weight"].T + w[f"{side}.proj.2.bias"]
-        return unit_rows(x)
+        # Non-finite tokens (a damaged shard) give non-finite rows, which the search refuses with
+        # its own one-line error; numpy's warnings about them would only print before it.
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            mean = x.mean(axis=-1, keepdims=True)
+            centred = x - mean
+            variance = (centred * centred).mean(axis=-1, keepdims=True)
+            x = centred / np.sqrt(variance + LAYER_NORM_EPS) * w[f"{side}.norm.weight"] + w[f"{side}.norm.bias"]
+            if self.config.head == "linear":
+                x = x @ w[f"{side}.proj.weight"].T + w[f"{side}.proj.bias"]
+            else:
+                x = _gelu(x @ w[f"{side}.proj.0.weight"].T + w[f"{side}.proj.0.bias"])
+                x = x @ w[f"{side}.proj.2.weight"].T + w[f"{side}.proj.2.bias"]
+            return unit_rows(x)
 
     def _chunked(self, side: str, tokens: np.ndarray, chunk: int) -> np.ndarray:
         """``_project`` a chunk of the first axis at a time: an hour's tokens never make one

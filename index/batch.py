@@ -152,7 +152,9 @@ def search_queries(
     if conditions and locate:  # --locate votes over every window match; it takes no filter
         raise InputError("--where filters search hits; it cannot be used with --locate")
     sheets = _sheets(thumbs, len(texts), batch)
-    spans_only = all(not Path(text).is_file() and parse_id_query(text) is not None for text in texts)
+    # Each query read once: a file's path, or a cached span (video, start, end); None for a file.
+    spans = [None if Path(text).is_file() else parse_id_query(text) for text in texts]
+    spans_only = all(span is not None for span in spans)
     if spans_only and not locate and device in ("auto", "cpu"):
         # Cached spans need no backbone: heads in numpy answer before torch would have imported.
         from avfeat.index.span_search import SpanSearcher
@@ -164,11 +166,10 @@ def search_queries(
 
         searcher = Searcher(index_dir, heads=heads, cache=cache, device=str(resolve_device(device)), mmap=mmap)
     searcher.matching_rows("audio", conditions)  # an unknown column is refused before the query is embedded
-    for text in texts:  # every video (an id, or its file's path, name or stem) is looked up before the first search
-        parsed = None if Path(text).is_file() else parse_id_query(text)
-        if parsed is not None:
+    for text, span in zip(texts, spans):  # every video (an id, or its file's path, name or stem) is looked up before the first search
+        if span is not None:
             try:
-                searcher.cache.ok_record(searcher.cache.resolve(parsed[0]))
+                searcher.cache.ok_record(searcher.cache.resolve(span[0]))
             except CacheError as error:
                 raise QueryError(f"query {text!r}: {error}") from None
     if exclude_video is not None:

@@ -121,3 +121,24 @@ def test_the_cli_answers_a_span_without_importing_torch(index, cache, searchers)
     assert done.stderr.strip().endswith("no torch")
     got = [Hit(**row) for row in json.loads(done.stdout)]
     assert_same_hits(searchers[0].search(span, k=5, rerank=None), got)
+
+
+def test_a_span_of_non_finite_tokens_is_one_line(index, cache, tmp_path):
+    """A damaged shard whose tokens are inf: the span path refuses the query with the search's
+    own one line, and numpy prints no warning before it (a child process: the interpreter's own output is the subject)."""
+    import h5py
+
+    from avfeat.testing.runner import run_avfeat_process
+
+    damaged = tmp_path / "cache"
+    shutil.copytree(cache, damaged)
+    record = Cache(damaged).records()[0]
+    shard = next((damaged / "shards").glob(f"*{record.shard:05d}*.h5"))
+    with h5py.File(shard, "r+") as handle:
+        tokens = handle["audio/tokens"]
+        begin = record.audio_offset
+        tokens[begin : begin + record.audio_length] = np.inf
+    done = run_avfeat_process("search", index, f"{record.video_id}@0.5-2.5", "--from", "audio", "--cache", damaged, "-k", 3)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
+    assert done.stderr.startswith("avfeat: error:") and "finite" in done.stderr, done.stderr
