@@ -139,7 +139,7 @@ def search_queries(
 ) -> Iterator[QueryResult]:
     """Search (or with ``locate``, locate) each of ``query`` then the queries listed in the file
     ``queries`` in the index folder ``index_dir``; yields each query's ``QueryResult`` in turn.
-    ``rerank`` None: the searcher's default (audio queries rerank, see ``Searcher.default_rerank``).
+    ``rerank`` None: the searcher's default (``VectorSearcher.default_rerank``).
     With ``thumbs``, a contact sheet of each query's hits is drawn there (``NAME-1.png``, ... for
     a batch) once its result has been taken. In a batch, a query that fails yields a result
     with its ``error`` and the others go on."""

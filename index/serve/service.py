@@ -245,7 +245,7 @@ class Service:
             tokens = self.searcher.tokens(query)
             side = side or tokens.default_side()
             vector = self.searcher.embed(tokens, side)
-        if rerank is None:  # as `avfeat search`: audio queries rerank when the cache is there
+        if rerank is None:  # as `avfeat search`: queries rerank when the cache is there
             rerank = self.searcher.default_rerank(side)
         searched = other(side)
         self.searcher.matching_rows(searched, conditions)  # an unknown column is one line (400)

@@ -136,7 +136,7 @@ def test_search_by_vector_matches_search_by_span(client, service):
     video = first_video(service)
     vector = service.searcher.embed(f"{video}@0.5-2", "audio")[0]
     by_vector = client.post("/api/search", json={"vector": vector.tolist()}, params={"k": 4, "side": "audio"}).json()["hits"]
-    # rerank 0: a vector has no tokens to rerank with (a sound span reranks by default)
+    # rerank 0: a vector has no tokens to rerank with (a span reranks by default)
     by_span = client.post("/api/search", json={"video_id": video, "start": 0.5, "end": 2}, params={"k": 4, "rerank": 0}).json()["hits"]
     assert [(h["video_id"], h["start"]) for h in by_vector] == [(h["video_id"], h["start"]) for h in by_span]
     np.testing.assert_allclose([h["score"] for h in by_vector], [h["score"] for h in by_span], atol=1e-5)

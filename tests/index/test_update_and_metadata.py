@@ -220,7 +220,7 @@ def test_tables_carry_typed_metadata_columns(labelled):
 def test_json_hits_carry_metadata_and_where_filters_before_top_k(labelled):
     out, labels, takes = labelled
     query = f"{sorted(labels)[0]}@0.0-2.0"
-    # --rerank 0: the plain ranking, as Searcher.search gives it below (the CLI reranks sound by default)
+    # --rerank 0: the plain ranking, as Searcher.search gives it below (the CLI reranks by default)
     hits = json.loads(avfeat("search", out, query, "--json", "-k", 4, "--where", "label=dog", "--rerank", 0, check=0).stdout)
     assert len(hits) == 4 and [h["rank"] for h in hits] == [1, 2, 3, 4]
     for hit in hits:
