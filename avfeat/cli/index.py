@@ -115,7 +115,7 @@ def search(
     k: int = typer.Option(10, "-k", min=1, help="Hits (or --locate candidates) to return."),
     rerank: Optional[int] = typer.Option(
         None, min=0, show_default=False,
-        help="Rescore the top N hits with the heads' exact clip score (max-mean) over their cached tokens. Default: 20 "
+        help="Rescore the top N hits with the heads' exact clip score (max-mean) over their cached tokens. Default: 50 "
         "(when the cache is there); 0 turns it off.",
     ),
     locate: bool = typer.Option(False, "--locate", help="Find the video and time the query clip was cut from (or say it is not found)."),

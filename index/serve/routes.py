@@ -40,7 +40,7 @@ def add_query_routes(app: FastAPI, service: Service) -> None:
         k: int = Query(10, ge=1, le=MAX_K, description="Hits to return."),
         side: Side = Query(None, description="The query's side (audio or visual; default: audio when it has sound); the other modality is searched."),
         rerank: Optional[int] = Query(None, ge=0, le=MAX_K, description="Rescore the top N hits with the heads' exact clip score (needs the cache). "
-                                      "Default: 20 for a file or span query when the cache is there, else 0 (a vector has no tokens to rerank with)."),
+                                      "Default: 50 for a file or span query when the cache is there, else 0 (a vector has no tokens to rerank with)."),
         one_per_video: bool = Query(True, description="Keep only each video's best window."),
         exclude_video: Optional[str] = Query(None, description="Leave this video's windows out (e.g. the query's own)."),
         where: List[str] = Query([], description="COLUMN=VALUE metadata conditions, all required (repeat the parameter)."),
