@@ -9,11 +9,13 @@ whole result as one JSON line. Asserts nothing; the tests assert the levels
 - align (tests/align/test_acceptance.py): held-out class R@1 of max-mean heads, audio → visual
   and visual → audio, and of mean-pool heads (which max-mean must beat);
 - index (tests/index/test_acceptance.py): held-out class R@1 through the indexes from each side,
-  plain and with ``--rerank 20``; sync within 0.2 s; locate (right video, start within 0.2 s).
+  plain and with ``--rerank 20``; sync within 0.2 s; locate (right video, start within 0.2 s);
+- defaults (tests/index/test_defaults_acceptance.py): the same held-out checks with no options
+  anywhere (2 fps, the derived schedule, the default rerank) on the 80-video corpus.
 
-    python benchmarks/acceptance.py                  # seeds 0-4, both recipes (CPU: ~5 min a seed)
+    python benchmarks/acceptance.py                  # seeds 0-4, all three recipes (CPU: ~8 min a seed)
     python benchmarks/acceptance.py --seeds 0 1 --only index
-    python benchmarks/acceptance.py --smoke          # one seed, both recipes at toy sizes: does it run?
+    python benchmarks/acceptance.py --smoke          # one seed, every recipe at toy sizes: does it run?
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def with_values(args, values: dict) -> list:
 
 
 def shrink_recipes() -> None:
-    """--smoke: both recipes at toy sizes (their figures mean nothing). The sizes live in
+    """--smoke: every recipe at toy sizes (their figures mean nothing). The sizes live in
     ``avfeat.testing.recipes``, shared with the tests, so they are changed in this process only: its
     constants rebound, one training pass, and every corpus `avfeat synth` writes cut to 6 videos
     (the index recipe names its corpora's sizes in the call)."""
@@ -52,6 +54,8 @@ def shrink_recipes() -> None:
     def small_run_avfeat(command, *args, **kwargs):
         if command == "synth":
             args = with_values(args, {"--videos": 6})
+        if command == "train-head" and "--epochs" not in args:  # the defaults recipe: its derived 200 steps cut to 5
+            args = (*args, "--steps", 5)
         return run_avfeat(command, *args, **kwargs)
 
     recipes.run_avfeat = small_run_avfeat
@@ -82,16 +86,27 @@ def run_index(work: Path, seed: int) -> dict[str, float]:
     return figures
 
 
+def run_defaults(work: Path, seed: int) -> dict[str, float]:
+    root = work / "defaults"
+    searcher = recipes.build_defaults_acceptance(root, seed=seed)
+    tokens = recipes.held_out_tokens(root, searcher)
+    figures = {}
+    for side, name in (("audio", "a2v"), ("visual", "v2a")):
+        figures[f"defaults {name}"], _ = recipes.held_out_class_r1(root, searcher, tokens, side, rerank=None)
+    figures["defaults sync"], _ = recipes.sync_accuracy(root, searcher)
+    return figures
+
+
 def main() -> int:
     options = parser(__doc__)
     options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    options.add_argument("--only", choices=["align", "index"], help="run one recipe only")
+    options.add_argument("--only", choices=["align", "index", "defaults"], help="run one recipe only")
     options.add_argument("--work", type=Path, help="keep the corpora, caches and heads here (default: a temporary folder)")
     args = parse(options, smoke=dict(seeds=[0]))
     if args.smoke:
         shrink_recipes()
 
-    recipes_to_run = {"align": run_align, "index": run_index}
+    recipes_to_run = {"align": run_align, "index": run_index, "defaults": run_defaults}
     if args.only:
         recipes_to_run = {args.only: recipes_to_run[args.only]}
     where = f"{machine()}, {torch.get_num_threads()} torch threads available, runs use 1"
