@@ -29,7 +29,12 @@ class ExtractConfig:
     visual_model: str = "facebook/dinov2-small"
     audio_layer: int = -1
     visual_layer: int = -1
-    fps: float = 1.0
+    # Two frames a second: at 1 fps ten frames of a 10 s video bound an offset only to the gaps
+    # between their instants and the sound's onsets. With no options on the 80-video synthetic
+    # corpus (seeds 0 and 1), sync within 0.2 s was 0.40 / 0.60 at 1 fps and 0.95 / 0.90 at 2 fps,
+    # held-out class R@1 0.87-0.97 and 0.93-1.00. It doubles the visual model's work and
+    # storage (0.99 → 1.70 GB per media-hour with the default models); `--fps 1` halves them.
+    fps: float = 2.0
     storage_dtype: str = "float16"  # the float dtype readers get (and float16 storage writes)
     storage: str = "float16"  # how shards hold tokens: float16, or int8 with per-token float32 scales
     pool_patches: int = 1  # 2: each 2x2 block of patches averaged right after the backbone (CLS kept)

@@ -29,7 +29,7 @@ from avfeat.index.store import TABLE_COLUMNS, IndexFolder
 WHERE_GROWTH = 4
 # Queries rerank this many top hits unless told (`avfeat search`, serve). Plain audio → visual
 # class R@1 was 0.70-1.00 over 5 seeds of the index acceptance run (5 fps), reranked (20) 0.93 or
-# more. At the default 1 fps, where a window holds two frames, the first stage finds less: over
+# more. At 1 fps, where a window holds two frames, the first stage finds less: over
 # five trainings on four 80-video corpora (1 and 2 fps, 200 and 600 steps; 30 held-out queries
 # each) audio → visual was 0.23-0.67 plain, 0.63-0.90 reranking 20 and 0.83-0.97 reranking 50;
 # visual → audio 0.73-0.87, 0.83-0.97 and 0.83-1.00. Reranking costs about linearly in its depth

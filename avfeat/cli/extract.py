@@ -34,7 +34,7 @@ def extract(
     visual_model: Optional[str] = typer.Option(None, help="DINOv2: hub id, local folder, or random:<arch> [default: facebook/dinov2-small, or the cache's]."),
     audio_layer: Optional[int] = typer.Option(None, help="Hidden layer to cache (-1: final output, 0: embeddings) [default: -1, or the cache's]."),
     visual_layer: Optional[int] = typer.Option(None, help="Hidden layer to cache (-1: final output with its layer norm) [default: -1, or the cache's]."),
-    fps: Optional[float] = typer.Option(None, help="Frames per second to sample, by timestamp [default: 1, or the cache's]."),
+    fps: Optional[float] = typer.Option(None, help="Frames per second to sample, by timestamp [default: 2, or the cache's]."),
     storage: Optional[Storage] = typer.Option(None, "--storage", help="Token storage: float16, or int8 with one float32 scale per token (about half the bytes; read back as float16) [default: float16, or the cache's]."),
     decode_mode: Optional[DecodeMode] = typer.Option(
         None, "--decode-mode",

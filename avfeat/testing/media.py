@@ -21,7 +21,7 @@ BAD_INPUT_STATUS: dict[str, str] = {
     "unreadable_text": "unreadable",  # a text file named .mp4
     "no_audio": "no_audio",  # H.264 video, no audio stream
     "no_video": "no_video",  # AAC audio only (an .mp4 without a video stream)
-    "too_short": "too_short",  # 0.3 s: shorter than one frame interval at 1 fps
+    "too_short": "too_short",  # 0.3 s: shorter than one frame interval at 1 or 2 fps
     # Garbage over 10% of the file's middle (inside mdat): FFmpeg's H.264 and AAC decoders
     # raise "Invalid data found" on the damaged packets, so the rule in ``decode`` fails it.
     "corrupt_middle": "decode_error",
