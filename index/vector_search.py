@@ -20,7 +20,7 @@ import numpy as np
 
 from avfeat.align.windows import WindowGeometry
 from avfeat.core.errors import AvfeatError, CacheError, InputError, QueryError, SearchIndexError
-from avfeat.index.hits import AUDIO, MODALITIES, Hit, other
+from avfeat.index.hits import MODALITIES, Hit, other
 from avfeat.index.query import QueryTokens, cached_query
 from avfeat.index.store import TABLE_COLUMNS, IndexFolder
 
@@ -253,10 +253,10 @@ class VectorSearcher:
             fetch *= WHERE_GROWTH
         yield limit
 
-    def default_rerank(self, side: str) -> int:
-        """How many top hits a query reranks when not told: ``DEFAULT_RERANK`` when the cache is
-        readable (the plain first stage compares pooled vectors, mostly background, which
-        max-mean heads are not trained to match), else 0. Either side alike."""
+    def default_rerank(self) -> int:
+        """How many top hits a query (of either side) reranks when not told: ``DEFAULT_RERANK``
+        when the cache is readable (the plain first stage compares pooled vectors, mostly
+        background, which max-mean heads are not trained to match), else 0."""
         try:
             self.cache
         except AvfeatError:  # no cache: the plain hits stand
@@ -284,7 +284,7 @@ class VectorSearcher:
         side = side or tokens.default_side()
         vector = self._query_vector(tokens, side)
         if rerank is None:
-            rerank = self.default_rerank(side)
+            rerank = self.default_rerank()
         hits = self.best_hits(vector, other(side), max(k, rerank), where, one_per_video, exclude_video)
         if rerank:
             hits = self.rerank(tokens, side, hits, rerank)

@@ -246,7 +246,7 @@ class Service:
             side = side or tokens.default_side()
             vector = self.searcher.embed(tokens, side)
         if rerank is None:  # as `avfeat search`: queries rerank when the cache is there
-            rerank = self.searcher.default_rerank(side)
+            rerank = self.searcher.default_rerank()
         searched = other(side)
         self.searcher.matching_rows(searched, conditions)  # an unknown column is one line (400)
         return SearchPlan(vector, side, searched, rerank, conditions, tokens)
